@@ -1,0 +1,20 @@
+//! bizpilot core: the pipeline data model, component traits and factories,
+//! the configuration model and the pipeline graph every component plugs into.
+#![forbid(unsafe_code)]
+
+pub mod ack;
+pub mod component;
+pub mod config;
+pub mod graph;
+pub mod pdata;
+pub mod rpc;
+pub mod telemetry;
+pub mod tls;
+pub mod wire;
+
+pub use ack::{Ack, Delivery};
+pub use component::*;
+pub use config::{ComponentId, Config, Diagnostic, PipelineId, Severity, Source};
+pub use graph::{RunningService, ShutdownReport, StartError};
+pub use pdata::{Batch, Logs, Metrics, Payload, Signal, Traces};
+pub use wire::WireError;

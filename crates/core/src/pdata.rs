@@ -1,0 +1,687 @@
+//! Pipeline data: OTLP traces, metrics and logs.
+//!
+//! A payload is held encoded (the bytes a receiver got), decoded (owned
+//! `opentelemetry-proto` structs), or both. Components reach it only through
+//! this API: a forwarding pipeline never decodes, a component that reads
+//! decodes once and keeps the bytes, a component that changes the data drops
+//! the bytes and they are re-encoded once, at the exporter.
+
+use bytes::{Bytes, BytesMut};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use std::fmt;
+
+use crate::ack::Ack;
+use crate::wire::{self, WireError};
+
+pub use opentelemetry_proto::tonic as proto;
+
+/// The three OTLP signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Signal {
+    Traces,
+    Metrics,
+    Logs,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
+
+    /// The name used in pipeline ids (`traces`, `metrics`, `logs`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+        }
+    }
+
+    /// What one item of this signal is called in self-telemetry (`spans`, `metric_points`, `log_records`).
+    pub fn item_name(self) -> &'static str {
+        match self {
+            Signal::Traces => "spans",
+            Signal::Metrics => "metric_points",
+            Signal::Logs => "log_records",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Signal> {
+        match s {
+            "traces" => Some(Signal::Traces),
+            "metrics" => Some(Signal::Metrics),
+            "logs" => Some(Signal::Logs),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An OTLP export request type the pipeline carries.
+pub trait OtlpMessage: Message + Default + Clone + PartialEq + Send + Sync + 'static {
+    const SIGNAL: Signal;
+    #[doc(hidden)]
+    fn schema() -> &'static wire::Schema;
+    /// Number of items (spans, data points, log records) in a decoded message.
+    fn item_count(&self) -> usize;
+    /// Moves all of `other`'s resources into `self`.
+    fn append(&mut self, other: &mut Self);
+    /// Moves items beyond the first `n` into a new message, keeping resource and scope.
+    fn split_off_items(&mut self, n: usize) -> Self;
+}
+
+/// OTLP data of one signal, encoded or decoded.
+#[derive(Clone)]
+pub struct Otlp<M: OtlpMessage> {
+    bytes: Option<Bytes>,
+    msg: Option<M>,
+    items: usize,
+}
+
+/// Errors reading pipeline data.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("protobuf decode failed: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("invalid OTLP/JSON: {0}")]
+    Json(String),
+}
+
+impl<M: OtlpMessage> Default for Otlp<M> {
+    fn default() -> Self {
+        Self::from_message(M::default())
+    }
+}
+
+impl<M: OtlpMessage> fmt::Debug for Otlp<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Otlp")
+            .field("signal", &M::SIGNAL)
+            .field("items", &self.items)
+            .field("encoded", &self.bytes.as_ref().map(|b| b.len()))
+            .field("decoded", &self.msg.is_some())
+            .finish()
+    }
+}
+
+impl<M: OtlpMessage> Otlp<M> {
+    /// Validates protobuf bytes (without decoding them) and wraps them.
+    pub fn from_bytes(bytes: Bytes) -> Result<Self, WireError> {
+        let items = wire::validate_and_count(M::schema(), &bytes)?;
+        Ok(Self {
+            bytes: Some(bytes),
+            msg: None,
+            items,
+        })
+    }
+
+    pub fn from_message(msg: M) -> Self {
+        let items = msg.item_count();
+        Self {
+            bytes: None,
+            msg: Some(msg),
+            items,
+        }
+    }
+
+    /// Parses OTLP/JSON (hex ids, enums as integers, 64-bit integers as strings or numbers).
+    pub fn from_json(json: &[u8]) -> Result<Self, DataError>
+    where
+        M: serde::de::DeserializeOwned,
+    {
+        let msg: M = serde_json::from_slice(json).map_err(|e| DataError::Json(e.to_string()))?;
+        Ok(Self::from_message(msg))
+    }
+
+    pub fn signal(&self) -> Signal {
+        M::SIGNAL
+    }
+
+    /// Spans, metric data points or log records.
+    pub fn items(&self) -> usize {
+        self.items
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items == 0
+    }
+
+    /// Length of the protobuf encoding.
+    pub fn encoded_len(&self) -> usize {
+        match (&self.bytes, &self.msg) {
+            (Some(b), _) => b.len(),
+            (None, Some(m)) => m.encoded_len(),
+            (None, None) => 0,
+        }
+    }
+
+    /// The protobuf encoding, encoding once and keeping the result.
+    pub fn encoded(&mut self) -> Bytes {
+        if let Some(b) = &self.bytes {
+            return b.clone();
+        }
+        let b = Bytes::from(self.msg.as_ref().map(|m| m.encode_to_vec()).unwrap_or_default());
+        self.bytes = Some(b.clone());
+        b
+    }
+
+    /// The protobuf encoding without caching it (for shared references).
+    pub fn to_bytes(&self) -> Bytes {
+        match (&self.bytes, &self.msg) {
+            (Some(b), _) => b.clone(),
+            (None, Some(m)) => Bytes::from(m.encode_to_vec()),
+            (None, None) => Bytes::new(),
+        }
+    }
+
+    /// The decoded message for reading; decodes once and keeps both forms.
+    pub fn message(&mut self) -> Result<&M, DataError> {
+        self.ensure_decoded()?;
+        self.msg.as_ref().ok_or_else(|| DataError::Json("no data".into()))
+    }
+
+    /// The decoded message for changing; the cached encoding is dropped.
+    pub fn message_mut(&mut self) -> Result<&mut M, DataError> {
+        self.ensure_decoded()?;
+        self.bytes = None;
+        // The caller may add or remove items: recounted lazily by `recount`.
+        self.msg.as_mut().ok_or_else(|| DataError::Json("no data".into()))
+    }
+
+    /// Recomputes the item count after changes made through [`Otlp::message_mut`].
+    pub fn recount(&mut self) {
+        if let Some(m) = &self.msg {
+            self.items = m.item_count();
+        }
+    }
+
+    pub fn into_message(mut self) -> Result<M, DataError> {
+        self.ensure_decoded()?;
+        Ok(self.msg.unwrap_or_default())
+    }
+
+    fn ensure_decoded(&mut self) -> Result<(), DataError> {
+        if self.msg.is_none() {
+            let m = match &self.bytes {
+                Some(b) => M::decode(b.as_ref())?,
+                None => M::default(),
+            };
+            self.msg = Some(m);
+        }
+        Ok(())
+    }
+
+    /// Appends `other` to `self`. Two encoded payloads are joined by concatenating
+    /// their bytes (a protobuf message's repeated fields concatenate), without decoding.
+    pub fn append(&mut self, mut other: Self) -> Result<(), DataError> {
+        if other.items == 0 && other.encoded_len() == 0 {
+            return Ok(());
+        }
+        if self.msg.is_none() && other.msg.is_none() {
+            if let (Some(a), Some(b)) = (&self.bytes, &other.bytes) {
+                let mut joined = BytesMut::with_capacity(a.len() + b.len());
+                joined.extend_from_slice(a);
+                joined.extend_from_slice(b);
+                self.bytes = Some(joined.freeze());
+                self.items += other.items;
+                return Ok(());
+            }
+        }
+        self.ensure_decoded()?;
+        other.ensure_decoded()?;
+        if let (Some(a), Some(b)) = (self.msg.as_mut(), other.msg.as_mut()) {
+            a.append(b);
+        }
+        self.bytes = None;
+        self.items += other.items;
+        Ok(())
+    }
+
+    /// Splits off everything after the first `n` items. Encoded payloads are split at
+    /// resource boundaries when one falls exactly on `n`, otherwise decoded.
+    pub fn split_off(&mut self, n: usize) -> Result<Self, DataError> {
+        if n >= self.items {
+            return Ok(Self::default());
+        }
+        self.ensure_decoded()?;
+        let rest = match self.msg.as_mut() {
+            Some(m) => m.split_off_items(n),
+            None => M::default(),
+        };
+        self.bytes = None;
+        self.items = n;
+        Ok(Self::from_message(rest))
+    }
+}
+
+pub type Traces = Otlp<ExportTraceServiceRequest>;
+pub type Metrics = Otlp<ExportMetricsServiceRequest>;
+pub type Logs = Otlp<ExportLogsServiceRequest>;
+
+/// Splits a list of `(container, items)` so that the first `n` items stay.
+macro_rules! split_nested {
+    ($self:expr, $n:expr, $res:ident, $scopes:ident, $items:ident, $ResT:ty, $ScopeT:ty) => {{
+        let mut remaining = $n;
+        let mut out: Vec<$ResT> = Vec::new();
+        let mut keep: Vec<$ResT> = Vec::new();
+        for mut rs in std::mem::take(&mut $self.$res) {
+            if remaining == 0 {
+                out.push(rs);
+                continue;
+            }
+            let mut moved_scopes: Vec<$ScopeT> = Vec::new();
+            let mut kept_scopes: Vec<$ScopeT> = Vec::new();
+            for mut ss in std::mem::take(&mut rs.$scopes) {
+                if remaining == 0 {
+                    moved_scopes.push(ss);
+                } else if ss.$items.len() <= remaining {
+                    remaining -= ss.$items.len();
+                    kept_scopes.push(ss);
+                } else {
+                    let tail = ss.$items.split_off(remaining);
+                    remaining = 0;
+                    let mut moved = ss.clone();
+                    moved.$items = tail;
+                    kept_scopes.push(ss);
+                    moved_scopes.push(moved);
+                }
+            }
+            if !moved_scopes.is_empty() {
+                let mut moved = rs.clone();
+                moved.$scopes = moved_scopes;
+                out.push(moved);
+            }
+            rs.$scopes = kept_scopes;
+            keep.push(rs);
+        }
+        $self.$res = keep;
+        out
+    }};
+}
+
+impl OtlpMessage for ExportTraceServiceRequest {
+    const SIGNAL: Signal = Signal::Traces;
+    fn schema() -> &'static wire::Schema {
+        &wire::TRACES_REQUEST
+    }
+    fn item_count(&self) -> usize {
+        self.resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum()
+    }
+    fn append(&mut self, other: &mut Self) {
+        self.resource_spans.append(&mut other.resource_spans);
+    }
+    fn split_off_items(&mut self, n: usize) -> Self {
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+        // Clone only the resource/scope headers of the container being split.
+        let out = split_nested!(self, n, resource_spans, scope_spans, spans, ResourceSpans, ScopeSpans);
+        Self { resource_spans: out }
+    }
+}
+
+impl OtlpMessage for ExportLogsServiceRequest {
+    const SIGNAL: Signal = Signal::Logs;
+    fn schema() -> &'static wire::Schema {
+        &wire::LOGS_REQUEST
+    }
+    fn item_count(&self) -> usize {
+        self.resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum()
+    }
+    fn append(&mut self, other: &mut Self) {
+        self.resource_logs.append(&mut other.resource_logs);
+    }
+    fn split_off_items(&mut self, n: usize) -> Self {
+        use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
+        let out = split_nested!(self, n, resource_logs, scope_logs, log_records, ResourceLogs, ScopeLogs);
+        Self { resource_logs: out }
+    }
+}
+
+/// Number of data points in a metric.
+pub fn metric_points(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> usize {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    match &m.data {
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
+    }
+}
+
+impl OtlpMessage for ExportMetricsServiceRequest {
+    const SIGNAL: Signal = Signal::Metrics;
+    fn schema() -> &'static wire::Schema {
+        &wire::METRICS_REQUEST
+    }
+    fn item_count(&self) -> usize {
+        self.resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .map(metric_points)
+            .sum()
+    }
+    fn append(&mut self, other: &mut Self) {
+        self.resource_metrics.append(&mut other.resource_metrics);
+    }
+    fn split_off_items(&mut self, n: usize) -> Self {
+        // Metrics are split at metric boundaries: a metric's points stay together,
+        // so the first part may hold slightly more than `n` points.
+        let mut remaining = n;
+        let mut out = Vec::new();
+        let mut keep = Vec::new();
+        for mut rm in std::mem::take(&mut self.resource_metrics) {
+            if remaining == 0 {
+                out.push(rm);
+                continue;
+            }
+            let mut kept_scopes = Vec::new();
+            let mut moved_scopes = Vec::new();
+            for mut sm in std::mem::take(&mut rm.scope_metrics) {
+                if remaining == 0 {
+                    moved_scopes.push(sm);
+                    continue;
+                }
+                let mut cut = sm.metrics.len();
+                for (i, m) in sm.metrics.iter().enumerate() {
+                    if remaining == 0 {
+                        cut = i;
+                        break;
+                    }
+                    remaining = remaining.saturating_sub(metric_points(m));
+                }
+                if cut < sm.metrics.len() {
+                    let tail = sm.metrics.split_off(cut);
+                    let mut moved = sm.clone();
+                    moved.metrics = tail;
+                    moved_scopes.push(moved);
+                }
+                kept_scopes.push(sm);
+            }
+            if !moved_scopes.is_empty() {
+                let mut moved = rm.clone();
+                moved.scope_metrics = moved_scopes;
+                out.push(moved);
+            }
+            rm.scope_metrics = kept_scopes;
+            keep.push(rm);
+        }
+        self.resource_metrics = keep;
+        Self { resource_metrics: out }
+    }
+}
+
+/// Data of any signal.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    Traces(Traces),
+    Metrics(Metrics),
+    Logs(Logs),
+}
+
+impl Payload {
+    pub fn signal(&self) -> Signal {
+        match self {
+            Payload::Traces(_) => Signal::Traces,
+            Payload::Metrics(_) => Signal::Metrics,
+            Payload::Logs(_) => Signal::Logs,
+        }
+    }
+
+    pub fn items(&self) -> usize {
+        match self {
+            Payload::Traces(d) => d.items(),
+            Payload::Metrics(d) => d.items(),
+            Payload::Logs(d) => d.items(),
+        }
+    }
+
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Payload::Traces(d) => d.encoded_len(),
+            Payload::Metrics(d) => d.encoded_len(),
+            Payload::Logs(d) => d.encoded_len(),
+        }
+    }
+
+    /// The protobuf encoding (cached).
+    pub fn encoded(&mut self) -> Bytes {
+        match self {
+            Payload::Traces(d) => d.encoded(),
+            Payload::Metrics(d) => d.encoded(),
+            Payload::Logs(d) => d.encoded(),
+        }
+    }
+
+    /// An empty payload of `signal`.
+    pub fn empty(signal: Signal) -> Payload {
+        match signal {
+            Signal::Traces => Payload::Traces(Traces::default()),
+            Signal::Metrics => Payload::Metrics(Metrics::default()),
+            Signal::Logs => Payload::Logs(Logs::default()),
+        }
+    }
+
+    /// Validates protobuf bytes of `signal`.
+    pub fn from_bytes(signal: Signal, bytes: Bytes) -> Result<Payload, WireError> {
+        Ok(match signal {
+            Signal::Traces => Payload::Traces(Traces::from_bytes(bytes)?),
+            Signal::Metrics => Payload::Metrics(Metrics::from_bytes(bytes)?),
+            Signal::Logs => Payload::Logs(Logs::from_bytes(bytes)?),
+        })
+    }
+
+    /// Parses OTLP/JSON of `signal`.
+    pub fn from_json(signal: Signal, json: &[u8]) -> Result<Payload, DataError> {
+        Ok(match signal {
+            Signal::Traces => Payload::Traces(Traces::from_json(json)?),
+            Signal::Metrics => Payload::Metrics(Metrics::from_json(json)?),
+            Signal::Logs => Payload::Logs(Logs::from_json(json)?),
+        })
+    }
+
+    /// OTLP/JSON encoding of the payload.
+    pub fn to_json(&mut self) -> Result<Vec<u8>, DataError> {
+        let r = match self {
+            Payload::Traces(d) => serde_json::to_vec(d.message()?),
+            Payload::Metrics(d) => serde_json::to_vec(d.message()?),
+            Payload::Logs(d) => serde_json::to_vec(d.message()?),
+        };
+        r.map_err(|e| DataError::Json(e.to_string()))
+    }
+
+    /// Appends a payload of the same signal; a payload of another signal is returned unchanged.
+    pub fn append(&mut self, other: Payload) -> Result<(), AppendError> {
+        match (self, other) {
+            (Payload::Traces(a), Payload::Traces(b)) => a.append(b).map_err(AppendError::Data),
+            (Payload::Metrics(a), Payload::Metrics(b)) => a.append(b).map_err(AppendError::Data),
+            (Payload::Logs(a), Payload::Logs(b)) => a.append(b).map_err(AppendError::Data),
+            (_, other) => Err(AppendError::SignalMismatch(other)),
+        }
+    }
+
+    /// Splits off everything after the first `n` items.
+    pub fn split_off(&mut self, n: usize) -> Result<Payload, DataError> {
+        Ok(match self {
+            Payload::Traces(d) => Payload::Traces(d.split_off(n)?),
+            Payload::Metrics(d) => Payload::Metrics(d.split_off(n)?),
+            Payload::Logs(d) => Payload::Logs(d.split_off(n)?),
+        })
+    }
+}
+
+/// Why two payloads could not be joined.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("cannot append: {0}")]
+    Data(DataError),
+    #[error("cannot append a payload of another signal")]
+    SignalMismatch(Payload),
+}
+
+/// A unit of work moving through a pipeline: data plus the acknowledgements of
+/// every source that contributed to it. When the last copy of a batch is
+/// dropped, each source learns whether its data was delivered.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub payload: Payload,
+    pub acks: Vec<Ack>,
+}
+
+impl Batch {
+    pub fn new(payload: Payload) -> Self {
+        Self {
+            payload,
+            acks: Vec::new(),
+        }
+    }
+
+    pub fn with_ack(payload: Payload, ack: Ack) -> Self {
+        Self {
+            payload,
+            acks: vec![ack],
+        }
+    }
+
+    pub fn signal(&self) -> Signal {
+        self.payload.signal()
+    }
+
+    pub fn items(&self) -> usize {
+        self.payload.items()
+    }
+
+    /// Marks the batch as not delivered (permanent failure). Sources are told when the
+    /// last copy is dropped.
+    pub fn fail(&self) {
+        for a in &self.acks {
+            a.fail();
+        }
+    }
+
+    /// Moves another batch's data and acknowledgements into this one.
+    pub fn merge(&mut self, other: Batch) -> Result<(), DataError> {
+        let Batch { payload, mut acks } = other;
+        match self.payload.append(payload) {
+            Ok(()) => {}
+            Err(AppendError::Data(e)) => {
+                for a in &acks {
+                    a.fail();
+                }
+                return Err(e);
+            }
+            Err(AppendError::SignalMismatch(_)) => {
+                for a in &acks {
+                    a.fail();
+                }
+                return Err(DataError::Json("signal mismatch".into()));
+            }
+        }
+        self.acks.append(&mut acks);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ack::Delivery;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use std::sync::{Arc, Mutex};
+
+    fn traces(n: usize, name: &str) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: (0..n)
+                        .map(|i| Span {
+                            name: format!("{name}-{i}"),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn encoded_append_concatenates_without_decoding() {
+        let mut a = Traces::from_bytes(traces(3, "a").encode_to_vec().into()).unwrap();
+        let b = Traces::from_bytes(traces(2, "b").encode_to_vec().into()).unwrap();
+        a.append(b).unwrap();
+        assert_eq!(a.items(), 5);
+        assert!(a.msg.is_none(), "append of two encoded payloads must not decode");
+        let m = a.into_message().unwrap();
+        assert_eq!(m.resource_spans.len(), 2);
+        assert_eq!(m.item_count(), 5);
+    }
+
+    #[test]
+    fn split_keeps_first_n_items_in_order() {
+        let mut a = Traces::from_message(traces(10, "x"));
+        let rest = a.split_off(4).unwrap();
+        assert_eq!(a.items(), 4);
+        assert_eq!(rest.items(), 6);
+        let first = a.into_message().unwrap();
+        let second = rest.into_message().unwrap();
+        assert_eq!(first.resource_spans[0].scope_spans[0].spans[3].name, "x-3");
+        assert_eq!(second.resource_spans[0].scope_spans[0].spans[0].name, "x-4");
+    }
+
+    #[test]
+    fn json_round_trip_uses_hex_ids_and_string_ints() {
+        let json =
+            br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"cart"}}]},
+            "scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+            "name":"GET","kind":2,"startTimeUnixNano":"1544712660000000000","endTimeUnixNano":1544712661000000000,
+            "attributes":[{"key":"n","value":{"intValue":"42"}}]}]}]}]}"#;
+        let mut p = Payload::from_json(Signal::Traces, json).unwrap();
+        assert_eq!(p.items(), 1);
+        let Payload::Traces(t) = &mut p else { unreachable!() };
+        let span = &t.message().unwrap().resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.trace_id[0], 0x5b);
+        assert_eq!(span.start_time_unix_nano, 1_544_712_660_000_000_000);
+        assert_eq!(span.end_time_unix_nano, 1_544_712_661_000_000_000);
+        let out = String::from_utf8(p.to_json().unwrap()).unwrap();
+        assert!(out.contains("5b8efff798038103d269b633813fc60c"), "{out}");
+    }
+
+    #[test]
+    fn merged_batch_reports_to_every_source_once() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mk = |id: u32| {
+            let seen = seen.clone();
+            Ack::new(move |d| seen.lock().unwrap().push((id, d)))
+        };
+        let mut a = Batch::with_ack(Payload::Traces(Traces::from_message(traces(1, "a"))), mk(1));
+        let b = Batch::with_ack(Payload::Traces(Traces::from_message(traces(1, "b"))), mk(2));
+        a.merge(b).unwrap();
+        let copy = a.clone();
+        drop(a);
+        assert!(seen.lock().unwrap().is_empty(), "a copy is still in flight");
+        copy.fail();
+        drop(copy);
+        let mut got = seen.lock().unwrap().clone();
+        got.sort_by_key(|x| x.0);
+        assert_eq!(got, vec![(1, Delivery::Failed), (2, Delivery::Failed)]);
+    }
+}

@@ -1,0 +1,661 @@
+//! A validating walk over OTLP protobuf bytes that allocates nothing.
+//!
+//! Receivers hand encoded requests to the pipeline without decoding them into
+//! owned structs (see `docs` in `../shared/docs/performance-notes.md`: a full
+//! decode costs about 12× this walk). The walk checks everything a full prost
+//! decode would check for the OTLP schema — tags, wire types, lengths, UTF-8 of
+//! strings, nesting depth — so that a later decode of the same bytes cannot
+//! fail, and counts the items (spans, metric data points, log records) on the
+//! way.
+
+use std::fmt;
+
+/// How a field is encoded on the wire.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    /// A nested message, validated recursively.
+    Msg(&'static Schema),
+    /// A UTF-8 string.
+    Str,
+    /// Opaque bytes.
+    Bytes,
+    /// varint (int32/int64/uint32/uint64/bool/enum/sint*).
+    Varint,
+    /// fixed64/sfixed64/double.
+    Fixed64,
+    /// fixed32/sfixed32/float.
+    Fixed32,
+    /// repeated packed fixed64/double (also accepted unpacked).
+    PackedFixed64,
+    /// repeated packed varint (also accepted unpacked).
+    PackedVarint,
+}
+
+/// A field of a message schema.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Field {
+    pub tag: u32,
+    pub name: &'static str,
+    pub kind: Kind,
+    /// Occurrences of this field are the items the walk counts.
+    pub counted: bool,
+}
+
+/// The fields of one protobuf message that the walk knows.
+#[derive(Debug)]
+pub struct Schema {
+    pub(crate) name: &'static str,
+    pub(crate) fields: &'static [Field],
+}
+
+impl Schema {
+    fn field(&self, tag: u32) -> Option<&Field> {
+        self.fields.iter().find(|f| f.tag == tag)
+    }
+}
+
+const fn f(tag: u32, name: &'static str, kind: Kind) -> Field {
+    Field {
+        tag,
+        name,
+        kind,
+        counted: false,
+    }
+}
+
+const fn counted(tag: u32, name: &'static str, kind: Kind) -> Field {
+    Field {
+        tag,
+        name,
+        kind,
+        counted: true,
+    }
+}
+
+use Kind::*;
+
+// --- common.v1 / resource.v1 ---
+pub(crate) static ANY_VALUE: Schema = Schema {
+    name: "AnyValue",
+    fields: &[
+        f(1, "string_value", Str),
+        f(2, "bool_value", Varint),
+        f(3, "int_value", Varint),
+        f(4, "double_value", Fixed64),
+        f(5, "array_value", Msg(&ARRAY_VALUE)),
+        f(6, "kvlist_value", Msg(&KEY_VALUE_LIST)),
+        f(7, "bytes_value", Bytes),
+        f(8, "string_value_strindex", Varint),
+    ],
+};
+pub(crate) static ARRAY_VALUE: Schema = Schema {
+    name: "ArrayValue",
+    fields: &[f(1, "values", Msg(&ANY_VALUE))],
+};
+pub(crate) static KEY_VALUE_LIST: Schema = Schema {
+    name: "KeyValueList",
+    fields: &[f(1, "values", Msg(&KEY_VALUE))],
+};
+pub(crate) static KEY_VALUE: Schema = Schema {
+    name: "KeyValue",
+    fields: &[
+        f(1, "key", Str),
+        f(2, "value", Msg(&ANY_VALUE)),
+        f(3, "key_strindex", Varint),
+    ],
+};
+static SCOPE: Schema = Schema {
+    name: "InstrumentationScope",
+    fields: &[
+        f(1, "name", Str),
+        f(2, "version", Str),
+        f(3, "attributes", Msg(&KEY_VALUE)),
+        f(4, "dropped_attributes_count", Varint),
+    ],
+};
+static ENTITY_REF: Schema = Schema {
+    name: "EntityRef",
+    fields: &[
+        f(1, "schema_url", Str),
+        f(2, "type", Str),
+        f(3, "id_keys", Str),
+        f(4, "description_keys", Str),
+    ],
+};
+static RESOURCE: Schema = Schema {
+    name: "Resource",
+    fields: &[
+        f(1, "attributes", Msg(&KEY_VALUE)),
+        f(2, "dropped_attributes_count", Varint),
+        f(3, "entity_refs", Msg(&ENTITY_REF)),
+    ],
+};
+
+// --- trace.v1 ---
+static SPAN_EVENT: Schema = Schema {
+    name: "Span.Event",
+    fields: &[
+        f(1, "time_unix_nano", Fixed64),
+        f(2, "name", Str),
+        f(3, "attributes", Msg(&KEY_VALUE)),
+        f(4, "dropped_attributes_count", Varint),
+    ],
+};
+static SPAN_LINK: Schema = Schema {
+    name: "Span.Link",
+    fields: &[
+        f(1, "trace_id", Bytes),
+        f(2, "span_id", Bytes),
+        f(3, "trace_state", Str),
+        f(4, "attributes", Msg(&KEY_VALUE)),
+        f(5, "dropped_attributes_count", Varint),
+        f(6, "flags", Fixed32),
+    ],
+};
+static STATUS: Schema = Schema {
+    name: "Status",
+    fields: &[f(2, "message", Str), f(3, "code", Varint)],
+};
+pub(crate) static SPAN: Schema = Schema {
+    name: "Span",
+    fields: &[
+        f(1, "trace_id", Bytes),
+        f(2, "span_id", Bytes),
+        f(3, "trace_state", Str),
+        f(4, "parent_span_id", Bytes),
+        f(16, "flags", Fixed32),
+        f(5, "name", Str),
+        f(6, "kind", Varint),
+        f(7, "start_time_unix_nano", Fixed64),
+        f(8, "end_time_unix_nano", Fixed64),
+        f(9, "attributes", Msg(&KEY_VALUE)),
+        f(10, "dropped_attributes_count", Varint),
+        f(11, "events", Msg(&SPAN_EVENT)),
+        f(12, "dropped_events_count", Varint),
+        f(13, "links", Msg(&SPAN_LINK)),
+        f(14, "dropped_links_count", Varint),
+        f(15, "status", Msg(&STATUS)),
+    ],
+};
+static SCOPE_SPANS: Schema = Schema {
+    name: "ScopeSpans",
+    fields: &[
+        f(1, "scope", Msg(&SCOPE)),
+        counted(2, "spans", Msg(&SPAN)),
+        f(3, "schema_url", Str),
+    ],
+};
+static RESOURCE_SPANS: Schema = Schema {
+    name: "ResourceSpans",
+    fields: &[
+        f(1, "resource", Msg(&RESOURCE)),
+        f(2, "scope_spans", Msg(&SCOPE_SPANS)),
+        f(3, "schema_url", Str),
+    ],
+};
+/// `ExportTraceServiceRequest` (and `TracesData`, which has the same shape).
+pub(crate) static TRACES_REQUEST: Schema = Schema {
+    name: "ExportTraceServiceRequest",
+    fields: &[f(1, "resource_spans", Msg(&RESOURCE_SPANS))],
+};
+
+// --- logs.v1 ---
+static LOG_RECORD: Schema = Schema {
+    name: "LogRecord",
+    fields: &[
+        f(1, "time_unix_nano", Fixed64),
+        f(11, "observed_time_unix_nano", Fixed64),
+        f(2, "severity_number", Varint),
+        f(3, "severity_text", Str),
+        f(5, "body", Msg(&ANY_VALUE)),
+        f(6, "attributes", Msg(&KEY_VALUE)),
+        f(7, "dropped_attributes_count", Varint),
+        f(8, "flags", Fixed32),
+        f(9, "trace_id", Bytes),
+        f(10, "span_id", Bytes),
+        f(12, "event_name", Str),
+    ],
+};
+static SCOPE_LOGS: Schema = Schema {
+    name: "ScopeLogs",
+    fields: &[
+        f(1, "scope", Msg(&SCOPE)),
+        counted(2, "log_records", Msg(&LOG_RECORD)),
+        f(3, "schema_url", Str),
+    ],
+};
+static RESOURCE_LOGS: Schema = Schema {
+    name: "ResourceLogs",
+    fields: &[
+        f(1, "resource", Msg(&RESOURCE)),
+        f(2, "scope_logs", Msg(&SCOPE_LOGS)),
+        f(3, "schema_url", Str),
+    ],
+};
+/// `ExportLogsServiceRequest` (and `LogsData`).
+pub(crate) static LOGS_REQUEST: Schema = Schema {
+    name: "ExportLogsServiceRequest",
+    fields: &[f(1, "resource_logs", Msg(&RESOURCE_LOGS))],
+};
+
+// --- metrics.v1 ---
+static EXEMPLAR: Schema = Schema {
+    name: "Exemplar",
+    fields: &[
+        f(7, "filtered_attributes", Msg(&KEY_VALUE)),
+        f(2, "time_unix_nano", Fixed64),
+        f(3, "as_double", Fixed64),
+        f(6, "as_int", Fixed64),
+        f(4, "span_id", Bytes),
+        f(5, "trace_id", Bytes),
+    ],
+};
+static NUMBER_POINT: Schema = Schema {
+    name: "NumberDataPoint",
+    fields: &[
+        f(7, "attributes", Msg(&KEY_VALUE)),
+        f(2, "start_time_unix_nano", Fixed64),
+        f(3, "time_unix_nano", Fixed64),
+        f(4, "as_double", Fixed64),
+        f(6, "as_int", Fixed64),
+        f(5, "exemplars", Msg(&EXEMPLAR)),
+        f(8, "flags", Varint),
+    ],
+};
+static HISTOGRAM_POINT: Schema = Schema {
+    name: "HistogramDataPoint",
+    fields: &[
+        f(9, "attributes", Msg(&KEY_VALUE)),
+        f(2, "start_time_unix_nano", Fixed64),
+        f(3, "time_unix_nano", Fixed64),
+        f(4, "count", Fixed64),
+        f(5, "sum", Fixed64),
+        f(6, "bucket_counts", PackedFixed64),
+        f(7, "explicit_bounds", PackedFixed64),
+        f(8, "exemplars", Msg(&EXEMPLAR)),
+        f(10, "flags", Varint),
+        f(11, "min", Fixed64),
+        f(12, "max", Fixed64),
+    ],
+};
+static EXP_BUCKETS: Schema = Schema {
+    name: "ExponentialHistogramDataPoint.Buckets",
+    fields: &[f(1, "offset", Varint), f(2, "bucket_counts", PackedVarint)],
+};
+static EXP_HISTOGRAM_POINT: Schema = Schema {
+    name: "ExponentialHistogramDataPoint",
+    fields: &[
+        f(1, "attributes", Msg(&KEY_VALUE)),
+        f(2, "start_time_unix_nano", Fixed64),
+        f(3, "time_unix_nano", Fixed64),
+        f(4, "count", Fixed64),
+        f(5, "sum", Fixed64),
+        f(6, "scale", Varint),
+        f(7, "zero_count", Fixed64),
+        f(8, "positive", Msg(&EXP_BUCKETS)),
+        f(9, "negative", Msg(&EXP_BUCKETS)),
+        f(10, "flags", Varint),
+        f(11, "exemplars", Msg(&EXEMPLAR)),
+        f(12, "min", Fixed64),
+        f(13, "max", Fixed64),
+        f(14, "zero_threshold", Fixed64),
+    ],
+};
+static VALUE_AT_QUANTILE: Schema = Schema {
+    name: "SummaryDataPoint.ValueAtQuantile",
+    fields: &[f(1, "quantile", Fixed64), f(2, "value", Fixed64)],
+};
+static SUMMARY_POINT: Schema = Schema {
+    name: "SummaryDataPoint",
+    fields: &[
+        f(7, "attributes", Msg(&KEY_VALUE)),
+        f(2, "start_time_unix_nano", Fixed64),
+        f(3, "time_unix_nano", Fixed64),
+        f(4, "count", Fixed64),
+        f(5, "sum", Fixed64),
+        f(6, "quantile_values", Msg(&VALUE_AT_QUANTILE)),
+        f(8, "flags", Varint),
+    ],
+};
+static GAUGE: Schema = Schema {
+    name: "Gauge",
+    fields: &[counted(1, "data_points", Msg(&NUMBER_POINT))],
+};
+static SUM: Schema = Schema {
+    name: "Sum",
+    fields: &[
+        counted(1, "data_points", Msg(&NUMBER_POINT)),
+        f(2, "aggregation_temporality", Varint),
+        f(3, "is_monotonic", Varint),
+    ],
+};
+static HISTOGRAM: Schema = Schema {
+    name: "Histogram",
+    fields: &[
+        counted(1, "data_points", Msg(&HISTOGRAM_POINT)),
+        f(2, "aggregation_temporality", Varint),
+    ],
+};
+static EXP_HISTOGRAM: Schema = Schema {
+    name: "ExponentialHistogram",
+    fields: &[
+        counted(1, "data_points", Msg(&EXP_HISTOGRAM_POINT)),
+        f(2, "aggregation_temporality", Varint),
+    ],
+};
+static SUMMARY: Schema = Schema {
+    name: "Summary",
+    fields: &[counted(1, "data_points", Msg(&SUMMARY_POINT))],
+};
+static METRIC: Schema = Schema {
+    name: "Metric",
+    fields: &[
+        f(1, "name", Str),
+        f(2, "description", Str),
+        f(3, "unit", Str),
+        f(5, "gauge", Msg(&GAUGE)),
+        f(7, "sum", Msg(&SUM)),
+        f(9, "histogram", Msg(&HISTOGRAM)),
+        f(10, "exponential_histogram", Msg(&EXP_HISTOGRAM)),
+        f(11, "summary", Msg(&SUMMARY)),
+        f(12, "metadata", Msg(&KEY_VALUE)),
+    ],
+};
+static SCOPE_METRICS: Schema = Schema {
+    name: "ScopeMetrics",
+    fields: &[
+        f(1, "scope", Msg(&SCOPE)),
+        f(2, "metrics", Msg(&METRIC)),
+        f(3, "schema_url", Str),
+    ],
+};
+static RESOURCE_METRICS: Schema = Schema {
+    name: "ResourceMetrics",
+    fields: &[
+        f(1, "resource", Msg(&RESOURCE)),
+        f(2, "scope_metrics", Msg(&SCOPE_METRICS)),
+        f(3, "schema_url", Str),
+    ],
+};
+/// `ExportMetricsServiceRequest` (and `MetricsData`).
+pub(crate) static METRICS_REQUEST: Schema = Schema {
+    name: "ExportMetricsServiceRequest",
+    fields: &[f(1, "resource_metrics", Msg(&RESOURCE_METRICS))],
+};
+
+/// Deepest nesting the walk accepts (prost's own recursion limit is 100).
+pub const MAX_DEPTH: usize = 64;
+
+/// Why bytes are not a valid OTLP message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct WireError {
+    /// Byte offset in the outermost message where the problem was found.
+    pub offset: usize,
+    /// The message and field being read, e.g. `Span.name`.
+    pub at: String,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid protobuf at byte {} ({}): {}",
+            self.offset, self.at, self.reason
+        )
+    }
+}
+
+struct Walker<'a> {
+    buf: &'a [u8],
+    items: usize,
+}
+
+impl<'a> Walker<'a> {
+    fn err(&self, at: usize, schema: &Schema, field: Option<&str>, reason: &'static str) -> WireError {
+        WireError {
+            offset: at,
+            at: match field {
+                Some(f) => format!("{}.{}", schema.name, f),
+                None => schema.name.to_string(),
+            },
+            reason,
+        }
+    }
+
+    fn walk(&mut self, schema: &'static Schema, start: usize, end: usize, depth: usize) -> Result<(), WireError> {
+        if depth > MAX_DEPTH {
+            return Err(self.err(start, schema, None, "nesting too deep"));
+        }
+        let mut pos = start;
+        while pos < end {
+            let tag_at = pos;
+            let key = read_varint(self.buf, &mut pos, end)
+                .ok_or_else(|| self.err(tag_at, schema, None, "truncated field key"))?;
+            let wire_type = (key & 7) as u8;
+            let tag = key >> 3;
+            if tag == 0 || tag > u64::from(u32::MAX >> 3) {
+                return Err(self.err(tag_at, schema, None, "invalid field number 0"));
+            }
+            let field = schema.field(tag as u32);
+            let name = field.map(|f| f.name);
+            match wire_type {
+                0 => {
+                    read_varint(self.buf, &mut pos, end)
+                        .ok_or_else(|| self.err(tag_at, schema, name, "truncated varint"))?;
+                    if let Some(fd) = field
+                        && !matches!(fd.kind, Varint | PackedVarint)
+                    {
+                        return Err(self.err(tag_at, schema, name, "wrong wire type (varint)"));
+                    }
+                }
+                1 => {
+                    if end - pos < 8 {
+                        return Err(self.err(tag_at, schema, name, "truncated fixed64"));
+                    }
+                    pos += 8;
+                    if let Some(fd) = field
+                        && !matches!(fd.kind, Fixed64 | PackedFixed64)
+                    {
+                        return Err(self.err(tag_at, schema, name, "wrong wire type (fixed64)"));
+                    }
+                }
+                5 => {
+                    if end - pos < 4 {
+                        return Err(self.err(tag_at, schema, name, "truncated fixed32"));
+                    }
+                    pos += 4;
+                    if let Some(fd) = field
+                        && !matches!(fd.kind, Fixed32)
+                    {
+                        return Err(self.err(tag_at, schema, name, "wrong wire type (fixed32)"));
+                    }
+                }
+                2 => {
+                    let len = read_varint(self.buf, &mut pos, end)
+                        .ok_or_else(|| self.err(tag_at, schema, name, "truncated length"))?;
+                    let len =
+                        usize::try_from(len).map_err(|_| self.err(tag_at, schema, name, "length out of range"))?;
+                    if len > end - pos {
+                        return Err(self.err(tag_at, schema, name, "length exceeds message"));
+                    }
+                    let body = pos;
+                    pos += len;
+                    if let Some(fd) = field {
+                        match fd.kind {
+                            Msg(inner) => {
+                                if fd.counted {
+                                    self.items += 1;
+                                }
+                                self.walk(inner, body, pos, depth + 1)?;
+                            }
+                            Str => {
+                                if std::str::from_utf8(&self.buf[body..pos]).is_err() {
+                                    return Err(self.err(body, schema, name, "string is not valid UTF-8"));
+                                }
+                            }
+                            Bytes => {}
+                            PackedFixed64 => {
+                                if len % 8 != 0 {
+                                    return Err(self.err(
+                                        body,
+                                        schema,
+                                        name,
+                                        "packed fixed64 length not a multiple of 8",
+                                    ));
+                                }
+                            }
+                            PackedVarint => {
+                                let mut p = body;
+                                while p < pos {
+                                    read_varint(self.buf, &mut p, pos)
+                                        .ok_or_else(|| self.err(p, schema, name, "truncated packed varint"))?;
+                                }
+                            }
+                            Varint | Fixed64 | Fixed32 => {
+                                return Err(self.err(tag_at, schema, name, "wrong wire type (length-delimited)"));
+                            }
+                        }
+                    }
+                }
+                3 | 4 => {
+                    return Err(self.err(tag_at, schema, name, "groups are not supported"));
+                }
+                _ => return Err(self.err(tag_at, schema, name, "invalid wire type")),
+            }
+        }
+        if pos != end {
+            return Err(self.err(end, schema, None, "field overruns its message"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a varint at `*pos`, not past `end`; `None` when truncated or longer than 10 bytes.
+#[inline]
+pub(crate) fn read_varint(buf: &[u8], pos: &mut usize, end: usize) -> Option<u64> {
+    let mut value: u64 = 0;
+    let mut shift = 0u32;
+    loop {
+        if *pos >= end || shift > 63 {
+            return None;
+        }
+        let b = buf[*pos];
+        *pos += 1;
+        // The tenth byte may only carry the top bit of a u64.
+        if shift == 63 && b > 1 {
+            return None;
+        }
+        value |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(value);
+        }
+        shift += 7;
+    }
+}
+
+/// Validates `buf` as the message described by `schema` and returns the number of counted items.
+pub(crate) fn validate_and_count(schema: &'static Schema, buf: &[u8]) -> Result<usize, WireError> {
+    let mut w = Walker { buf, items: 0 };
+    w.walk(schema, 0, buf.len(), 0)?;
+    Ok(w.items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+
+    fn request(spans_per_scope: &[usize]) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: spans_per_scope
+                    .iter()
+                    .map(|&n| ScopeSpans {
+                        spans: (0..n)
+                            .map(|i| Span {
+                                name: format!("span-{i}"),
+                                trace_id: vec![1; 16],
+                                span_id: vec![2; 8],
+                                attributes: vec![KeyValue {
+                                    key: "k".into(),
+                                    value: Some(AnyValue {
+                                        value: Some(any_value::Value::IntValue(-5)),
+                                    }),
+                                    ..Default::default()
+                                }],
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn counts_spans_across_scopes() {
+        let bytes = request(&[3, 0, 7]).encode_to_vec();
+        assert_eq!(validate_and_count(&TRACES_REQUEST, &bytes), Ok(10));
+    }
+
+    #[test]
+    fn empty_message_is_valid() {
+        assert_eq!(validate_and_count(&TRACES_REQUEST, &[]), Ok(0));
+    }
+
+    #[test]
+    fn rejects_truncation_everywhere() {
+        let bytes = request(&[2]).encode_to_vec();
+        for cut in 1..bytes.len() {
+            let r = validate_and_count(&TRACES_REQUEST, &bytes[..cut]);
+            // Every strict prefix either fails or is itself a valid message that prost accepts.
+            if r.is_ok() {
+                assert!(ExportTraceServiceRequest::decode(&bytes[..cut]).is_ok(), "cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_utf8_in_span_name() {
+        let mut req = request(&[1]);
+        req.resource_spans[0].scope_spans[0].spans[0].name = "abcd".into();
+        let mut bytes = req.encode_to_vec();
+        let at = bytes.windows(4).position(|w| w == b"abcd").unwrap_or(0);
+        bytes[at] = 0xff;
+        let err = validate_and_count(&TRACES_REQUEST, &bytes).unwrap_err();
+        assert_eq!(err.at, "Span.name");
+        assert!(ExportTraceServiceRequest::decode(bytes.as_slice()).is_err());
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        let garbage = b"this is not protobuf at all, just text";
+        assert!(validate_and_count(&TRACES_REQUEST, garbage).is_err());
+    }
+
+    #[test]
+    fn agrees_with_prost_on_random_mutations() {
+        use rand::{Rng, SeedableRng};
+        let base = request(&[4, 2]).encode_to_vec();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..5000 {
+            let mut b = base.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..b.len());
+                b[i] = rng.random();
+            }
+            let ours = validate_and_count(&TRACES_REQUEST, &b);
+            if ours.is_ok() {
+                // When the walk accepts, prost must be able to decode (the reverse need not hold:
+                // prost ignores unknown wire types less strictly than we do in some cases).
+                assert!(ExportTraceServiceRequest::decode(b.as_slice()).is_ok(), "{b:?}");
+            }
+        }
+    }
+}
