@@ -1,1 +1,11 @@
-//! connectors
+//! bizpilot connectors: components that are the exporter of some pipelines and
+//! the receiver of others. Each module documents its config keys.
+
+pub mod forward;
+
+use bizpilot_core::Registry;
+
+/// Registers every connector of this crate.
+pub fn register(registry: &mut Registry) {
+    registry.connector(forward::ForwardConnectorFactory);
+}

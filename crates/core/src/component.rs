@@ -267,13 +267,14 @@ impl Output {
     }
 
     /// Sends to every target, waiting for room (internal hand-off between components).
-    /// Fails only when a target has shut down.
+    /// Fails only when a target has shut down; the batch's acknowledgements are then failed.
     pub async fn send(&self, batch: Batch) -> Result<(), Refusal> {
         self.send_inner(batch, None).await
     }
 
     /// Sends to every target after the admission gates agree, waiting at most `wait`
     /// for room in each (receivers use this so a client is refused rather than held forever).
+    /// On refusal the batch's acknowledgements are failed (its source may resend).
     pub async fn send_with_deadline(&self, batch: Batch, wait: Duration) -> Result<(), Refusal> {
         self.admit()?;
         self.send_inner(batch, Some(wait)).await
@@ -298,14 +299,26 @@ impl Output {
                 }
             };
             let sent = match wait {
-                None => t.sender.send(b).await.map_err(|_| Refusal::ShuttingDown),
+                None => t.sender.send(b).await.map_err(|e| {
+                    e.0.fail();
+                    Refusal::ShuttingDown
+                }),
                 Some(w) => match t.sender.try_send(b) {
                     Ok(()) => Ok(()),
-                    Err(mpsc::error::TrySendError::Closed(_)) => Err(Refusal::ShuttingDown),
+                    Err(mpsc::error::TrySendError::Closed(b)) => {
+                        b.fail();
+                        Err(Refusal::ShuttingDown)
+                    }
                     Err(mpsc::error::TrySendError::Full(b)) => match t.sender.send_timeout(b, w).await {
                         Ok(()) => Ok(()),
-                        Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(Refusal::Full(t.name.clone())),
-                        Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Refusal::ShuttingDown),
+                        Err(mpsc::error::SendTimeoutError::Timeout(b)) => {
+                            b.fail();
+                            Err(Refusal::Full(t.name.clone()))
+                        }
+                        Err(mpsc::error::SendTimeoutError::Closed(b)) => {
+                            b.fail();
+                            Err(Refusal::ShuttingDown)
+                        }
                     },
                 },
             };

@@ -225,15 +225,25 @@ impl<M: OtlpMessage> Otlp<M> {
         if other.items == 0 && other.encoded_len() == 0 {
             return Ok(());
         }
-        if self.msg.is_none() && other.msg.is_none() {
-            if let (Some(a), Some(b)) = (&self.bytes, &other.bytes) {
-                let mut joined = BytesMut::with_capacity(a.len() + b.len());
-                joined.extend_from_slice(a);
-                joined.extend_from_slice(b);
-                self.bytes = Some(joined.freeze());
-                self.items += other.items;
-                return Ok(());
-            }
+        if self.msg.is_none()
+            && other.msg.is_none()
+            && self.bytes.is_some()
+            && let Some(b) = other.bytes.as_ref()
+        {
+            let a = self.bytes.take().unwrap_or_default();
+            // Reuse our buffer when we own it, so repeated appends stay linear.
+            let mut joined = match a.try_into_mut() {
+                Ok(m) => m,
+                Err(shared) => {
+                    let mut m = BytesMut::with_capacity((shared.len() + b.len()) * 2);
+                    m.extend_from_slice(&shared);
+                    m
+                }
+            };
+            joined.extend_from_slice(b);
+            self.bytes = Some(joined.freeze());
+            self.items += other.items;
+            return Ok(());
         }
         self.ensure_decoded()?;
         other.ensure_decoded()?;
@@ -257,7 +267,8 @@ impl<M: OtlpMessage> Otlp<M> {
             None => M::default(),
         };
         self.bytes = None;
-        self.items = n;
+        // Metrics split at metric boundaries, so recount rather than assume `n`.
+        self.recount();
         Ok(Self::from_message(rest))
     }
 }

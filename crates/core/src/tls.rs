@@ -97,10 +97,16 @@ impl TlsServerSettings {
     pub fn validate(&self, prefix: &str) -> Vec<FieldError> {
         let mut e = Vec::new();
         if self.cert_file.is_empty() {
-            e.push(FieldError::new(format!("{prefix}.cert_file"), "required when tls is set"));
+            e.push(FieldError::new(
+                format!("{prefix}.cert_file"),
+                "required when tls is set",
+            ));
         }
         if self.key_file.is_empty() {
-            e.push(FieldError::new(format!("{prefix}.key_file"), "required when tls is set"));
+            e.push(FieldError::new(
+                format!("{prefix}.key_file"),
+                "required when tls is set",
+            ));
         }
         e
     }
@@ -108,13 +114,18 @@ impl TlsServerSettings {
     /// A rustls server config offering `alpn` protocols (e.g. `h2`, `http/1.1`).
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-        let ca = if self.client_ca_file.is_empty() { &self.ca_file } else { &self.client_ca_file };
+        let ca = if self.client_ca_file.is_empty() {
+            &self.ca_file
+        } else {
+            &self.client_ca_file
+        };
         let builder = if ca.is_empty() {
             builder.with_no_client_auth()
         } else {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
-                .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                    .build()
+                    .map_err(|e| TlsError::Verifier(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         };
         let mut cfg = builder.with_single_cert(certs(&self.cert_file)?, key(&self.key_file)?)?;

@@ -448,21 +448,35 @@ pub fn validate(raw: &RawConfig, registry: &Registry) -> (Option<Config>, Vec<Di
             );
         }
         if let Some(pairs) = connector_info.get(id) {
+            // As in the Collector: every signal the connector consumes must lead to at least one
+            // signal it produces, and every signal it produces must come from one it consumes.
+            let list = || {
+                pairs
+                    .iter()
+                    .map(|(a, b)| format!("{a}→{b}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             for i in as_exporter {
-                for o in as_receiver {
-                    if !pairs.contains(&(*i, *o)) {
-                        c.error(
-                            path.clone(),
-                            format!(
-                                "connector cannot connect {i} to {o} (supports: {})",
-                                pairs
-                                    .iter()
-                                    .map(|(a, b)| format!("{a}→{b}"))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        );
-                    }
+                if !as_receiver.iter().any(|o| pairs.contains(&(*i, *o))) {
+                    c.error(
+                        path.clone(),
+                        format!(
+                            "connector consumes {i} but feeds no pipeline it can produce from it (supports: {})",
+                            list()
+                        ),
+                    );
+                }
+            }
+            for o in as_receiver {
+                if !as_exporter.iter().any(|i| pairs.contains(&(*i, *o))) {
+                    c.error(
+                        path.clone(),
+                        format!(
+                            "connector feeds {o} pipelines but consumes nothing it turns into {o} (supports: {})",
+                            list()
+                        ),
+                    );
                 }
             }
         }
