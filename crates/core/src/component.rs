@@ -347,13 +347,72 @@ impl ReceiverOutput {
     }
 }
 
-/// Shared access to started extensions, by id.
+/// A JSON response of the HTTP API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl ApiResponse {
+    pub fn ok(body: serde_json::Value) -> Self {
+        Self { status: 200, body }
+    }
+    pub fn error(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: serde_json::json!({ "error": message.into() }),
+        }
+    }
+}
+
+/// A read-only part of the HTTP API that a component serves on the admin server under `/api/v1/`.
+pub trait ApiHandler: Send + Sync + 'static {
+    /// Answers `path` (after `/api/v1/`, e.g. `impact`), or `None` when the path is not this handler's.
+    fn handle(&self, path: &str, query: &[(String, String)]) -> Option<ApiResponse>;
+}
+
+/// The HTTP API handlers registered by running components.
+#[derive(Clone, Default)]
+pub struct ApiRegistry {
+    handlers: Arc<std::sync::RwLock<Vec<Arc<dyn ApiHandler>>>>,
+}
+
+impl ApiRegistry {
+    pub fn register(&self, handler: Arc<dyn ApiHandler>) {
+        if let Ok(mut h) = self.handlers.write() {
+            h.push(handler);
+        }
+    }
+
+    /// The first handler's answer for `path`, if any handler knows it.
+    pub fn dispatch(&self, path: &str, query: &[(String, String)]) -> Option<ApiResponse> {
+        let handlers = self.handlers.read().ok()?.clone();
+        handlers.iter().find_map(|h| h.handle(path, query))
+    }
+}
+
+/// Shared access to started extensions, by id, and to the HTTP API registry.
 #[derive(Clone, Default)]
 pub struct Extensions {
     items: HashMap<ComponentId, Arc<dyn Any + Send + Sync>>,
+    api: ApiRegistry,
 }
 
 impl Extensions {
+    /// Extensions sharing an existing API registry (the admin server's).
+    pub fn with_api(api: ApiRegistry) -> Self {
+        Self {
+            items: HashMap::new(),
+            api,
+        }
+    }
+
+    /// Where components register their HTTP API handlers.
+    pub fn api(&self) -> &ApiRegistry {
+        &self.api
+    }
+
     pub fn insert(&mut self, id: ComponentId, ext: Arc<dyn Any + Send + Sync>) {
         self.items.insert(id, ext);
     }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::{
-    Admission, Built, ComponentError, ComponentKind, ConnectorContext, CreateContext, ExporterContext,
+    Admission, ApiRegistry, Built, ComponentError, ComponentKind, ConnectorContext, CreateContext, ExporterContext,
     ExtensionContext, Extensions, Output, ProcessorContext, ReceiverContext, ReceiverOutput, Registry, Running, Target,
 };
 use crate::config::{ComponentId, Config, PipelineId};
@@ -106,6 +106,15 @@ fn is_connector(config: &Config, id: &ComponentId) -> bool {
 impl RunningService {
     /// Creates and starts every component of `config`.
     pub async fn start(config: &Config, registry: &Registry) -> Result<RunningService, StartError> {
+        Self::start_with_api(config, registry, ApiRegistry::default()).await
+    }
+
+    /// Like [`RunningService::start`], with components registering HTTP API handlers in `api`.
+    pub async fn start_with_api(
+        config: &Config,
+        registry: &Registry,
+        api: ApiRegistry,
+    ) -> Result<RunningService, StartError> {
         let receiver_shutdown = CancellationToken::new();
         let abort = CancellationToken::new();
         let extension_shutdown = CancellationToken::new();
@@ -118,7 +127,7 @@ impl RunningService {
             extension_shutdown: extension_shutdown.clone(),
             ready: Arc::new(AtomicBool::new(false)),
         };
-        match svc.start_all(config, registry).await {
+        match svc.start_all(config, registry, api).await {
             Ok(()) => {
                 svc.ready.store(true, Ordering::Release);
                 Ok(svc)
@@ -131,9 +140,9 @@ impl RunningService {
         }
     }
 
-    async fn start_all(&mut self, config: &Config, registry: &Registry) -> Result<(), StartError> {
+    async fn start_all(&mut self, config: &Config, registry: &Registry, api: ApiRegistry) -> Result<(), StartError> {
         // 1. Extensions.
-        let mut extensions = Extensions::default();
+        let mut extensions = Extensions::with_api(api);
         for id in &config.extensions {
             let ctx = CreateContext {
                 id,

@@ -32,7 +32,7 @@ pub struct TlsServerSettings {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsClientSettings {
-    /// Use TLS even when the endpoint says `http://` (gRPC endpoints without a scheme).
+    /// Plaintext for endpoints without a scheme (the Collector's `insecure`); `https://` endpoints still use TLS.
     pub insecure: bool,
     pub ca_file: String,
     pub cert_file: String,

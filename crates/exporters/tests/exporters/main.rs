@@ -1,0 +1,9 @@
+//! Exporters against real peers: a tonic OTLP/gRPC server and a hyper OTLP/HTTP server.
+
+mod common;
+mod config;
+mod debug;
+mod grpc;
+mod http_exporter;
+mod sending;
+mod tls;

@@ -1,0 +1,472 @@
+//! Shared pieces of the end-to-end tests: free loopback ports, a real OTLP
+//! gRPC server standing in for the downstream backend, and the `bizpilot`
+//! binary run as a child process (started with a config file, stopped by PID).
+#![allow(dead_code)]
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status};
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Everything the downstream received, request by request.
+#[derive(Default)]
+pub struct Received {
+    pub traces: Vec<ExportTraceServiceRequest>,
+    pub metrics: Vec<ExportMetricsServiceRequest>,
+    pub logs: Vec<ExportLogsServiceRequest>,
+}
+
+impl Received {
+    pub fn spans(&self) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
+        self.traces
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| s.spans.clone())
+            .collect()
+    }
+    pub fn span_count(&self) -> usize {
+        self.traces
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum()
+    }
+    pub fn log_count(&self) -> usize {
+        self.logs
+            .iter()
+            .flat_map(|r| &r.resource_logs)
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum()
+    }
+}
+
+#[derive(Clone)]
+struct Sink {
+    got: Arc<Mutex<Received>>,
+    unavailable: Arc<AtomicBool>,
+}
+
+impl Sink {
+    fn check(&self) -> Result<(), Status> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            Err(Status::unavailable("downstream is refusing (test)"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        r: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.check()?;
+        self.got.lock().unwrap().traces.push(r.into_inner());
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Sink {
+    async fn export(
+        &self,
+        r: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.check()?;
+        self.got.lock().unwrap().metrics.push(r.into_inner());
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Sink {
+    async fn export(
+        &self,
+        r: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        self.check()?;
+        self.got.lock().unwrap().logs.push(r.into_inner());
+        Ok(Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+/// A real OTLP/gRPC server (tonic) that records what it receives. It can be
+/// stopped and started again on the same port, or told to answer UNAVAILABLE.
+pub struct Downstream {
+    pub addr: SocketAddr,
+    got: Arc<Mutex<Received>>,
+    unavailable: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Downstream {
+    pub async fn start() -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut d = Downstream {
+            addr,
+            got: Arc::default(),
+            unavailable: Arc::default(),
+            stop: None,
+            task: None,
+        };
+        d.up().await;
+        d
+    }
+
+    /// Starts serving (again) on the same address.
+    pub async fn up(&mut self) {
+        let sink = Sink {
+            got: self.got.clone(),
+            unavailable: self.unavailable.clone(),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let addr = self.addr;
+        let listener = {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => break l,
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("downstream cannot bind {addr}: {e}"),
+                }
+            }
+        };
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(
+                    TraceServiceServer::new(sink.clone())
+                        .accept_compressed(CompressionEncoding::Gzip)
+                        .max_decoding_message_size(64 << 20),
+                )
+                .add_service(
+                    MetricsServiceServer::new(sink.clone())
+                        .accept_compressed(CompressionEncoding::Gzip)
+                        .max_decoding_message_size(64 << 20),
+                )
+                .add_service(
+                    LogsServiceServer::new(sink)
+                        .accept_compressed(CompressionEncoding::Gzip)
+                        .max_decoding_message_size(64 << 20),
+                )
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        self.stop = Some(tx);
+        self.task = Some(task);
+    }
+
+    /// Stops serving; connections are closed.
+    pub async fn down(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    pub fn set_unavailable(&self, on: bool) {
+        self.unavailable.store(on, Ordering::SeqCst);
+    }
+
+    pub fn received<T>(&self, f: impl FnOnce(&Received) -> T) -> T {
+        f(&self.got.lock().unwrap())
+    }
+
+    /// Waits until `cond` holds for what was received, or panics after `timeout`.
+    pub async fn wait_for(&self, timeout: Duration, what: &str, cond: impl Fn(&Received) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.received(&cond) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let (t, l) = self.received(|r| (r.span_count(), r.log_count()));
+                panic!("timed out waiting for {what} (downstream has {t} spans, {l} log records)");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The `bizpilot` binary running as a child process.
+pub struct Bizpilot {
+    child: Option<Child>,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bizpilot"))
+}
+
+impl Bizpilot {
+    /// Writes `config` to a file and runs `bizpilot run --config <file>`; waits for `/readyz`.
+    /// The config must set `service.telemetry.metrics.address` to `admin`.
+    pub fn start(config: &str, admin: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, config).expect("write config");
+        Self::start_with(&[path.as_path()], admin, dir, &[])
+    }
+
+    pub fn start_with(configs: &[&Path], admin: SocketAddr, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(bin());
+        cmd.arg("run");
+        for c in configs {
+            cmd.arg("--config").arg(c);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = std::fs::File::create(dir.path().join("stdout.log")).expect("log file");
+        let err = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
+        cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
+        let child = cmd.spawn().expect("spawn bizpilot");
+        let mut b = Bizpilot {
+            child: Some(child),
+            admin,
+            dir,
+        };
+        b.wait_ready(Duration::from_secs(30));
+        b
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn logs(&self) -> String {
+        let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            read("stdout.log"),
+            read("stderr.log")
+        )
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("bizpilot exited during start with {status}\n{}", self.logs());
+            }
+            if let Ok((200, _)) = http_get(self.admin, "/readyz") {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("bizpilot not ready after {timeout:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Self-telemetry in Prometheus text format.
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").map(|(_, b)| b).unwrap_or_default()
+    }
+
+    /// Sum of the samples of a metric (all label sets) whose labels contain every `label_filter`.
+    pub fn metric_sum(&self, name: &str, label_filter: &[&str]) -> f64 {
+        metric_sum(&self.metrics(), name, label_filter)
+    }
+
+    /// Sends a signal by PID with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("bizpilot did not exit within {timeout:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Bizpilot {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sums the samples of `name` in Prometheus text whose label set contains every filter string.
+pub fn metric_sum(text: &str, name: &str, label_filter: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let metric = l.split(['{', ' ']).next().unwrap_or("");
+            metric == name && label_filter.iter().all(|f| l.contains(f))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// A plain HTTP/1.1 GET over std TCP (no client library needed): (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, &[], &[])
+}
+
+/// A plain HTTP/1.1 request: (status, body as lossy UTF-8).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let (status, _, body) = http_request_full(addr, method, path, headers, body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Status, headers (names lower-cased) and body of an HTTP response.
+pub type HttpResponse = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// A plain HTTP/1.1 request: (status, response headers lower-cased, body).
+pub fn http_request_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status line"))?;
+    let hdrs: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[split + 4..].to_vec();
+    if hdrs
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Ok((status, hdrs, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(pos) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..pos]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = pos + 2;
+        out.extend_from_slice(&b[start..(start + size).min(b.len())]);
+        b = &b[(start + size + 2).min(b.len())..];
+    }
+    out
+}
+
+/// An `opentelemetry_http::HttpClient` over blocking std TCP, so the SDK's
+/// thread-based batch processors and periodic readers can export over OTLP/HTTP
+/// from any thread (the SDK's async clients need a Tokio context there).
+#[derive(Debug, Default)]
+pub struct BlockingHttp;
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for BlockingHttp {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let uri = request.uri().clone();
+        let authority = uri.authority().ok_or("no authority")?.as_str().to_string();
+        let addr: SocketAddr = authority.parse()?;
+        let headers: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .filter(|(k, _)| k.as_str() != "content-length" && k.as_str() != "host")
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let hdr_refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (status, resp_headers, body) = http_request_full(
+            addr,
+            request.method().as_str(),
+            uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+            &hdr_refs,
+            request.body(),
+        )?;
+        let mut resp = http::Response::builder().status(status);
+        for (k, v) in resp_headers {
+            resp = resp.header(k, v);
+        }
+        Ok(resp.body(bytes::Bytes::from(body))?)
+    }
+}

@@ -1,0 +1,162 @@
+//! The command line: `validate`, `components`, `--version`, and every shipped pipeline.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bizpilot(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(common::bin()).args(args).output().expect("run bizpilot");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn validate_reports_every_mistake_with_its_path_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        r#"receivers:
+  otlp:
+    protocols:
+      grpc:
+processors:
+  batch:
+    timeout: 5x
+exporters:
+  debug:
+    verbosty: detailed
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [otlp/missing]
+"#,
+    )
+    .unwrap();
+    let (code, stdout, _) = bizpilot(&["validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}");
+    // 1. a bad duration, with its path and line
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("processors.batch.timeout: invalid duration \"5x\"") && l.contains(":7)")),
+        "{stdout}"
+    );
+    // 2. an unknown key (a typo), with its path and line
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("exporters.debug") && l.contains("verbosty") && l.contains(":10)")),
+        "{stdout}"
+    );
+    // 3. a reference to an undefined component
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("service.pipelines.traces.exporters[0]") && l.contains("otlp/missing")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("3 error(s)"), "{stdout}");
+}
+
+#[test]
+fn validate_warns_about_unused_definitions_but_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.yaml");
+    std::fs::write(
+        &path,
+        "receivers:\n  otlp:\n    protocols:\n      http:\nexporters:\n  debug:\n  debug/unused:\nservice:\n  pipelines:\n    logs:\n      receivers: [otlp]\n      exporters: [debug]\n",
+    )
+    .unwrap();
+    let (code, stdout, _) = bizpilot(&["validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("warning: exporters.debug/unused: defined but not used"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn several_config_files_merge_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.yaml");
+    let b = dir.path().join("b.yaml");
+    std::fs::write(
+        &a,
+        "receivers:\n  otlp:\n    protocols:\n      http:\nprocessors:\n  batch:\n    timeout: nonsense\nexporters:\n  debug:\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      processors: [batch]\n      exporters: [debug]\n",
+    )
+    .unwrap();
+    std::fs::write(&b, "processors:\n  batch:\n    timeout: 1s\n").unwrap();
+    let (code, stdout, _) = bizpilot(&["validate", "--config", a.to_str().unwrap()]);
+    assert_eq!(code, 1, "first file alone is invalid: {stdout}");
+    let (code, stdout, _) = bizpilot(&[
+        "validate",
+        "--config",
+        a.to_str().unwrap(),
+        "--config",
+        b.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "the second file fixes it: {stdout}");
+}
+
+#[test]
+fn every_shipped_pipeline_validates() {
+    let dir = workspace_root().join("pipelines");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("pipelines/ exists") {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let (code, stdout, stderr) = bizpilot(&["validate", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{}:\n{stdout}{stderr}", path.display());
+        assert!(!stdout.contains("error:"), "{stdout}");
+        checked += 1;
+    }
+    assert!(checked >= 1);
+}
+
+#[test]
+fn embedded_default_pipeline_validates_and_matches_the_shipped_file() {
+    let (code, stdout, _) = bizpilot(&["default-config"]);
+    assert_eq!(code, 0);
+    let shipped = std::fs::read_to_string(workspace_root().join("pipelines/default.yaml")).unwrap();
+    assert_eq!(stdout, shipped);
+    let (code, stdout, _) = bizpilot(&["validate"]);
+    assert_eq!(code, 0, "{stdout}");
+}
+
+#[test]
+fn components_lists_types_with_stability() {
+    let (code, stdout, _) = bizpilot(&["components"]);
+    assert_eq!(code, 0);
+    for (kind, ty) in [
+        ("receiver", "otlp"),
+        ("processor", "batch"),
+        ("processor", "memory_limiter"),
+        ("exporter", "otlp"),
+        ("exporter", "otlphttp"),
+        ("exporter", "debug"),
+        ("connector", "forward"),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().take(2).collect::<Vec<_>>() == [kind, ty]),
+            "{kind} {ty} missing:\n{stdout}"
+        );
+    }
+    let (code, stdout, _) = bizpilot(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("bizpilot "), "{stdout}");
+}
