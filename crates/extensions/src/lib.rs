@@ -1,1 +1,166 @@
-//! extensions
+//! bizpilot extensions: shared services other components look up by id
+//! through `CreateContext::extensions`.
+//!
+//! - [`business_state`]: the keyed business state (orders, customers) written by the
+//!   `business_events` exporter and read by the `enrich` processor;
+//! - [`lookup`]: a reference table from a CSV/JSON/YAML file, reloaded when it changes.
+#![forbid(unsafe_code)]
+
+pub mod business_state;
+pub mod lookup;
+
+pub use business_state::{BusinessStateConfig, BusinessStateExtension, BusinessStateExtensionFactory};
+pub use lookup::{LookupConfig, LookupExtension, LookupExtensionFactory};
+
+use bizpilot_core::Registry;
+
+/// Registers every extension of this crate.
+pub fn register(r: &mut Registry) {
+    r.extension(BusinessStateExtensionFactory);
+    r.extension(LookupExtensionFactory);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bizpilot_business::{BusinessEvent, BusinessState, Lookup};
+    use bizpilot_core::{Built, ComponentId, ComponentKind, CreateContext, ExtensionContext, Extensions};
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    fn start(yaml: &str, id: &str) -> (Extensions, bizpilot_core::Running, CancellationToken) {
+        let mut r = Registry::new();
+        register(&mut r);
+        let id: ComponentId = id.parse().unwrap();
+        let raw: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let empty = Extensions::default();
+        let ctx = CreateContext {
+            id: &id,
+            pipeline: None,
+            signals: BTreeSet::new(),
+            output_signals: BTreeSet::new(),
+            extensions: &empty,
+        };
+        let f = r.get(ComponentKind::Extension, id.type_name()).unwrap();
+        let Ok(Built::Extension(ext)) = f.build(&raw, &ctx) else {
+            panic!("not built")
+        };
+        let shutdown = CancellationToken::new();
+        let running = ext
+            .clone()
+            .start(ExtensionContext {
+                id: id.clone(),
+                shutdown: shutdown.clone(),
+            })
+            .unwrap();
+        let mut exts = Extensions::default();
+        exts.insert(id, ext.shared());
+        (exts, running, shutdown)
+    }
+
+    #[test]
+    fn configs_validate() {
+        let mut r = Registry::new();
+        register(&mut r);
+        let check = |kind, t: &str, yaml: &str| {
+            let raw: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+            r.get(kind, t).unwrap().check(&raw)
+        };
+        assert!(check(ComponentKind::Extension, "business_state", "null").is_ok());
+        let errs = check(
+            ComponentKind::Extension,
+            "business_state",
+            "{max_orders: 0, max_customers: 0}",
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 2);
+        let errs = check(ComponentKind::Extension, "business_state", "{max_order: 5}").unwrap_err();
+        assert!(errs[0].message.contains("unknown field"), "{errs:?}");
+        let errs = check(ComponentKind::Extension, "lookup", "null").unwrap_err();
+        assert_eq!(
+            errs.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            ["file", "key"]
+        );
+        let errs = check(ComponentKind::Extension, "lookup", "{file: t.txt, key: id}").unwrap_err();
+        assert_eq!(errs[0].path, "format");
+        assert!(
+            check(
+                ComponentKind::Extension,
+                "lookup",
+                "{file: t.txt, key: id, format: csv}"
+            )
+            .is_ok()
+        );
+        let errs = check(
+            ComponentKind::Extension,
+            "lookup",
+            "{file: t.txt, key: id, format: xml}",
+        )
+        .unwrap_err();
+        assert_eq!(errs[0].path, "format");
+    }
+
+    #[tokio::test]
+    async fn business_state_is_shared_and_purged() {
+        let (exts, mut running, shutdown) = start("{ttl: 100ms, purge_interval: 20ms}", "business_state");
+        let id: ComponentId = "business_state".parse().unwrap();
+        let st = exts.get::<BusinessState>(&id).unwrap();
+        let mut ev = BusinessEvent::new("order.placed", 1);
+        ev.order_id = Some("o1".into());
+        st.apply(&ev);
+        assert!(st.order("o1").is_some());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(st.orders.len(), 0, "purged in the background");
+        assert_eq!(st.orders.stats().expirations, 1);
+        assert!(exts.get::<Lookup>(&id).is_err(), "wrong type is refused");
+        shutdown.cancel();
+        running.join().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn lookup_reloads_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiers.json");
+        std::fs::write(&path, r#"[{"id": "c1", "tier": "gold"}]"#).unwrap();
+        let yaml = format!("{{file: {}, key: id, reload_interval: 50ms}}", path.display());
+        let (exts, mut running, shutdown) = start(&yaml, "lookup/tiers");
+        let l: Arc<Lookup> = exts.get::<Lookup>(&"lookup/tiers".parse().unwrap()).unwrap();
+        assert_eq!(l.name(), "lookup/tiers");
+        assert_eq!(l.table().len(), 1);
+        std::fs::write(
+            &path,
+            r#"[{"id": "c1", "tier": "silver"}, {"id": "c2", "tier": "gold"}]"#,
+        )
+        .unwrap();
+        let mut ok = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if l.table().len() == 2 {
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "reloaded within 2s");
+        assert_eq!(l.table().get("c1").unwrap().get("tier").unwrap().as_str(), "silver");
+        shutdown.cancel();
+        running.join().await.unwrap();
+    }
+
+    #[test]
+    fn lookup_refuses_to_start_on_a_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(&path, "- id: a\n- tier: x\n").unwrap();
+        let cfg = LookupConfig {
+            file: path.clone(),
+            key: "id".into(),
+            ..Default::default()
+        };
+        let Err(e) = LookupExtension::open("lookup", &cfg) else {
+            panic!("must fail")
+        };
+        assert!(e.to_string().contains("bad.yaml:2"), "{e}");
+    }
+}

@@ -1,0 +1,538 @@
+//! The keyed business state: order id → [`OrderContext`], customer id →
+//! [`CustomerContext`], built from business events and read by enrichment.
+//!
+//! Each [`KeyedStore`] is bounded and observable:
+//!
+//! - **Bound**: at most `max_entries` keys. The store is split into shards (each
+//!   behind its own `RwLock`, so reads on different keys never wait on one
+//!   another and reads of one shard share its lock); the shards' capacities add
+//!   up to exactly `max_entries`. When a shard is full, its *least recently
+//!   updated* key is evicted. Reads do not change the eviction order, so they
+//!   only take a read lock.
+//! - **TTL**: a key not updated for `ttl` is gone: reads treat it as absent at
+//!   once, and it is removed on the shard's next write or by [`KeyedStore::purge_expired`]
+//!   (the `business_state` extension calls it periodically). Since every key has
+//!   the same TTL, the least recently updated key is always the first to expire,
+//!   so expiry pops from the front of the same order as eviction.
+//! - **Counters**: hits, misses, updates, evictions and expirations, both as
+//!   [`StoreStats`] and as `metrics` counters
+//!   `bizpilot_business_state_{hits,misses,updates,evictions,expirations}_total{extension,store}`
+//!   with gauge `bizpilot_business_state_entries{extension,store}` (`store` is `orders` or `customers`).
+//! - **Arrivals**: [`KeyedStore::subscribe`] gives every key written from then on, so a
+//!   component waiting for a key (the enrich processor's join window) learns
+//!   when it appears instead of polling. A subscriber that lags is told so
+//!   (`RecvError::Lagged`) and should re-check what it waits for with [`KeyedStore::contains`].
+//!
+//! Time is `tokio::time::Instant`, so tests can pause and advance it.
+
+use metrics::{Counter, Gauge, counter, gauge};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::context::{CustomerContext, OrderContext};
+use crate::event::BusinessEvent;
+
+/// Keys buffered for a subscriber that has not read them yet.
+const CHANGES_CAPACITY: usize = 4096;
+/// Shards are used only when each holds at least this many keys.
+const MIN_PER_SHARD: usize = 256;
+const MAX_SHARDS: usize = 16;
+
+/// Counter values of one store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub entries: usize,
+    pub hits: u64,
+    pub misses: u64,
+    pub updates: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+}
+
+struct Count {
+    local: AtomicU64,
+    metric: Counter,
+}
+
+impl Count {
+    fn new(name: &'static str, extension: &str, store: &'static str) -> Self {
+        Count {
+            local: AtomicU64::new(0),
+            metric: counter!(name, "extension" => extension.to_string(), "store" => store),
+        }
+    }
+    #[inline]
+    fn add(&self, n: u64) {
+        if n > 0 {
+            self.local.fetch_add(n, Ordering::Relaxed);
+            self.metric.increment(n);
+        }
+    }
+    fn get(&self) -> u64 {
+        self.local.load(Ordering::Relaxed)
+    }
+}
+
+struct Counters {
+    hits: Count,
+    misses: Count,
+    updates: Count,
+    evictions: Count,
+    expirations: Count,
+    entries: Gauge,
+}
+
+struct Slot<V> {
+    key: Arc<str>,
+    value: Arc<V>,
+    seq: u64,
+    updated: Instant,
+}
+
+struct Shard<V> {
+    map: HashMap<Arc<str>, Slot<V>>,
+    /// Update sequence → key: the first entry is the least recently updated.
+    order: BTreeMap<u64, Arc<str>>,
+    next_seq: u64,
+    cap: usize,
+}
+
+/// A bounded, sharded map from a string key to a shared value, with TTL and counters.
+pub struct KeyedStore<V> {
+    store: &'static str,
+    shards: Box<[RwLock<Shard<V>>]>,
+    hasher: RandomState,
+    ttl: Option<Duration>,
+    max_entries: usize,
+    len: AtomicUsize,
+    counters: Counters,
+    changes: broadcast::Sender<Arc<str>>,
+}
+
+impl<V> std::fmt::Debug for KeyedStore<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedStore")
+            .field("store", &self.store)
+            .field("max_entries", &self.max_entries)
+            .field("ttl", &self.ttl)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<V> KeyedStore<V> {
+    /// Keys currently held (expired keys not yet purged included).
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> KeyedStore<V> {
+    /// A store of at most `max_entries` keys (at least 1), each living `ttl` after its
+    /// last update (`None`: until evicted). `extension` and `store` label the metrics.
+    pub fn new(extension: &str, store: &'static str, max_entries: usize, ttl: Option<Duration>) -> Self {
+        let max_entries = max_entries.max(1);
+        let mut n = 1;
+        while n < MAX_SHARDS && max_entries / (n * 2) >= MIN_PER_SHARD {
+            n *= 2;
+        }
+        let (base, extra) = (max_entries / n, max_entries % n);
+        let shards = (0..n)
+            .map(|i| {
+                RwLock::new(Shard {
+                    map: HashMap::new(),
+                    order: BTreeMap::new(),
+                    next_seq: 0,
+                    cap: base + usize::from(i < extra),
+                })
+            })
+            .collect();
+        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+        KeyedStore {
+            store,
+            shards,
+            hasher: RandomState::new(),
+            ttl: ttl.filter(|t| !t.is_zero()),
+            max_entries,
+            len: AtomicUsize::new(0),
+            counters: Counters {
+                hits: Count::new("bizpilot_business_state_hits_total", extension, store),
+                misses: Count::new("bizpilot_business_state_misses_total", extension, store),
+                updates: Count::new("bizpilot_business_state_updates_total", extension, store),
+                evictions: Count::new("bizpilot_business_state_evictions_total", extension, store),
+                expirations: Count::new("bizpilot_business_state_expirations_total", extension, store),
+                entries: gauge!("bizpilot_business_state_entries", "extension" => extension.to_string(), "store" => store),
+            },
+            changes,
+        }
+    }
+
+    fn shard(&self, key: &str) -> &RwLock<Shard<V>> {
+        let i = (self.hasher.hash_one(key) as usize) % self.shards.len();
+        // `i` is always in range; fall back to the first shard rather than panic.
+        self.shards.get(i).unwrap_or(&self.shards[0])
+    }
+
+    #[inline]
+    fn live(&self, slot: &Slot<V>, now: Option<Instant>) -> bool {
+        match (self.ttl, now) {
+            (Some(ttl), Some(now)) => now.saturating_duration_since(slot.updated) < ttl,
+            _ => true,
+        }
+    }
+
+    /// The value of `key`, counting a hit or a miss.
+    pub fn get(&self, key: &str) -> Option<Arc<V>> {
+        let v = self.peek(key);
+        if v.is_some() {
+            self.counters.hits.add(1);
+        } else {
+            self.counters.misses.add(1);
+        }
+        v
+    }
+
+    /// The value of `key` without counting.
+    pub fn peek(&self, key: &str) -> Option<Arc<V>> {
+        let now = self.ttl.map(|_| Instant::now());
+        let shard = read(self.shard(key));
+        shard
+            .map
+            .get(key)
+            .filter(|s| self.live(s, now))
+            .map(|s| s.value.clone())
+    }
+
+    /// Whether `key` is present (not expired), without counting.
+    pub fn contains(&self, key: &str) -> bool {
+        let now = self.ttl.map(|_| Instant::now());
+        read(self.shard(key)).map.get(key).is_some_and(|s| self.live(s, now))
+    }
+
+    /// Removes expired keys from the front of a shard.
+    fn expire_front(&self, sh: &mut Shard<V>, now: Instant) -> u64 {
+        let Some(ttl) = self.ttl else { return 0 };
+        let mut n = 0;
+        while let Some(entry) = sh.order.first_entry() {
+            let key = entry.get();
+            let expired = sh
+                .map
+                .get(key)
+                .is_none_or(|s| now.saturating_duration_since(s.updated) >= ttl);
+            if !expired {
+                break;
+            }
+            let key = entry.remove();
+            if sh.map.remove(&key).is_some() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Creates or changes `key`: `init` makes a new value, `change` edits it (a shared
+    /// value is copied first, so readers holding the old one are unaffected). The key
+    /// becomes the most recently updated; the least recently updated key of a full
+    /// shard is evicted. Returns the new value.
+    pub fn update(&self, key: &str, init: impl FnOnce() -> V, change: impl FnOnce(&mut V)) -> Arc<V> {
+        let now = Instant::now();
+        let (value, key_arc, expired, evicted, delta) = {
+            let mut guard = write(self.shard(key));
+            let sh = &mut *guard;
+            let expired = self.expire_front(sh, now);
+            let seq = sh.next_seq;
+            sh.next_seq += 1;
+            let mut delta: isize = -(expired as isize);
+            let (value, key_arc) = match sh.map.get_mut(key) {
+                Some(slot) => {
+                    let k = slot.key.clone();
+                    change(Arc::make_mut(&mut slot.value));
+                    sh.order.remove(&slot.seq);
+                    slot.seq = seq;
+                    slot.updated = now;
+                    (slot.value.clone(), k)
+                }
+                None => {
+                    let k: Arc<str> = Arc::from(key);
+                    let mut v = init();
+                    change(&mut v);
+                    let v = Arc::new(v);
+                    sh.map.insert(
+                        k.clone(),
+                        Slot {
+                            key: k.clone(),
+                            value: v.clone(),
+                            seq,
+                            updated: now,
+                        },
+                    );
+                    delta += 1;
+                    (v, k)
+                }
+            };
+            sh.order.insert(seq, key_arc.clone());
+            let mut evicted = 0u64;
+            while sh.map.len() > sh.cap {
+                let Some((_, old)) = sh.order.pop_first() else { break };
+                if sh.map.remove(&old).is_some() {
+                    evicted += 1;
+                    delta -= 1;
+                }
+            }
+            (value, key_arc, expired, evicted, delta)
+        };
+        self.adjust_len(delta);
+        self.counters.updates.add(1);
+        self.counters.expirations.add(expired);
+        self.counters.evictions.add(evicted);
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(key_arc);
+        }
+        value
+    }
+
+    fn adjust_len(&self, delta: isize) {
+        let len = if delta >= 0 {
+            self.len.fetch_add(delta as usize, Ordering::Relaxed) + delta as usize
+        } else {
+            let d = delta.unsigned_abs();
+            self.len.fetch_sub(d, Ordering::Relaxed).saturating_sub(d)
+        };
+        self.counters.entries.set(len as f64);
+    }
+
+    /// Removes `key`; returns its value.
+    pub fn remove(&self, key: &str) -> Option<Arc<V>> {
+        let slot = {
+            let mut sh = write(self.shard(key));
+            let slot = sh.map.remove(key)?;
+            sh.order.remove(&slot.seq);
+            slot
+        };
+        self.adjust_len(-1);
+        Some(slot.value)
+    }
+
+    /// Removes every expired key; returns how many.
+    pub fn purge_expired(&self) -> u64 {
+        if self.ttl.is_none() {
+            return 0;
+        }
+        let now = Instant::now();
+        let mut total = 0;
+        for s in self.shards.iter() {
+            let n = self.expire_front(&mut write(s), now);
+            total += n;
+        }
+        self.adjust_len(-(total as isize));
+        self.counters.expirations.add(total);
+        total
+    }
+
+    /// The bound on keys.
+    pub fn capacity(&self) -> usize {
+        self.max_entries
+    }
+
+    pub fn ttl(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// Every key written after this call, in write order.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.changes.subscribe()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            entries: self.len(),
+            hits: self.counters.hits.get(),
+            misses: self.counters.misses.get(),
+            updates: self.counters.updates.get(),
+            evictions: self.counters.evictions.get(),
+            expirations: self.counters.expirations.get(),
+        }
+    }
+}
+
+/// Bounds of a [`BusinessState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateConfig {
+    pub max_orders: usize,
+    pub max_customers: usize,
+    /// How long a key lives after its last update; `None` = until evicted.
+    pub ttl: Option<Duration>,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            max_orders: 100_000,
+            max_customers: 100_000,
+            ttl: Some(Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// Which parts of the state an event changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub order: bool,
+    pub customer: bool,
+}
+
+/// Orders and customers, as the `business_state` extension shares them.
+#[derive(Debug)]
+pub struct BusinessState {
+    pub orders: KeyedStore<OrderContext>,
+    pub customers: KeyedStore<CustomerContext>,
+}
+
+impl BusinessState {
+    /// `name` labels the metrics (the extension id).
+    pub fn new(name: &str, cfg: StateConfig) -> Self {
+        BusinessState {
+            orders: KeyedStore::new(name, "orders", cfg.max_orders, cfg.ttl),
+            customers: KeyedStore::new(name, "customers", cfg.max_customers, cfg.ttl),
+        }
+    }
+
+    /// Folds an event into the order (if it names one) and the customer (if it names one).
+    pub fn apply(&self, ev: &BusinessEvent) -> Applied {
+        let mut applied = Applied::default();
+        if let Some(id) = ev.order_id.as_deref() {
+            self.orders.update(id, || OrderContext::new(id), |o| o.apply(ev));
+            applied.order = true;
+        }
+        if let Some(id) = ev.customer_id.as_deref() {
+            self.customers.update(id, || CustomerContext::new(id), |c| c.apply(ev));
+            applied.customer = true;
+        }
+        applied
+    }
+
+    /// The order `id`, counting a hit or miss.
+    pub fn order(&self, id: &str) -> Option<Arc<OrderContext>> {
+        self.orders.get(id)
+    }
+
+    /// The customer `id`, counting a hit or miss.
+    pub fn customer(&self, id: &str) -> Option<Arc<CustomerContext>> {
+        self.customers.get(id)
+    }
+
+    /// Removes expired orders and customers.
+    pub fn purge_expired(&self) -> u64 {
+        self.orders.purge_expired() + self.customers.purge_expired()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(max: usize, ttl: Option<Duration>) -> KeyedStore<u64> {
+        KeyedStore::new("test", "orders", max, ttl)
+    }
+
+    #[test]
+    fn bounded_and_evicts_least_recently_updated() {
+        let s = store(3, None);
+        for k in ["a", "b", "c"] {
+            s.update(k, || 0, |v| *v += 1);
+        }
+        s.update("a", || 0, |v| *v += 1); // a is now the most recent
+        assert!(s.get("b").is_some()); // reads do not refresh
+        s.update("d", || 0, |v| *v += 1);
+        assert!(s.peek("b").is_none(), "b was least recently updated");
+        assert_eq!(*s.peek("a").unwrap(), 2);
+        let st = s.stats();
+        assert_eq!((st.entries, st.evictions, st.updates, st.hits), (3, 1, 5, 1));
+    }
+
+    #[test]
+    fn never_exceeds_the_bound_with_many_keys() {
+        for max in [1, 7, 1000, 5000] {
+            let s = store(max, None);
+            for i in 0..(max * 10 + 3) {
+                s.update(&format!("k{i}"), || i as u64, |_| {});
+                assert!(s.len() <= max);
+            }
+            assert_eq!(s.len(), max, "every shard fills up");
+            let real: usize = s.shards.iter().map(|sh| read(sh).map.len()).sum();
+            assert_eq!(real, max);
+            assert_eq!(s.stats().evictions as usize, max * 9 + 3);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttl_expires_keys() {
+        let s = store(100, Some(Duration::from_secs(10)));
+        s.update("a", || 1, |_| {});
+        tokio::time::advance(Duration::from_secs(6)).await;
+        s.update("b", || 2, |_| {});
+        assert!(s.contains("a"));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(s.get("a").is_none(), "a expired 1s ago");
+        assert!(s.get("b").is_some());
+        assert_eq!(s.purge_expired(), 1);
+        assert_eq!(s.len(), 1);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        s.update("c", || 3, |_| {}); // a write purges the shard's expired front too
+        assert!(s.peek("b").is_none());
+        assert_eq!(s.stats().expirations, 2);
+        assert_eq!(s.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_written_keys() {
+        let s = store(10, None);
+        let mut rx = s.subscribe();
+        s.update("x", || 0, |_| {});
+        assert_eq!(&*rx.recv().await.unwrap(), "x");
+    }
+
+    #[test]
+    fn business_state_applies_events() {
+        let st = BusinessState::new("business_state", StateConfig::default());
+        let mut ev = BusinessEvent::new("order.placed", 1);
+        ev.order_id = Some("o1".into());
+        ev.customer_id = Some("c1".into());
+        ev.customer_tier = Some("gold".into());
+        assert_eq!(
+            st.apply(&ev),
+            Applied {
+                order: true,
+                customer: true
+            }
+        );
+        let o = st.order("o1").unwrap();
+        assert_eq!(o.customer_id(), Some("c1"));
+        assert_eq!(st.customer("c1").unwrap().tier(), Some("gold"));
+        assert!(st.order("nope").is_none());
+        assert_eq!(st.orders.stats().misses, 1);
+        // A reader's copy is not changed by later updates.
+        ev.customer_id = Some("c2".into());
+        ev.time_unix_nano = 2;
+        st.apply(&ev);
+        assert_eq!(o.customer_id(), Some("c1"));
+        assert_eq!(st.order("o1").unwrap().customer_id(), Some("c2"));
+    }
+}

@@ -1,0 +1,1083 @@
+//! The compiled rule engine of the `enrich` processor: rules, the state join and
+//! the lookup joins, applied synchronously to decoded OTLP requests.
+//!
+//! Everything is compiled once ([`Engine::new`]): regexes, attribute names,
+//! thresholds. Per item, a rule whose condition fails or whose source attribute
+//! is absent costs a few comparisons and allocates nothing.
+
+use metrics::{Counter, Gauge, counter, gauge};
+use regex::Regex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bizpilot_business::attrs::{self, KeyValue, Value};
+use bizpilot_business::{BusinessState, Lookup, LookupTable, amount};
+use bizpilot_core::{Ack, Batch, Currency, Extensions, MoneyError, Payload, Traces, parse_config};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+use super::config::{
+    ClassifyConfig, EnrichConfig, JoinAttributes, ParseMoneyConfig, RuleConfig, ScalarConfig, WhenConfig,
+    default_target, threshold_nanos,
+};
+use super::hold::{HeldSpan, Holder, ResHeader, ScopeHeader};
+
+/// What the engine reads and writes on a span or a log record.
+pub trait Item {
+    /// The span name; for a log record, its event name.
+    fn name(&self) -> &str;
+    fn attributes(&self) -> &[KeyValue];
+    fn attributes_mut(&mut self) -> &mut Vec<KeyValue>;
+}
+
+impl Item for Span {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn attributes(&self) -> &[KeyValue] {
+        &self.attributes
+    }
+    fn attributes_mut(&mut self) -> &mut Vec<KeyValue> {
+        &mut self.attributes
+    }
+}
+
+impl Item for LogRecord {
+    fn name(&self) -> &str {
+        &self.event_name
+    }
+    fn attributes(&self) -> &[KeyValue] {
+        &self.attributes
+    }
+    fn attributes_mut(&mut self) -> &mut Vec<KeyValue> {
+        &mut self.attributes
+    }
+}
+
+/// A configured scalar, with its text form for comparisons across types.
+#[derive(Debug, Clone)]
+struct Scalar {
+    kind: ScalarConfig,
+    text: String,
+}
+
+impl Scalar {
+    fn new(c: &ScalarConfig) -> Self {
+        let text = match c {
+            ScalarConfig::Bool(b) => b.to_string(),
+            ScalarConfig::Int(i) => i.to_string(),
+            ScalarConfig::Float(f) => f.to_string(),
+            ScalarConfig::Str(s) => s.clone(),
+        };
+        Scalar { kind: c.clone(), text }
+    }
+
+    fn to_value(&self) -> Value {
+        match &self.kind {
+            ScalarConfig::Bool(b) => Value::BoolValue(*b),
+            ScalarConfig::Int(i) => Value::IntValue(*i),
+            ScalarConfig::Float(f) => Value::DoubleValue(*f),
+            ScalarConfig::Str(s) => Value::StringValue(s.clone()),
+        }
+    }
+
+    /// Equality of an attribute value with this scalar: same type compares
+    /// natively (numbers numerically), different types compare as text.
+    fn matches(&self, v: &Value) -> bool {
+        match (v, &self.kind) {
+            (Value::StringValue(s), _) => *s == self.text,
+            (Value::IntValue(i), ScalarConfig::Int(j)) => i == j,
+            (Value::IntValue(i), ScalarConfig::Float(f)) => (*i as f64) == *f,
+            (Value::DoubleValue(d), ScalarConfig::Float(f)) => d == f,
+            (Value::DoubleValue(d), ScalarConfig::Int(j)) => *d == (*j as f64),
+            (Value::BoolValue(a), ScalarConfig::Bool(b)) => a == b,
+            (other, ScalarConfig::Str(t)) => attrs::value_as_str(other).is_some_and(|s| s == t.as_str()),
+            _ => false,
+        }
+    }
+}
+
+/// A compiled `when`.
+#[derive(Debug)]
+struct Condition {
+    services: Vec<String>,
+    resource: Vec<(String, Scalar)>,
+    names: Vec<String>,
+    name_regex: Option<Regex>,
+    attributes: Vec<(String, Scalar)>,
+    exists: Vec<String>,
+}
+
+impl Condition {
+    fn compile(w: &WhenConfig) -> Result<Condition, String> {
+        Ok(Condition {
+            services: w.service.as_ref().map(|s| s.to_vec()).unwrap_or_default(),
+            resource: w.resource.iter().map(|(k, v)| (k.clone(), Scalar::new(v))).collect(),
+            names: w.span_name.as_ref().map(|s| s.to_vec()).unwrap_or_default(),
+            name_regex: match &w.span_name_regex {
+                Some(r) => Some(Regex::new(r).map_err(|e| format!("span_name_regex: {e}"))?),
+                None => None,
+            },
+            attributes: w.attributes.iter().map(|(k, v)| (k.clone(), Scalar::new(v))).collect(),
+            exists: w.exists.clone(),
+        })
+    }
+
+    fn has_resource_part(&self) -> bool {
+        !self.services.is_empty() || !self.resource.is_empty()
+    }
+
+    fn resource_matches(&self, res: &[KeyValue]) -> bool {
+        if !self.services.is_empty() {
+            let Some(svc) = attrs::get_str(res, "service.name") else {
+                return false;
+            };
+            if !self.services.iter().any(|s| s == svc) {
+                return false;
+            }
+        }
+        self.resource
+            .iter()
+            .all(|(k, v)| attrs::get(res, k).is_some_and(|x| v.matches(x)))
+    }
+
+    fn item_matches<I: Item>(&self, item: &I) -> bool {
+        if !self.names.is_empty() && !self.names.iter().any(|n| n == item.name()) {
+            return false;
+        }
+        if let Some(re) = &self.name_regex
+            && !re.is_match(item.name())
+        {
+            return false;
+        }
+        let a = item.attributes();
+        self.exists.iter().all(|k| attrs::contains(a, k))
+            && self
+                .attributes
+                .iter()
+                .all(|(k, v)| attrs::get(a, k).is_some_and(|x| v.matches(x)))
+    }
+}
+
+#[derive(Debug)]
+enum MoneySource {
+    Value(String),
+    UnitsNanos(String, Option<String>),
+}
+
+#[derive(Debug)]
+struct ParseMoney {
+    source: MoneySource,
+    currency_from: Option<String>,
+    default_currency: Option<Currency>,
+    to: String,
+    currency_to: String,
+    overwrite: bool,
+}
+
+#[derive(Debug)]
+struct Classify {
+    from: String,
+    to: String,
+    /// Ascending (lower bound in nano-units, label).
+    thresholds: Vec<(i128, String)>,
+    otherwise: Option<String>,
+    overwrite: bool,
+}
+
+#[derive(Debug)]
+enum Action {
+    Copy { from: String, to: String, overwrite: bool },
+    Rename { from: String, to: String, overwrite: bool },
+    ParseMoney(ParseMoney),
+    Set { key: String, value: Value, overwrite: bool },
+    Classify(Classify),
+    Delete(Vec<String>),
+}
+
+#[derive(Debug)]
+struct Rule {
+    cond: Option<Condition>,
+    /// Index into the per-resource match mask when the condition has a resource part.
+    res_slot: Option<usize>,
+    action: Action,
+}
+
+/// Whether `key` may be written: it is named and absent, or overwriting is allowed.
+#[inline]
+fn writable(a: &[KeyValue], key: &str, overwrite: bool) -> bool {
+    !key.is_empty() && (overwrite || !attrs::contains(a, key))
+}
+
+impl Rule {
+    fn compile(r: &RuleConfig, res_slots: &mut usize) -> Result<Rule, String> {
+        let cond = r.when.as_ref().map(Condition::compile).transpose()?;
+        let res_slot = match &cond {
+            Some(c) if c.has_resource_part() => {
+                *res_slots += 1;
+                Some(*res_slots - 1)
+            }
+            _ => None,
+        };
+        let action = if let Some(c) = &r.copy {
+            Action::Copy {
+                from: c.from.clone(),
+                to: c.to.clone().unwrap_or_else(|| default_target(&c.from)),
+                overwrite: c.overwrite,
+            }
+        } else if let Some(c) = &r.rename {
+            Action::Rename {
+                from: c.from.clone(),
+                to: c.to.clone().unwrap_or_else(|| default_target(&c.from)),
+                overwrite: c.overwrite,
+            }
+        } else if let Some(m) = &r.parse_money {
+            Action::ParseMoney(compile_money(m)?)
+        } else if let Some(s) = &r.set {
+            Action::Set {
+                key: s.key.clone(),
+                value: Scalar::new(&s.value).to_value(),
+                overwrite: s.overwrite,
+            }
+        } else if let Some(c) = &r.classify {
+            Action::Classify(compile_classify(c)?)
+        } else if let Some(d) = &r.delete {
+            Action::Delete(d.to_vec())
+        } else {
+            return Err("a rule needs one action".into());
+        };
+        Ok(Rule { cond, res_slot, action })
+    }
+
+    #[inline]
+    fn applies<I: Item>(&self, res_mask: &[bool], item: &I) -> bool {
+        if let Some(slot) = self.res_slot
+            && !res_mask.get(slot).copied().unwrap_or(false)
+        {
+            return false;
+        }
+        self.cond.as_ref().is_none_or(|c| c.item_matches(item))
+    }
+
+    /// Applies the action; returns whether the item changed.
+    fn apply<I: Item>(&self, item: &mut I, c: &mut Counts) -> bool {
+        let a = item.attributes_mut();
+        match &self.action {
+            Action::Copy { from, to, overwrite } => {
+                if from == to || !writable(a, to, *overwrite) {
+                    return false;
+                }
+                match attrs::get(a, from).cloned() {
+                    Some(v) => {
+                        attrs::set(a, to, v);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Action::Rename { from, to, overwrite } => {
+                if !attrs::contains(a, from) {
+                    return false;
+                }
+                attrs::rename(a, from, to, *overwrite);
+                true
+            }
+            Action::ParseMoney(m) => m.apply(a, c),
+            Action::Set { key, value, overwrite } => {
+                if !writable(a, key, *overwrite) {
+                    return false;
+                }
+                attrs::set(a, key, value.clone());
+                true
+            }
+            Action::Classify(k) => k.apply(a),
+            Action::Delete(keys) => {
+                let mut changed = false;
+                for k in keys {
+                    changed |= attrs::delete(a, k).is_some();
+                }
+                changed
+            }
+        }
+    }
+}
+
+fn compile_money(m: &ParseMoneyConfig) -> Result<ParseMoney, String> {
+    let source = match (&m.from, &m.units) {
+        (Some(f), None) => MoneySource::Value(f.clone()),
+        (None, Some(u)) => MoneySource::UnitsNanos(u.clone(), m.nanos.clone()),
+        _ => return Err("parse_money needs either from or units".into()),
+    };
+    Ok(ParseMoney {
+        source,
+        currency_from: m.currency_from.clone(),
+        default_currency: m.default_currency,
+        to: m.to.clone(),
+        currency_to: m.currency_to.clone(),
+        overwrite: m.overwrite,
+    })
+}
+
+impl ParseMoney {
+    fn apply(&self, a: &mut Vec<KeyValue>, c: &mut Counts) -> bool {
+        if !writable(a, &self.to, self.overwrite) {
+            return false;
+        }
+        let source_present = match &self.source {
+            MoneySource::Value(k) => attrs::contains(a, k),
+            MoneySource::UnitsNanos(u, _) => attrs::contains(a, u),
+        };
+        if !source_present {
+            return false;
+        }
+        let currency = self
+            .currency_from
+            .as_deref()
+            .and_then(|k| attrs::get_str(a, k))
+            .and_then(|s| Currency::new(s).ok())
+            .or(self.default_currency);
+        let parsed = match &self.source {
+            MoneySource::Value(k) => match attrs::get(a, k) {
+                Some(v) => amount::money_from_value(v, currency),
+                None => return false,
+            },
+            MoneySource::UnitsNanos(u, n) => match (attrs::get(a, u), currency) {
+                (Some(uv), Some(cur)) => {
+                    amount::money_from_units_nanos(uv, n.as_deref().and_then(|n| attrs::get(a, n)), cur)
+                }
+                (Some(_), None) => Err(MoneyError::Currency("missing".into())),
+                (None, _) => return false,
+            },
+        };
+        match parsed {
+            Ok(m) => {
+                attrs::set_str(a, &self.to, m.amount_string());
+                if writable(a, &self.currency_to, self.overwrite) {
+                    attrs::set_str(a, &self.currency_to, m.currency().as_str());
+                }
+                true
+            }
+            Err(_) => {
+                c.parse_errors += 1;
+                false
+            }
+        }
+    }
+}
+
+fn compile_classify(c: &ClassifyConfig) -> Result<Classify, String> {
+    let thresholds = c
+        .thresholds
+        .iter()
+        .map(|t| threshold_nanos(&t.min).map(|n| (n, t.label.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Classify {
+        from: c.from.clone(),
+        to: c.to.clone(),
+        thresholds,
+        otherwise: c.otherwise.clone(),
+        overwrite: c.overwrite,
+    })
+}
+
+impl Classify {
+    fn apply(&self, a: &mut Vec<KeyValue>) -> bool {
+        if !writable(a, &self.to, self.overwrite) {
+            return false;
+        }
+        let Some(n) = attrs::get(a, &self.from).and_then(amount::decimal_nanos) else {
+            return false;
+        };
+        let label = self
+            .thresholds
+            .iter()
+            .rev()
+            .find(|(min, _)| n >= *min)
+            .map(|(_, l)| l)
+            .or(self.otherwise.as_ref());
+        match label {
+            Some(l) => {
+                attrs::set_str(a, &self.to, l.clone());
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Result of one key lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Found {
+    #[default]
+    NoKey,
+    Hit,
+    Miss,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct JoinOutcome {
+    pub changed: bool,
+    pub order: Found,
+    pub customer: Found,
+}
+
+#[derive(Debug)]
+struct StateJoin {
+    state: Arc<BusinessState>,
+    order_key: String,
+    customer_key: String,
+    to: JoinAttributes,
+}
+
+fn put_str(a: &mut Vec<KeyValue>, key: &str, v: &str) -> bool {
+    if !writable(a, key, false) {
+        return false;
+    }
+    a.push(attrs::kv_str(key, v));
+    true
+}
+
+impl StateJoin {
+    fn join<I: Item>(&self, item: &mut I) -> JoinOutcome {
+        let mut out = JoinOutcome::default();
+        let order = if self.order_key.is_empty() {
+            None
+        } else {
+            match attrs::get(item.attributes(), &self.order_key).and_then(attrs::value_as_str) {
+                None => None,
+                Some(k) => {
+                    let o = self.state.orders.get(&k);
+                    out.order = if o.is_some() { Found::Hit } else { Found::Miss };
+                    o
+                }
+            }
+        };
+        let a = item.attributes_mut();
+        if let Some(o) = order {
+            if let Some(c) = o.customer_id() {
+                out.changed |= put_str(a, &self.to.customer_id, c);
+            }
+            if let Some(v) = o.value() {
+                if writable(a, &self.to.order_value, false) {
+                    a.push(attrs::kv_str(&self.to.order_value, v.amount_string()));
+                    out.changed = true;
+                }
+                out.changed |= put_str(a, &self.to.currency, v.currency().as_str());
+            }
+            if let Some(n) = o.item_count()
+                && writable(a, &self.to.cart_items, false)
+            {
+                a.push(attrs::kv_i64(&self.to.cart_items, n));
+                out.changed = true;
+            }
+            if let Some(t) = o.customer_tier() {
+                out.changed |= put_str(a, &self.to.customer_tier, t);
+            }
+        }
+        if !self.customer_key.is_empty() {
+            let customer = attrs::get(a, &self.customer_key)
+                .and_then(attrs::value_as_str)
+                .map(|k| self.state.customers.get(&k));
+            match customer {
+                None => {}
+                Some(None) => out.customer = Found::Miss,
+                Some(Some(c)) => {
+                    out.customer = Found::Hit;
+                    if let Some(t) = c.tier() {
+                        out.changed |= put_str(a, &self.to.customer_tier, t);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+struct LookupJoin {
+    lookup: Arc<Lookup>,
+    key: String,
+    columns: Vec<(String, String)>,
+    overwrite: bool,
+}
+
+impl LookupJoin {
+    fn join<I: Item>(&self, table: &LookupTable, item: &mut I) -> (Found, bool) {
+        let row = match attrs::get(item.attributes(), &self.key).and_then(attrs::value_as_str) {
+            None => return (Found::NoKey, false),
+            Some(k) => table.get(&k),
+        };
+        let Some(row) = row else {
+            return (Found::Miss, false);
+        };
+        let a = item.attributes_mut();
+        let mut changed = false;
+        for (col, attr) in &self.columns {
+            if let Some(v) = row.get(col)
+                && writable(a, attr, self.overwrite)
+            {
+                attrs::set(a, attr, v.to_value());
+                changed = true;
+            }
+        }
+        (Found::Hit, changed)
+    }
+}
+
+/// Counts of one batch, added to the totals once.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counts {
+    pub items: u64,
+    pub enriched: u64,
+    pub order_hits: u64,
+    pub order_misses: u64,
+    pub customer_hits: u64,
+    pub customer_misses: u64,
+    pub lookup_hits: u64,
+    pub lookup_misses: u64,
+    pub held: u64,
+    pub hold_overflow: u64,
+    pub released_arrival: u64,
+    pub released_timeout: u64,
+    pub released_shutdown: u64,
+    pub parse_errors: u64,
+}
+
+impl Counts {
+    fn join(&mut self, j: JoinOutcome) {
+        match j.order {
+            Found::Hit => self.order_hits += 1,
+            Found::Miss => self.order_misses += 1,
+            Found::NoKey => {}
+        }
+        match j.customer {
+            Found::Hit => self.customer_hits += 1,
+            Found::Miss => self.customer_misses += 1,
+            Found::NoKey => {}
+        }
+    }
+}
+
+/// Totals of an engine since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnrichStats {
+    /// Spans and log records seen.
+    pub items: u64,
+    /// Items that got at least one attribute added, changed or removed.
+    pub enriched: u64,
+    pub order_hits: u64,
+    pub order_misses: u64,
+    pub customer_hits: u64,
+    pub customer_misses: u64,
+    pub lookup_hits: u64,
+    pub lookup_misses: u64,
+    /// Spans held in the join window.
+    pub held: u64,
+    /// Spans that could not be held because `max_held_spans` were waiting.
+    pub hold_overflow: u64,
+    pub released_on_arrival: u64,
+    pub released_by_timeout: u64,
+    pub released_on_shutdown: u64,
+    /// Values `parse_money` could not read.
+    pub parse_errors: u64,
+}
+
+struct Stat {
+    local: AtomicU64,
+    metric: Counter,
+}
+
+impl Stat {
+    fn new(c: Counter) -> Self {
+        Stat {
+            local: AtomicU64::new(0),
+            metric: c,
+        }
+    }
+    fn add(&self, n: u64) {
+        if n > 0 {
+            self.local.fetch_add(n, Ordering::Relaxed);
+            self.metric.increment(n);
+        }
+    }
+    fn get(&self) -> u64 {
+        self.local.load(Ordering::Relaxed)
+    }
+}
+
+struct Stats {
+    items: Stat,
+    enriched: Stat,
+    order_hits: Stat,
+    order_misses: Stat,
+    customer_hits: Stat,
+    customer_misses: Stat,
+    lookup_hits: Stat,
+    lookup_misses: Stat,
+    held: Stat,
+    hold_overflow: Stat,
+    released_arrival: Stat,
+    released_timeout: Stat,
+    released_shutdown: Stat,
+    parse_errors: Stat,
+    held_now: Gauge,
+}
+
+impl Stats {
+    fn new(processor: &str, pipeline: &str) -> Stats {
+        let l = |name: &'static str| {
+            Stat::new(counter!(name, "processor" => processor.to_string(), "pipeline" => pipeline.to_string()))
+        };
+        let ls = |name: &'static str, source: &'static str| {
+            Stat::new(
+                counter!(name, "processor" => processor.to_string(), "pipeline" => pipeline.to_string(), "source" => source),
+            )
+        };
+        let lr = |reason: &'static str| {
+            Stat::new(
+                counter!("bizpilot_processor_enrich_released_spans_total", "processor" => processor.to_string(), "pipeline" => pipeline.to_string(), "reason" => reason),
+            )
+        };
+        Stats {
+            items: l("bizpilot_processor_enrich_items_total"),
+            enriched: l("bizpilot_processor_enrich_enriched_items_total"),
+            order_hits: ls("bizpilot_processor_enrich_join_hits_total", "order"),
+            order_misses: ls("bizpilot_processor_enrich_join_misses_total", "order"),
+            customer_hits: ls("bizpilot_processor_enrich_join_hits_total", "customer"),
+            customer_misses: ls("bizpilot_processor_enrich_join_misses_total", "customer"),
+            lookup_hits: ls("bizpilot_processor_enrich_join_hits_total", "lookup"),
+            lookup_misses: ls("bizpilot_processor_enrich_join_misses_total", "lookup"),
+            held: l("bizpilot_processor_enrich_held_spans_total"),
+            hold_overflow: l("bizpilot_processor_enrich_hold_overflow_spans_total"),
+            released_arrival: lr("arrival"),
+            released_timeout: lr("timeout"),
+            released_shutdown: lr("shutdown"),
+            parse_errors: l("bizpilot_processor_enrich_parse_errors_total"),
+            held_now: gauge!("bizpilot_processor_enrich_held_spans", "processor" => processor.to_string(), "pipeline" => pipeline.to_string()),
+        }
+    }
+
+    fn add(&self, c: &Counts) {
+        self.items.add(c.items);
+        self.enriched.add(c.enriched);
+        self.order_hits.add(c.order_hits);
+        self.order_misses.add(c.order_misses);
+        self.customer_hits.add(c.customer_hits);
+        self.customer_misses.add(c.customer_misses);
+        self.lookup_hits.add(c.lookup_hits);
+        self.lookup_misses.add(c.lookup_misses);
+        self.held.add(c.held);
+        self.hold_overflow.add(c.hold_overflow);
+        self.released_arrival.add(c.released_arrival);
+        self.released_timeout.add(c.released_timeout);
+        self.released_shutdown.add(c.released_shutdown);
+        self.parse_errors.add(c.parse_errors);
+    }
+}
+
+/// Released spans of one scope.
+type ScopeGroup = (Arc<ScopeHeader>, Vec<Span>);
+/// Released spans of one resource, by scope.
+type ResGroup = (Arc<ResHeader>, Vec<ScopeGroup>);
+
+/// Why held spans are released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Release {
+    Arrival,
+    Timeout,
+    Shutdown,
+}
+
+/// Where spans go when their order is not yet known (the processor's join window).
+pub(crate) struct HoldCtx<'a> {
+    pub holder: &'a mut Holder,
+    pub batch_acks: &'a [Ack],
+    pub acks: Option<Arc<Vec<Ack>>>,
+    pub now: tokio::time::Instant,
+}
+
+/// The compiled rules and joins of an `enrich` processor.
+pub struct Engine {
+    before: Vec<Rule>,
+    after: Vec<Rule>,
+    res_slots: usize,
+    state: Option<StateJoin>,
+    lookups: Vec<LookupJoin>,
+    window: Option<std::time::Duration>,
+    max_held: usize,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("rules", &(self.before.len() + self.after.len()))
+            .field("state_join", &self.state.is_some())
+            .field("lookups", &self.lookups.len())
+            .field("window", &self.window)
+            .finish()
+    }
+}
+
+/// A view of a resource for rule conditions.
+struct ResView<'a> {
+    mask: &'a [bool],
+}
+
+impl Engine {
+    /// Compiles `cfg`, resolving its extensions. `processor` and `pipeline` label the metrics.
+    pub fn new(cfg: &EnrichConfig, extensions: &Extensions, processor: &str, pipeline: &str) -> Result<Engine, String> {
+        let mut res_slots = 0;
+        let mut before = Vec::new();
+        let mut after = Vec::new();
+        for (i, r) in cfg.rules.iter().enumerate() {
+            let rule = Rule::compile(r, &mut res_slots).map_err(|e| format!("rules[{i}]: {e}"))?;
+            if r.after_join {
+                after.push(rule);
+            } else {
+                before.push(rule);
+            }
+        }
+        let state = match &cfg.join.state {
+            Some(id) => Some(StateJoin {
+                state: extensions
+                    .get::<BusinessState>(id)
+                    .map_err(|e| format!("join.state: {e}"))?,
+                order_key: cfg.join.order_key.clone(),
+                customer_key: cfg.join.customer_key.clone(),
+                to: cfg.join.attributes.clone(),
+            }),
+            None => None,
+        };
+        let mut lookups = Vec::new();
+        for (i, l) in cfg.lookups.iter().enumerate() {
+            let id = l
+                .extension
+                .as_ref()
+                .ok_or_else(|| format!("lookups[{i}].extension: required"))?;
+            lookups.push(LookupJoin {
+                lookup: extensions
+                    .get::<Lookup>(id)
+                    .map_err(|e| format!("lookups[{i}].extension: {e}"))?,
+                key: l.key.clone(),
+                columns: l.attributes.iter().map(|(c, a)| (c.clone(), a.clone())).collect(),
+                overwrite: l.overwrite,
+            });
+        }
+        let window = (state.is_some() && !cfg.join.window.is_zero()).then(|| cfg.join.window.get());
+        Ok(Engine {
+            before,
+            after,
+            res_slots,
+            state,
+            lookups,
+            window,
+            max_held: cfg.join.max_held_spans,
+            stats: Stats::new(processor, pipeline),
+        })
+    }
+
+    /// Parses the processor's YAML config (as under `processors.enrich`) and compiles it.
+    /// For benchmarks and tests: `apply_traces` then runs it synchronously.
+    pub fn from_yaml(yaml: &str, extensions: &Extensions) -> Result<Engine, String> {
+        let raw: serde_yaml::Value = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+        let cfg: EnrichConfig = parse_config(&raw).map_err(|errs| {
+            errs.iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        Engine::new(&cfg, extensions, "enrich", "bench")
+    }
+
+    /// Totals since the engine was built.
+    pub fn stats(&self) -> EnrichStats {
+        let s = &self.stats;
+        EnrichStats {
+            items: s.items.get(),
+            enriched: s.enriched.get(),
+            order_hits: s.order_hits.get(),
+            order_misses: s.order_misses.get(),
+            customer_hits: s.customer_hits.get(),
+            customer_misses: s.customer_misses.get(),
+            lookup_hits: s.lookup_hits.get(),
+            lookup_misses: s.lookup_misses.get(),
+            held: s.held.get(),
+            hold_overflow: s.hold_overflow.get(),
+            released_on_arrival: s.released_arrival.get(),
+            released_by_timeout: s.released_timeout.get(),
+            released_on_shutdown: s.released_shutdown.get(),
+            parse_errors: s.parse_errors.get(),
+        }
+    }
+
+    /// The join window, when spans may be held.
+    pub fn window(&self) -> Option<std::time::Duration> {
+        self.window
+    }
+
+    pub(crate) fn max_held(&self) -> usize {
+        self.max_held
+    }
+
+    /// The state joined with, if any.
+    pub fn state(&self) -> Option<&Arc<BusinessState>> {
+        self.state.as_ref().map(|s| &s.state)
+    }
+
+    pub(crate) fn set_held_gauge(&self, n: usize) {
+        self.stats.held_now.set(n as f64);
+    }
+
+    fn tables(&self) -> Vec<Arc<LookupTable>> {
+        self.lookups.iter().map(|l| l.lookup.table()).collect()
+    }
+
+    fn resource_mask(&self, res: &[KeyValue], mask: &mut Vec<bool>) {
+        mask.clear();
+        if self.res_slots == 0 {
+            return;
+        }
+        mask.resize(self.res_slots, false);
+        for r in self.before.iter().chain(self.after.iter()) {
+            if let (Some(slot), Some(c)) = (r.res_slot, &r.cond)
+                && let Some(m) = mask.get_mut(slot)
+            {
+                *m = c.resource_matches(res);
+            }
+        }
+    }
+
+    fn run_rules<I: Item>(rules: &[Rule], rv: &ResView<'_>, item: &mut I, c: &mut Counts) -> bool {
+        let mut changed = false;
+        for r in rules {
+            if r.applies(rv.mask, item) {
+                changed |= r.apply(item, c);
+            }
+        }
+        changed
+    }
+
+    /// Rules before the join, then the state join.
+    fn first_half<I: Item>(&self, rv: &ResView<'_>, item: &mut I, c: &mut Counts) -> (bool, JoinOutcome) {
+        let changed = Self::run_rules(&self.before, rv, item, c);
+        let j = match &self.state {
+            Some(s) => s.join(item),
+            None => JoinOutcome::default(),
+        };
+        (changed | j.changed, j)
+    }
+
+    /// Lookups, then the rules after the join.
+    fn second_half<I: Item>(
+        &self,
+        rv: &ResView<'_>,
+        tables: &[Arc<LookupTable>],
+        item: &mut I,
+        c: &mut Counts,
+    ) -> bool {
+        let mut changed = false;
+        for (l, t) in self.lookups.iter().zip(tables) {
+            let (found, ch) = l.join(t, item);
+            changed |= ch;
+            match found {
+                Found::Hit => c.lookup_hits += 1,
+                Found::Miss => c.lookup_misses += 1,
+                Found::NoKey => {}
+            }
+        }
+        changed | Self::run_rules(&self.after, rv, item, c)
+    }
+
+    fn whole<I: Item>(&self, rv: &ResView<'_>, tables: &[Arc<LookupTable>], item: &mut I, c: &mut Counts) {
+        c.items += 1;
+        let (mut changed, j) = self.first_half(rv, item, c);
+        changed |= self.second_half(rv, tables, item, c);
+        c.join(j);
+        c.enriched += u64::from(changed);
+    }
+
+    /// Enriches every span of `req` in place, without holding any (a span whose order is
+    /// unknown counts as a miss). Returns the number of spans changed.
+    pub fn apply_traces(&self, req: &mut ExportTraceServiceRequest) -> u64 {
+        self.process_traces(req, None).enriched
+    }
+
+    /// Enriches every log record of `req` in place. Returns the number of records changed.
+    pub fn apply_logs(&self, req: &mut ExportLogsServiceRequest) -> u64 {
+        let tables = self.tables();
+        let mut c = Counts::default();
+        let mut mask = Vec::new();
+        for rl in &mut req.resource_logs {
+            let res: &[KeyValue] = rl.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
+            self.resource_mask(res, &mut mask);
+            let rv = ResView { mask: &mask };
+            for sl in &mut rl.scope_logs {
+                for rec in &mut sl.log_records {
+                    self.whole(&rv, &tables, rec, &mut c);
+                }
+            }
+        }
+        self.stats.add(&c);
+        c.enriched
+    }
+
+    /// Enriches spans; with a hold context, spans whose order is not yet in the state are
+    /// moved out of `req` into the holder (while it has room).
+    pub(crate) fn process_traces(&self, req: &mut ExportTraceServiceRequest, mut hold: Option<HoldCtx<'_>>) -> Counts {
+        let tables = self.tables();
+        let mut c = Counts::default();
+        let mut mask = Vec::new();
+        for rs in &mut req.resource_spans {
+            let ResourceSpans {
+                resource,
+                scope_spans,
+                schema_url,
+            } = rs;
+            let res: &[KeyValue] = resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
+            self.resource_mask(res, &mut mask);
+            let rv = ResView { mask: &mask };
+            let mut res_header: Option<Arc<ResHeader>> = None;
+            for ss in scope_spans.iter_mut() {
+                // (index, changed before the hold) of spans to hold; allocates only when used.
+                let mut to_hold: Vec<(usize, bool)> = Vec::new();
+                for (i, span) in ss.spans.iter_mut().enumerate() {
+                    let (changed, j) = self.first_half(&rv, span, &mut c);
+                    if j.order == Found::Miss
+                        && let Some(h) = hold.as_ref()
+                    {
+                        if h.holder.has_room(to_hold.len() + 1) {
+                            to_hold.push((i, changed));
+                            continue;
+                        }
+                        c.hold_overflow += 1;
+                    }
+                    c.items += 1;
+                    let changed = changed | self.second_half(&rv, &tables, span, &mut c);
+                    c.join(j);
+                    c.enriched += u64::from(changed);
+                }
+                if to_hold.is_empty() {
+                    continue;
+                }
+                let Some(h) = hold.as_mut() else { continue };
+                let rh = res_header
+                    .get_or_insert_with(|| {
+                        Arc::new(ResHeader {
+                            resource: resource.clone().unwrap_or_else(Resource::default),
+                            schema_url: schema_url.clone(),
+                            mask: mask.clone(),
+                        })
+                    })
+                    .clone();
+                let sh = Arc::new(ScopeHeader {
+                    scope: ss.scope.clone().unwrap_or_else(InstrumentationScope::default),
+                    schema_url: ss.schema_url.clone(),
+                });
+                let acks = h.acks.get_or_insert_with(|| Arc::new(h.batch_acks.to_vec())).clone();
+                let spans = std::mem::take(&mut ss.spans);
+                ss.spans.reserve(spans.len().saturating_sub(to_hold.len()));
+                let mut next = to_hold.iter().peekable();
+                for (i, span) in spans.into_iter().enumerate() {
+                    match next.peek() {
+                        Some((hi, changed)) if *hi == i => {
+                            let changed = *changed;
+                            next.next();
+                            let key = self
+                                .state
+                                .as_ref()
+                                .and_then(|s| attrs::get_string(&span.attributes, &s.order_key))
+                                .map(|k| k.into_owned())
+                                .unwrap_or_default();
+                            h.holder.push(
+                                &key,
+                                HeldSpan {
+                                    res: rh.clone(),
+                                    scope: sh.clone(),
+                                    span,
+                                    changed,
+                                    acks: acks.clone(),
+                                },
+                                h.now,
+                            );
+                            c.held += 1;
+                        }
+                        _ => ss.spans.push(span),
+                    }
+                }
+            }
+        }
+        self.stats.add(&c);
+        c
+    }
+
+    /// Finishes held spans (the state join again, lookups, rules after the join) and
+    /// gathers them into one batch carrying their sources' acknowledgements.
+    pub(crate) fn release(&self, spans: Vec<HeldSpan>, why: Release) -> Option<Batch> {
+        if spans.is_empty() {
+            return None;
+        }
+        let tables = self.tables();
+        let mut c = Counts::default();
+        let mut groups: Vec<ResGroup> = Vec::new();
+        let mut acks: Vec<Arc<Vec<Ack>>> = Vec::new();
+        for mut h in spans {
+            let rv = ResView { mask: &h.res.mask };
+            c.items += 1;
+            let j = match &self.state {
+                Some(s) => s.join(&mut h.span),
+                None => JoinOutcome::default(),
+            };
+            let changed = h.changed | j.changed | self.second_half(&rv, &tables, &mut h.span, &mut c);
+            c.join(j);
+            c.enriched += u64::from(changed);
+            match why {
+                Release::Arrival => c.released_arrival += 1,
+                Release::Timeout => c.released_timeout += 1,
+                Release::Shutdown => c.released_shutdown += 1,
+            }
+            if !acks.iter().any(|a| Arc::ptr_eq(a, &h.acks)) {
+                acks.push(h.acks.clone());
+            }
+            let gi = match groups.iter().position(|(r, _)| Arc::ptr_eq(r, &h.res)) {
+                Some(i) => i,
+                None => {
+                    groups.push((h.res.clone(), Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            if let Some((_, scopes)) = groups.get_mut(gi) {
+                match scopes.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &h.scope)) {
+                    Some((_, v)) => v.push(h.span),
+                    None => scopes.push((h.scope.clone(), vec![h.span])),
+                }
+            }
+        }
+        self.stats.add(&c);
+        let req = ExportTraceServiceRequest {
+            resource_spans: groups
+                .into_iter()
+                .map(|(r, scopes)| ResourceSpans {
+                    resource: Some(r.resource.clone()),
+                    schema_url: r.schema_url.clone(),
+                    scope_spans: scopes
+                        .into_iter()
+                        .map(|(s, spans)| ScopeSpans {
+                            scope: Some(s.scope.clone()),
+                            schema_url: s.schema_url.clone(),
+                            spans,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        Some(Batch {
+            payload: Payload::Traces(Traces::from_message(req)),
+            acks: acks.iter().flat_map(|a| a.iter().cloned()).collect(),
+        })
+    }
+}

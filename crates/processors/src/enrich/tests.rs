@@ -1,0 +1,454 @@
+use super::*;
+use bizpilot_business::attrs::{self, KeyValue, kv_f64, kv_i64, kv_str};
+use bizpilot_business::{BusinessEvent, BusinessState, Lookup, StateConfig};
+use bizpilot_core::{Ack, ComponentId, Delivery, Output, PipelineId, Target, Traces};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn span(name: &str, a: Vec<KeyValue>) -> Span {
+    Span {
+        name: name.into(),
+        attributes: a,
+        ..Default::default()
+    }
+}
+
+fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv_str("service.name", service)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn spans(req: &ExportTraceServiceRequest) -> Vec<&Span> {
+    req.resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect()
+}
+
+fn s(sp: &Span, k: &str) -> Option<String> {
+    attrs::get_string(&sp.attributes, k).map(|c| c.into_owned())
+}
+
+fn state_exts(cfg: StateConfig) -> (Extensions, Arc<BusinessState>) {
+    let st = Arc::new(BusinessState::new("business_state", cfg));
+    let mut e = Extensions::default();
+    e.insert("business_state".parse().unwrap(), st.clone());
+    (e, st)
+}
+
+fn order_event(order: &str, customer: &str, amount: &str, t: u64) -> BusinessEvent {
+    let mut ev = BusinessEvent::new("order.placed", t);
+    ev.order_id = Some(order.into());
+    ev.customer_id = Some(customer.into());
+    ev.amount = Some(bizpilot_core::Money::parse(amount, None).unwrap());
+    ev.item_count = Some(3);
+    ev
+}
+
+#[test]
+fn rules_apply_in_order_with_conditions() {
+    let e = Engine::from_yaml(
+        r#"
+rules:
+  - copy: {from: demo.order.id}
+  - copy: {from: app.order.id}
+  - copy: {from: user.id, to: business.customer.id}
+  - rename: {from: demo.user_context.loyalty_level, to: business.customer.tier}
+  - when: {service: checkout, span_name: oteldemo.CheckoutService/PlaceOrder}
+    parse_money: {from: demo.order.amount, currency_from: demo.user.currency, default_currency: USD}
+  - when: {span_name_regex: '^oteldemo\.PaymentService/', exists: [demo.payment.amount]}
+    parse_money: {from: demo.payment.amount, default_currency: USD, to: business.payment.value, currency_to: ""}
+  - when: {attributes: {demo.payment.charged: true}}
+    set: {key: business.charged, value: yes}
+  - when: {resource: {service.name: payment}}
+    set: {key: business.from_payment, value: 1}
+  - classify:
+      from: business.order.value
+      to: business.order.size
+      thresholds: [{min: 0, label: small}, {min: 100, label: medium}, {min: "1000.00", label: large}]
+  - delete: [demo.payment.card_type, session.id]
+"#,
+        &Extensions::default(),
+    )
+    .unwrap();
+    let mut req = request(
+        "checkout",
+        vec![
+            span(
+                "oteldemo.CheckoutService/PlaceOrder",
+                vec![
+                    kv_str("demo.order.id", "o-1"),
+                    kv_str("user.id", "c-1"),
+                    kv_str("demo.user_context.loyalty_level", "gold"),
+                    kv_f64("demo.order.amount", 1234.5),
+                    kv_str("demo.user.currency", "EUR"),
+                    kv_str("session.id", "s"),
+                ],
+            ),
+            span("oteldemo.CartService/GetCart", vec![kv_str("app.order.id", "o-2")]),
+            span("nothing", vec![kv_str("other", "x")]),
+        ],
+    );
+    req.resource_spans.push(
+        request(
+            "payment",
+            vec![span(
+                "oteldemo.PaymentService/Charge",
+                vec![
+                    kv_str("demo.payment.amount", "19.99"),
+                    attrs::kv("demo.payment.charged", attrs::Value::BoolValue(true)),
+                    kv_str("demo.payment.card_type", "visa"),
+                ],
+            )],
+        )
+        .resource_spans
+        .remove(0),
+    );
+    assert_eq!(e.apply_traces(&mut req), 3);
+    let sp = spans(&req);
+    let a = sp[0];
+    assert_eq!(s(a, "business.order.id").as_deref(), Some("o-1"));
+    assert_eq!(s(a, "business.customer.id").as_deref(), Some("c-1"));
+    assert_eq!(s(a, "business.customer.tier").as_deref(), Some("gold"));
+    assert!(s(a, "demo.user_context.loyalty_level").is_none(), "renamed");
+    assert_eq!(s(a, "business.order.value").as_deref(), Some("1234.50"));
+    assert_eq!(s(a, "business.currency").as_deref(), Some("EUR"));
+    assert_eq!(s(a, "business.order.size").as_deref(), Some("large"));
+    assert!(s(a, "session.id").is_none());
+    assert!(s(a, "business.from_payment").is_none());
+    assert_eq!(s(sp[1], "business.order.id").as_deref(), Some("o-2"));
+    assert_eq!(sp[2].attributes.len(), 1, "untouched");
+    let p = sp[3];
+    assert_eq!(s(p, "business.payment.value").as_deref(), Some("19.99"));
+    assert!(s(p, "business.currency").is_none(), "currency_to disabled");
+    assert_eq!(s(p, "business.charged").as_deref(), Some("yes"));
+    assert_eq!(s(p, "business.from_payment").as_deref(), Some("1"));
+    assert!(s(p, "demo.payment.card_type").is_none());
+    let st = e.stats();
+    assert_eq!((st.items, st.enriched, st.parse_errors), (4, 3, 0));
+}
+
+#[test]
+fn first_source_wins_and_parse_errors_count() {
+    let e = Engine::from_yaml(
+        r#"
+rules:
+  - copy: {from: demo.order.id, to: business.order.id}
+  - copy: {from: app.order.id, to: business.order.id}
+  - parse_money: {from: bad}
+  - parse_money: {units: u, nanos: n, default_currency: USD, to: v}
+  - set: {key: business.order.id, value: constant}
+  - set: {key: forced, value: 2.5}
+  - set: {key: forced, value: 3, overwrite: true}
+"#,
+        &Extensions::default(),
+    )
+    .unwrap();
+    let mut req = request(
+        "x",
+        vec![span(
+            "s",
+            vec![
+                kv_str("app.order.id", "second"),
+                kv_str("demo.order.id", "first"),
+                kv_str("bad", "not money"),
+                kv_i64("u", 12),
+                kv_i64("n", 340_000_000),
+            ],
+        )],
+    );
+    e.apply_traces(&mut req);
+    let a = spans(&req)[0];
+    assert_eq!(s(a, "business.order.id").as_deref(), Some("first"));
+    assert_eq!(s(a, "v").as_deref(), Some("12.34"));
+    assert_eq!(attrs::get_i64(&a.attributes, "forced"), Some(3));
+    assert_eq!(e.stats().parse_errors, 1);
+}
+
+#[test]
+fn config_errors_name_the_path() {
+    let bad = [
+        ("rules: [{when: {service: x}}]", "rules[0]"),
+        ("rules: [{copy: {from: a}, delete: [b]}]", "rules[0]"),
+        (
+            "rules: [{when: {span_name_regex: '('}, delete: x}]",
+            "rules[0].when.span_name_regex",
+        ),
+        (
+            "rules: [{classify: {from: a, to: b, thresholds: [{min: 5, label: x}, {min: 1, label: y}]}}]",
+            "rules[0].classify.thresholds[1].min",
+        ),
+        ("rules: [{parse_money: {to: x}}]", "rules[0].parse_money.from"),
+        ("join: {window: 1s}", "join.window"),
+        ("lookups: [{key: a, attributes: {x: y}}]", "lookups[0].extension"),
+        ("rules: [{copy: {from: a, too: b}}]", "rules[0].copy"),
+    ];
+    for (yaml, path) in bad {
+        let raw: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let errs = bizpilot_core::parse_config::<EnrichConfig>(&raw).unwrap_err();
+        assert!(errs.iter().any(|e| e.path.starts_with(path)), "{yaml}: {errs:?}");
+    }
+    let missing = Engine::from_yaml("join: {state: business_state}", &Extensions::default()).unwrap_err();
+    assert!(missing.contains("join.state"), "{missing}");
+}
+
+#[test]
+fn state_then_lookup_precedence() {
+    let (mut exts, st) = state_exts(StateConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("customers.csv");
+    std::fs::write(&path, "id,tier,segment\nc-1,bronze,retail\nc-2,silver,b2b\n").unwrap();
+    exts.insert(
+        "lookup/customers".parse().unwrap(),
+        Arc::new(Lookup::open("lookup/customers", &path, None, "id").unwrap()),
+    );
+    let mut ev = order_event("o-1", "c-1", "USD 59.97", 1);
+    ev.customer_tier = Some("gold".into());
+    st.apply(&ev);
+    let e = Engine::from_yaml(
+        r#"
+rules:
+  - copy: {from: demo.order.id}
+  - copy: {from: user.id, to: business.customer.id}
+join:
+  state: business_state
+lookups:
+  - extension: lookup/customers
+    key: business.customer.id
+    attributes: {tier: business.customer.tier, segment: business.customer.segment}
+"#,
+        &exts,
+    )
+    .unwrap();
+    let mut req = request(
+        "checkout",
+        vec![
+            // Order known: customer, value, items and tier from the state; segment from the lookup.
+            span("a", vec![kv_str("demo.order.id", "o-1")]),
+            // Own attribute beats the state.
+            span(
+                "b",
+                vec![kv_str("demo.order.id", "o-1"), kv_str("business.order.value", "1.00")],
+            ),
+            // No state for c-2: the lookup gives tier and segment.
+            span("c", vec![kv_str("user.id", "c-2")]),
+            // Unknown order: a miss, nothing invented.
+            span("d", vec![kv_str("demo.order.id", "o-404")]),
+        ],
+    );
+    e.apply_traces(&mut req);
+    let sp = spans(&req);
+    assert_eq!(s(sp[0], "business.customer.id").as_deref(), Some("c-1"));
+    assert_eq!(s(sp[0], "business.order.value").as_deref(), Some("59.97"));
+    assert_eq!(s(sp[0], "business.currency").as_deref(), Some("USD"));
+    assert_eq!(attrs::get_i64(&sp[0].attributes, "business.cart.items"), Some(3));
+    assert_eq!(
+        s(sp[0], "business.customer.tier").as_deref(),
+        Some("gold"),
+        "state beats lookup"
+    );
+    assert_eq!(s(sp[0], "business.customer.segment").as_deref(), Some("retail"));
+    assert_eq!(
+        s(sp[1], "business.order.value").as_deref(),
+        Some("1.00"),
+        "own attribute wins"
+    );
+    assert_eq!(s(sp[2], "business.customer.tier").as_deref(), Some("silver"));
+    assert_eq!(s(sp[2], "business.customer.segment").as_deref(), Some("b2b"));
+    assert_eq!(sp[3].attributes.len(), 2);
+    let stats = e.stats();
+    assert_eq!((stats.order_hits, stats.order_misses), (2, 1));
+    assert_eq!((stats.lookup_hits, stats.lookup_misses), (3, 0));
+    assert_eq!((stats.customer_hits, stats.customer_misses), (2, 1));
+}
+
+#[test]
+fn logs_are_enriched_too() {
+    let e = Engine::from_yaml(
+        "rules: [{when: {span_name: order.placed}, set: {key: business.kind, value: order}}]",
+        &Extensions::default(),
+    )
+    .unwrap();
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    let mut req = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![
+                    LogRecord {
+                        event_name: "order.placed".into(),
+                        ..Default::default()
+                    },
+                    LogRecord::default(),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    assert_eq!(e.apply_logs(&mut req), 1);
+}
+
+struct Harness {
+    tx: mpsc::Sender<Batch>,
+    rx: mpsc::Receiver<Batch>,
+    running: Running,
+    abort: CancellationToken,
+    engine: Arc<Engine>,
+}
+
+fn harness(yaml: &str, exts: &Extensions) -> Harness {
+    let raw: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    let cfg: EnrichConfig = bizpilot_core::parse_config(&raw).unwrap();
+    let p = EnrichProcessor::new(&cfg, exts, "enrich", "traces").unwrap();
+    let engine = p.engine();
+    let (tx, in_rx) = mpsc::channel(16);
+    let (out_tx, rx) = mpsc::channel(16);
+    let abort = CancellationToken::new();
+    let running = Box::new(p)
+        .start(ProcessorContext {
+            id: ComponentId::new("enrich", None),
+            pipeline: "traces".parse::<PipelineId>().unwrap(),
+            input: in_rx,
+            output: Output::new(
+                vec![Target {
+                    name: "out".into(),
+                    sender: out_tx,
+                }],
+                Vec::new(),
+            ),
+            abort: abort.clone(),
+        })
+        .unwrap();
+    Harness {
+        tx,
+        rx,
+        running,
+        abort,
+        engine,
+    }
+}
+
+fn batch(req: ExportTraceServiceRequest, ack: Ack) -> Batch {
+    Batch::with_ack(Payload::Traces(Traces::from_message(req)), ack)
+}
+
+fn out_spans(b: &mut Batch) -> Vec<Span> {
+    let Payload::Traces(t) = &mut b.payload else {
+        panic!("traces")
+    };
+    spans(t.message().unwrap()).into_iter().cloned().collect()
+}
+
+const WINDOW_YAML: &str = r#"
+rules:
+  - copy: {from: demo.order.id}
+join:
+  state: business_state
+  window: 5s
+  max_held_spans: 2
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn join_window_holds_until_the_event_or_the_deadline() {
+    let (exts, st) = state_exts(StateConfig::default());
+    let mut h = harness(WINDOW_YAML, &exts);
+    let (ack, mut ack_rx) = Ack::channel();
+    let req = request(
+        "checkout",
+        vec![
+            span("early", vec![kv_str("demo.order.id", "o-1")]),
+            span("late", vec![kv_str("demo.order.id", "o-2")]),
+            span("plain", vec![]),
+        ],
+    );
+    h.tx.send(batch(req, ack)).await.unwrap();
+    // The span without an order key goes on at once; the two others wait.
+    let mut b = h.rx.recv().await.unwrap();
+    let got = out_spans(&mut b);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].name, "plain");
+    drop(b);
+    assert_eq!(h.engine.stats().held, 2);
+    assert!(ack_rx.try_recv().is_err(), "the source's ack waits for the held spans");
+
+    // o-1's event arrives within the window: its span is released, enriched.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    st.apply(&order_event("o-1", "c-1", "USD 10", 1));
+    let mut b = h.rx.recv().await.unwrap();
+    let got = out_spans(&mut b);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].name, "early");
+    assert_eq!(s(&got[0], "business.customer.id").as_deref(), Some("c-1"));
+    assert_eq!(s(&got[0], "business.order.value").as_deref(), Some("10.00"));
+    drop(b);
+    assert!(ack_rx.try_recv().is_err());
+
+    // o-2's never comes: released unenriched at the deadline, counted as a miss.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let mut b = h.rx.recv().await.unwrap();
+    let got = out_spans(&mut b);
+    assert_eq!(got[0].name, "late");
+    assert!(s(&got[0], "business.customer.id").is_none());
+    drop(b);
+    assert_eq!(ack_rx.await.unwrap(), Delivery::Delivered);
+    let stats = h.engine.stats();
+    assert_eq!((stats.order_hits, stats.order_misses), (1, 1));
+    assert_eq!((stats.released_on_arrival, stats.released_by_timeout), (1, 1));
+    assert_eq!(stats.items, 3);
+
+    drop(h.tx);
+    h.running.join().await.unwrap();
+    let _ = h.abort;
+}
+
+#[tokio::test(start_paused = true)]
+async fn held_spans_are_bounded_and_released_at_shutdown() {
+    let (exts, _st) = state_exts(StateConfig::default());
+    let mut h = harness(WINDOW_YAML, &exts);
+    let req = request(
+        "checkout",
+        (0..5)
+            .map(|i| span(&format!("s{i}"), vec![kv_str("demo.order.id", format!("o-{i}"))]))
+            .collect(),
+    );
+    h.tx.send(batch(req, Ack::new(|_| {}))).await.unwrap();
+    let mut b = h.rx.recv().await.unwrap();
+    assert_eq!(out_spans(&mut b).len(), 3, "max_held_spans = 2, the rest goes on");
+    let stats = h.engine.stats();
+    assert_eq!((stats.held, stats.hold_overflow, stats.order_misses), (2, 3, 3));
+    drop(h.tx);
+    let mut b = h.rx.recv().await.unwrap();
+    assert_eq!(out_spans(&mut b).len(), 2, "released when the input closes");
+    h.running.join().await.unwrap();
+    assert_eq!(h.engine.stats().released_on_shutdown, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_fails_what_is_held() {
+    let (exts, _st) = state_exts(StateConfig::default());
+    let mut h = harness(WINDOW_YAML, &exts);
+    let (ack, ack_rx) = Ack::channel();
+    let req = request("checkout", vec![span("s", vec![kv_str("demo.order.id", "o")])]);
+    h.tx.send(batch(req, ack)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    h.abort.cancel();
+    h.running.join().await.unwrap();
+    assert_eq!(ack_rx.await.unwrap(), Delivery::Failed);
+}

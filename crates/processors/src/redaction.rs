@@ -1,0 +1,807 @@
+//! The `redaction` processor (traces, metrics, logs): keeps personal data from
+//! leaving the process. Customer identifiers are replaced by a keyed hash
+//! (HMAC-SHA256, hex) that is stable, so joins and distinct counts still work
+//! downstream; other attributes can be deleted or masked; e-mail addresses and
+//! card numbers are masked wherever they appear in a string value.
+//!
+//! It applies to resource, scope, span, span event, span link, log record and
+//! metric data point (and exemplar) attributes, to log bodies, and to span
+//! status messages (patterns only). Attribute rules match keys at any depth
+//! inside map values (a log body that is a map included); patterns scan every
+//! string, inside lists and maps too. Order per attribute: `delete`, then `hash`,
+//! then `mask`; `patterns` scan every string value left.
+//!
+//! A value to hash is hashed as its text (an int `42` and a string `"42"` hash
+//! alike); a list is hashed element by element. The processor **refuses to
+//! start** when `hash` is configured and the key's environment variable is unset
+//! or empty.
+//!
+//! | key | default | meaning |
+//! | --- | --- | --- |
+//! | `hash.key_env` | `BIZPILOT_HASH_KEY` | environment variable holding the HMAC key (required at start) |
+//! | `hash.attributes` | (required with `hash`) | attribute keys whose values are replaced by their keyed hash |
+//! | `delete` | `[]` | attribute keys removed |
+//! | `mask` | `[]` | list of `{attributes: [..], replacement}`: values of these keys replaced by `replacement` |
+//! | `patterns` | `[]` | `email`, `credit_card` (13–19 digits passing the Luhn check, spaces or dashes allowed), or `{regex, replacement}`: matches masked inside every string value |
+//! | `replacement` | `****` | what masked values and pattern matches become (unless an entry sets its own) |
+//!
+//! ```yaml
+//! processors:
+//!   redaction:
+//!     hash:
+//!       key_env: BIZPILOT_HASH_KEY
+//!       attributes: [user.id, app.user.id, business.customer.id, customer.id]
+//!     delete: [client.address, http.request.header.cookie]
+//!     mask:
+//!       - attributes: [demo.payment.card_number]
+//!     patterns: [email, credit_card]
+//! ```
+//!
+//! Self-telemetry (labels `processor`, `pipeline`): `bizpilot_processor_redaction_hashed_total`,
+//! `bizpilot_processor_redaction_deleted_total`, `bizpilot_processor_redaction_masked_total`
+//! (attribute masks and pattern matches).
+
+use metrics::{Counter, counter};
+use regex::Regex;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bizpilot_business::KeyedHasher;
+use bizpilot_business::attrs::{AnyValue, KeyValue, Value};
+use bizpilot_core::{
+    Batch, ComponentConfig, ComponentError, ComponentInfo, ComponentKind, CreateContext, FieldError, Payload,
+    Processor, ProcessorContext, ProcessorFactory, Running, Signal, Stability, spawn_transform,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::{Exemplar, Metric};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+/// The component type name.
+pub const TYPE: &str = "redaction";
+
+/// `hash`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HashConfig {
+    pub key_env: String,
+    pub attributes: Vec<String>,
+}
+
+impl Default for HashConfig {
+    fn default() -> Self {
+        HashConfig {
+            key_env: "BIZPILOT_HASH_KEY".into(),
+            attributes: Vec::new(),
+        }
+    }
+}
+
+/// One `mask` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaskConfig {
+    pub attributes: Vec<String>,
+    pub replacement: Option<String>,
+}
+
+/// A custom pattern.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomPattern {
+    pub regex: String,
+    #[serde(default)]
+    pub replacement: Option<String>,
+}
+
+/// A value pattern: a built-in name or a regex.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PatternConfig {
+    Named(String),
+    Custom(CustomPattern),
+}
+
+/// Config of the `redaction` processor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactionConfig {
+    pub hash: Option<HashConfig>,
+    pub delete: Vec<String>,
+    pub mask: Vec<MaskConfig>,
+    pub patterns: Vec<PatternConfig>,
+    pub replacement: String,
+}
+
+impl Default for RedactionConfig {
+    fn default() -> Self {
+        RedactionConfig {
+            hash: None,
+            delete: Vec::new(),
+            mask: Vec::new(),
+            patterns: Vec::new(),
+            replacement: "****".into(),
+        }
+    }
+}
+
+const EMAIL: &str = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}";
+const CARD: &str = r"\b\d(?:[ \-]?\d){12,18}\b";
+
+impl ComponentConfig for RedactionConfig {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let mut seen: HashMap<&str, String> = HashMap::new();
+        fn claim<'a>(seen: &mut HashMap<&'a str, String>, key: &'a str, path: String, errs: &mut Vec<FieldError>) {
+            if key.trim().is_empty() {
+                errs.push(FieldError::new(path, "attribute names must not be empty"));
+            } else if let Some(first) = seen.get(key) {
+                errs.push(FieldError::new(path, format!("{key:?} is already listed in {first}")));
+            } else {
+                seen.insert(key, path);
+            }
+        }
+        for (i, k) in self.delete.iter().enumerate() {
+            claim(&mut seen, k, format!("delete[{i}]"), &mut errs);
+        }
+        if let Some(h) = &self.hash {
+            if h.key_env.trim().is_empty() {
+                errs.push(FieldError::new(
+                    "hash.key_env",
+                    "required: the environment variable holding the key",
+                ));
+            }
+            if h.attributes.is_empty() {
+                errs.push(FieldError::new("hash.attributes", "list the attributes to hash"));
+            }
+            for (i, k) in h.attributes.iter().enumerate() {
+                claim(&mut seen, k, format!("hash.attributes[{i}]"), &mut errs);
+            }
+        }
+        for (i, m) in self.mask.iter().enumerate() {
+            if m.attributes.is_empty() {
+                errs.push(FieldError::new(
+                    format!("mask[{i}].attributes"),
+                    "list the attributes to mask",
+                ));
+            }
+            for (j, k) in m.attributes.iter().enumerate() {
+                claim(&mut seen, k, format!("mask[{i}].attributes[{j}]"), &mut errs);
+            }
+        }
+        for (i, p) in self.patterns.iter().enumerate() {
+            match p {
+                PatternConfig::Named(n) if n == "email" || n == "credit_card" => {}
+                PatternConfig::Named(n) => errs.push(FieldError::new(
+                    format!("patterns[{i}]"),
+                    format!("unknown pattern {n:?} (expected email, credit_card or {{regex: ...}})"),
+                )),
+                PatternConfig::Custom(c) => {
+                    if let Err(e) = Regex::new(&c.regex) {
+                        errs.push(FieldError::new(format!("patterns[{i}].regex"), e.to_string()));
+                    }
+                }
+            }
+        }
+        errs
+    }
+}
+
+#[derive(Debug, Clone)]
+enum KeyRule {
+    Delete,
+    Hash,
+    Mask(Arc<str>),
+}
+
+#[derive(Debug)]
+enum Check {
+    Email,
+    Card,
+    Any,
+}
+
+#[derive(Debug)]
+struct Pattern {
+    regex: Regex,
+    check: Check,
+    replacement: String,
+}
+
+impl Pattern {
+    /// A cheap test that rules a string out before running the regex.
+    #[inline]
+    fn may_match(&self, s: &str) -> bool {
+        match self.check {
+            Check::Email => s.as_bytes().contains(&b'@'),
+            Check::Card => s.bytes().filter(u8::is_ascii_digit).nth(12).is_some(),
+            Check::Any => true,
+        }
+    }
+}
+
+/// The Luhn checksum of the digits in `s`.
+fn luhn(s: &str) -> bool {
+    let mut sum = 0u32;
+    let mut double = false;
+    let mut n = 0;
+    for b in s.bytes().rev().filter(u8::is_ascii_digit) {
+        let mut d = u32::from(b - b'0');
+        if double {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+        double = !double;
+        n += 1;
+    }
+    (13..=19).contains(&n) && sum.is_multiple_of(10)
+}
+
+/// Counts of one batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedactionCounts {
+    pub hashed: u64,
+    pub deleted: u64,
+    pub masked: u64,
+}
+
+/// The compiled redaction rules, applied synchronously to decoded requests.
+pub struct Redactor {
+    rules: HashMap<String, KeyRule>,
+    has_delete: bool,
+    hasher: Option<KeyedHasher>,
+    patterns: Vec<Pattern>,
+    totals: [AtomicU64; 3],
+    metrics: Option<[Counter; 3]>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("rules", &self.rules.len())
+            .field("hashing", &self.hasher.is_some())
+            .field("patterns", &self.patterns.len())
+            .finish()
+    }
+}
+
+impl Redactor {
+    /// Compiles `cfg`, reading the hashing key from the environment variable it names.
+    pub fn new(cfg: &RedactionConfig) -> Result<Redactor, String> {
+        let hasher = match &cfg.hash {
+            Some(h) => Some(KeyedHasher::from_env(&h.key_env).map_err(|e| {
+                format!("hash.key_env: {e}: refusing to start without a hashing key (set it to a long random secret)")
+            })?),
+            None => None,
+        };
+        Self::build(cfg, hasher)
+    }
+
+    /// Compiles `cfg` with an explicit hashing key (tests, benchmarks).
+    pub fn with_key(cfg: &RedactionConfig, key: &[u8]) -> Result<Redactor, String> {
+        let hasher = match &cfg.hash {
+            Some(_) => Some(KeyedHasher::new(key).map_err(|e| format!("hash: {e}"))?),
+            None => None,
+        };
+        Self::build(cfg, hasher)
+    }
+
+    fn build(cfg: &RedactionConfig, hasher: Option<KeyedHasher>) -> Result<Redactor, String> {
+        let errs = cfg.validate();
+        if let Some(e) = errs.first() {
+            return Err(format!("{}: {}", e.path, e.message));
+        }
+        let mut rules = HashMap::new();
+        for k in &cfg.delete {
+            rules.insert(k.clone(), KeyRule::Delete);
+        }
+        if let Some(h) = &cfg.hash {
+            for k in &h.attributes {
+                rules.insert(k.clone(), KeyRule::Hash);
+            }
+        }
+        for m in &cfg.mask {
+            let r: Arc<str> = Arc::from(m.replacement.as_deref().unwrap_or(&cfg.replacement));
+            for k in &m.attributes {
+                rules.insert(k.clone(), KeyRule::Mask(r.clone()));
+            }
+        }
+        let mut patterns = Vec::new();
+        for p in &cfg.patterns {
+            let (re, check, rep) = match p {
+                PatternConfig::Named(n) if n == "email" => (EMAIL, Check::Email, None),
+                PatternConfig::Named(_) => (CARD, Check::Card, None),
+                PatternConfig::Custom(c) => (c.regex.as_str(), Check::Any, c.replacement.clone()),
+            };
+            patterns.push(Pattern {
+                regex: Regex::new(re).map_err(|e| e.to_string())?,
+                check,
+                replacement: rep.unwrap_or_else(|| cfg.replacement.clone()),
+            });
+        }
+        Ok(Redactor {
+            has_delete: !cfg.delete.is_empty(),
+            rules,
+            hasher,
+            patterns,
+            totals: Default::default(),
+            metrics: None,
+        })
+    }
+
+    fn with_metrics(mut self, processor: &str, pipeline: &str) -> Self {
+        let c = |n: &'static str| counter!(n, "processor" => processor.to_string(), "pipeline" => pipeline.to_string());
+        self.metrics = Some([
+            c("bizpilot_processor_redaction_hashed_total"),
+            c("bizpilot_processor_redaction_deleted_total"),
+            c("bizpilot_processor_redaction_masked_total"),
+        ]);
+        self
+    }
+
+    /// Totals since the redactor was built.
+    pub fn totals(&self) -> RedactionCounts {
+        RedactionCounts {
+            hashed: self.totals[0].load(Ordering::Relaxed),
+            deleted: self.totals[1].load(Ordering::Relaxed),
+            masked: self.totals[2].load(Ordering::Relaxed),
+        }
+    }
+
+    fn record(&self, c: RedactionCounts) {
+        for (i, n) in [c.hashed, c.deleted, c.masked].into_iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            if let Some(t) = self.totals.get(i) {
+                t.fetch_add(n, Ordering::Relaxed);
+            }
+            if let Some(m) = self.metrics.as_ref().and_then(|m| m.get(i)) {
+                m.increment(n);
+            }
+        }
+    }
+
+    fn hash_value(&self, v: &mut AnyValue, c: &mut RedactionCounts) {
+        let Some(h) = &self.hasher else { return };
+        let hashed = match &v.value {
+            Some(Value::StringValue(s)) => Some(h.hash_hex(s.as_bytes())),
+            Some(Value::IntValue(i)) => Some(h.hash_hex(i.to_string().as_bytes())),
+            Some(Value::DoubleValue(d)) => Some(h.hash_hex(d.to_string().as_bytes())),
+            Some(Value::BoolValue(b)) => Some(h.hash_hex(if *b { b"true" } else { b"false" })),
+            Some(Value::BytesValue(b)) => Some(h.hash_hex(b)),
+            _ => None,
+        };
+        match hashed {
+            Some(x) => {
+                v.value = Some(Value::StringValue(x));
+                c.hashed += 1;
+            }
+            None => match &mut v.value {
+                Some(Value::ArrayValue(a)) => {
+                    for x in &mut a.values {
+                        self.hash_value(x, c);
+                    }
+                }
+                Some(Value::KvlistValue(l)) => self.redact_attrs(&mut l.values, c),
+                _ => {}
+            },
+        }
+    }
+
+    /// Applies the key rules and patterns to an attribute list (recursively).
+    fn redact_attrs(&self, attrs: &mut Vec<KeyValue>, c: &mut RedactionCounts) {
+        if self.has_delete {
+            let before = attrs.len();
+            attrs.retain(|kv| !matches!(self.rules.get(kv.key.as_str()), Some(KeyRule::Delete)));
+            c.deleted += (before - attrs.len()) as u64;
+        }
+        for kv in attrs.iter_mut() {
+            let Some(v) = kv.value.as_mut() else { continue };
+            match self.rules.get(kv.key.as_str()) {
+                Some(KeyRule::Hash) => self.hash_value(v, c),
+                Some(KeyRule::Mask(r)) => {
+                    v.value = Some(Value::StringValue(r.to_string()));
+                    c.masked += 1;
+                }
+                _ => self.scan(v, c),
+            }
+        }
+    }
+
+    /// Masks pattern matches in a value (and in nested lists and maps).
+    fn scan(&self, v: &mut AnyValue, c: &mut RedactionCounts) {
+        match &mut v.value {
+            Some(Value::StringValue(s)) => self.mask_string(s, c),
+            Some(Value::ArrayValue(a)) => {
+                for x in &mut a.values {
+                    self.scan(x, c);
+                }
+            }
+            Some(Value::KvlistValue(l)) => self.redact_attrs(&mut l.values, c),
+            _ => {}
+        }
+    }
+
+    fn mask_string(&self, s: &mut String, c: &mut RedactionCounts) {
+        for p in &self.patterns {
+            if !p.may_match(s) {
+                continue;
+            }
+            let mut n = 0u64;
+            let replaced = p.regex.replace_all(s, |caps: &regex::Captures<'_>| {
+                let m = caps.get(0).map(|m| m.as_str()).unwrap_or("");
+                if matches!(p.check, Check::Card) && !luhn(m) {
+                    m.to_string()
+                } else {
+                    n += 1;
+                    p.replacement.clone()
+                }
+            });
+            if n > 0 {
+                *s = replaced.into_owned();
+                c.masked += n;
+            }
+        }
+    }
+
+    fn redact_resource(&self, r: &mut Option<Resource>, c: &mut RedactionCounts) {
+        if let Some(r) = r {
+            self.redact_attrs(&mut r.attributes, c);
+        }
+    }
+
+    fn redact_scope(&self, s: &mut Option<InstrumentationScope>, c: &mut RedactionCounts) {
+        if let Some(s) = s {
+            self.redact_attrs(&mut s.attributes, c);
+        }
+    }
+
+    /// Redacts a traces request in place.
+    pub fn redact_traces(&self, req: &mut ExportTraceServiceRequest) -> RedactionCounts {
+        let mut c = RedactionCounts::default();
+        for rs in &mut req.resource_spans {
+            self.redact_resource(&mut rs.resource, &mut c);
+            for ss in &mut rs.scope_spans {
+                self.redact_scope(&mut ss.scope, &mut c);
+                for span in &mut ss.spans {
+                    self.redact_attrs(&mut span.attributes, &mut c);
+                    for e in &mut span.events {
+                        self.redact_attrs(&mut e.attributes, &mut c);
+                    }
+                    for l in &mut span.links {
+                        self.redact_attrs(&mut l.attributes, &mut c);
+                    }
+                    if let Some(st) = span.status.as_mut() {
+                        self.mask_string(&mut st.message, &mut c);
+                    }
+                }
+            }
+        }
+        self.record(c);
+        c
+    }
+
+    /// Redacts a logs request in place (bodies included).
+    pub fn redact_logs(&self, req: &mut ExportLogsServiceRequest) -> RedactionCounts {
+        let mut c = RedactionCounts::default();
+        for rl in &mut req.resource_logs {
+            self.redact_resource(&mut rl.resource, &mut c);
+            for sl in &mut rl.scope_logs {
+                self.redact_scope(&mut sl.scope, &mut c);
+                for rec in &mut sl.log_records {
+                    self.redact_attrs(&mut rec.attributes, &mut c);
+                    if let Some(b) = rec.body.as_mut() {
+                        self.scan(b, &mut c);
+                    }
+                }
+            }
+        }
+        self.record(c);
+        c
+    }
+
+    fn redact_exemplars(&self, ex: &mut [Exemplar], c: &mut RedactionCounts) {
+        for e in ex {
+            self.redact_attrs(&mut e.filtered_attributes, c);
+        }
+    }
+
+    fn redact_metric(&self, m: &mut Metric, c: &mut RedactionCounts) {
+        match &mut m.data {
+            Some(Data::Gauge(g)) => {
+                for p in &mut g.data_points {
+                    self.redact_attrs(&mut p.attributes, c);
+                    self.redact_exemplars(&mut p.exemplars, c);
+                }
+            }
+            Some(Data::Sum(s)) => {
+                for p in &mut s.data_points {
+                    self.redact_attrs(&mut p.attributes, c);
+                    self.redact_exemplars(&mut p.exemplars, c);
+                }
+            }
+            Some(Data::Histogram(h)) => {
+                for p in &mut h.data_points {
+                    self.redact_attrs(&mut p.attributes, c);
+                    self.redact_exemplars(&mut p.exemplars, c);
+                }
+            }
+            Some(Data::ExponentialHistogram(h)) => {
+                for p in &mut h.data_points {
+                    self.redact_attrs(&mut p.attributes, c);
+                    self.redact_exemplars(&mut p.exemplars, c);
+                }
+            }
+            Some(Data::Summary(s)) => {
+                for p in &mut s.data_points {
+                    self.redact_attrs(&mut p.attributes, c);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Redacts a metrics request in place.
+    pub fn redact_metrics(&self, req: &mut ExportMetricsServiceRequest) -> RedactionCounts {
+        let mut c = RedactionCounts::default();
+        for rm in &mut req.resource_metrics {
+            self.redact_resource(&mut rm.resource, &mut c);
+            for sm in &mut rm.scope_metrics {
+                self.redact_scope(&mut sm.scope, &mut c);
+                for m in &mut sm.metrics {
+                    self.redact_metric(m, &mut c);
+                }
+            }
+        }
+        self.record(c);
+        c
+    }
+
+    /// Redacts a batch's payload in place. A payload that cannot be decoded is failed
+    /// and dropped: passing it on could leak what it holds.
+    pub fn redact_batch(&self, mut batch: Batch) -> Option<Batch> {
+        let r = match &mut batch.payload {
+            Payload::Traces(t) => t.message_mut().map(|m| {
+                self.redact_traces(m);
+            }),
+            Payload::Metrics(t) => t.message_mut().map(|m| {
+                self.redact_metrics(m);
+            }),
+            Payload::Logs(t) => t.message_mut().map(|m| {
+                self.redact_logs(m);
+            }),
+        };
+        match r {
+            Ok(()) => Some(batch),
+            Err(e) => {
+                tracing::error!(error = %e, items = batch.items(), "redaction: cannot decode data; dropping it rather than passing it on unredacted");
+                batch.fail();
+                None
+            }
+        }
+    }
+}
+
+/// Makes `redaction` processors.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RedactionProcessorFactory;
+
+/// A created `redaction` processor.
+#[derive(Debug)]
+pub struct RedactionProcessor {
+    redactor: Arc<Redactor>,
+}
+
+impl RedactionProcessor {
+    pub fn redactor(&self) -> Arc<Redactor> {
+        self.redactor.clone()
+    }
+}
+
+impl ProcessorFactory for RedactionProcessorFactory {
+    type Config = RedactionConfig;
+
+    fn info(&self) -> ComponentInfo {
+        ComponentInfo {
+            type_name: TYPE,
+            kind: ComponentKind::Processor,
+            stability: Stability::Alpha,
+            description: "Hashes customer identifiers (HMAC-SHA256), deletes or masks attributes, masks e-mails and card numbers",
+            signals: &[Signal::Traces, Signal::Metrics, Signal::Logs],
+            connects: &[],
+        }
+    }
+
+    fn create(&self, config: Self::Config, ctx: &CreateContext<'_>) -> Result<Box<dyn Processor>, ComponentError> {
+        let pipeline = ctx.pipeline.map(|p| p.to_string()).unwrap_or_default();
+        let r = Redactor::new(&config)
+            .map_err(ComponentError::Config)?
+            .with_metrics(&ctx.id.to_string(), &pipeline);
+        Ok(Box::new(RedactionProcessor { redactor: Arc::new(r) }))
+    }
+}
+
+impl Processor for RedactionProcessor {
+    fn start(self: Box<Self>, ctx: ProcessorContext) -> Result<Running, ComponentError> {
+        let r = self.redactor;
+        Ok(spawn_transform(ctx, move |b| r.redact_batch(b)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bizpilot_business::attrs::{self, kv, kv_i64, kv_str};
+    use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
+
+    fn cfg(yaml: &str) -> RedactionConfig {
+        let raw: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        bizpilot_core::parse_config(&raw).unwrap()
+    }
+
+    const YAML: &str = r#"
+hash: {attributes: [user.id, customer.id]}
+delete: [session.id]
+mask: [{attributes: [card.number]}, {attributes: [secret], replacement: "[x]"}]
+patterns: [email, credit_card, {regex: 'tok-[0-9]+', replacement: "tok-?"}]
+"#;
+
+    #[test]
+    fn luhn_check() {
+        assert!(luhn("4111 1111 1111 1111"));
+        assert!(luhn("5500-0000-0000-0004"));
+        assert!(!luhn("4111 1111 1111 1112"));
+        assert!(!luhn("1234"));
+    }
+
+    #[test]
+    fn redacts_every_place() {
+        let r = Redactor::with_key(&cfg(YAML), b"k").unwrap();
+        let h = KeyedHasher::new(b"k").unwrap();
+        let mut req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv_str("user.id", "u-1"), kv_str("owner", "ops@example.com")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span {
+                        attributes: vec![
+                            kv_i64("customer.id", 42),
+                            kv_str("session.id", "s"),
+                            kv_str("card.number", "4111111111111111"),
+                            kv_str("secret", "x"),
+                            kv_str(
+                                "note",
+                                "mail jane.doe@shop.example or pay 4111 1111 1111 1111, not 1234567890123",
+                            ),
+                            kv_str("t", "tok-123"),
+                            kv(
+                                "nested",
+                                Value::KvlistValue(KeyValueList {
+                                    values: vec![
+                                        kv_str("user.id", "u-2"),
+                                        kv(
+                                            "list",
+                                            Value::ArrayValue(ArrayValue {
+                                                values: vec![AnyValue {
+                                                    value: Some(Value::StringValue("a@b.io".into())),
+                                                }],
+                                            }),
+                                        ),
+                                    ],
+                                }),
+                            ),
+                        ],
+                        events: vec![span::Event {
+                            attributes: vec![kv_str("user.id", "u-3")],
+                            ..Default::default()
+                        }],
+                        links: vec![span::Link {
+                            attributes: vec![kv_str("customer.id", "c-9")],
+                            ..Default::default()
+                        }],
+                        status: Some(Status {
+                            message: "no account for x@y.com".into(),
+                            code: 2,
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let c = r.redact_traces(&mut req);
+        let rs = &req.resource_spans[0];
+        let res = &rs.resource.as_ref().unwrap().attributes;
+        assert_eq!(attrs::get_str(res, "user.id"), Some(h.hash_hex(b"u-1").as_str()));
+        assert_eq!(attrs::get_str(res, "owner"), Some("****"));
+        let sp = &rs.scope_spans[0].spans[0];
+        let a = &sp.attributes;
+        assert_eq!(attrs::get_str(a, "customer.id"), Some(h.hash_hex(b"42").as_str()));
+        assert!(!attrs::contains(a, "session.id"));
+        assert_eq!(attrs::get_str(a, "card.number"), Some("****"));
+        assert_eq!(attrs::get_str(a, "secret"), Some("[x]"));
+        assert_eq!(
+            attrs::get_str(a, "note"),
+            Some("mail **** or pay ****, not 1234567890123")
+        );
+        assert_eq!(attrs::get_str(a, "t"), Some("tok-?"));
+        let Some(Value::KvlistValue(n)) = attrs::get(a, "nested") else {
+            panic!()
+        };
+        assert_eq!(attrs::get_str(&n.values, "user.id"), Some(h.hash_hex(b"u-2").as_str()));
+        let text = format!("{req:?}");
+        for raw in ["u-1", "u-2", "u-3", "c-9", "@", "4111"] {
+            assert!(!text.contains(raw), "{raw} leaked: {text}");
+        }
+        assert_eq!(c.deleted, 1);
+        assert_eq!(c.hashed, 5);
+        assert_eq!(c.masked, 8);
+        assert_eq!(r.totals(), c);
+    }
+
+    #[test]
+    fn log_bodies() {
+        let r = Redactor::with_key(&cfg(YAML), b"k").unwrap();
+        let mut req = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![
+                        LogRecord {
+                            body: Some(AnyValue {
+                                value: Some(Value::StringValue("user bob@example.org logged in".into())),
+                            }),
+                            ..Default::default()
+                        },
+                        LogRecord {
+                            body: Some(AnyValue {
+                                value: Some(Value::KvlistValue(KeyValueList {
+                                    values: vec![kv_str("customer.id", "c-1"), kv_str("session.id", "s")],
+                                })),
+                            }),
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        r.redact_logs(&mut req);
+        let text = format!("{req:?}");
+        assert!(!text.contains("bob@"), "{text}");
+        assert!(!text.contains("c-1"), "{text}");
+        assert!(!text.contains("session.id"), "{text}");
+    }
+
+    #[test]
+    fn config_checks() {
+        let bad = |yaml: &str, path: &str| {
+            let raw: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+            let errs = bizpilot_core::parse_config::<RedactionConfig>(&raw).unwrap_err();
+            assert!(errs.iter().any(|e| e.path == path), "{yaml}: {errs:?}");
+        };
+        bad("hash: {attributes: []}", "hash.attributes");
+        bad("hash: {key_env: '', attributes: [a]}", "hash.key_env");
+        bad("delete: [a]\nmask: [{attributes: [a]}]", "mask[0].attributes[0]");
+        bad("patterns: [phone]", "patterns[0]");
+        bad("patterns: [{regex: '('}]", "patterns[0].regex");
+        let c = cfg("hash: {key_env: BIZPILOT_TEST_NEVER_SET_KEY, attributes: [user.id]}");
+        let e = Redactor::new(&c).unwrap_err();
+        assert!(e.contains("BIZPILOT_TEST_NEVER_SET_KEY is not set"), "{e}");
+        assert!(Redactor::new(&cfg("delete: [a]")).is_ok(), "no key needed without hash");
+    }
+}
