@@ -470,3 +470,179 @@ impl opentelemetry_http::HttpClient for BlockingHttp {
         Ok(resp.body(bytes::Bytes::from(body))?)
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Business impact tests: OTLP/HTTP posts, percent-encoding, and a real Prometheus server (Debian package
+// `prometheus`, installed by .ci/prereq-prometheus.sh) with promtool.
+
+/// POSTs an OTLP/HTTP protobuf body (`path` = `/v1/traces`, `/v1/logs`, …); returns the HTTP status.
+pub fn otlp_post(addr: SocketAddr, path: &str, body: &[u8]) -> u16 {
+    http_request(addr, "POST", path, &[("Content-Type", "application/x-protobuf")], body)
+        .map(|(s, _)| s)
+        .unwrap_or(0)
+}
+
+/// Percent-encodes a query parameter value.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub const PROMETHEUS_BIN: &str = "/usr/bin/prometheus";
+pub const PROMTOOL_BIN: &str = "/usr/bin/promtool";
+
+/// A real Prometheus server on a free loopback port, scraping `targets` every second, with its data in a
+/// temporary directory. Stopped (by its PID) when dropped.
+pub struct Prometheus {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn start(targets: &[SocketAddr]) -> Prometheus {
+        assert!(
+            Path::new(PROMETHEUS_BIN).exists(),
+            "{PROMETHEUS_BIN} is missing: run .ci/prereq-prometheus.sh (apt-get install prometheus)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: bizpilot\n    scrape_interval: 1s\n    scrape_timeout: 900ms\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(&cfg, config).expect("write prometheus.yml");
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
+        let child = Command::new(PROMETHEUS_BIN)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn prometheus");
+        let mut p = Prometheus {
+            child: Some(child),
+            addr,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = http_get(p.addr, "/-/ready") {
+                break;
+            }
+            if let Some(c) = p.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("prometheus exited with {status}:\n{}", p.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready after 30s:\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// An instant PromQL query: the samples of the result vector as (labels, value).
+    pub fn query(&self, promql: &str) -> Vec<(serde_json::Value, String)> {
+        let path = format!("/api/v1/query?query={}", url_encode(promql));
+        let Ok((200, body)) = http_get(self.addr, &path) else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["data"]["result"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .map(|s| (s["metric"].clone(), s["value"][1].as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Polls `promql` until its single sample satisfies `ok`, or panics after `timeout`.
+    pub fn wait_for(&self, promql: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.query(promql);
+            if let Some(v) = r.first().and_then(|(_, v)| v.parse::<f64>().ok())
+                && r.len() == 1
+                && ok(v)
+            {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "PromQL {promql:?} did not reach the expected value; last result {r:?}\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `promtool check metrics` on a scrape: (passed, output).
+pub fn promtool_check_metrics(scrape: &str) -> (bool, String) {
+    let mut child = Command::new(PROMTOOL_BIN)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promtool (run .ci/prereq-prometheus.sh)");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(scrape.as_bytes()).expect("write to promtool");
+    }
+    let out = child.wait_with_output().expect("promtool output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A JSON GET (status, body).
+pub fn json_get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    match http_get(addr, path) {
+        Ok((status, body)) => (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)),
+        Err(_) => (0, serde_json::Value::Null),
+    }
+}
+
+/// Resident memory of a process in KiB (Linux `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -2,10 +2,12 @@
 //! the receiver of others. Each module documents its config keys.
 
 pub mod forward;
+pub mod impact;
 
 use bizpilot_core::Registry;
 
 /// Registers every connector of this crate.
 pub fn register(registry: &mut Registry) {
     registry.connector(forward::ForwardConnectorFactory);
+    registry.connector(impact::BusinessImpactConnectorFactory);
 }

@@ -1,0 +1,1410 @@
+//! The event-time engine of the `business_impact` connector (no I/O, no clock of its own: the connector task
+//! feeds it spans and tells it the time).
+//!
+//! Spans matching an operation become *pending operations*, ordered by event time (span end time). The
+//! **watermark** is the newest event time seen minus `allowed_lateness` (or just past it when the input is idle,
+//! see [`Engine::idle`], or when `max_pending_spans` is reached); pending operations older than the watermark are **finalized** one by one in event-time
+//! order, and everything that depends on time (incident evaluations, affected-customer windows, revenue-at-risk
+//! episodes, goal periods) advances with them. So the figures do not depend on arrival order: a span that arrives
+//! late or out of order counts where it belongs, as long as it is not older than the watermark (then it is
+//! dropped and counted as late). A span seen again (same trace id and span id) is dropped and counted as a
+//! duplicate while its id is remembered: from arrival until its event time is `dedup_window` behind the
+//! watermark (at most `dedup_max_spans` ids).
+
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bizpilot_business::attrs::{self, KeyValue, Value};
+use bizpilot_business::{BusinessState, KeyedHasher, LineItem, Lookup, amount};
+use bizpilot_core::{ComponentError, Currency, Money, MoneyTotals};
+use metrics::{Counter, counter};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
+use regex::Regex;
+
+use super::book::{Book, Cause, ImpactRecord, Incident, IncidentState, WindowCount};
+use super::config::{BusinessImpactConfig, CmpOp, Condition, Scalar, ValueConfig};
+use super::incident::{Detector, Thresholds, Transition};
+use super::output;
+use super::series::{MoneyKind, SeriesTable};
+use super::sketch::Distinct;
+
+fn ns(d: bizpilot_core::config::Duration) -> u64 {
+    u64::try_from(d.get().as_nanos()).unwrap_or(u64::MAX / 4)
+}
+
+/// A compiled `failure.when` condition.
+#[derive(Debug, Clone)]
+struct CompiledCondition {
+    attribute: String,
+    op: CmpOp,
+    text: String,
+    number: Option<i128>,
+}
+
+impl CompiledCondition {
+    fn new(c: Condition) -> Self {
+        CompiledCondition {
+            number: amount::parse_decimal_nanos(&c.value).ok(),
+            attribute: c.attribute,
+            op: c.op,
+            text: c.value,
+        }
+    }
+
+    fn holds(&self, v: Option<&Value>) -> bool {
+        let Some(v) = v else { return false };
+        let num = amount::decimal_nanos(v);
+        match (self.op, num, self.number) {
+            (CmpOp::Eq, Some(a), Some(b)) => a == b,
+            (CmpOp::Ne, Some(a), Some(b)) => a != b,
+            (CmpOp::Eq, _, _) => attrs::value_as_str(v).is_some_and(|s| s == self.text),
+            (CmpOp::Ne, _, _) => attrs::value_as_str(v).is_none_or(|s| s != self.text),
+            (op, Some(a), Some(b)) => match op {
+                CmpOp::Ge => a >= b,
+                CmpOp::Gt => a > b,
+                CmpOp::Le => a <= b,
+                CmpOp::Lt => a < b,
+                CmpOp::Eq | CmpOp::Ne => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// One operation, compiled.
+#[derive(Debug)]
+struct OpSpec {
+    name: String,
+    services: Vec<String>,
+    span_names: Vec<String>,
+    regex: Option<Regex>,
+    attributes: Vec<(String, Scalar)>,
+    on_error: bool,
+    conditions: Vec<CompiledCondition>,
+    value: ValueConfig,
+    key: String,
+}
+
+fn scalar_eq(v: &Value, s: &Scalar) -> bool {
+    match (v, s) {
+        (Value::BoolValue(a), Scalar::Bool(b)) => a == b,
+        (Value::IntValue(a), Scalar::Int(b)) => a == b,
+        (Value::DoubleValue(a), Scalar::Float(b)) => a == b,
+        (Value::DoubleValue(a), Scalar::Int(b)) => *a == *b as f64,
+        (Value::IntValue(a), Scalar::Float(b)) => *a as f64 == *b,
+        (v, s) => attrs::value_as_str(v).is_some_and(|t| t == s.to_string()),
+    }
+}
+
+/// An attribute of the span, else of its resource.
+fn attr<'a>(span: &'a [KeyValue], res: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attrs::get(span, key).or_else(|| attrs::get(res, key))
+}
+
+fn attr_string(span: &[KeyValue], res: &[KeyValue], key: &str) -> Option<Box<str>> {
+    attr(span, res, key)
+        .and_then(attrs::value_as_str)
+        .filter(|s| !s.is_empty())
+        .map(|s| Box::from(s.as_ref()))
+}
+
+impl OpSpec {
+    fn matches(&self, span: &Span, res: &[KeyValue], service: &str) -> bool {
+        (self.services.is_empty() || self.services.iter().any(|s| s == service))
+            && (self.span_names.is_empty() || self.span_names.contains(&span.name))
+            && self.regex.as_ref().is_none_or(|r| r.is_match(&span.name))
+            && self
+                .attributes
+                .iter()
+                .all(|(k, want)| attr(&span.attributes, res, k).is_some_and(|v| scalar_eq(v, want)))
+    }
+
+    fn failed(&self, span: &Span, res: &[KeyValue]) -> bool {
+        let error = span.status.as_ref().is_some_and(|s| s.code == StatusCode::Error as i32);
+        (self.on_error && error)
+            || self
+                .conditions
+                .iter()
+                .any(|c| c.holds(attr(&span.attributes, res, &c.attribute)))
+    }
+}
+
+/// A goal, compiled.
+#[derive(Debug)]
+struct GoalSpec {
+    name: String,
+    op: usize,
+    target: Money,
+    period: u64,
+}
+
+/// The config with everything resolved: regexes, extensions, the hashing key.
+pub struct Compiled {
+    ops: Vec<OpSpec>,
+    customer_attr: Option<String>,
+    tier_attr: String,
+    order_attr: String,
+    items_attr: String,
+    dims: Vec<(String, String, Option<String>)>,
+    state: Option<Arc<BusinessState>>,
+    prices: Option<(Arc<Lookup>, String)>,
+    hasher: Option<KeyedHasher>,
+    lateness: u64,
+    dedup_window: u64,
+    dedup_max: usize,
+    max_pending: usize,
+    max_keys: usize,
+    exact_limit: usize,
+    window: u64,
+    thresholds: Thresholds,
+    top_causes: usize,
+    goals: Vec<GoalSpec>,
+    buckets: Vec<f64>,
+    max_series: usize,
+    max_records: usize,
+    max_incidents: usize,
+    windows_retained: usize,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled").field("operations", &self.ops.len()).finish()
+    }
+}
+
+impl Compiled {
+    /// Compiles a validated config. `state` and `prices` are the extensions it names, `hasher` the key for
+    /// `redact_customer`.
+    pub fn new(
+        cfg: &BusinessImpactConfig,
+        state: Option<Arc<BusinessState>>,
+        prices: Option<Arc<Lookup>>,
+        hasher: Option<KeyedHasher>,
+    ) -> Result<Compiled, ComponentError> {
+        let mut ops = Vec::new();
+        for o in &cfg.operations {
+            let regex = match &o.span_name_regex {
+                Some(r) => Some(Regex::new(r).map_err(|e| ComponentError::Config(e.to_string()))?),
+                None => None,
+            };
+            let mut conditions = Vec::new();
+            for c in &o.failure.when {
+                conditions.push(CompiledCondition::new(
+                    Condition::parse(c).map_err(ComponentError::Config)?,
+                ));
+            }
+            ops.push(OpSpec {
+                name: o.name.clone(),
+                services: o.service.as_ref().map(|s| s.to_vec()).unwrap_or_default(),
+                span_names: o.span_name.as_ref().map(|s| s.to_vec()).unwrap_or_default(),
+                regex,
+                attributes: o.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                on_error: o.failure.on_status_error,
+                conditions,
+                value: o.value.clone().unwrap_or_else(|| cfg.value.clone()),
+                key: o.business_key.clone().unwrap_or_else(|| cfg.business_key.clone()),
+            });
+        }
+        let goals = cfg
+            .goals
+            .iter()
+            .filter_map(|g| {
+                Some(GoalSpec {
+                    name: g.name.clone(),
+                    op: cfg.operations.iter().position(|o| o.name == g.operation)?,
+                    target: g.target.0,
+                    period: ns(g.period).max(1),
+                })
+            })
+            .collect();
+        let interval = ns(cfg.incident.evaluation_interval).max(1);
+        Ok(Compiled {
+            ops,
+            customer_attr: cfg.customer_attribute.clone(),
+            tier_attr: cfg.tier_attribute.clone(),
+            order_attr: cfg.order_attribute.clone(),
+            items_attr: cfg.items_attribute.clone(),
+            dims: cfg.dimensions.iter().map(|d| d.parts()).collect(),
+            state,
+            prices: prices.map(|p| (p, cfg.prices.as_ref().map(|p| p.column.clone()).unwrap_or_default())),
+            hasher,
+            lateness: ns(cfg.allowed_lateness),
+            dedup_window: ns(cfg.dedup_window).max(1),
+            dedup_max: cfg.dedup_max_spans.max(1),
+            max_pending: cfg.max_pending_spans.max(1),
+            max_keys: cfg.max_keys.max(1),
+            exact_limit: cfg.distinct_exact_limit,
+            window: ns(cfg.dedup_window).max(1),
+            thresholds: Thresholds {
+                interval_ns: interval,
+                window_buckets: (ns(cfg.incident.window) / interval).max(1),
+                open: cfg.incident.open_threshold,
+                close: cfg.incident.close_threshold,
+                min_operations: cfg.incident.min_operations,
+            },
+            top_causes: cfg.incident.top_causes,
+            goals,
+            buckets: cfg.duration_buckets.clone(),
+            max_series: cfg.max_series.max(1),
+            max_records: cfg.impact.max_records,
+            max_incidents: cfg.incident.max_retained,
+            windows_retained: cfg.impact.windows_retained,
+        })
+    }
+
+    /// Names of the operations, in configured order.
+    pub fn operation_names(&self) -> Vec<String> {
+        self.ops.iter().map(|o| o.name.clone()).collect()
+    }
+
+    /// The dimension label names, in configured order.
+    pub fn dimension_names(&self) -> impl Iterator<Item = &str> {
+        self.dims.iter().map(|(n, _, _)| n.as_str())
+    }
+}
+
+/// A counter kept locally (for tests and the API) and as self-telemetry.
+#[derive(Debug, Clone)]
+pub struct Count {
+    local: u64,
+    metric: Counter,
+}
+
+impl Count {
+    fn new(name: &'static str, connector: &str, label: (&'static str, &'static str)) -> Self {
+        Count {
+            local: 0,
+            metric: counter!(name, "connector" => connector.to_string(), label.0 => label.1),
+        }
+    }
+    fn add(&mut self, n: u64) {
+        if n > 0 {
+            self.local += n;
+            self.metric.increment(n);
+        }
+    }
+    pub fn get(&self) -> u64 {
+        self.local
+    }
+}
+
+/// Self-telemetry of the engine.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Operations finalized.
+    pub operations: Count,
+    pub duplicates: Count,
+    pub late: Count,
+    /// Operations finalized early because `max_pending_spans` was reached.
+    pub forced: Count,
+    pub missing_key: Count,
+    pub missing_value: Count,
+    pub invalid_value: Count,
+    /// Episodes forgotten because `max_keys` was reached (counted as lost).
+    pub evicted_keys: Count,
+    /// Span ids forgotten early because `dedup_max_spans` was reached.
+    pub evicted_span_ids: Count,
+    pub overflowed_points: Count,
+}
+
+impl Stats {
+    fn new(connector: &str) -> Self {
+        let dropped = "bizpilot_connector_business_impact_dropped_spans_total";
+        let missing = "bizpilot_connector_business_impact_missing_total";
+        let evicted = "bizpilot_connector_business_impact_evictions_total";
+        Stats {
+            operations: Count::new(
+                "bizpilot_connector_business_impact_operations_total",
+                connector,
+                ("kind", "finalized"),
+            ),
+            duplicates: Count::new(dropped, connector, ("reason", "duplicate")),
+            late: Count::new(dropped, connector, ("reason", "late")),
+            forced: Count::new(
+                "bizpilot_connector_business_impact_operations_total",
+                connector,
+                ("kind", "forced"),
+            ),
+            missing_key: Count::new(missing, connector, ("field", "business_key")),
+            missing_value: Count::new(missing, connector, ("field", "value")),
+            invalid_value: Count::new(missing, connector, ("field", "invalid_value")),
+            evicted_keys: Count::new(evicted, connector, ("what", "business_key")),
+            evicted_span_ids: Count::new(evicted, connector, ("what", "span_id")),
+            overflowed_points: Count::new(
+                "bizpilot_connector_business_impact_overflowed_points_total",
+                connector,
+                ("kind", "dimensions"),
+            ),
+        }
+    }
+}
+
+type SpanId = [u8; 24];
+
+fn span_key(trace: &[u8], span: &[u8]) -> SpanId {
+    let mut id = [0u8; 24];
+    for (d, s) in id.iter_mut().zip(trace.iter().take(16)) {
+        *d = *s;
+    }
+    for (d, s) in id[16..].iter_mut().zip(span.iter().take(8)) {
+        *d = *s;
+    }
+    id
+}
+
+fn id16(b: &[u8]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (d, s) in out.iter_mut().zip(b) {
+        *d = *s;
+    }
+    out
+}
+
+fn id8(b: &[u8]) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    for (d, s) in out.iter_mut().zip(b) {
+        *d = *s;
+    }
+    out
+}
+
+/// A matched span waiting for the watermark.
+#[derive(Debug)]
+struct PendingOp {
+    time: u64,
+    seq: u64,
+    op: usize,
+    success: bool,
+    duration_s: f64,
+    id: SpanId,
+    key: Option<Box<str>>,
+    customer: Option<Box<str>>,
+    tier: Option<Box<str>>,
+    order: Option<Box<str>>,
+    items: Option<i64>,
+    value: Option<Money>,
+    series: u32,
+    /// (service, span name, status message) of a failure.
+    failure: Option<Box<Cause>>,
+}
+
+struct Pending(Box<PendingOp>);
+
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        (self.0.time, self.0.seq) == (o.0.time, o.0.seq)
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Pending {
+    // Reversed: the heap's top is the oldest.
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.0.time, o.0.seq).cmp(&(self.0.time, self.0.seq))
+    }
+}
+
+/// Span ids seen, for dropping duplicates.
+#[derive(Debug, Default)]
+struct Dedup {
+    seen: HashSet<SpanId>,
+    /// Finalized ids in event-time order (finalization order), for expiry.
+    finalized: VecDeque<(u64, SpanId)>,
+}
+
+/// An ERROR span, kept to find the root cause of a failure in the same trace.
+#[derive(Debug, Clone)]
+struct ErrorSpan {
+    span_id: [u8; 8],
+    parent: [u8; 8],
+    cause: Cause,
+}
+
+/// ERROR spans by trace, bounded.
+#[derive(Debug, Default)]
+struct RootCauses {
+    by_trace: HashMap<[u8; 16], (u64, Vec<ErrorSpan>)>,
+    order: VecDeque<[u8; 16]>,
+}
+
+const MAX_ERROR_TRACES: usize = 100_000;
+const MAX_ERRORS_PER_TRACE: usize = 16;
+
+impl RootCauses {
+    fn observe(&mut self, trace: [u8; 16], time: u64, e: ErrorSpan) {
+        let entry = self.by_trace.entry(trace).or_insert_with(|| {
+            self.order.push_back(trace);
+            (time, Vec::new())
+        });
+        entry.0 = entry.0.max(time);
+        if entry.1.len() < MAX_ERRORS_PER_TRACE && !entry.1.iter().any(|x| x.span_id == e.span_id) {
+            entry.1.push(e);
+        }
+        while self.by_trace.len() > MAX_ERROR_TRACES {
+            let Some(t) = self.order.pop_front() else { break };
+            self.by_trace.remove(&t);
+        }
+    }
+
+    /// The deepest ERROR span of the trace: one that is no other ERROR span's parent.
+    fn root(&self, trace: &[u8; 16]) -> Option<Cause> {
+        let (_, errs) = self.by_trace.get(trace)?;
+        errs.iter()
+            .find(|e| !errs.iter().any(|c| c.parent == e.span_id))
+            .map(|e| e.cause.clone())
+    }
+
+    fn expire(&mut self, before: u64) {
+        while let Some(t) = self.order.front() {
+            match self.by_trace.get(t) {
+                Some((time, _)) if *time >= before => break,
+                _ => {
+                    if let Some(t) = self.order.pop_front() {
+                        self.by_trace.remove(&t);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A revenue-at-risk episode of one business key (see shopgen's ground truth for the definition).
+#[derive(Debug, Clone)]
+struct Episode {
+    epi: u64,
+    end: u64,
+    value: Option<Money>,
+    series: u32,
+    failures: u32,
+    /// Impact records of the failures in it.
+    records: Vec<u64>,
+}
+
+/// A finalized failure kept for the trailing incident window.
+#[derive(Debug, Clone)]
+struct FailureRec {
+    time: u64,
+    key: Box<str>,
+    customer: Option<Box<str>>,
+    tier: Option<Box<str>>,
+    order: Option<Box<str>>,
+    items: Option<i64>,
+    value: Option<Money>,
+    trace: [u8; 16],
+    span: [u8; 8],
+    failure: Cause,
+    root: Option<Cause>,
+    episode: u64,
+}
+
+/// A goal's current period.
+#[derive(Debug, Clone)]
+pub struct GoalState {
+    pub name: String,
+    pub op: usize,
+    pub target: Money,
+    pub period: u64,
+    pub period_start: Option<u64>,
+    pub achieved: Money,
+}
+
+impl GoalState {
+    /// (attainment so far, projected attainment at the period's end) at event time `now`.
+    pub fn attainment(&self, now: u64) -> (f64, f64) {
+        let target = self.target.nanos() as f64;
+        if target <= 0.0 {
+            return (0.0, 0.0);
+        }
+        let so_far = self.achieved.nanos() as f64 / target;
+        let Some(start) = self.period_start else {
+            return (0.0, 0.0);
+        };
+        let elapsed = now.saturating_sub(start).min(self.period);
+        let projected = if elapsed == 0 {
+            so_far
+        } else {
+            so_far * self.period as f64 / elapsed as f64
+        };
+        (so_far, projected)
+    }
+}
+
+/// Per-operation state.
+#[derive(Debug)]
+pub struct OpState {
+    pub operations: u64,
+    pub successful: u64,
+    pub failed: u64,
+    pub revenue: MoneyTotals,
+    pub at_risk: MoneyTotals,
+    pub recovered: MoneyTotals,
+    pub lost: MoneyTotals,
+    episodes: HashMap<Box<str>, Episode>,
+    expiry: VecDeque<(u64, Box<str>, u64)>,
+    recently_recovered: HashMap<u64, u64>,
+    recovered_order: VecDeque<(u64, u64)>,
+    /// (window index, distinct affected customers).
+    window: Option<(u64, Distinct)>,
+    closed_windows: VecDeque<WindowCount>,
+    detector: Detector,
+    recent: VecDeque<FailureRec>,
+    incident: Option<u64>,
+}
+
+/// The engine.
+pub struct Engine {
+    c: Compiled,
+    /// Operations older than this are final.
+    watermark: u64,
+    max_event: u64,
+    seq: u64,
+    pending: BinaryHeap<Pending>,
+    dedup: Dedup,
+    pub(super) series: SeriesTable,
+    pub(super) ops: Vec<OpState>,
+    pub(super) goals: Vec<GoalState>,
+    causes: RootCauses,
+    last_eval: Option<u64>,
+    next_gen: u64,
+    next_record: u64,
+    next_incident: u64,
+    book: Arc<Mutex<Book>>,
+    logs: Vec<LogRecord>,
+    now_ns: u64,
+    stats: Stats,
+    dirty: bool,
+}
+
+fn lock(b: &Mutex<Book>) -> MutexGuard<'_, Book> {
+    b.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn add_totals(t: &mut MoneyTotals, m: Option<Money>) {
+    if let Some(m) = m
+        && t.add(m).is_err()
+    {
+        tracing::warn!("a money total of the business_impact connector overflowed; value dropped");
+    }
+}
+
+impl Engine {
+    pub fn new(c: Compiled, connector: &str) -> Self {
+        let n = c.ops.len();
+        let book = Arc::new(Mutex::new(Book::new(
+            c.operation_names(),
+            c.max_records,
+            c.max_incidents,
+        )));
+        let ops = (0..n)
+            .map(|_| OpState {
+                operations: 0,
+                successful: 0,
+                failed: 0,
+                revenue: MoneyTotals::default(),
+                at_risk: MoneyTotals::default(),
+                recovered: MoneyTotals::default(),
+                lost: MoneyTotals::default(),
+                episodes: HashMap::new(),
+                expiry: VecDeque::new(),
+                recently_recovered: HashMap::new(),
+                recovered_order: VecDeque::new(),
+                window: None,
+                closed_windows: VecDeque::new(),
+                detector: Detector::new(c.thresholds),
+                recent: VecDeque::new(),
+                incident: None,
+            })
+            .collect();
+        let goals = c
+            .goals
+            .iter()
+            .map(|g| GoalState {
+                name: g.name.clone(),
+                op: g.op,
+                target: g.target,
+                period: g.period,
+                period_start: None,
+                achieved: Money::zero(g.target.currency()),
+            })
+            .collect();
+        Engine {
+            series: SeriesTable::new(n, c.max_series, c.buckets.clone()),
+            c,
+            watermark: 0,
+            max_event: 0,
+            seq: 0,
+            pending: BinaryHeap::new(),
+            dedup: Dedup::default(),
+            ops,
+            goals,
+            causes: RootCauses::default(),
+            last_eval: None,
+            next_gen: 0,
+            next_record: 1,
+            next_incident: 1,
+            book,
+            logs: Vec::new(),
+            now_ns: 0,
+            stats: Stats::new(connector),
+            dirty: true,
+        }
+    }
+
+    /// The findings shared with the HTTP API.
+    pub fn book(&self) -> Arc<Mutex<Book>> {
+        self.book.clone()
+    }
+
+    pub fn compiled(&self) -> &Compiled {
+        &self.c
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Event time up to which everything is final.
+    pub fn watermark(&self) -> u64 {
+        self.watermark
+    }
+
+    /// The newest event time seen.
+    pub fn max_event_time(&self) -> u64 {
+        self.max_event
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Span ids currently remembered for duplicate detection.
+    pub fn remembered_span_ids(&self) -> usize {
+        self.dedup.seen.len()
+    }
+
+    /// Business keys with an active episode, over all operations.
+    pub fn active_keys(&self) -> usize {
+        self.ops.iter().map(|o| o.episodes.len()).sum()
+    }
+
+    /// Wall-clock time (Unix ns) stamped on records as their observed time.
+    pub fn set_now(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+    }
+
+    /// Impact and incident records produced since the last call.
+    pub fn take_logs(&mut self) -> Vec<LogRecord> {
+        std::mem::take(&mut self.logs)
+    }
+
+    /// The currency of an operation's value.
+    fn currency_of(spec: &ValueConfig, span: &[KeyValue], res: &[KeyValue]) -> Option<Currency> {
+        attr(span, res, &spec.currency_attribute)
+            .and_then(attrs::value_as_str)
+            .and_then(|s| Currency::new(&s).ok())
+            .or(spec.default_currency)
+    }
+
+    /// Reads the spans of one request.
+    pub fn ingest(&mut self, req: &ExportTraceServiceRequest) {
+        let mut newest = self.max_event;
+        for rs in &req.resource_spans {
+            let res: &[KeyValue] = rs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+            let service = attrs::get_str(res, "service.name").unwrap_or("");
+            for ss in &rs.scope_spans {
+                for span in &ss.spans {
+                    let t = if span.end_time_unix_nano != 0 {
+                        span.end_time_unix_nano
+                    } else {
+                        span.start_time_unix_nano
+                    };
+                    if t == 0 {
+                        continue;
+                    }
+                    newest = newest.max(t);
+                    let error = span.status.as_ref().is_some_and(|s| s.code == StatusCode::Error as i32);
+                    if error {
+                        self.causes.observe(
+                            id16(&span.trace_id),
+                            t,
+                            ErrorSpan {
+                                span_id: id8(&span.span_id),
+                                parent: id8(&span.parent_span_id),
+                                cause: Cause {
+                                    service: service.to_string(),
+                                    span_name: span.name.clone(),
+                                    status_message: span.status.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
+                                },
+                            },
+                        );
+                    }
+                    self.ingest_span(span, res, service, t);
+                }
+            }
+        }
+        self.max_event = newest;
+        self.advance_to(newest.saturating_sub(self.c.lateness));
+        while self.pending.len() > self.c.max_pending {
+            let Some(t) = self.pending.peek().map(|p| p.0.time) else {
+                break;
+            };
+            let before = self.pending.len();
+            self.advance_to(t.saturating_add(1));
+            self.stats.forced.add((before - self.pending.len()) as u64);
+        }
+        self.sync_book();
+    }
+
+    fn ingest_span(&mut self, span: &Span, res: &[KeyValue], service: &str, t: u64) {
+        let mut checked = false;
+        for i in 0..self.c.ops.len() {
+            let spec = &self.c.ops[i];
+            if !spec.matches(span, res, service) {
+                continue;
+            }
+            let id = span_key(&span.trace_id, &span.span_id);
+            if !checked {
+                checked = true;
+                if self.dedup.seen.contains(&id) {
+                    self.stats.duplicates.add(1);
+                    return;
+                }
+                if t < self.watermark {
+                    self.stats.late.add(1);
+                    return;
+                }
+                self.dedup.seen.insert(id);
+            }
+            let success = !spec.failed(span, res);
+            let a = &span.attributes;
+            let key = attr_string(a, res, &spec.key);
+            let customer = match &self.c.customer_attr {
+                Some(k) => attr_string(a, res, k),
+                None => key.clone(),
+            };
+            let value = match attr(a, res, &spec.value.attribute) {
+                Some(v) => match amount::money_from_value(v, Self::currency_of(&spec.value, a, res)) {
+                    Ok(m) => Some(m),
+                    Err(_) => {
+                        self.stats.invalid_value.add(1);
+                        None
+                    }
+                },
+                None => None,
+            };
+            let dims: Box<[Box<str>]> = self
+                .c
+                .dims
+                .iter()
+                .map(|(_, src, default)| {
+                    attr_string(a, res, src)
+                        .or_else(|| default.as_deref().map(Box::from))
+                        .unwrap_or_default()
+                })
+                .collect();
+            let series = self.series.resolve(i, dims);
+            let failure = (!success).then(|| {
+                Box::new(Cause {
+                    service: service.to_string(),
+                    span_name: span.name.clone(),
+                    status_message: span.status.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
+                })
+            });
+            let duration_s = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) as f64 / 1e9;
+            self.seq += 1;
+            self.pending.push(Pending(Box::new(PendingOp {
+                time: t,
+                seq: self.seq,
+                op: i,
+                success,
+                duration_s,
+                id,
+                key,
+                customer,
+                tier: attr_string(a, res, &self.c.tier_attr),
+                order: attr_string(a, res, &self.c.order_attr),
+                items: attr(a, res, &self.c.items_attr).and_then(attrs::value_as_i64),
+                value,
+                series,
+                failure,
+            })));
+        }
+    }
+
+    /// Called while no span arrives: after `idle_for` ≥ `idle_timeout`, everything seen is final (the watermark
+    /// moves just past the newest span; it does not follow the wall clock, so replayed or simulated time is safe).
+    pub fn idle(&mut self, idle_for: std::time::Duration, idle_timeout: std::time::Duration) {
+        if idle_for < idle_timeout || self.max_event == 0 {
+            return;
+        }
+        self.advance_to(self.max_event.saturating_add(1));
+        self.sync_book();
+    }
+
+    /// Finalizes everything seen (at shutdown).
+    pub fn flush(&mut self) {
+        if self.max_event > 0 {
+            self.advance_to(self.max_event.saturating_add(1));
+        }
+        self.sync_book();
+    }
+
+    /// Moves the watermark to `target`, finalizing every pending operation older than it.
+    pub fn advance_to(&mut self, target: u64) {
+        if target <= self.watermark {
+            return;
+        }
+        while self.pending.peek().is_some_and(|p| p.0.time < target) {
+            let Some(Pending(op)) = self.pending.pop() else { break };
+            self.advance_time(op.time);
+            self.finalize(*op);
+        }
+        self.advance_time(target);
+        self.watermark = target;
+        // Span ids: forget those well behind the watermark, and the oldest beyond the bound.
+        let horizon = target.saturating_sub(self.c.dedup_window);
+        while let Some(&(t, id)) = self.dedup.finalized.front() {
+            let over = self.dedup.seen.len() > self.c.dedup_max;
+            if t >= horizon && !over {
+                break;
+            }
+            self.dedup.finalized.pop_front();
+            self.dedup.seen.remove(&id);
+            if over && t >= horizon {
+                self.stats.evicted_span_ids.add(1);
+            }
+        }
+        self.causes
+            .expire(target.saturating_sub(self.c.lateness.max(self.c.thresholds.interval_ns)));
+        self.dirty = true;
+    }
+
+    /// Processes everything that happens at event times up to `t`: incident evaluations at interval boundaries
+    /// `≤ t`, window and period ends, episode expiries. `t` never decreases.
+    fn advance_time(&mut self, t: u64) {
+        let interval = self.c.thresholds.interval_ns;
+        let mut next = match self.last_eval {
+            Some(l) => l.saturating_add(interval),
+            None => {
+                self.last_eval = Some(t - t % interval);
+                u64::MAX
+            }
+        };
+        while next <= t {
+            if self.ops.iter().all(|o| o.detector.is_idle() && o.recent.is_empty()) {
+                // Nothing to evaluate until the next operation: jump.
+                self.last_eval = Some(t - t % interval);
+                break;
+            }
+            self.evaluate(next);
+            self.last_eval = Some(next);
+            next = next.saturating_add(interval);
+        }
+        let w = self.c.window;
+        for i in 0..self.ops.len() {
+            self.expire_episodes(i, t);
+            let st = &mut self.ops[i];
+            if let Some((k, d)) = &st.window
+                && *k < t / w
+            {
+                let closed = WindowCount {
+                    start: k * w,
+                    end: (k + 1) * w,
+                    customers: d.count(),
+                    exact: d.is_exact(),
+                };
+                st.window = None;
+                if closed.customers > 0 {
+                    st.closed_windows.push_back(closed);
+                    while st.closed_windows.len() > self.c.windows_retained.max(1) {
+                        st.closed_windows.pop_front();
+                    }
+                }
+            }
+            while st
+                .recovered_order
+                .front()
+                .is_some_and(|(rt, _)| rt.saturating_add(self.c.window) <= t)
+            {
+                if let Some((_, g)) = st.recovered_order.pop_front() {
+                    st.recently_recovered.remove(&g);
+                }
+            }
+        }
+        for g in &mut self.goals {
+            let start = t - t % g.period;
+            if g.period_start != Some(start) && g.period_start.is_none_or(|s| s < start) {
+                g.period_start = Some(start);
+                g.achieved = Money::zero(g.target.currency());
+            }
+        }
+    }
+
+    fn expire_episodes(&mut self, i: usize, t: u64) {
+        while let Some((end, _, _)) = self.ops[i].expiry.front() {
+            if *end > t {
+                break;
+            }
+            let Some((_, key, epi)) = self.ops[i].expiry.pop_front() else {
+                break;
+            };
+            self.end_episode_lost(i, &key, epi);
+        }
+    }
+
+    /// Removes the episode `epi` of `key` (if still active) and counts its value as lost.
+    fn end_episode_lost(&mut self, i: usize, key: &str, epi: u64) {
+        let st = &mut self.ops[i];
+        if st.episodes.get(key).is_some_and(|e| e.epi == epi)
+            && let Some(ep) = st.episodes.remove(key)
+        {
+            add_totals(&mut st.lost, ep.value);
+            if let Some(v) = ep.value {
+                self.series.add_money(ep.series, MoneyKind::Lost, v);
+            }
+        }
+    }
+
+    /// The order's value from the state extension: its stated amount, else its line items priced.
+    fn state_value(&self, order: Option<&str>, currency_hint: Option<Currency>) -> Option<Money> {
+        let ctx = self.c.state.as_ref()?.orders.peek(order?)?;
+        ctx.value().or_else(|| self.price_items(ctx.items(), currency_hint))
+    }
+
+    fn unit_price(&self, item: &LineItem, currency: Option<Currency>) -> Option<Money> {
+        item.unit_price.or_else(|| {
+            let (lookup, column) = self.c.prices.as_ref()?;
+            lookup
+                .with_row(&item.sku, |row| {
+                    row.get(column)
+                        .and_then(|v| amount::money_from_value(&v.to_value(), currency.or(Some(Currency::USD))).ok())
+                })
+                .flatten()
+        })
+    }
+
+    fn price_items(&self, items: &[LineItem], currency: Option<Currency>) -> Option<Money> {
+        let mut total: Option<Money> = None;
+        for it in items {
+            let line = self.unit_price(it, currency)?.checked_mul(it.quantity).ok()?;
+            total = Some(match total {
+                None => line,
+                Some(t) => t.checked_add(line).ok()?,
+            });
+        }
+        total
+    }
+
+    fn finalize(&mut self, op: PendingOp) {
+        let i = op.op;
+        self.stats.operations.add(1);
+        let value = op.value.or_else(|| {
+            if self.c.ops[i].value.from_state {
+                self.state_value(op.order.as_deref(), self.c.ops[i].value.default_currency)
+            } else {
+                None
+            }
+        });
+        if value.is_none() {
+            self.stats.missing_value.add(1);
+        }
+        if op.key.is_none() {
+            self.stats.missing_key.add(1);
+        }
+        // Without a business key, an operation is its own key: never de-duplicated, never recovered.
+        let key: Box<str> = match &op.key {
+            Some(k) => k.clone(),
+            None => format!("\u{0}{}", output::hex(&op.id)).into(),
+        };
+        let before = self.series.overflowed().get(i).copied().unwrap_or(0);
+        self.series.count(op.series, op.success, op.duration_s);
+        let after = self.series.overflowed().get(i).copied().unwrap_or(0);
+        self.stats.overflowed_points.add(after - before);
+        self.dedup.finalized.push_back((op.time, op.id));
+        let window = self.c.window;
+        let st = &mut self.ops[i];
+        st.operations += 1;
+        st.detector.record(op.time, !op.success);
+        // The active episode of the key, unless it has expired (it is then lost).
+        let expired = st.episodes.get(&key).filter(|e| op.time >= e.end).map(|e| e.epi);
+        if let Some(epi) = expired {
+            self.end_episode_lost(i, &key, epi);
+        }
+        if op.success {
+            let st = &mut self.ops[i];
+            st.successful += 1;
+            add_totals(&mut st.revenue, value);
+            if let Some(v) = value {
+                self.series.add_money(op.series, MoneyKind::Revenue, v);
+                for g in self.goals.iter_mut().filter(|g| g.op == i) {
+                    if let Ok(a) = g.achieved.checked_add(v) {
+                        g.achieved = a;
+                    }
+                }
+            }
+            let st = &mut self.ops[i];
+            if let Some(ep) = st.episodes.remove(&key) {
+                add_totals(&mut st.recovered, ep.value);
+                st.recently_recovered.insert(ep.epi, op.time);
+                st.recovered_order.push_back((op.time, ep.epi));
+                if let Some(v) = ep.value {
+                    self.series.add_money(ep.series, MoneyKind::Recovered, v);
+                }
+                if !ep.records.is_empty() {
+                    let mut book = lock(&self.book);
+                    for r in &ep.records {
+                        let Some(rec) = book.record_mut(*r) else { continue };
+                        if rec.recovered.is_some() {
+                            continue;
+                        }
+                        rec.recovered = Some(op.time);
+                        let (seq, v) = (rec.incident_seq, rec.cart_value);
+                        if let Some(inc) = book.incident_mut(seq) {
+                            add_totals(&mut inc.recovered_revenue, v);
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        // A failure.
+        let st = &mut self.ops[i];
+        st.failed += 1;
+        let k = op.time / window;
+        if st.window.as_ref().is_none_or(|(wk, _)| *wk != k) {
+            st.window = Some((k, Distinct::new(self.c.exact_limit)));
+        }
+        if op.key.is_some()
+            && let Some((_, d)) = st.window.as_mut()
+        {
+            d.insert(&key);
+        }
+        let epi = match st.episodes.get_mut(&key) {
+            Some(ep) => {
+                ep.failures += 1;
+                ep.epi
+            }
+            None => {
+                let epi = self.next_gen;
+                self.next_gen += 1;
+                let end = op.time.saturating_add(window);
+                st.episodes.insert(
+                    key.clone(),
+                    Episode {
+                        epi,
+                        end,
+                        value,
+                        series: op.series,
+                        failures: 1,
+                        records: Vec::new(),
+                    },
+                );
+                st.expiry.push_back((end, key.clone(), epi));
+                add_totals(&mut st.at_risk, value);
+                if let Some(v) = value {
+                    self.series.add_money(op.series, MoneyKind::AtRisk, v);
+                }
+                // Bound the keys: forget the oldest episodes (counted as lost).
+                while self.ops[i].episodes.len() > self.c.max_keys {
+                    let Some((_, k, g)) = self.ops[i].expiry.pop_front() else {
+                        break;
+                    };
+                    if self.ops[i].episodes.get(&k).is_some_and(|e| e.epi == g) {
+                        self.stats.evicted_keys.add(1);
+                    }
+                    self.end_episode_lost(i, &k, g);
+                }
+                epi
+            }
+        };
+        let rec = FailureRec {
+            time: op.time,
+            key,
+            customer: op.customer,
+            tier: op.tier,
+            order: op.order,
+            items: op.items,
+            value,
+            trace: id16(&op.id[..16]),
+            span: id8(&op.id[16..]),
+            failure: op.failure.map(|b| *b).unwrap_or_else(|| Cause {
+                service: String::new(),
+                span_name: String::new(),
+                status_message: String::new(),
+            }),
+            root: self.causes.root(&id16(&op.id[..16])),
+            episode: epi,
+        };
+        match self.ops[i].incident {
+            Some(seq) => self.attach(i, seq, &rec),
+            None => {
+                let st = &mut self.ops[i];
+                st.recent.push_back(rec);
+                while st.recent.len() > self.c.max_pending {
+                    st.recent.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Attributes a failure to incident `seq`: counts it, and creates or updates the customer's impact record.
+    fn attach(&mut self, i: usize, seq: u64, f: &FailureRec) {
+        let cause = f.root.clone().unwrap_or_else(|| f.failure.clone());
+        let mut book = lock(&self.book);
+        let Some(inc) = book.incident_mut(seq) else { return };
+        inc.failed_operations += 1;
+        *inc.causes.entry((cause.service, cause.status_message)).or_default() += 1;
+        let incident_id = inc.id.clone();
+        if let Some(rid) = book.record_of(seq, &f.key) {
+            if let Some(r) = book.record_mut(rid) {
+                r.failed_attempts += 1;
+            }
+            return;
+        }
+        let st = &mut self.ops[i];
+        let recovered = st.recently_recovered.get(&f.episode).copied();
+        let id = self.next_record;
+        self.next_record += 1;
+        if recovered.is_none()
+            && let Some(ep) = st.episodes.get_mut(&f.key)
+            && ep.epi == f.episode
+        {
+            ep.records.push(id);
+        }
+        let order_ctx = match (&self.c.state, &f.order) {
+            (Some(s), Some(o)) => s.orders.peek(o),
+            _ => None,
+        };
+        let currency = f.value.map(|v| v.currency());
+        let items: Vec<LineItem> = order_ctx
+            .as_ref()
+            .map(|o| {
+                o.items()
+                    .iter()
+                    .map(|it| LineItem {
+                        unit_price: self.unit_price(it, currency),
+                        ..it.clone()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let item_count = f
+            .items
+            .or_else(|| order_ctx.as_ref().and_then(|o| o.item_count()))
+            .or_else(|| (!items.is_empty()).then_some(items.len() as i64));
+        let customer = f.customer.as_deref().map(|c| match &self.c.hasher {
+            Some(h) => h.hash_hex(c.as_bytes()),
+            None => c.to_string(),
+        });
+        let tier = f
+            .tier
+            .as_deref()
+            .map(str::to_string)
+            .or_else(|| order_ctx.as_ref().and_then(|o| o.customer_tier().map(str::to_string)));
+        let record = ImpactRecord {
+            id,
+            operation: self.c.ops[i].name.clone(),
+            incident_seq: seq,
+            incident_id,
+            key: f.key.clone(),
+            customer,
+            tier,
+            cart_value: f.value,
+            items,
+            item_count,
+            order_id: f.order.as_deref().map(str::to_string),
+            failure: f.failure.clone(),
+            root_cause: f.root.clone(),
+            trace_id: f.trace,
+            span_id: f.span,
+            time: f.time,
+            failed_attempts: 1,
+            recovered,
+        };
+        if let Some(inc) = book.incident_mut(seq) {
+            inc.affected_customers += 1;
+            add_totals(&mut inc.revenue_at_risk, f.value);
+            if recovered.is_some() {
+                add_totals(&mut inc.recovered_revenue, f.value);
+            }
+        }
+        self.logs.push(output::impact_log(&record, self.now_ns));
+        book.insert_record(record);
+    }
+
+    /// Evaluates every operation's incident state at boundary `e`.
+    fn evaluate(&mut self, e: u64) {
+        let window_ns = self
+            .c
+            .thresholds
+            .interval_ns
+            .saturating_mul(self.c.thresholds.window_buckets);
+        for i in 0..self.ops.len() {
+            let ev = self.ops[i].detector.evaluate(e);
+            let from = e.saturating_sub(window_ns);
+            while self.ops[i].recent.front().is_some_and(|f| f.time < from) {
+                self.ops[i].recent.pop_front();
+            }
+            match ev.transition {
+                Transition::Quiet => {}
+                Transition::Opened { start } => {
+                    let seq = self.next_incident;
+                    self.next_incident += 1;
+                    let name = self.c.ops[i].name.clone();
+                    let incident = Incident {
+                        seq,
+                        id: format!("{name}-{}-{seq}", start / 1_000_000_000),
+                        operation: name,
+                        state: IncidentState::Open,
+                        start,
+                        end: None,
+                        detected: e,
+                        last_evaluated: e,
+                        evaluations: 1,
+                        failure_rate: ev.rate,
+                        peak_failure_rate: ev.rate,
+                        window_operations: ev.operations,
+                        window_failed: ev.failed,
+                        failed_operations: 0,
+                        revenue_at_risk: MoneyTotals::default(),
+                        recovered_revenue: MoneyTotals::default(),
+                        affected_customers: 0,
+                        causes: HashMap::new(),
+                    };
+                    lock(&self.book).insert_incident(incident);
+                    self.ops[i].incident = Some(seq);
+                    let recent: Vec<FailureRec> = self.ops[i].recent.drain(..).filter(|f| f.time >= start).collect();
+                    for f in &recent {
+                        self.attach(i, seq, f);
+                    }
+                    self.incident_log(seq, "open");
+                }
+                Transition::Updated | Transition::Closed { .. } => {
+                    let Some(seq) = self.ops[i].incident else { continue };
+                    let closed = match ev.transition {
+                        Transition::Closed { end } => Some(end),
+                        _ => None,
+                    };
+                    {
+                        let mut book = lock(&self.book);
+                        if let Some(inc) = book.incident_mut(seq) {
+                            inc.last_evaluated = e;
+                            inc.evaluations += 1;
+                            inc.failure_rate = ev.rate;
+                            inc.peak_failure_rate = inc.peak_failure_rate.max(ev.rate);
+                            inc.window_operations = ev.operations;
+                            inc.window_failed = ev.failed;
+                            if let Some(end) = closed {
+                                inc.state = IncidentState::Closed;
+                                inc.end = Some(end);
+                            }
+                        }
+                    }
+                    if closed.is_some() {
+                        self.ops[i].incident = None;
+                        self.incident_log(seq, "closed");
+                    } else {
+                        self.incident_log(seq, "update");
+                    }
+                }
+            }
+        }
+        self.dirty = true;
+    }
+
+    fn incident_log(&mut self, seq: u64, state: &str) {
+        let book = lock(&self.book);
+        if let Some(inc) = book.incident(seq) {
+            self.logs
+                .push(output::incident_log(inc, state, self.c.top_causes, self.now_ns));
+        }
+    }
+
+    /// Copies the per-operation totals into the shared book.
+    fn sync_book(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let w = self.c.window;
+        let mut book = lock(&self.book);
+        book.watermark = self.watermark;
+        let ids: Vec<Option<String>> = self
+            .ops
+            .iter()
+            .map(|st| st.incident.and_then(|s| book.incident(s).map(|i| i.id.clone())))
+            .collect();
+        for ((st, sum), id) in self.ops.iter().zip(book.operations.iter_mut()).zip(ids) {
+            sum.operations = st.operations;
+            sum.successful = st.successful;
+            sum.failed = st.failed;
+            sum.revenue = st.revenue.clone();
+            sum.revenue_at_risk = st.at_risk.clone();
+            sum.recovered_revenue = st.recovered.clone();
+            sum.lost_revenue = st.lost.clone();
+            let mut open = st.at_risk.clone();
+            for m in st.recovered.iter().chain(st.lost.iter()) {
+                if open.sub(*m).is_err() {
+                    tracing::warn!("a money total of the business_impact connector overflowed");
+                }
+            }
+            sum.open_at_risk = open;
+            sum.current_window = st.window.as_ref().map(|(k, d)| WindowCount {
+                start: k * w,
+                end: (k + 1) * w,
+                customers: d.count(),
+                exact: d.is_exact(),
+            });
+            sum.windows = st.closed_windows.clone();
+            sum.open_incident = id;
+        }
+    }
+
+    /// Distinct affected customers of the window holding the watermark and of the one before it:
+    /// ((current, exact), (previous, exact)).
+    pub fn affected_windows(&self, i: usize) -> ((u64, bool), (u64, bool)) {
+        let w = self.c.window;
+        let Some(st) = self.ops.get(i) else {
+            return ((0, true), (0, true));
+        };
+        let cur_k = self.watermark / w;
+        let current = match &st.window {
+            Some((k, d)) if *k == cur_k => (d.count(), d.is_exact()),
+            _ => (0, true),
+        };
+        let previous = match (&st.window, st.closed_windows.back()) {
+            (Some((k, d)), _) if cur_k > 0 && *k == cur_k - 1 => (d.count(), d.is_exact()),
+            (_, Some(c)) if cur_k > 0 && c.start / w == cur_k - 1 => (c.customers, c.exact),
+            _ => (0, true),
+        };
+        (current, previous)
+    }
+
+    /// Value of the revenue-at-risk episodes of operation `i` still active (neither recovered nor lost yet).
+    pub fn active_at_risk(&self, i: usize) -> MoneyTotals {
+        let mut t = MoneyTotals::default();
+        if let Some(st) = self.ops.get(i) {
+            for ep in st.episodes.values() {
+                add_totals(&mut t, ep.value);
+            }
+        }
+        t
+    }
+
+    pub fn operation_name(&self, i: usize) -> &str {
+        self.c.ops.get(i).map(|o| o.name.as_str()).unwrap_or("")
+    }
+
+    pub fn incident_open(&self, i: usize) -> bool {
+        self.ops.get(i).is_some_and(|o| o.incident.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,434 @@
+//! The `business_impact` connector (traces → metrics, traces → logs): turns spans of configured **business
+//! operations** into business impact (business semantics §3): operations by outcome, revenue, revenue at risk,
+//! recovered and lost revenue, distinct affected customers, operation durations, incidents, goals, and one
+//! **impact record** per affected customer per incident, with its cart.
+//!
+//! # Semantics
+//!
+//! - An **operation** is a span that matches an `operations[]` matcher (every given part must hold). Its
+//!   **time** is the span's end time (event time, not arrival time), its **outcome** is failure when the span
+//!   status is ERROR (`failure.on_status_error`) or any `failure.when` condition holds, its **value** is exact
+//!   money from `value.attribute` (+ `value.currency_attribute`), or else, with `state`, the order's value
+//!   from the `business_state` extension (its stated amount, else its line items priced by their unit prices or
+//!   the `prices` table), its **business key** is `business_key`.
+//! - **Event time and lateness.** Operations are held until the *watermark* (newest span end time seen minus
+//!   `allowed_lateness`) passes them, then counted in event-time order, so late and out-of-order spans count
+//!   where they belong; a span older than the watermark is dropped and counted
+//!   (`bizpilot_connector_business_impact_dropped_spans_total{reason="late"}`). When no span arrives for
+//!   `idle_timeout`, everything seen is final (the watermark moves just past the newest span; it never follows
+//!   the wall clock, so replayed data works). The figures therefore trail the newest data by `allowed_lateness`,
+//!   or by `idle_timeout` of wall time when the input pauses. Keep both above any hold upstream (the `enrich`
+//!   processor's `join.window`): a held span arrives that much later.
+//! - **Duplicates**: a span with a trace id and span id already seen counts once (ids are remembered until they
+//!   are `dedup_window` behind the watermark, at most `dedup_max_spans`).
+//! - **Revenue at risk** (`dedup_window` = W): a failure of key K opens an *episode* `[t, t + W)` worth its
+//!   value, unless an episode of K is active (a customer retrying the same cart three times is one cart at
+//!   risk); a success of K within the episode ends it as **recovered** (`business.revenue.recovered`); an episode
+//!   that reaches its end unrecovered counts as **lost** (`business.revenue.lost`). This is exactly shopgen's
+//!   ground truth (`bizpilot_shopgen::truth`). At most `max_keys` episodes per operation are active (the oldest
+//!   are ended as lost beyond it, and counted).
+//! - **Affected customers**: distinct business keys with a failed operation per tumbling window of width W
+//!   aligned to the Unix epoch; exact up to `distinct_exact_limit` keys, then a HyperLogLog sketch (2¹⁴
+//!   registers, relative standard error 0.81 %, ±2.5 % at 3σ; see [`sketch`]).
+//! - **Incidents** (per operation, see [`incident`]): evaluated at every `incident.evaluation_interval`
+//!   boundary of event time over the trailing `incident.window`: opened when at least `min_operations` ran and
+//!   the failure rate reached `open_threshold`, updated at every evaluation, closed when it falls below
+//!   `close_threshold`. Start and end are dated to the evaluation intervals where failures began and ended.
+//!   Failures from the start on are attributed to the incident; its totals: failed operations, revenue at risk
+//!   and recovered (of its affected customers' carts), affected customers, top causes (service + status message
+//!   of the root cause: the deepest ERROR span of the same trace, else the failed span itself).
+//! - **Impact records**: one per (incident, business key), describing the customer's first failed operation in
+//!   the incident: customer (its HMAC-SHA256 hash with `redact_customer`, keyed by the `hash_key_env`
+//!   variable, as the `redaction` processor does), tier, cart value, line items (from `state`), order id, the
+//!   failed span (service, span name, status message), the root cause, trace id and time; later failures of
+//!   the customer in the incident only raise its `failed_attempts`. Emitted as log records with
+//!   `event.name` = `business.impact` (on the logs pipelines the connector feeds) and listed by the HTTP API.
+//! - **Incident records**: log records with `event.name` = `business.incident` and
+//!   `business.incident.state` = `open`, `update` (every evaluation) or `closed`.
+//! - **Goals**: revenue of the goal's operation (in the target's currency) in the current period (aligned to the
+//!   epoch), as attainment so far and projected attainment at the period's end (at the pace so far).
+//! - **Cardinality**: each distinct (operation, dimension values) is a series; beyond `max_series`, measurements
+//!   go to one overflow series per operation with `otel.metric.overflow=true` instead of the dimensions (as
+//!   the OpenTelemetry SDK's cardinality limit), counted by `business.metric.overflowed_points`.
+//! - **Restarts**: metrics are cumulative sums whose start time is the connector's start; a restarted process
+//!   starts from zero with a new start time, which Prometheus reads as a counter reset. State (episodes,
+//!   windows, incidents) is not persisted.
+//!
+//! # Metrics (cumulative; names as Prometheus shows them through the `prometheus` exporter)
+//!
+//! | OpenTelemetry | Prometheus | type | attributes |
+//! |---|---|---|---|
+//! | `business.operations` | `business_operations_total` | counter | `operation`, `outcome` (`success`/`failure`), dimensions |
+//! | `business.operation.duration` (s) | `business_operation_duration_seconds` | histogram | as above |
+//! | `business.revenue` | `business_revenue_total` | counter (double) | `operation`, `currency`, dimensions |
+//! | `business.revenue.at_risk` | `business_revenue_at_risk_total` | counter | as above (dimensions of the failure that opened the episode) |
+//! | `business.revenue.recovered` | `business_revenue_recovered_total` | counter | as above |
+//! | `business.revenue.lost` | `business_revenue_lost_total` | counter | as above |
+//! | `business.affected_customers` | `business_affected_customers` | gauge | `operation`, `window` (`current`/`previous`) |
+//! | `business.incident.open` | `business_incident_open` | gauge (0/1) | `operation` |
+//! | `business.goal.attainment` (1) | `business_goal_attainment_ratio` | gauge | `goal`, `operation` |
+//! | `business.goal.projected_attainment` (1) | `business_goal_projected_attainment_ratio` | gauge | `goal`, `operation` |
+//! | `business.goal.achieved` | `business_goal_achieved` | gauge | `goal`, `operation`, `currency` |
+//! | `business.metric.overflowed_points` | `business_metric_overflowed_points_total` | counter | `operation` |
+//!
+//! The overflow series carries `operation`, `outcome`/`currency` and `otel_metric_overflow="true"`.
+//!
+//! # Config
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `operations[].name` | (required) | the operation's name (`checkout`) |
+//! | `operations[].service` | — | `service.name` is this (or one of this list) |
+//! | `operations[].span_name` | — | span name is exactly this (or one of this list) |
+//! | `operations[].span_name_regex` | — | span name matches this regular expression |
+//! | `operations[].attributes` | `{}` | span (else resource) attributes equal to these values |
+//! | `operations[].failure.on_status_error` | `true` | status ERROR is a failure |
+//! | `operations[].failure.when` | `[]` | conditions `"<attribute> <op> <value>"`, op `>=` `>` `<=` `<` `==` `!=` (numbers compared exactly); any true is a failure |
+//! | `operations[].value` | `value` | per-operation override of `value` |
+//! | `operations[].business_key` | `business_key` | per-operation override of `business_key` |
+//! | `business_key` | `business.customer.id` | key of de-duplication, recovery and distinct counts |
+//! | `customer_attribute` | `business_key` | customer named in impact records |
+//! | `tier_attribute` | `business.customer.tier` | customer tier in impact records |
+//! | `order_attribute` | `business.order.id` | order id (impact records; key into `state`) |
+//! | `items_attribute` | `business.cart.items` | number of line items |
+//! | `value.attribute` | `business.order.value` | money: `"123.45"`, `"USD 123.45"`, double, int or `{units, nanos, currency_code}` |
+//! | `value.currency_attribute` | `business.currency` | currency code when the value has none |
+//! | `value.default_currency` | — | currency when neither gives one |
+//! | `value.from_state` | `true` | without the attribute: the order's value from `state` |
+//! | `state` | — | id of a `business_state` extension: line items and fallback value by order id |
+//! | `prices.extension`, `prices.column` | —, `price` | a `lookup` extension keyed by SKU pricing line items without a unit price |
+//! | `dimensions` | `[{name: customer.tier, attribute: business.customer.tier, default: unknown}]` | metric attributes: `attribute` or `{name, attribute, default}` (span, else resource attribute) |
+//! | `max_series` | `1000` | most (operation, dimensions) series; beyond: the overflow series |
+//! | `dedup_window` | `1h` | W: revenue-at-risk episodes, affected-customer windows, duplicate span memory |
+//! | `dedup_max_spans` | `1000000` | most span ids remembered for duplicate detection |
+//! | `distinct_exact_limit` | `10000` | distinct customers counted exactly per window before the sketch |
+//! | `allowed_lateness` | `30s` | how far behind the newest span a span may end and still count |
+//! | `idle_timeout` | `allowed_lateness` | without new spans this long, everything seen is final |
+//! | `max_pending_spans` | `1000000` | most operations waiting for the watermark (beyond: the oldest are finalized early, counted) |
+//! | `max_keys` | `1000000` | most active revenue-at-risk episodes per operation |
+//! | `metrics_flush_interval` | `15s` | how often the cumulative metrics are emitted (and at shutdown) |
+//! | `duration_buckets` | `[0.005 … 10]` | histogram bounds in seconds |
+//! | `redact_customer` | `false` | show customers as their HMAC-SHA256 hash |
+//! | `hash_key_env` | `BIZPILOT_HASH_KEY` | environment variable holding the HMAC key (required at start with `redact_customer`) |
+//! | `incident.window` | `1m` | trailing window of the failure rate (a multiple of the interval) |
+//! | `incident.evaluation_interval` | `10s` | evaluation step (event time) |
+//! | `incident.open_threshold` | `0.5` | failure rate that opens an incident |
+//! | `incident.close_threshold` | `0.2` | failure rate below which it closes |
+//! | `incident.min_operations` | `10` | operations needed in the window to open |
+//! | `incident.top_causes` | `5` | causes listed per incident |
+//! | `incident.max_retained` | `100` | closed incidents kept for the API |
+//! | `impact.max_records` | `100000` | impact records kept for the API (oldest go first) |
+//! | `impact.windows_retained` | `48` | closed affected-customer windows kept for the API |
+//! | `goals[]` | `[]` | `{name, operation, target: "USD 1000000", period: 1h}` |
+//!
+//! ```yaml
+//! connectors:
+//!   business_impact:
+//!     operations:
+//!       - name: checkout
+//!         span_name: oteldemo.CheckoutService/PlaceOrder
+//!       - name: payment
+//!         service: payment
+//!         span_name: oteldemo.PaymentService/Charge
+//!       - name: api
+//!         span_name_regex: "^(GET|POST) /api/"
+//!         failure: {when: ["http.response.status_code >= 500"]}
+//!     state: business_state
+//!     dimensions:
+//!       - {name: customer.tier, attribute: business.customer.tier, default: unknown}
+//!       - {name: payment.method, attribute: demo.payment.card_type}
+//!     dedup_window: 1h
+//!     allowed_lateness: 1m
+//!     incident: {window: 1m, evaluation_interval: 10s, open_threshold: 0.5, close_threshold: 0.2}
+//!     goals:
+//!       - {name: sales_per_hour, operation: checkout, target: "USD 1000000", period: 1h}
+//! service:
+//!   pipelines:
+//!     traces: {receivers: [otlp], processors: [enrich], exporters: [business_impact]}
+//!     metrics/impact: {receivers: [business_impact], exporters: [prometheus]}
+//!     logs/impact: {receivers: [business_impact], exporters: [debug]}
+//! ```
+//!
+//! The HTTP API (`/api/v1/incidents`, `/api/v1/impact`) is described in [`api`].
+//!
+//! Self-telemetry (label `connector`): `bizpilot_connector_business_impact_operations_total{kind}` (`finalized`,
+//! `forced`), `bizpilot_connector_business_impact_dropped_spans_total{reason}` (`duplicate`, `late`),
+//! `bizpilot_connector_business_impact_missing_total{field}` (`business_key`, `value`, `invalid_value`),
+//! `bizpilot_connector_business_impact_evictions_total{what}` (`business_key`, `span_id`),
+//! `bizpilot_connector_business_impact_overflowed_points_total`, and the gauge
+//! `bizpilot_connector_business_impact_pending_spans`.
+
+pub mod api;
+pub mod book;
+pub mod config;
+pub mod engine;
+pub mod incident;
+pub mod output;
+pub mod series;
+pub mod sketch;
+
+pub use config::BusinessImpactConfig;
+pub use engine::{Compiled, Engine};
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use bizpilot_business::{BusinessState, KeyedHasher, Lookup};
+use bizpilot_core::{
+    Batch, ComponentError, ComponentInfo, ComponentKind, Connector, ConnectorContext, ConnectorFactory, CreateContext,
+    Logs, Metrics, Output, Payload, Running, Signal, Stability,
+};
+
+/// The component type name.
+pub const TYPE: &str = "business_impact";
+
+/// Makes `business_impact` connectors.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BusinessImpactConnectorFactory;
+
+impl ConnectorFactory for BusinessImpactConnectorFactory {
+    type Config = BusinessImpactConfig;
+
+    fn info(&self) -> ComponentInfo {
+        ComponentInfo {
+            type_name: TYPE,
+            kind: ComponentKind::Connector,
+            stability: Stability::Alpha,
+            description: "Business impact of failing operations: revenue at risk, affected customers, incidents, goals",
+            signals: &[Signal::Traces, Signal::Metrics, Signal::Logs],
+            connects: &[(Signal::Traces, Signal::Metrics), (Signal::Traces, Signal::Logs)],
+        }
+    }
+
+    fn create(
+        &self,
+        config: BusinessImpactConfig,
+        ctx: &CreateContext<'_>,
+    ) -> Result<Box<dyn Connector>, ComponentError> {
+        let wrong: BTreeSet<Signal> = ctx.signals.iter().copied().filter(|s| *s != Signal::Traces).collect();
+        if !wrong.is_empty() {
+            return Err(ComponentError::Config(format!(
+                "{TYPE} reads traces only; it is an exporter of a {} pipeline",
+                wrong.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if ctx.output_signals.contains(&Signal::Traces) {
+            return Err(ComponentError::Config(format!(
+                "{TYPE} emits metrics and logs; a traces pipeline cannot receive from it"
+            )));
+        }
+        let state = match &config.state {
+            Some(id) => Some(
+                ctx.extensions
+                    .get::<BusinessState>(id)
+                    .map_err(|e| ComponentError::Config(format!("state: {e}")))?,
+            ),
+            None => None,
+        };
+        let prices = match &config.prices {
+            Some(p) => Some(
+                ctx.extensions
+                    .get::<Lookup>(&p.extension)
+                    .map_err(|e| ComponentError::Config(format!("prices.extension: {e}")))?,
+            ),
+            None => None,
+        };
+        let hasher = if config.redact_customer {
+            Some(
+                KeyedHasher::from_env(&config.hash_key_env)
+                    .map_err(|e| ComponentError::Config(format!("redact_customer: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let compiled = Compiled::new(&config, state, prices, hasher)?;
+        let id = ctx.id.to_string();
+        let engine = Engine::new(compiled, &id);
+        ctx.extensions.api().register(Arc::new(api::ImpactApi::new(
+            id.clone(),
+            engine.book(),
+            config.incident.top_causes,
+        )));
+        Ok(Box::new(BusinessImpactConnector {
+            engine,
+            flush_interval: config.metrics_flush_interval.get(),
+            idle_timeout: config.idle_timeout.unwrap_or(config.allowed_lateness).get(),
+        }))
+    }
+}
+
+/// A `business_impact` connector.
+pub struct BusinessImpactConnector {
+    engine: Engine,
+    flush_interval: Duration,
+    idle_timeout: Duration,
+}
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Connector for BusinessImpactConnector {
+    fn start(self: Box<Self>, ctx: ConnectorContext) -> Result<Running, ComponentError> {
+        let ConnectorContext {
+            id,
+            input,
+            output,
+            abort,
+        } = ctx;
+        let task = Task {
+            id: id.to_string(),
+            engine: self.engine,
+            metrics: output.get(Signal::Metrics).cloned(),
+            logs: output.get(Signal::Logs).cloned(),
+            flush_interval: self.flush_interval,
+            idle_timeout: self.idle_timeout,
+            start_ns: wall_ns(),
+            pending_gauge: metrics::gauge!("bizpilot_connector_business_impact_pending_spans", "connector" => id.to_string()),
+        };
+        Ok(Running::spawn(task.run(input, abort)))
+    }
+}
+
+struct Task {
+    id: String,
+    engine: Engine,
+    metrics: Option<Output>,
+    logs: Option<Output>,
+    flush_interval: Duration,
+    idle_timeout: Duration,
+    start_ns: u64,
+    pending_gauge: metrics::Gauge,
+}
+
+/// Why sending stopped.
+enum SendError {
+    /// A pipeline fed by the connector has shut down.
+    Closed,
+    /// The drain deadline passed.
+    Aborted,
+}
+
+async fn send(out: &Option<Output>, payload: Payload, abort: &CancellationToken) -> Result<(), SendError> {
+    let Some(out) = out else { return Ok(()) };
+    tokio::select! {
+        biased;
+        r = out.send(Batch::new(payload)) => r.map_err(|_| SendError::Closed),
+        _ = abort.cancelled() => Err(SendError::Aborted),
+    }
+}
+
+impl Task {
+    async fn send_logs(&mut self, abort: &CancellationToken) -> Result<(), SendError> {
+        let records = self.engine.take_logs();
+        if records.is_empty() || self.logs.is_none() {
+            return Ok(());
+        }
+        let payload = Payload::Logs(Logs::from_message(output::logs_request(records)));
+        send(&self.logs, payload, abort).await
+    }
+
+    async fn send_metrics(&mut self, abort: &CancellationToken) -> Result<(), SendError> {
+        self.pending_gauge.set(self.engine.pending() as f64);
+        if self.metrics.is_none() {
+            return Ok(());
+        }
+        let req = self.engine.metrics(self.start_ns, wall_ns());
+        if req
+            .resource_metrics
+            .iter()
+            .all(|r| r.scope_metrics.iter().all(|s| s.metrics.is_empty()))
+        {
+            return Ok(());
+        }
+        send(&self.metrics, Payload::Metrics(Metrics::from_message(req)), abort).await
+    }
+
+    async fn run(mut self, mut input: mpsc::Receiver<Batch>, abort: CancellationToken) -> Result<(), ComponentError> {
+        let step = self
+            .flush_interval
+            .min(self.idle_timeout / 2)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(step);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_arrival = Instant::now();
+        let mut last_flush = Instant::now();
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = abort.cancelled() => break Err(SendError::Aborted),
+                b = input.recv() => match b {
+                    Some(mut batch) => {
+                        last_arrival = Instant::now();
+                        self.engine.set_now(wall_ns());
+                        match &mut batch.payload {
+                            Payload::Traces(t) => match t.message() {
+                                Ok(req) => self.engine.ingest(req),
+                                Err(e) => {
+                                    tracing::warn!(connector = %self.id, error = %e, "cannot decode traces; dropped");
+                                    batch.fail();
+                                }
+                            },
+                            other => {
+                                tracing::warn!(connector = %self.id, signal = %other.signal(), "not traces; dropped");
+                                batch.fail();
+                            }
+                        }
+                        // Aggregated: the batch is delivered when dropped.
+                        drop(batch);
+                        if let Err(e) = self.send_logs(&abort).await {
+                            break Err(e);
+                        }
+                    }
+                    None => {
+                        self.engine.set_now(wall_ns());
+                        self.engine.flush();
+                        let r = match self.send_logs(&abort).await {
+                            Ok(()) => self.send_metrics(&abort).await,
+                            Err(e) => Err(e),
+                        };
+                        break r;
+                    }
+                },
+                _ = tick.tick() => {
+                    self.engine.set_now(wall_ns());
+                    self.engine.idle(last_arrival.elapsed(), self.idle_timeout);
+                    if let Err(e) = self.send_logs(&abort).await {
+                        break Err(e);
+                    }
+                    if last_flush.elapsed() >= self.flush_interval {
+                        last_flush = Instant::now();
+                        if let Err(e) = self.send_metrics(&abort).await {
+                            break Err(e);
+                        }
+                    }
+                }
+            }
+        };
+        input.close();
+        while let Ok(b) = input.try_recv() {
+            b.fail();
+        }
+        match result {
+            Ok(()) => Ok(()),
+            Err(SendError::Aborted) => {
+                tracing::warn!(connector = %self.id, "drain deadline passed; the last figures were not emitted");
+                Ok(())
+            }
+            Err(SendError::Closed) => Err(ComponentError::Other(format!(
+                "a pipeline fed by {} has shut down",
+                self.id
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

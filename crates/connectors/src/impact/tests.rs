@@ -1,0 +1,445 @@
+//! The connector end to end in-process: a generated shop outage against its ground truth, and the task's
+//! wiring (channels, metric start times, the HTTP API).
+
+use super::*;
+use crate::impact::book::ImpactRecord;
+use bizpilot_business::attrs;
+use bizpilot_business::{EventMapping, StateConfig};
+use bizpilot_core::component::{ApiRegistry, Output, ReceiverOutput, Target, parse_config};
+use bizpilot_core::{ComponentId, Currency, Extensions, Money, Traces};
+use bizpilot_shopgen::{Shop, ShopConfig};
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::number_data_point;
+use std::collections::{BTreeMap, HashMap};
+
+const SEC: u64 = 1_000_000_000;
+
+fn shop_config() -> ShopConfig {
+    serde_yaml::from_str(
+        r#"
+seed: 11
+duration: 30m
+orders_per_sec: 3
+customers: 20000
+impact_window: 10m
+injections:
+  payment_outages:
+    - {start: 8m, end: 12m, failure_probability: 0.9, status_message: "payment gateway timeout", timeout: 2s}
+    - {start: 20m, end: 22m, failure_probability: 0.8, status_message: "card processor unavailable", timeout: 1s}
+  retries: {probability: 0.7, delay: {min: 30s, max: 5m}, max_attempts: 3}
+  duplicates: {probability: 0.05, max_delay: 5s}
+  late: {probability: 0.02, delay: {min: 1m, max: 10m}}
+  out_of_order: {probability: 0.1, max_delay: 10s}
+"#,
+    )
+    .unwrap()
+}
+
+/// The demo's raw attributes, the order value and items from the business state.
+const IMPACT_CONFIG: &str = r#"
+operations:
+  - name: checkout
+    service: checkout
+    span_name: oteldemo.CheckoutService/PlaceOrder
+  - name: payment
+    span_name: oteldemo.PaymentService/Charge
+business_key: user.id
+tier_attribute: demo.user_context.loyalty_level
+order_attribute: demo.order.id
+items_attribute: demo.order.items.count
+state: business_state
+dimensions: [{name: customer.tier, attribute: demo.user_context.loyalty_level, default: unknown}]
+dedup_window: 10m
+allowed_lateness: 15m
+incident: {window: 1m, evaluation_interval: 10s, open_threshold: 0.5, close_threshold: 0.2, min_operations: 10}
+"#;
+
+fn tier_counts(e: &Engine, op: usize) -> BTreeMap<String, (u64, u64)> {
+    let mut m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for s in e.series.iter().filter(|s| s.op == op) {
+        let tier = s
+            .dims
+            .as_ref()
+            .and_then(|d| d.first())
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let c = m.entry(tier).or_default();
+        c.0 += s.successful;
+        c.1 += s.failed;
+    }
+    m
+}
+
+#[test]
+fn a_generated_outage_yields_the_ground_truth() {
+    let work = Shop::generate(&shop_config()).unwrap();
+    let truth = &work.truth;
+    // The business state knows every order (events applied first: the join itself is the enrich processor's).
+    let state = Arc::new(BusinessState::new(
+        "business_state",
+        StateConfig {
+            max_orders: 1_000_000,
+            max_customers: 1_000_000,
+            ttl: None,
+        },
+    ));
+    let mapping = EventMapping::default();
+    for ev in work.events() {
+        if let Ok(Some(e)) = mapping.parse(&ev.to_log_record()) {
+            state.apply(&e);
+        }
+    }
+    let raw: serde_yaml::Value = serde_yaml::from_str(IMPACT_CONFIG).unwrap();
+    let cfg: BusinessImpactConfig = parse_config(&raw).unwrap();
+    let mut e = Engine::new(Compiled::new(&cfg, Some(state), None, None).unwrap(), "business_impact");
+    for req in work.trace_requests(200) {
+        e.ingest(&req);
+    }
+    e.flush();
+    assert_eq!(e.stats().late.get(), 0, "allowed_lateness covers the injected lateness");
+    assert!(
+        e.stats().duplicates.get() > 0,
+        "the workload has duplicate checkout spans"
+    );
+    // The workload exercises what it should: late and reordered data, retries that recover, carts that are lost.
+    assert!(truth.counts.late_emissions > 0 && truth.counts.out_of_order_emissions > 0);
+    assert_eq!(truth.impact.incidents.len(), 2);
+    let checkout = truth.operation("checkout").unwrap();
+    assert!(checkout.episodes_recovered > 0 && checkout.episodes_recovered < checkout.episodes_total);
+    assert!(checkout.affected_customers_by_window.len() >= 2);
+    assert!(
+        truth.impact.impact_list.len() > 100,
+        "{}",
+        truth.impact.impact_list.len()
+    );
+    assert_eq!(e.stats().missing_value.get(), 0);
+
+    let book = e.book();
+    let b = book.lock().unwrap();
+    for (i, name) in ["checkout", "payment"].into_iter().enumerate() {
+        let t = truth.operation(name).unwrap();
+        let s = &b.operations[i];
+        assert_eq!(
+            (s.operations, s.successful, s.failed),
+            (t.total, t.successful, t.failed),
+            "{name}: counts"
+        );
+        assert_eq!(s.revenue.get(Currency::USD), t.revenue, "{name}: revenue");
+        assert_eq!(
+            s.revenue_at_risk.get(Currency::USD),
+            t.revenue_at_risk,
+            "{name}: revenue at risk"
+        );
+        assert_eq!(
+            s.recovered_revenue.get(Currency::USD),
+            t.recovered_revenue,
+            "{name}: recovered"
+        );
+        // Lost: ended episodes; those still open at the end of the data are lost in the truth too.
+        let open = e.active_at_risk(i).get(Currency::USD);
+        assert_eq!(
+            s.open_at_risk.get(Currency::USD),
+            open,
+            "{name}: at risk = recovered + lost + open"
+        );
+        assert_eq!(
+            s.lost_revenue.get(Currency::USD).checked_add(open).unwrap(),
+            t.lost_revenue,
+            "{name}: lost"
+        );
+        // By tier.
+        let tiers = tier_counts(&e, i);
+        for (tier, c) in &t.by_tier {
+            let got = tiers.get(tier.as_str()).copied().unwrap_or_default();
+            assert_eq!(got, (c.successful, c.failed), "{name}: tier {}", tier.as_str());
+        }
+        // Affected customers per window.
+        let mut windows: Vec<(u64, u64)> = s.windows.iter().map(|w| (w.start, w.customers)).collect();
+        if let Some(w) = s.current_window.filter(|w| w.customers > 0) {
+            windows.push((w.start, w.customers));
+        }
+        let expected: Vec<(u64, u64)> = t
+            .affected_customers_by_window
+            .iter()
+            .map(|w| (w.start_unix_nano, w.affected_customers))
+            .collect();
+        assert_eq!(windows, expected, "{name}: affected customers by window");
+        assert!(s.windows.iter().all(|w| w.exact));
+    }
+
+    // Incidents of checkout: the two outages, within one evaluation interval.
+    let incidents: Vec<&book::Incident> = b.incidents().filter(|i| i.operation == "checkout").collect();
+    assert_eq!(incidents.len(), truth.impact.incidents.len(), "{incidents:#?}");
+    let interval = 10 * SEC;
+    let mut incident_of: HashMap<String, usize> = HashMap::new();
+    for (got, want) in incidents.iter().zip(&truth.impact.incidents) {
+        assert!(
+            got.start.abs_diff(want.start_unix_nano) <= interval,
+            "start {} vs {}",
+            got.start,
+            want.start_unix_nano
+        );
+        let end = got.end.expect("closed");
+        assert!(
+            end.abs_diff(want.end_unix_nano) <= interval,
+            "end {end} vs {}",
+            want.end_unix_nano
+        );
+        assert_eq!(got.failed_operations, want.failed_checkouts);
+        assert_eq!(got.affected_customers, want.affected_customers);
+        assert_eq!(
+            got.top_causes(1)[0].1,
+            want.status_message,
+            "root cause: the payment service's message"
+        );
+        incident_of.insert(got.id.clone(), want.index);
+    }
+    // The impact list: complete, ordered by value, with carts.
+    let mut list: Vec<&ImpactRecord> = b.records().filter(|r| r.operation == "checkout").collect();
+    list.sort_by(|a, b| {
+        b.cart_value
+            .map(|m| m.nanos())
+            .cmp(&a.cart_value.map(|m| m.nanos()))
+            .then_with(|| a.customer.cmp(&b.customer))
+            .then_with(|| a.time.cmp(&b.time))
+    });
+    assert_eq!(list.len(), truth.impact.impact_list.len());
+    for (got, want) in list.iter().zip(&truth.impact.impact_list) {
+        assert_eq!(got.customer.as_deref(), Some(want.customer_id.as_str()));
+        assert_eq!(got.tier.as_deref(), Some(want.tier.as_str()));
+        assert_eq!(got.cart_value, Some(want.cart_value));
+        assert_eq!(got.order_id.as_deref(), Some(want.order_id.as_str()));
+        let items: Vec<(String, i64, Option<Money>)> = got
+            .items
+            .iter()
+            .map(|i| (i.sku.clone(), i.quantity, i.unit_price))
+            .collect();
+        let want_items: Vec<(String, i64, Option<Money>)> = want
+            .items
+            .iter()
+            .map(|i| (i.sku.clone(), i64::from(i.quantity), Some(i.unit_price)))
+            .collect();
+        assert_eq!(items, want_items);
+        assert_eq!(got.item_count, Some(want.items.len() as i64));
+        assert_eq!(
+            (
+                got.failure.service.as_str(),
+                got.failure.span_name.as_str(),
+                got.failure.status_message.as_str()
+            ),
+            (
+                want.failure.service,
+                want.failure.span_name,
+                want.failure.status_message.as_str()
+            )
+        );
+        let root = got.root_cause.as_ref().unwrap();
+        assert_eq!(
+            (
+                root.service.as_str(),
+                root.span_name.as_str(),
+                root.status_message.as_str()
+            ),
+            (
+                want.root_cause.service,
+                want.root_cause.span_name,
+                want.root_cause.status_message.as_str()
+            )
+        );
+        assert_eq!(output::hex(&got.trace_id), want.trace_id);
+        assert_eq!(got.time, want.time_unix_nano);
+        assert_eq!(got.failed_attempts, want.failed_attempts);
+        assert_eq!(incident_of.get(&got.incident_id).copied(), want.incident);
+    }
+}
+
+fn channel(cap: usize) -> (Output, mpsc::Receiver<Batch>) {
+    let (tx, rx) = mpsc::channel(cap);
+    (
+        Output::new(
+            vec![Target {
+                name: "t".into(),
+                sender: tx,
+            }],
+            Vec::new(),
+        ),
+        rx,
+    )
+}
+
+fn sum_value(req: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest, name: &str) -> f64 {
+    req.resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .filter(|m| m.name == name)
+        .filter_map(|m| match &m.data {
+            Some(Data::Sum(s)) => Some(&s.data_points),
+            _ => None,
+        })
+        .flatten()
+        .map(|p| match p.value {
+            Some(number_data_point::Value::AsDouble(d)) => d,
+            Some(number_data_point::Value::AsInt(i)) => i as f64,
+            None => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn the_connector_emits_cumulative_metrics_and_records_and_serves_its_api() {
+    let work = Shop::generate(&ShopConfig {
+        duration: bizpilot_core::config::Duration::from_secs(300),
+        injections: serde_yaml::from_str(
+            "payment_outages: [{start: 1m, end: 3m, failure_probability: 1.0, timeout: 1s}]",
+        )
+        .unwrap(),
+        ..shop_config()
+    })
+    .unwrap();
+    let yaml = r#"
+operations:
+  - {name: payment, span_name: oteldemo.PaymentService/Charge}
+business_key: user.id
+tier_attribute: demo.user_context.loyalty_level
+value: {attribute: demo.payment.amount, default_currency: USD}
+metrics_flush_interval: 50ms
+allowed_lateness: 1s
+idle_timeout: 100ms
+"#;
+    let raw: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    let cfg: BusinessImpactConfig = parse_config(&raw).unwrap();
+    let api = ApiRegistry::default();
+    let exts = Extensions::with_api(api.clone());
+    let id: ComponentId = "business_impact".parse().unwrap();
+    let ctx = |signals: &[Signal], out: &[Signal]| CreateContext {
+        id: &id,
+        pipeline: None,
+        signals: signals.iter().copied().collect(),
+        output_signals: out.iter().copied().collect(),
+        extensions: &exts,
+    };
+    assert!(
+        BusinessImpactConnectorFactory
+            .create(cfg.clone(), &ctx(&[Signal::Logs], &[Signal::Metrics]))
+            .is_err()
+    );
+    assert!(
+        BusinessImpactConnectorFactory
+            .create(cfg.clone(), &ctx(&[Signal::Traces], &[Signal::Traces]))
+            .is_err()
+    );
+    let mut redacting = cfg.clone();
+    redacting.redact_customer = true;
+    redacting.hash_key_env = "BIZPILOT_TEST_SURELY_UNSET_HASH_KEY".into();
+    let Err(err) = BusinessImpactConnectorFactory.create(redacting, &ctx(&[Signal::Traces], &[Signal::Logs])) else {
+        panic!("redact_customer without a key must not start");
+    };
+    assert!(err.to_string().contains("BIZPILOT_TEST_SURELY_UNSET_HASH_KEY"), "{err}");
+    let conn = BusinessImpactConnectorFactory
+        .create(cfg, &ctx(&[Signal::Traces], &[Signal::Metrics, Signal::Logs]))
+        .unwrap();
+    let (m_out, mut m_rx) = channel(1024);
+    let (l_out, mut l_rx) = channel(1024);
+    let (tx, rx) = mpsc::channel(4);
+    let mut running = conn
+        .start(ConnectorContext {
+            id: id.clone(),
+            input: rx,
+            output: ReceiverOutput::new(HashMap::from([(Signal::Metrics, m_out), (Signal::Logs, l_out)])),
+            abort: CancellationToken::new(),
+        })
+        .unwrap();
+    // Charge spans carry their value as `demo.payment.amount` (a string): no state needed.
+    for req in work.trace_requests(500) {
+        let (ack, done) = bizpilot_core::Ack::channel();
+        tx.send(Batch::with_ack(Payload::Traces(Traces::from_message(req)), ack))
+            .await
+            .unwrap();
+        assert_eq!(
+            done.await.unwrap(),
+            bizpilot_core::Delivery::Delivered,
+            "aggregated = delivered"
+        );
+    }
+    // Idle: everything becomes final without closing the input, and the metrics say so.
+    let t = work.truth.operation("payment").unwrap();
+    let mut first_start = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let b = tokio::time::timeout(Duration::from_secs(5), m_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let Payload::Metrics(mut m) = b.payload else { panic!() };
+        let req = m.message().unwrap().clone();
+        let start = req.resource_metrics[0].scope_metrics[0].metrics[0]
+            .data
+            .as_ref()
+            .map(|d| match d {
+                Data::Sum(s) => s.data_points[0].start_time_unix_nano,
+                Data::Gauge(g) => g.data_points[0].start_time_unix_nano,
+                _ => 0,
+            });
+        assert_eq!(*first_start.get_or_insert(start), start, "one start time per process");
+        if sum_value(&req, "business.operations") as u64 == t.total {
+            break;
+        }
+        assert!(Instant::now() < deadline, "metrics never reached the total");
+    }
+    // The API answers through the registry the admin server uses.
+    let r = api
+        .dispatch(
+            "impact",
+            &[("operation".into(), "payment".into()), ("limit".into(), "5".into())],
+        )
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["total"], work.truth.impact.impact_list.len());
+    assert_eq!(r.body["summary"][0]["failed"], t.failed);
+    assert_eq!(
+        serde_json::from_value::<Money>(r.body["summary"][0]["revenue_at_risk"][0].clone()).unwrap(),
+        t.revenue_at_risk
+    );
+    let values: Vec<Money> = r.body["customers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| serde_json::from_value(c["cart_value"].clone()).unwrap())
+        .collect();
+    assert!(
+        values.windows(2).all(|w| w[0].nanos() >= w[1].nanos()),
+        "highest cart value first"
+    );
+    let r = api.dispatch("incidents", &[]).unwrap();
+    assert_eq!(r.body["total"], 1);
+    // Closing the input flushes and ends the task; logs carried the records.
+    drop(tx);
+    running.join().await.unwrap();
+    let mut impact = 0;
+    let mut incident_states = Vec::new();
+    while let Ok(b) = l_rx.try_recv() {
+        let Payload::Logs(mut l) = b.payload else { panic!() };
+        for r in l
+            .message()
+            .unwrap()
+            .resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .flat_map(|s| &s.log_records)
+        {
+            match r.event_name.as_str() {
+                "business.impact" => impact += 1,
+                "business.incident" => incident_states.push(
+                    attrs::get_str(&r.attributes, "business.incident.state")
+                        .unwrap_or("")
+                        .to_string(),
+                ),
+                other => panic!("unexpected record {other}"),
+            }
+        }
+    }
+    assert_eq!(impact, work.truth.impact.impact_list.len());
+    assert_eq!(incident_states.first().map(String::as_str), Some("open"));
+    assert_eq!(incident_states.last().map(String::as_str), Some("closed"));
+}
