@@ -130,7 +130,7 @@ fn every_shipped_pipeline_validates() {
 fn embedded_default_pipeline_validates_and_matches_the_shipped_file() {
     let (code, stdout, _) = bizpilot(&["default-config"]);
     assert_eq!(code, 0);
-    let shipped = std::fs::read_to_string(workspace_root().join("pipelines/default.yaml")).unwrap();
+    let shipped = std::fs::read_to_string(workspace_root().join("pipelines/opentelemetry-demo.yaml")).unwrap();
     assert_eq!(stdout, shipped);
     let (code, stdout, _) = bizpilot(&["validate"]);
     assert_eq!(code, 0, "{stdout}");
@@ -159,4 +159,54 @@ fn components_lists_types_with_stability() {
     let (code, stdout, _) = bizpilot(&["--version"]);
     assert_eq!(code, 0);
     assert!(stdout.starts_with("bizpilot "), "{stdout}");
+}
+
+/// The component reference (`docs/components.md`) is generated from the components' module
+/// documentation, so it cannot drift from the code: this test fails when it is stale.
+/// Regenerate with `BIZPILOT_BLESS=1 cargo test -p bizpilot --test config_e2e component_reference`.
+#[test]
+fn component_reference_is_generated_from_the_module_docs() {
+    let root = workspace_root();
+    let sources: &[(&str, &str)] = &[
+        ("receiver `otlp`", "crates/receivers/src/otlp/mod.rs"),
+        ("processor `batch`", "crates/processors/src/batch.rs"),
+        ("processor `memory_limiter`", "crates/processors/src/memory_limiter.rs"),
+        ("processor `enrich`", "crates/processors/src/enrich/mod.rs"),
+        ("processor `redaction`", "crates/processors/src/redaction.rs"),
+        ("exporter `otlp` (gRPC)", "crates/exporters/src/otlp/grpc.rs"),
+        ("exporter `otlphttp`", "crates/exporters/src/otlp/http.rs"),
+        ("exporters: sending queue, retry and timeout", "crates/exporters/src/helper/mod.rs"),
+        ("exporter `debug`", "crates/exporters/src/debug.rs"),
+        ("exporter `prometheus`", "crates/exporters/src/prometheus/mod.rs"),
+        ("exporter `business_events`", "crates/exporters/src/business_events.rs"),
+        ("connector `forward`", "crates/connectors/src/forward.rs"),
+        ("connector `business_impact`", "crates/connectors/src/impact/mod.rs"),
+        ("extension `business_state`", "crates/extensions/src/business_state.rs"),
+        ("extension `lookup`", "crates/extensions/src/lookup.rs"),
+    ];
+    let mut doc = String::from(
+        "# Component reference\n\n<!-- Generated from the module documentation of each component by \
+         tests/config_e2e.rs; do not edit by hand. -->\n\nEvery component's configuration, with defaults and an \
+         example. `bizpilot components` lists the types with their stability and signals.\n",
+    );
+    for (title, path) in sources {
+        let text = std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let body: Vec<&str> = text
+            .lines()
+            .take_while(|l| l.starts_with("//!") || l.trim().is_empty())
+            .filter(|l| l.starts_with("//!"))
+            .map(|l| l.strip_prefix("//! ").unwrap_or(l.strip_prefix("//!").unwrap_or(l)))
+            .collect();
+        assert!(!body.is_empty(), "{path} has no module documentation");
+        doc.push_str(&format!("\n## {title}\n\n_Source: `{path}`_\n\n{}\n", body.join("\n")));
+    }
+    let target = root.join("docs/components.md");
+    if std::env::var_os("BIZPILOT_BLESS").is_some() {
+        std::fs::write(&target, &doc).unwrap();
+    }
+    let current = std::fs::read_to_string(&target).unwrap_or_default();
+    assert!(
+        current == doc,
+        "docs/components.md is stale; regenerate it with BIZPILOT_BLESS=1 cargo test -p bizpilot --test config_e2e component_reference"
+    );
 }

@@ -1,4 +1,4 @@
-//! End to end: the shipped `pipelines/business-impact.yaml` in the real binary, fed a generated shop outage
+//! End to end: the shipped `pipelines/opentelemetry-demo.yaml` in the real binary, fed a generated shop outage
 //! over OTLP/HTTP (traces and business events, in arrival order, with retries, duplicates, late and reordered
 //! data), against the workload's ground truth; a real Prometheus server scraping the `prometheus` exporter;
 //! a restart mid-stream; and a dimension with 100,000 distinct values.
@@ -66,7 +66,7 @@ fn start(ports: &Ports, overlay: &str) -> Bizpilot {
     let dir = tempfile::tempdir().unwrap();
     let over = dir.path().join("overlay.yaml");
     std::fs::write(&over, overlay).unwrap();
-    let preset = workspace_root().join("pipelines/business-impact.yaml");
+    let preset = workspace_root().join("pipelines/opentelemetry-demo.yaml");
     let env = ports.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     Bizpilot::start_with(&[preset.as_path(), over.as_path()], ports.admin, dir, &env)
@@ -166,7 +166,7 @@ connectors:
     idle_timeout: 5s
     metrics_flush_interval: 200ms
 processors:
-  enrich:
+  enrich/join:
     join: {{window: 2s}}
 exporters:
   otlp:
@@ -427,7 +427,7 @@ connectors:
     idle_timeout: 5s
     metrics_flush_interval: 200ms
 processors:
-  enrich:
+  enrich/join:
     # After the restart the state lacks the orders of the first half: spans go on without waiting for them.
     join: {{window: 0s}}
 exporters:

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
-/// The pipeline `bizpilot run` uses when no `--config` is given.
-pub const DEFAULT_PIPELINE: &str = include_str!("../../../pipelines/default.yaml");
+/// The pipeline `bizpilot run` uses when no `--config` is given: the OpenTelemetry Demo preset
+/// with business impact and Prometheus out (`pipelines/opentelemetry-demo.yaml`).
+pub const DEFAULT_PIPELINE: &str = include_str!("../../../pipelines/opentelemetry-demo.yaml");
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +51,7 @@ fn registry() -> Registry {
     bizpilot_exporters::register(&mut r);
     bizpilot_connectors::register(&mut r);
     bizpilot_extensions::register(&mut r);
+    bizpilot_kafka::register(&mut r);
     r
 }
 
