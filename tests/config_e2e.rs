@@ -169,6 +169,7 @@ fn component_reference_is_generated_from_the_module_docs() {
     let root = workspace_root();
     let sources: &[(&str, &str)] = &[
         ("receiver `otlp`", "crates/receivers/src/otlp/mod.rs"),
+        ("receiver `kafka`", "crates/kafka/src/receiver.rs"),
         ("processor `batch`", "crates/processors/src/batch.rs"),
         ("processor `memory_limiter`", "crates/processors/src/memory_limiter.rs"),
         ("processor `enrich`", "crates/processors/src/enrich/mod.rs"),
@@ -179,6 +180,7 @@ fn component_reference_is_generated_from_the_module_docs() {
         ("exporter `debug`", "crates/exporters/src/debug.rs"),
         ("exporter `prometheus`", "crates/exporters/src/prometheus/mod.rs"),
         ("exporter `business_events`", "crates/exporters/src/business_events.rs"),
+        ("exporter `kafka`", "crates/kafka/src/exporter.rs"),
         ("connector `forward`", "crates/connectors/src/forward.rs"),
         ("connector `business_impact`", "crates/connectors/src/impact/mod.rs"),
         ("extension `business_state`", "crates/extensions/src/business_state.rs"),

@@ -1,0 +1,1270 @@
+//! The `kafka` receiver: consumes topics as a consumer group and feeds one pipeline signal,
+//! at least once.
+//!
+//! # At least once
+//!
+//! librdkafka's automatic offset *store* is off: an offset is stored (and then committed by
+//! the periodic auto-commit, or synchronously on revocation and shutdown) only once every
+//! message before it in its partition was acknowledged by the pipeline (each message's batch
+//! carries a [`bizpilot_core::Ack`]). The stored offset is the partition's contiguous
+//! low-water mark ([`crate::offsets`]): a slow or failed message is never skipped by a later
+//! success.
+//!
+//! - **Failed delivery** (a `Failed` acknowledgement: an exporter gave up, the data was
+//!   refused downstream): the partition is *rewound*. Commits stop at the failed offset, the
+//!   partition is paused for a backoff (`redelivery.initial_interval`, doubling up to
+//!   `redelivery.max_interval`), then consumed again from the failed offset. Messages after it
+//!   that were already delivered are delivered again (duplicates, bounded by what was in
+//!   flight). A message is retried until it is delivered; messages of other partitions go on.
+//! - **Backpressure**: a message the pipeline does not take within `pipeline_wait` (full
+//!   queues, memory limiter) pauses every assigned partition; the message's partition is
+//!   seeked back to it. Consumption resumes when the pipeline has room again. A partition with
+//!   `max_in_flight` unacknowledged messages is paused until half of them are acknowledged.
+//!   Nothing is buffered beyond librdkafka's bounded prefetch.
+//! - **Rebalances**: when partitions are revoked, the receiver waits (at most
+//!   `drain_timeout`) for their in-flight messages, then commits what is done synchronously.
+//!   Messages still in flight after the deadline are read again by the new owner.
+//! - **Shutdown**: consumption stops, the pipeline is released, in-flight messages are waited
+//!   for (at most `drain_timeout`), the low-water marks are committed, and the consumer leaves
+//!   its group. A crash loses nothing: at worst what was in flight is read again.
+//!
+//! # Bad messages
+//!
+//! A message that cannot be decoded never stops its partition: it is counted in
+//! `bizpilot_kafka_receiver_bad_messages_total{receiver,topic,reason}`, logged with its topic,
+//! partition, offset and reason and, with `dead_letter_topic`, produced there with its
+//! original key, value and headers plus `bizpilot.error`, `bizpilot.source.topic`,
+//! `bizpilot.source.partition` and `bizpilot.source.offset`. Its offset counts as done once
+//! the dead-letter produce succeeded (a failed produce rewinds like a failed delivery).
+//!
+//! # Self-telemetry
+//!
+//! `bizpilot_receiver_accepted_<items>_total` / `…_refused_…` (transport `kafka`),
+//! `bizpilot_kafka_consumer_lag{receiver,topic,partition}` (from librdkafka statistics: high
+//! watermark minus the stored offset), `bizpilot_kafka_receiver_messages_total{receiver,topic}`,
+//! `bizpilot_kafka_receiver_bad_messages_total`, `bizpilot_kafka_receiver_dead_lettered_total`,
+//! `bizpilot_kafka_receiver_redeliveries_total{receiver,topic}`,
+//! `bizpilot_kafka_receiver_in_flight_messages{receiver}`,
+//! `bizpilot_kafka_receiver_paused_partitions{receiver}`,
+//! `bizpilot_kafka_receiver_commit_failures_total{receiver}`,
+//! `bizpilot_kafka_receiver_consume_errors_total{receiver,error}` and
+//! `bizpilot_kafka_client_errors_total{component,error}` (broker down, transport failures…).
+//!
+//! # Config
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `brokers` | `[localhost:9092]` | bootstrap brokers, `host:port` |
+//! | `topics` | — (required) | topics to consume; an entry starting with `^` is a regex subscription |
+//! | `group_id` | `bizpilot` | consumer group |
+//! | `client_id` | `bizpilot` | client id |
+//! | `initial_offset` | `latest` | where a group without committed offsets starts: `earliest` or `latest` |
+//! | `encoding` | `otlp_proto` | `otlp_proto`, `otlp_json`, `business_json`, `business_proto` (`bizpilot.v1.BusinessEvent`), `protobuf` |
+//! | `signal` | the pipeline's | `traces`, `metrics` or `logs` for the OTLP encodings (business encodings give logs) |
+//! | `business.*` | see below | field mapping of `business_json` and `protobuf` ([`crate::business::BusinessMapping`]) |
+//! | `protobuf.descriptor_set_file` | — | encoded `FileDescriptorSet` (`protoc --descriptor_set_out`, `buf build -o`) |
+//! | `protobuf.message` | — | full message name, e.g. `shop.v1.OrderEvent` |
+//! | `max_in_flight` | `1000` | unacknowledged messages per partition before it is paused |
+//! | `pipeline_wait` | `1s` | how long a message waits for room in the pipeline before consumption pauses |
+//! | `commit_interval` | `1s` | auto-commit period of the stored offsets |
+//! | `drain_timeout` | `10s` | wait for in-flight messages on revocation and shutdown |
+//! | `redelivery.initial_interval` | `500ms` | pause before a failed message is consumed again |
+//! | `redelivery.max_interval` | `30s` | longest such pause (the pause doubles per consecutive failure) |
+//! | `dead_letter_topic` | — | where bad messages go; empty = count, log and skip them |
+//! | `statistics_interval` | `5s` | librdkafka statistics period (consumer lag); `0` = off |
+//! | `tls.ca_file`, `tls.cert_file`, `tls.key_file`, `tls.insecure_skip_verify` | — | TLS (on when `tls` is present) |
+//! | `sasl.mechanism`, `sasl.username`, `sasl.password` | — | `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` |
+//! | `librdkafka` | `{}` | further librdkafka consumer properties, passed through (e.g. `session.timeout.ms: 10000`) |
+//!
+//! `business` keys (JSON field names; empty = not read; a dotted name also finds nested
+//! objects): `event_type` (`type`), `default_event_type` (—), `time` (`time`), `order_id`
+//! (`order_id`), `customer_id` (`customer_id`), `customer_tier` (`customer_tier`), `amount`
+//! (`amount`), `currency` (`currency`), `default_currency` (—), `shipping` (`shipping`),
+//! `items` (`items`), `item_sku` (`sku`), `item_quantity` (`quantity`), `item_unit_price`
+//! (`unit_price`), `keep_other_fields` (`true`). See [`crate::business`] for the log records
+//! produced. A W3C `traceparent` header becomes the records' `trace_id`/`span_id` (OTLP log
+//! records keep a trace context they already have).
+//!
+//! ```yaml
+//! receivers:
+//!   kafka/orders:
+//!     brokers: [kafka-1:9092, kafka-2:9092]
+//!     topics: [shop.orders]
+//!     group_id: bizpilot-orders
+//!     initial_offset: earliest
+//!     encoding: business_json
+//!     business: {event_type: kind, order_id: order.id, default_currency: EUR}
+//!     dead_letter_topic: shop.orders.dlq
+//!     sasl: {mechanism: SCRAM-SHA-512, username: bizpilot, password: "${env:KAFKA_PASSWORD}"}
+//!     tls: {ca_file: /etc/kafka/ca.pem}
+//!   kafka/spans:
+//!     brokers: [kafka-1:9092]
+//!     topics: ["^otlp\\.spans\\..*"]
+//!     encoding: otlp_proto
+//!     signal: traces
+//! ```
+
+use bizpilot_core::config::Duration;
+use bizpilot_core::telemetry::ReceiverTelemetry;
+use bizpilot_core::tls::TlsClientSettings;
+use bizpilot_core::{
+    Batch, ComponentConfig, ComponentError, ComponentInfo, ComponentKind, CreateContext, FieldError, Output, Payload,
+    Receiver, ReceiverContext, ReceiverFactory, Refusal, Running, Signal, Stability,
+};
+use metrics::{counter, gauge};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::business::BusinessMapping;
+use crate::client::{ClientSettings, PropertyValue, SaslSettings, error_kind};
+use crate::codec::{Decoder, MessageMeta, ReceiverEncoding};
+use crate::offsets::{OffsetTracker, Outcome, Ticket, TopicPartition};
+use crate::pb::ReflectedMessage;
+use crate::traceparent::TraceParent;
+
+/// `initial_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialOffset {
+    #[default]
+    Latest,
+    Earliest,
+}
+
+/// `redelivery`: the pause before a failed message is consumed again.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedeliverySettings {
+    pub initial_interval: Duration,
+    pub max_interval: Duration,
+}
+
+impl Default for RedeliverySettings {
+    fn default() -> Self {
+        Self {
+            initial_interval: Duration::from_millis(500),
+            max_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RedeliverySettings {
+    /// The pause after the `n`th consecutive failure (n ≥ 1), with ±20 % jitter.
+    pub fn delay(&self, n: u32) -> std::time::Duration {
+        let base = self.initial_interval.get();
+        let max = self.max_interval.get().max(base);
+        let d = base.saturating_mul(1u32 << n.saturating_sub(1).min(16)).min(max);
+        let jitter = rand::random_range(0.8..1.2);
+        d.mul_f64(jitter).min(max)
+    }
+}
+
+/// `protobuf`: the user schema of the `protobuf` encoding.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtobufSettings {
+    pub descriptor_set_file: String,
+    pub message: String,
+}
+
+/// Config of the `kafka` receiver (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaReceiverConfig {
+    pub brokers: Vec<String>,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    pub client_id: String,
+    pub initial_offset: InitialOffset,
+    pub encoding: ReceiverEncoding,
+    pub signal: Option<String>,
+    pub business: BusinessMapping,
+    pub protobuf: ProtobufSettings,
+    pub max_in_flight: usize,
+    pub pipeline_wait: Duration,
+    pub commit_interval: Duration,
+    pub drain_timeout: Duration,
+    pub redelivery: RedeliverySettings,
+    pub dead_letter_topic: String,
+    pub statistics_interval: Duration,
+    pub tls: Option<TlsClientSettings>,
+    pub sasl: Option<SaslSettings>,
+    pub librdkafka: BTreeMap<String, PropertyValue>,
+}
+
+impl Default for KafkaReceiverConfig {
+    fn default() -> Self {
+        Self {
+            brokers: vec!["localhost:9092".into()],
+            topics: Vec::new(),
+            group_id: "bizpilot".into(),
+            client_id: "bizpilot".into(),
+            initial_offset: InitialOffset::default(),
+            encoding: ReceiverEncoding::default(),
+            signal: None,
+            business: BusinessMapping::default(),
+            protobuf: ProtobufSettings::default(),
+            max_in_flight: 1000,
+            pipeline_wait: Duration::from_secs(1),
+            commit_interval: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(10),
+            redelivery: RedeliverySettings::default(),
+            dead_letter_topic: String::new(),
+            statistics_interval: Duration::from_secs(5),
+            tls: None,
+            sasl: None,
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+/// librdkafka properties the receiver sets for its guarantees.
+const RESERVED: [&str; 6] = [
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+    "auto.commit.interval.ms",
+];
+
+impl KafkaReceiverConfig {
+    fn client(&self) -> ClientSettings<'_> {
+        ClientSettings {
+            brokers: &self.brokers,
+            client_id: &self.client_id,
+            tls: self.tls.as_ref(),
+            sasl: self.sasl.as_ref(),
+            librdkafka: &self.librdkafka,
+        }
+    }
+
+    fn signal(&self) -> Result<Option<Signal>, String> {
+        match &self.signal {
+            None => Ok(None),
+            Some(s) => Signal::parse(s)
+                .map(Some)
+                .ok_or_else(|| format!("{s:?} is not a signal: use traces, metrics or logs")),
+        }
+    }
+}
+
+impl ComponentConfig for KafkaReceiverConfig {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut e = self.client().validate(&RESERVED);
+        if self.topics.is_empty() {
+            e.push(FieldError::new("topics", "at least one topic is required"));
+        }
+        for (i, t) in self.topics.iter().enumerate() {
+            if t.trim().is_empty() {
+                e.push(FieldError::new(format!("topics[{i}]"), "must not be empty"));
+            } else if t.starts_with('^')
+                && let Err(err) = regex::Regex::new(t)
+            {
+                e.push(FieldError::new(format!("topics[{i}]"), format!("invalid regex: {err}")));
+            }
+        }
+        if self.group_id.trim().is_empty() {
+            e.push(FieldError::new("group_id", "must not be empty"));
+        }
+        match self.signal() {
+            Err(m) => e.push(FieldError::new("signal", m)),
+            Ok(Some(s)) => {
+                if let Some(fixed) = self.encoding.fixed_signal()
+                    && fixed != s
+                {
+                    e.push(FieldError::new(
+                        "signal",
+                        format!("encoding {} always gives {fixed}", self.encoding.as_str()),
+                    ));
+                }
+            }
+            Ok(None) => {}
+        }
+        if matches!(
+            self.encoding,
+            ReceiverEncoding::BusinessJson | ReceiverEncoding::Protobuf
+        ) {
+            e.extend(self.business.validate("business"));
+        }
+        if self.encoding == ReceiverEncoding::Protobuf {
+            if self.protobuf.descriptor_set_file.trim().is_empty() {
+                e.push(FieldError::new(
+                    "protobuf.descriptor_set_file",
+                    "required with encoding protobuf",
+                ));
+            }
+            if self.protobuf.message.trim().is_empty() {
+                e.push(FieldError::new("protobuf.message", "required with encoding protobuf"));
+            }
+        }
+        if self.max_in_flight == 0 {
+            e.push(FieldError::new("max_in_flight", "must be at least 1"));
+        }
+        if self.commit_interval.is_zero() {
+            e.push(FieldError::new("commit_interval", "must be greater than 0"));
+        }
+        if self.redelivery.initial_interval.is_zero() {
+            e.push(FieldError::new("redelivery.initial_interval", "must be greater than 0"));
+        }
+        if self.redelivery.max_interval < self.redelivery.initial_interval {
+            e.push(FieldError::new(
+                "redelivery.max_interval",
+                "must not be less than initial_interval",
+            ));
+        }
+        let dlq = self.dead_letter_topic.trim();
+        let consumed = self
+            .topics
+            .iter()
+            .map(|t| t.trim())
+            .any(|t| t == dlq || (t.starts_with('^') && regex::Regex::new(t).is_ok_and(|r| r.is_match(dlq))));
+        if !dlq.is_empty() && (dlq.starts_with('^') || consumed) {
+            e.push(FieldError::new(
+                "dead_letter_topic",
+                "must be a plain topic name that is not consumed by this receiver",
+            ));
+        }
+        e
+    }
+}
+
+/// Creates `kafka` receivers.
+pub struct KafkaReceiverFactory;
+
+impl ReceiverFactory for KafkaReceiverFactory {
+    type Config = KafkaReceiverConfig;
+
+    fn info(&self) -> ComponentInfo {
+        ComponentInfo {
+            type_name: "kafka",
+            kind: ComponentKind::Receiver,
+            stability: Stability::Alpha,
+            description: "Consumes OTLP data or business events from Kafka topics, committing offsets only after delivery",
+            signals: &[Signal::Traces, Signal::Metrics, Signal::Logs],
+            connects: &[],
+        }
+    }
+
+    fn create(&self, cfg: KafkaReceiverConfig, ctx: &CreateContext<'_>) -> Result<Box<dyn Receiver>, ComponentError> {
+        let configured = cfg.signal().map_err(ComponentError::Config)?;
+        let signal = match (cfg.encoding.fixed_signal(), configured) {
+            (Some(s), _) | (None, Some(s)) => s,
+            (None, None) => {
+                let mut used = ctx.signals.iter();
+                match (used.next(), used.next()) {
+                    (Some(s), None) => *s,
+                    _ => {
+                        return Err(ComponentError::Config(format!(
+                            "signal: set it (traces, metrics or logs) for encoding {}: the receiver is used in \
+                             pipelines of several signals",
+                            cfg.encoding.as_str()
+                        )));
+                    }
+                }
+            }
+        };
+        if let Some(other) = ctx.signals.iter().find(|s| **s != signal) {
+            return Err(ComponentError::Config(format!(
+                "the receiver gives {signal} (encoding {}) but is used in a {other} pipeline: use one kafka \
+                 receiver per signal",
+                cfg.encoding.as_str()
+            )));
+        }
+        let decoder = match cfg.encoding {
+            ReceiverEncoding::OtlpProto => Decoder::Otlp { signal, json: false },
+            ReceiverEncoding::OtlpJson => Decoder::Otlp { signal, json: true },
+            ReceiverEncoding::BusinessJson => Decoder::BusinessJson(cfg.business.clone()),
+            ReceiverEncoding::BusinessProto => Decoder::BusinessProto,
+            ReceiverEncoding::Protobuf => Decoder::Protobuf {
+                message: ReflectedMessage::from_file(&cfg.protobuf.descriptor_set_file, &cfg.protobuf.message)
+                    .map_err(|e| ComponentError::Config(format!("protobuf: {e}")))?,
+                mapping: cfg.business.clone(),
+            },
+        };
+        Ok(Box::new(KafkaReceiver { cfg, decoder, signal }))
+    }
+}
+
+/// A created `kafka` receiver.
+pub struct KafkaReceiver {
+    cfg: KafkaReceiverConfig,
+    decoder: Decoder,
+    signal: Signal,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs a blocking librdkafka call without stalling the runtime's other tasks.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+fn now_unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Why a partition is paused (any reason keeps it paused).
+const PAUSE_CAP: u8 = 1;
+const PAUSE_BACKOFF: u8 = 2;
+const PAUSE_PIPELINE: u8 = 4;
+const PAUSE_STOP: u8 = 8;
+
+#[derive(Debug, Default)]
+struct PartitionControl {
+    paused: u8,
+    /// Consecutive failed deliveries (for the redelivery backoff).
+    failures: u32,
+    last_failed: Option<i64>,
+    resume_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    offsets: OffsetTracker,
+    control: HashMap<TopicPartition, PartitionControl>,
+    /// The pipeline refused a message: every partition is paused until it has room.
+    blocked: bool,
+}
+
+impl State {
+    /// Sets or clears a pause reason; returns the partitions whose paused state changed
+    /// (`true` = must be paused now, `false` = must be resumed).
+    fn set_pause(&mut self, tp: &TopicPartition, reason: u8, on: bool) -> Option<bool> {
+        let c = self.control.entry(tp.clone()).or_default();
+        let before = c.paused != 0;
+        if on {
+            c.paused |= reason;
+        } else {
+            c.paused &= !reason;
+        }
+        let after = c.paused != 0;
+        (before != after).then_some(after)
+    }
+
+    fn paused_count(&self) -> usize {
+        self.control.values().filter(|c| c.paused != 0).count()
+    }
+}
+
+/// State shared by the consumer task, librdkafka callbacks and acknowledgement callbacks.
+struct Shared {
+    receiver: String,
+    state: Mutex<State>,
+    /// Notified on every recorded outcome (for synchronous waits in rebalance callbacks).
+    changed: Condvar,
+    /// Wakes the consumer task.
+    wake: Notify,
+    drain_timeout: std::time::Duration,
+}
+
+impl Shared {
+    fn resolve(&self, ticket: &Ticket, delivered: bool) {
+        let outcome = lock(&self.state).offsets.resolve(ticket, delivered);
+        if outcome != Outcome::Stale {
+            self.changed.notify_all();
+            self.wake.notify_one();
+        }
+    }
+
+    fn ack(self: &Arc<Self>, ticket: Ticket) -> bizpilot_core::Ack {
+        let shared = self.clone();
+        bizpilot_core::Ack::new(move |d| shared.resolve(&ticket, d == bizpilot_core::Delivery::Delivered))
+    }
+}
+
+fn tpl_of<'a>(tps: impl IntoIterator<Item = &'a TopicPartition>) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for tp in tps {
+        tpl.add_partition(&tp.topic, tp.partition);
+    }
+    tpl
+}
+
+fn apply_pauses<C: ConsumerContext>(consumer: &impl Consumer<C>, receiver: &str, changes: &[(TopicPartition, bool)]) {
+    let pause: Vec<&TopicPartition> = changes.iter().filter(|(_, p)| *p).map(|(tp, _)| tp).collect();
+    let resume: Vec<&TopicPartition> = changes.iter().filter(|(_, p)| !*p).map(|(tp, _)| tp).collect();
+    if !pause.is_empty()
+        && let Err(e) = consumer.pause(&tpl_of(pause.iter().copied()))
+    {
+        tracing::warn!(receiver, error = %e, "cannot pause partitions");
+    }
+    if !resume.is_empty()
+        && let Err(e) = consumer.resume(&tpl_of(resume.iter().copied()))
+    {
+        tracing::warn!(receiver, error = %e, "cannot resume partitions");
+    }
+}
+
+/// librdkafka callbacks of the consumer.
+struct ConsumerCallbacks {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for ConsumerCallbacks {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (id, p) in &t.partitions {
+                if *id < 0 || !p.desired {
+                    continue;
+                }
+                let lag = if p.consumer_lag_stored >= 0 {
+                    p.consumer_lag_stored
+                } else {
+                    p.consumer_lag
+                };
+                if lag >= 0 {
+                    gauge!("bizpilot_kafka_consumer_lag", "receiver" => self.shared.receiver.clone(),
+                        "topic" => topic.clone(), "partition" => id.to_string())
+                    .set(lag as f64);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = error_kind(&error);
+        counter!("bizpilot_kafka_client_errors_total", "component" => format!("receiver/{}", self.shared.receiver),
+            "error" => kind)
+        .increment(1);
+        tracing::warn!(receiver = %self.shared.receiver, error = %error, "kafka client error: {reason}");
+    }
+}
+
+impl ConsumerContext for ConsumerCallbacks {
+    fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => self.on_revoke(base, tpl),
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => {
+                tracing::warn!(receiver = %self.shared.receiver, error = %e, "consumer group rebalance failed");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.on_assign(base, tpl);
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                tracing::trace!(receiver = %self.shared.receiver, partitions = offsets.count(), "offsets committed")
+            }
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                counter!("bizpilot_kafka_receiver_commit_failures_total", "receiver" => self.shared.receiver.clone())
+                    .increment(1);
+                tracing::warn!(receiver = %self.shared.receiver, error = %e, "offset commit failed (retried at the next commit)");
+            }
+        }
+    }
+}
+
+impl ConsumerCallbacks {
+    fn on_assign(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let tps: Vec<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(|e| TopicPartition::new(e.topic(), e.partition()))
+            .collect();
+        let mut st = lock(&self.shared.state);
+        let mut changes = Vec::new();
+        for tp in &tps {
+            st.offsets.assign(tp.clone());
+            st.control.entry(tp.clone()).or_default();
+            if st.blocked {
+                st.set_pause(tp, PAUSE_PIPELINE, true);
+            }
+            let paused = st.control.get(tp).is_some_and(|c| c.paused != 0);
+            // Make librdkafka's pause state match ours whatever it kept from an earlier assignment.
+            changes.push((tp.clone(), paused));
+        }
+        apply_pauses(base, &self.shared.receiver, &changes);
+        drop(st);
+        tracing::info!(receiver = %self.shared.receiver, partitions = %list(&tps), "partitions assigned");
+    }
+
+    /// Waits for the revoked partitions' in-flight messages (at most `drain_timeout`), commits
+    /// what is done, and forgets them.
+    fn on_revoke(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let tps: Vec<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(|e| TopicPartition::new(e.topic(), e.partition()))
+            .collect();
+        let receiver = &self.shared.receiver;
+        let lost = base.assignment_lost();
+        if !lost {
+            let deadline = Instant::now() + self.shared.drain_timeout;
+            let pending = blocking(|| {
+                let mut st = lock(&self.shared.state);
+                loop {
+                    let pending: usize = tps
+                        .iter()
+                        .filter_map(|tp| st.offsets.get(tp))
+                        .map(|p| p.in_flight())
+                        .sum();
+                    let now = Instant::now();
+                    if pending == 0 || now >= deadline {
+                        return pending;
+                    }
+                    st = match self.shared.changed.wait_timeout(st, deadline - now) {
+                        Ok((g, _)) => g,
+                        Err(p) => p.into_inner().0,
+                    };
+                }
+            });
+            if pending > 0 {
+                tracing::warn!(receiver = %receiver, pending, partitions = %list(&tps),
+                    "revoked partitions still had messages in flight after drain_timeout: the next owner reads them again");
+            }
+            let marks: Vec<(TopicPartition, i64)> = {
+                let st = lock(&self.shared.state);
+                tps.iter()
+                    .filter_map(|tp| st.offsets.get(tp)?.committable().map(|o| (tp.clone(), o)))
+                    .collect()
+            };
+            commit_marks(base, receiver, &marks);
+        }
+        let mut st = lock(&self.shared.state);
+        for tp in &tps {
+            st.offsets.remove(tp);
+            st.control.remove(tp);
+            gauge!("bizpilot_kafka_consumer_lag", "receiver" => receiver.clone(), "topic" => tp.topic.to_string(),
+                "partition" => tp.partition.to_string())
+            .set(0.0);
+        }
+        drop(st);
+        self.shared.changed.notify_all();
+        tracing::info!(receiver = %receiver, partitions = %list(&tps), lost, "partitions revoked");
+    }
+}
+
+/// Stores and synchronously commits `marks`.
+fn commit_marks<C: ConsumerContext>(consumer: &impl Consumer<C>, receiver: &str, marks: &[(TopicPartition, i64)]) {
+    if marks.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (tp, o) in marks {
+        if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*o)) {
+            tracing::warn!(receiver, error = %e, "cannot build the offset list");
+        }
+    }
+    let _ = consumer.store_offsets(&tpl);
+    match blocking(|| consumer.commit(&tpl, CommitMode::Sync)) {
+        Ok(()) => {
+            tracing::debug!(receiver, offsets = %marks.iter().map(|(tp, o)| format!("{tp}@{o}")).collect::<Vec<_>>().join(","),
+                "offsets committed")
+        }
+        Err(e) => {
+            counter!("bizpilot_kafka_receiver_commit_failures_total", "receiver" => receiver.to_string()).increment(1);
+            tracing::warn!(receiver, error = %e, "offset commit failed: the uncommitted messages will be read again");
+        }
+    }
+}
+
+fn list(tps: &[TopicPartition]) -> String {
+    tps.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// The dead-letter producer.
+struct DeadLetter {
+    topic: String,
+    producer: FutureProducer<ProducerCallbacks>,
+}
+
+/// Counts a producer's client errors.
+pub(crate) struct ProducerCallbacks {
+    pub(crate) component: String,
+}
+
+impl ClientContext for ProducerCallbacks {
+    fn stats(&self, _: Statistics) {}
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        counter!("bizpilot_kafka_client_errors_total", "component" => self.component.clone(), "error" => error_kind(&error))
+            .increment(1);
+        tracing::warn!(component = %self.component, error = %error, "kafka client error: {reason}");
+    }
+}
+
+impl Receiver for KafkaReceiver {
+    fn start(self: Box<Self>, ctx: ReceiverContext) -> Result<Running, ComponentError> {
+        let KafkaReceiver { cfg, decoder, signal } = *self;
+        let receiver = ctx.id.to_string();
+        let output = ctx
+            .output
+            .get(signal)
+            .cloned()
+            .ok_or_else(|| ComponentError::Config(format!("no {signal} pipeline uses this receiver")))?;
+        drop(ctx.output);
+        let mut cc = cfg.client().client_config();
+        cc.set("group.id", &cfg.group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set(
+                "auto.commit.interval.ms",
+                cfg.commit_interval.get().as_millis().max(1).to_string(),
+            )
+            .set(
+                "auto.offset.reset",
+                match cfg.initial_offset {
+                    InitialOffset::Earliest => "earliest",
+                    InitialOffset::Latest => "latest",
+                },
+            )
+            .set(
+                "statistics.interval.ms",
+                cfg.statistics_interval.get().as_millis().to_string(),
+            )
+            .set_log_level(crate::client::log_level(&cfg.librdkafka));
+        for (k, v) in &cfg.librdkafka {
+            cc.set(k, &v.0);
+        }
+        let shared = Arc::new(Shared {
+            receiver: receiver.clone(),
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            wake: Notify::new(),
+            drain_timeout: cfg.drain_timeout.get(),
+        });
+        let consumer: StreamConsumer<ConsumerCallbacks> = cc
+            .create_with_context(ConsumerCallbacks { shared: shared.clone() })
+            .map_err(|e| ComponentError::Other(format!("cannot create the kafka consumer: {e}")))?;
+        let topics: Vec<&str> = cfg.topics.iter().map(|t| t.trim()).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| ComponentError::Other(format!("cannot subscribe to {}: {e}", topics.join(", "))))?;
+        let dead_letter = if cfg.dead_letter_topic.is_empty() {
+            None
+        } else {
+            let mut pc = cfg.client().client_config();
+            pc.set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("linger.ms", "5")
+                .set_log_level(crate::client::log_level(&cfg.librdkafka));
+            let producer = pc
+                .create_with_context(ProducerCallbacks {
+                    component: format!("receiver/{receiver}/dead_letter"),
+                })
+                .map_err(|e| ComponentError::Other(format!("cannot create the dead-letter producer: {e}")))?;
+            Some(DeadLetter {
+                topic: cfg.dead_letter_topic.clone(),
+                producer,
+            })
+        };
+        tracing::info!(receiver = %receiver, topics = %topics.join(","), group = %cfg.group_id,
+            encoding = cfg.encoding.as_str(), %signal, "kafka receiver started");
+        let runner = Runner {
+            telemetry: ReceiverTelemetry::new(&receiver, "kafka"),
+            receiver,
+            consumer,
+            shared,
+            decoder,
+            signal,
+            output: Some(output),
+            dead_letter,
+            max_in_flight: cfg.max_in_flight,
+            pipeline_wait: cfg.pipeline_wait.get(),
+            drain_timeout: cfg.drain_timeout.get(),
+            redelivery: cfg.redelivery.clone(),
+        };
+        Ok(Running::spawn(runner.run(ctx.shutdown)))
+    }
+}
+
+/// The consumer task.
+struct Runner {
+    receiver: String,
+    consumer: StreamConsumer<ConsumerCallbacks>,
+    shared: Arc<Shared>,
+    decoder: Decoder,
+    signal: Signal,
+    output: Option<Output>,
+    dead_letter: Option<DeadLetter>,
+    telemetry: ReceiverTelemetry,
+    max_in_flight: usize,
+    pipeline_wait: std::time::Duration,
+    drain_timeout: std::time::Duration,
+    redelivery: RedeliverySettings,
+}
+
+/// What happened to a consumed message.
+enum Handled {
+    Continue,
+    /// The pipeline is shutting down.
+    Stop,
+}
+
+impl Runner {
+    async fn run(self, shutdown: CancellationToken) -> Result<(), ComponentError> {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        let mut last_logged: HashMap<String, Instant> = HashMap::new();
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.maintain();
+            let handled = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = self.shared.wake.notified() => Handled::Continue,
+                _ = tick.tick() => Handled::Continue,
+                m = self.consumer.recv() => match m {
+                    Ok(msg) => self.handle(msg).await,
+                    Err(e) => {
+                        self.consume_error(&e, &mut last_logged);
+                        Handled::Continue
+                    }
+                },
+            };
+            if let Handled::Stop = handled {
+                break;
+            }
+        }
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Counts a consume error (unknown topic, broker down…) and logs it at most every 10 s per kind.
+    fn consume_error(&self, e: &KafkaError, last_logged: &mut HashMap<String, Instant>) {
+        let kind = error_kind(e);
+        counter!("bizpilot_kafka_receiver_consume_errors_total", "receiver" => self.receiver.clone(),
+            "error" => kind.clone())
+        .increment(1);
+        let now = Instant::now();
+        if last_logged
+            .get(&kind)
+            .is_none_or(|t| now.duration_since(*t) >= std::time::Duration::from_secs(10))
+        {
+            last_logged.insert(kind, now);
+            tracing::warn!(receiver = %self.receiver, error = %e, "kafka consume error");
+        }
+    }
+
+    /// Decodes a message and hands it to the pipeline (or to the dead-letter topic).
+    async fn handle(&self, msg: BorrowedMessage<'_>) -> Handled {
+        let tp = TopicPartition::new(msg.topic(), msg.partition());
+        let offset = msg.offset();
+        counter!("bizpilot_kafka_receiver_messages_total", "receiver" => self.receiver.clone(),
+            "topic" => tp.topic.to_string())
+        .increment(1);
+        let traceparent = msg.headers().and_then(|h| {
+            (0..h.count())
+                .filter_map(|i| h.try_get(i))
+                .find(|x| x.key.eq_ignore_ascii_case("traceparent"))
+                .and_then(|x| x.value.and_then(TraceParent::parse))
+        });
+        let meta = MessageMeta {
+            timestamp_unix_nano: msg
+                .timestamp()
+                .to_millis()
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(|ms| ms.saturating_mul(1_000_000)),
+            traceparent,
+            now_unix_nano: now_unix_nanos(),
+        };
+        match self.decoder.decode(msg.payload(), &meta) {
+            Ok(payload) => {
+                drop(msg);
+                self.deliver(tp, offset, payload).await
+            }
+            Err(e) => {
+                counter!("bizpilot_kafka_receiver_bad_messages_total", "receiver" => self.receiver.clone(),
+                    "topic" => tp.topic.to_string(), "reason" => e.reason)
+                .increment(1);
+                tracing::warn!(receiver = %self.receiver, topic = %tp.topic, partition = tp.partition, offset,
+                    reason = e.reason, error = %e, dead_letter = self.dead_letter.is_some(), "bad message");
+                let ticket = lock(&self.shared.state).offsets.track(&tp, offset);
+                match &self.dead_letter {
+                    None => self.shared.resolve(&ticket, true),
+                    Some(dl) => self.dead_letter(dl, &msg, ticket, &e.to_string()),
+                }
+                Handled::Continue
+            }
+        }
+    }
+
+    /// Produces a bad message to the dead-letter topic; its offset is done when that succeeded.
+    fn dead_letter(&self, dl: &DeadLetter, msg: &BorrowedMessage<'_>, ticket: Ticket, error: &str) {
+        let mut headers = msg.headers().map(|h| h.detach()).unwrap_or_default();
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        for (k, v) in [
+            ("bizpilot.error", error),
+            ("bizpilot.source.topic", msg.topic()),
+            ("bizpilot.source.partition", partition.as_str()),
+            ("bizpilot.source.offset", offset.as_str()),
+        ] {
+            headers = headers.insert(Header { key: k, value: Some(v) });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&dl.topic).headers(headers);
+        if let Some(p) = msg.payload() {
+            record = record.payload(p);
+        }
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        let shared = self.shared.clone();
+        let receiver = self.receiver.clone();
+        let topic = ticket.tp.topic.to_string();
+        match dl.producer.send_result(record) {
+            Ok(delivery) => {
+                tokio::spawn(async move {
+                    let ok = matches!(delivery.await, Ok(Ok(_)));
+                    if ok {
+                        counter!("bizpilot_kafka_receiver_dead_lettered_total", "receiver" => receiver, "topic" => topic)
+                            .increment(1);
+                    } else {
+                        tracing::warn!(receiver = %receiver, topic = %topic, offset = ticket.offset,
+                            "dead-letter produce failed: the message will be read again");
+                    }
+                    shared.resolve(&ticket, ok);
+                });
+            }
+            Err((e, _)) => {
+                tracing::warn!(receiver = %receiver, error = %e, "dead-letter produce failed: the message will be read again");
+                shared.resolve(&ticket, false);
+            }
+        }
+    }
+
+    async fn deliver(&self, tp: TopicPartition, offset: i64, payload: Payload) -> Handled {
+        let items = payload.items();
+        let ticket = {
+            let mut st = lock(&self.shared.state);
+            let t = st.offsets.track(&tp, offset);
+            if st.offsets.get(&tp).is_some_and(|p| p.in_flight() >= self.max_in_flight)
+                && let Some(change) = st.set_pause(&tp, PAUSE_CAP, true)
+            {
+                apply_pauses(&self.consumer, &self.receiver, &[(tp.clone(), change)]);
+            }
+            t
+        };
+        if items == 0 {
+            self.shared.resolve(&ticket, true);
+            return Handled::Continue;
+        }
+        let Some(output) = &self.output else {
+            return Handled::Stop;
+        };
+        let batch = Batch::with_ack(payload, self.shared.ack(ticket));
+        match output.send_with_deadline(batch, self.pipeline_wait).await {
+            Ok(()) => {
+                self.telemetry.accepted(self.signal, items);
+                Handled::Continue
+            }
+            Err(refusal) => {
+                self.telemetry.refusal(self.signal, items, &refusal);
+                let mut st = lock(&self.shared.state);
+                if let Some(p) = st.offsets.get_mut(&tp) {
+                    p.rewind_to(offset);
+                }
+                if refusal == Refusal::ShuttingDown {
+                    return Handled::Stop;
+                }
+                // Pause everything, then seek this partition back to the refused message.
+                st.blocked = true;
+                let tps: Vec<TopicPartition> = st.control.keys().cloned().collect();
+                let changes: Vec<(TopicPartition, bool)> = tps
+                    .into_iter()
+                    .filter_map(|t| st.set_pause(&t, PAUSE_PIPELINE, true).map(|c| (t, c)))
+                    .collect();
+                apply_pauses(&self.consumer, &self.receiver, &changes);
+                self.seek(&tp, offset);
+                tracing::debug!(receiver = %self.receiver, %tp, offset, reason = %refusal,
+                    "pipeline refused a message: consumption paused");
+                Handled::Continue
+            }
+        }
+    }
+
+    fn seek(&self, tp: &TopicPartition, offset: i64) {
+        // Asynchronous: ordered after the pause issued before it, so fetching restarts at `offset`.
+        if let Err(e) = self.consumer.seek(
+            &tp.topic,
+            tp.partition,
+            Offset::Offset(offset),
+            std::time::Duration::ZERO,
+        ) {
+            tracing::warn!(receiver = %self.receiver, %tp, offset, error = %e, "cannot seek back");
+        }
+    }
+
+    /// Stores low-water marks, rewinds failed partitions, and pauses or resumes partitions.
+    fn maintain(&self) {
+        let now = Instant::now();
+        let mut st = lock(&self.shared.state);
+        let mut changes: Vec<(TopicPartition, bool)> = Vec::new();
+        // Failed deliveries: pause, seek back, resume after the backoff.
+        let failed: Vec<(TopicPartition, i64)> = st
+            .offsets
+            .partitions_mut()
+            .filter_map(|(tp, p)| p.rewind().map(|o| (tp.clone(), o)))
+            .collect();
+        for (tp, offset) in &failed {
+            let c = st.control.entry(tp.clone()).or_default();
+            c.failures = c.failures.saturating_add(1);
+            c.last_failed = Some(*offset);
+            let delay = self.redelivery.delay(c.failures);
+            c.resume_at = Some(now + delay);
+            let attempt = c.failures;
+            if let Some(ch) = st.set_pause(tp, PAUSE_BACKOFF, true) {
+                changes.push((tp.clone(), ch));
+            }
+            counter!("bizpilot_kafka_receiver_redeliveries_total", "receiver" => self.receiver.clone(),
+                "topic" => tp.topic.to_string())
+            .increment(1);
+            tracing::warn!(receiver = %self.receiver, topic = %tp.topic, partition = tp.partition, offset,
+                attempt, "delivery failed: the partition is read again from this offset in {delay:?}");
+        }
+        if !changes.is_empty() {
+            apply_pauses(&self.consumer, &self.receiver, &changes);
+            changes.clear();
+        }
+        for (tp, offset) in &failed {
+            self.seek(tp, *offset);
+        }
+        // Store the marks that moved.
+        let marks = st.offsets.to_store();
+        if !marks.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (tp, o) in &marks {
+                let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*o));
+            }
+            match self.consumer.store_offsets(&tpl) {
+                Ok(()) => {
+                    for (tp, o) in &marks {
+                        if let Some(p) = st.offsets.get_mut(tp) {
+                            p.set_stored(*o);
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(receiver = %self.receiver, error = %e, "cannot store offsets yet"),
+            }
+        }
+        // Backoffs that ended, failure streaks that were overcome, in-flight caps with room again.
+        let half = (self.max_in_flight / 2).max(1);
+        let tps: Vec<TopicPartition> = st.control.keys().cloned().collect();
+        for tp in tps {
+            let mark = st.offsets.get(&tp).and_then(|p| p.committable());
+            let in_flight = st.offsets.get(&tp).map_or(0, |p| p.in_flight());
+            let Some(c) = st.control.get_mut(&tp) else { continue };
+            if c.last_failed.is_some_and(|f| mark.is_some_and(|m| m > f)) {
+                c.failures = 0;
+                c.last_failed = None;
+            }
+            let backoff_over = c.resume_at.is_some_and(|t| t <= now);
+            if backoff_over {
+                c.resume_at = None;
+            }
+            let cap_room = c.paused & PAUSE_CAP != 0 && in_flight <= half;
+            if backoff_over && let Some(ch) = st.set_pause(&tp, PAUSE_BACKOFF, false) {
+                changes.push((tp.clone(), ch));
+            }
+            if cap_room && let Some(ch) = st.set_pause(&tp, PAUSE_CAP, false) {
+                changes.push((tp.clone(), ch));
+            }
+        }
+        if st.blocked
+            && let Some(out) = &self.output
+            && out.admit().is_ok()
+            && out.free_slots() > 0
+        {
+            st.blocked = false;
+            let tps: Vec<TopicPartition> = st.control.keys().cloned().collect();
+            for tp in tps {
+                if let Some(ch) = st.set_pause(&tp, PAUSE_PIPELINE, false) {
+                    changes.push((tp, ch));
+                }
+            }
+            tracing::debug!(receiver = %self.receiver, "pipeline has room again: consumption resumed");
+        }
+        apply_pauses(&self.consumer, &self.receiver, &changes);
+        gauge!("bizpilot_kafka_receiver_in_flight_messages", "receiver" => self.receiver.clone())
+            .set(st.offsets.in_flight() as f64);
+        gauge!("bizpilot_kafka_receiver_paused_partitions", "receiver" => self.receiver.clone())
+            .set(st.paused_count() as f64);
+    }
+
+    /// Stops consuming, releases the pipeline, waits for in-flight messages, commits, leaves the group.
+    async fn stop(mut self) {
+        {
+            let mut st = lock(&self.shared.state);
+            let tps: Vec<TopicPartition> = st.control.keys().cloned().collect();
+            let changes: Vec<(TopicPartition, bool)> = tps
+                .into_iter()
+                .filter_map(|t| st.set_pause(&t, PAUSE_STOP, true).map(|c| (t, c)))
+                .collect();
+            apply_pauses(&self.consumer, &self.receiver, &changes);
+        }
+        // Downstream sees its input close once every receiver let go, and drains.
+        self.output = None;
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        loop {
+            let pending = lock(&self.shared.state).offsets.in_flight();
+            if pending == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(receiver = %self.receiver, pending,
+                    "shutdown: messages still in flight after drain_timeout are read again at the next start");
+                break;
+            }
+            tokio::select! {
+                _ = self.shared.wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+        let marks: Vec<(TopicPartition, i64)> = {
+            let st = lock(&self.shared.state);
+            st.offsets
+                .partitions()
+                .filter_map(|(tp, p)| p.committable().map(|o| (tp.clone(), o)))
+                .collect()
+        };
+        commit_marks(&self.consumer, &self.receiver, &marks);
+        let Runner {
+            consumer,
+            dead_letter,
+            receiver,
+            ..
+        } = self;
+        blocking(move || {
+            if let Some(dl) = &dead_letter {
+                let _ = rdkafka::producer::Producer::flush(&dl.producer, std::time::Duration::from_secs(5));
+            }
+            drop(dead_letter);
+            drop(consumer);
+        });
+        tracing::info!(receiver = %receiver, "kafka receiver stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bizpilot_core::parse_config;
+
+    fn parse(yaml: &str) -> Result<KafkaReceiverConfig, Vec<FieldError>> {
+        parse_config::<KafkaReceiverConfig>(&serde_yaml::from_str(yaml).unwrap())
+    }
+
+    fn paths(yaml: &str) -> Vec<String> {
+        parse(yaml).unwrap_err().into_iter().map(|e| e.path).collect()
+    }
+
+    #[test]
+    fn defaults_and_a_full_config() {
+        let c = parse("topics: [t]").unwrap();
+        assert_eq!(c.brokers, vec!["localhost:9092"]);
+        assert_eq!(c.initial_offset, InitialOffset::Latest);
+        assert_eq!(c.encoding, ReceiverEncoding::OtlpProto);
+        assert_eq!(c.max_in_flight, 1000);
+        let c = parse(
+            r#"
+brokers: [k1:9092, k2:9092]
+topics: [orders, "^shop\\..*"]
+group_id: g
+initial_offset: earliest
+encoding: business_json
+business: {event_type: kind, default_currency: EUR}
+max_in_flight: 10
+pipeline_wait: 200ms
+redelivery: {initial_interval: 1s, max_interval: 1m}
+dead_letter_topic: orders.dlq
+sasl: {mechanism: PLAIN, username: u, password: p}
+tls: {ca_file: /ca.pem}
+librdkafka: {session.timeout.ms: 6000, check.crcs: true}
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.business.event_type, "kind");
+        assert_eq!(
+            c.librdkafka.get("session.timeout.ms"),
+            Some(&PropertyValue("6000".into()))
+        );
+        assert_eq!(c.redelivery.max_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_path() {
+        assert_eq!(
+            paths(
+                r#"
+brokers: []
+topics: ["", "^(unclosed"]
+group_id: ""
+encoding: business_json
+signal: traces
+business: {event_type: "", default_currency: EURO}
+max_in_flight: 0
+redelivery: {initial_interval: 2s, max_interval: 1s}
+dead_letter_topic: "^x"
+librdkafka: {enable.auto.offset.store: true, bootstrap.servers: x:1}
+"#
+            ),
+            [
+                "brokers",
+                "librdkafka.bootstrap.servers",
+                "librdkafka.enable.auto.offset.store",
+                "topics[0]",
+                "topics[1]",
+                "group_id",
+                "signal",
+                "business.event_type",
+                "business.default_currency",
+                "max_in_flight",
+                "redelivery.max_interval",
+                "dead_letter_topic"
+            ]
+        );
+        assert_eq!(
+            paths("topics: [t]\nencoding: protobuf"),
+            ["protobuf.descriptor_set_file", "protobuf.message"]
+        );
+        assert_eq!(paths("topics: [t]\nsignal: spans"), ["signal"]);
+        assert_eq!(paths("topics: [t]\ndead_letter_topic: t"), ["dead_letter_topic"]);
+        assert_eq!(
+            paths("topics: [\"^orders.*\"]\ndead_letter_topic: orders.dlq"),
+            ["dead_letter_topic"]
+        );
+        assert_eq!(paths("topics: [t]\nencodng: otlp_json"), ["encodng"]);
+        assert_eq!(paths("topics: [t]\nencoding: avro"), ["encoding"]);
+    }
+
+    #[test]
+    fn redelivery_backoff_grows_to_the_limit() {
+        let r = RedeliverySettings {
+            initial_interval: Duration::from_millis(100),
+            max_interval: Duration::from_secs(1),
+        };
+        let ms = |n| r.delay(n).as_millis();
+        assert!((80..=120).contains(&ms(1)), "{}", ms(1));
+        assert!((320..=480).contains(&ms(3)), "{}", ms(3));
+        assert!(ms(10) <= 1000);
+        assert!(ms(60) <= 1000);
+    }
+}
