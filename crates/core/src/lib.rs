@@ -11,6 +11,7 @@ pub mod pdata;
 pub mod rpc;
 pub mod telemetry;
 pub mod tls;
+pub mod view;
 pub mod wire;
 
 pub use ack::{Ack, Delivery};

@@ -274,6 +274,35 @@ impl<M: OtlpMessage> Otlp<M> {
 }
 
 pub type Traces = Otlp<ExportTraceServiceRequest>;
+
+impl Traces {
+    /// Calls `f` for every span through zero-copy views over the encoding (encoding once,
+    /// cached, when the data is only held decoded). Nothing is allocated per span.
+    pub fn for_each_span<'a>(&'a mut self, f: impl FnMut(&crate::view::ResourceView<'a>, &crate::view::SpanView<'a>)) {
+        if self.bytes.is_none() {
+            self.encoded();
+        }
+        if let Some(b) = &self.bytes {
+            crate::view::for_each_span(b, f);
+        }
+    }
+
+    /// Adds or removes span attributes on the encoding without decoding
+    /// ([`crate::view::rewrite_spans`]); spans without changes are copied byte for byte.
+    pub fn rewrite_spans(
+        &mut self,
+        edit: impl FnMut(&crate::view::ResourceView<'_>, &crate::view::SpanView<'_>, &mut crate::view::SpanEdit),
+    ) {
+        if self.bytes.is_none() {
+            self.encoded();
+        }
+        let Some(b) = &self.bytes else { return };
+        if let Some(out) = crate::view::rewrite_spans(b, edit) {
+            self.bytes = Some(Bytes::from(out));
+            self.msg = None;
+        }
+    }
+}
 pub type Metrics = Otlp<ExportMetricsServiceRequest>;
 pub type Logs = Otlp<ExportLogsServiceRequest>;
 
