@@ -46,11 +46,31 @@ pub(crate) struct Field {
 pub struct Schema {
     pub(crate) name: &'static str,
     pub(crate) fields: &'static [Field],
+    /// Field index + 1 by field number, for the field numbers OTLP uses (all below 32).
+    by_tag: [u8; 32],
 }
 
 impl Schema {
+    const fn new(name: &'static str, fields: &'static [Field]) -> Self {
+        let mut by_tag = [0u8; 32];
+        let mut i = 0;
+        while i < fields.len() {
+            let tag = fields[i].tag as usize;
+            if tag < 32 {
+                by_tag[tag] = (i + 1) as u8;
+            }
+            i += 1;
+        }
+        Schema { name, fields, by_tag }
+    }
+
+    #[inline]
     fn field(&self, tag: u32) -> Option<&Field> {
-        self.fields.iter().find(|f| f.tag == tag)
+        match self.by_tag.get(tag as usize) {
+            Some(&i) if i > 0 => self.fields.get(usize::from(i) - 1),
+            Some(_) => None,
+            None => self.fields.iter().find(|f| f.tag == tag),
+        }
     }
 }
 
@@ -75,9 +95,9 @@ const fn counted(tag: u32, name: &'static str, kind: Kind) -> Field {
 use Kind::*;
 
 // --- common.v1 / resource.v1 ---
-pub(crate) static ANY_VALUE: Schema = Schema {
-    name: "AnyValue",
-    fields: &[
+pub(crate) static ANY_VALUE: Schema = Schema::new(
+    "AnyValue",
+    &[
         f(1, "string_value", Str),
         f(2, "bool_value", Varint),
         f(3, "int_value", Varint),
@@ -87,63 +107,57 @@ pub(crate) static ANY_VALUE: Schema = Schema {
         f(7, "bytes_value", Bytes),
         f(8, "string_value_strindex", Varint),
     ],
-};
-pub(crate) static ARRAY_VALUE: Schema = Schema {
-    name: "ArrayValue",
-    fields: &[f(1, "values", Msg(&ANY_VALUE))],
-};
-pub(crate) static KEY_VALUE_LIST: Schema = Schema {
-    name: "KeyValueList",
-    fields: &[f(1, "values", Msg(&KEY_VALUE))],
-};
-pub(crate) static KEY_VALUE: Schema = Schema {
-    name: "KeyValue",
-    fields: &[
+);
+pub(crate) static ARRAY_VALUE: Schema = Schema::new("ArrayValue", &[f(1, "values", Msg(&ANY_VALUE))]);
+pub(crate) static KEY_VALUE_LIST: Schema = Schema::new("KeyValueList", &[f(1, "values", Msg(&KEY_VALUE))]);
+pub(crate) static KEY_VALUE: Schema = Schema::new(
+    "KeyValue",
+    &[
         f(1, "key", Str),
         f(2, "value", Msg(&ANY_VALUE)),
         f(3, "key_strindex", Varint),
     ],
-};
-static SCOPE: Schema = Schema {
-    name: "InstrumentationScope",
-    fields: &[
+);
+static SCOPE: Schema = Schema::new(
+    "InstrumentationScope",
+    &[
         f(1, "name", Str),
         f(2, "version", Str),
         f(3, "attributes", Msg(&KEY_VALUE)),
         f(4, "dropped_attributes_count", Varint),
     ],
-};
-static ENTITY_REF: Schema = Schema {
-    name: "EntityRef",
-    fields: &[
+);
+static ENTITY_REF: Schema = Schema::new(
+    "EntityRef",
+    &[
         f(1, "schema_url", Str),
         f(2, "type", Str),
         f(3, "id_keys", Str),
         f(4, "description_keys", Str),
     ],
-};
-static RESOURCE: Schema = Schema {
-    name: "Resource",
-    fields: &[
+);
+static RESOURCE: Schema = Schema::new(
+    "Resource",
+    &[
         f(1, "attributes", Msg(&KEY_VALUE)),
         f(2, "dropped_attributes_count", Varint),
         f(3, "entity_refs", Msg(&ENTITY_REF)),
     ],
-};
+);
 
 // --- trace.v1 ---
-static SPAN_EVENT: Schema = Schema {
-    name: "Span.Event",
-    fields: &[
+static SPAN_EVENT: Schema = Schema::new(
+    "Span.Event",
+    &[
         f(1, "time_unix_nano", Fixed64),
         f(2, "name", Str),
         f(3, "attributes", Msg(&KEY_VALUE)),
         f(4, "dropped_attributes_count", Varint),
     ],
-};
-static SPAN_LINK: Schema = Schema {
-    name: "Span.Link",
-    fields: &[
+);
+static SPAN_LINK: Schema = Schema::new(
+    "Span.Link",
+    &[
         f(1, "trace_id", Bytes),
         f(2, "span_id", Bytes),
         f(3, "trace_state", Str),
@@ -151,14 +165,11 @@ static SPAN_LINK: Schema = Schema {
         f(5, "dropped_attributes_count", Varint),
         f(6, "flags", Fixed32),
     ],
-};
-static STATUS: Schema = Schema {
-    name: "Status",
-    fields: &[f(2, "message", Str), f(3, "code", Varint)],
-};
-pub(crate) static SPAN: Schema = Schema {
-    name: "Span",
-    fields: &[
+);
+static STATUS: Schema = Schema::new("Status", &[f(2, "message", Str), f(3, "code", Varint)]);
+pub(crate) static SPAN: Schema = Schema::new(
+    "Span",
+    &[
         f(1, "trace_id", Bytes),
         f(2, "span_id", Bytes),
         f(3, "trace_state", Str),
@@ -176,33 +187,33 @@ pub(crate) static SPAN: Schema = Schema {
         f(14, "dropped_links_count", Varint),
         f(15, "status", Msg(&STATUS)),
     ],
-};
-static SCOPE_SPANS: Schema = Schema {
-    name: "ScopeSpans",
-    fields: &[
+);
+static SCOPE_SPANS: Schema = Schema::new(
+    "ScopeSpans",
+    &[
         f(1, "scope", Msg(&SCOPE)),
         counted(2, "spans", Msg(&SPAN)),
         f(3, "schema_url", Str),
     ],
-};
-static RESOURCE_SPANS: Schema = Schema {
-    name: "ResourceSpans",
-    fields: &[
+);
+static RESOURCE_SPANS: Schema = Schema::new(
+    "ResourceSpans",
+    &[
         f(1, "resource", Msg(&RESOURCE)),
         f(2, "scope_spans", Msg(&SCOPE_SPANS)),
         f(3, "schema_url", Str),
     ],
-};
+);
 /// `ExportTraceServiceRequest` (and `TracesData`, which has the same shape).
-pub(crate) static TRACES_REQUEST: Schema = Schema {
-    name: "ExportTraceServiceRequest",
-    fields: &[f(1, "resource_spans", Msg(&RESOURCE_SPANS))],
-};
+pub(crate) static TRACES_REQUEST: Schema = Schema::new(
+    "ExportTraceServiceRequest",
+    &[f(1, "resource_spans", Msg(&RESOURCE_SPANS))],
+);
 
 // --- logs.v1 ---
-static LOG_RECORD: Schema = Schema {
-    name: "LogRecord",
-    fields: &[
+static LOG_RECORD: Schema = Schema::new(
+    "LogRecord",
+    &[
         f(1, "time_unix_nano", Fixed64),
         f(11, "observed_time_unix_nano", Fixed64),
         f(2, "severity_number", Varint),
@@ -215,33 +226,33 @@ static LOG_RECORD: Schema = Schema {
         f(10, "span_id", Bytes),
         f(12, "event_name", Str),
     ],
-};
-static SCOPE_LOGS: Schema = Schema {
-    name: "ScopeLogs",
-    fields: &[
+);
+static SCOPE_LOGS: Schema = Schema::new(
+    "ScopeLogs",
+    &[
         f(1, "scope", Msg(&SCOPE)),
         counted(2, "log_records", Msg(&LOG_RECORD)),
         f(3, "schema_url", Str),
     ],
-};
-static RESOURCE_LOGS: Schema = Schema {
-    name: "ResourceLogs",
-    fields: &[
+);
+static RESOURCE_LOGS: Schema = Schema::new(
+    "ResourceLogs",
+    &[
         f(1, "resource", Msg(&RESOURCE)),
         f(2, "scope_logs", Msg(&SCOPE_LOGS)),
         f(3, "schema_url", Str),
     ],
-};
+);
 /// `ExportLogsServiceRequest` (and `LogsData`).
-pub(crate) static LOGS_REQUEST: Schema = Schema {
-    name: "ExportLogsServiceRequest",
-    fields: &[f(1, "resource_logs", Msg(&RESOURCE_LOGS))],
-};
+pub(crate) static LOGS_REQUEST: Schema = Schema::new(
+    "ExportLogsServiceRequest",
+    &[f(1, "resource_logs", Msg(&RESOURCE_LOGS))],
+);
 
 // --- metrics.v1 ---
-static EXEMPLAR: Schema = Schema {
-    name: "Exemplar",
-    fields: &[
+static EXEMPLAR: Schema = Schema::new(
+    "Exemplar",
+    &[
         f(7, "filtered_attributes", Msg(&KEY_VALUE)),
         f(2, "time_unix_nano", Fixed64),
         f(3, "as_double", Fixed64),
@@ -249,10 +260,10 @@ static EXEMPLAR: Schema = Schema {
         f(4, "span_id", Bytes),
         f(5, "trace_id", Bytes),
     ],
-};
-static NUMBER_POINT: Schema = Schema {
-    name: "NumberDataPoint",
-    fields: &[
+);
+static NUMBER_POINT: Schema = Schema::new(
+    "NumberDataPoint",
+    &[
         f(7, "attributes", Msg(&KEY_VALUE)),
         f(2, "start_time_unix_nano", Fixed64),
         f(3, "time_unix_nano", Fixed64),
@@ -261,10 +272,10 @@ static NUMBER_POINT: Schema = Schema {
         f(5, "exemplars", Msg(&EXEMPLAR)),
         f(8, "flags", Varint),
     ],
-};
-static HISTOGRAM_POINT: Schema = Schema {
-    name: "HistogramDataPoint",
-    fields: &[
+);
+static HISTOGRAM_POINT: Schema = Schema::new(
+    "HistogramDataPoint",
+    &[
         f(9, "attributes", Msg(&KEY_VALUE)),
         f(2, "start_time_unix_nano", Fixed64),
         f(3, "time_unix_nano", Fixed64),
@@ -277,14 +288,14 @@ static HISTOGRAM_POINT: Schema = Schema {
         f(11, "min", Fixed64),
         f(12, "max", Fixed64),
     ],
-};
-static EXP_BUCKETS: Schema = Schema {
-    name: "ExponentialHistogramDataPoint.Buckets",
-    fields: &[f(1, "offset", Varint), f(2, "bucket_counts", PackedVarint)],
-};
-static EXP_HISTOGRAM_POINT: Schema = Schema {
-    name: "ExponentialHistogramDataPoint",
-    fields: &[
+);
+static EXP_BUCKETS: Schema = Schema::new(
+    "ExponentialHistogramDataPoint.Buckets",
+    &[f(1, "offset", Varint), f(2, "bucket_counts", PackedVarint)],
+);
+static EXP_HISTOGRAM_POINT: Schema = Schema::new(
+    "ExponentialHistogramDataPoint",
+    &[
         f(1, "attributes", Msg(&KEY_VALUE)),
         f(2, "start_time_unix_nano", Fixed64),
         f(3, "time_unix_nano", Fixed64),
@@ -300,14 +311,14 @@ static EXP_HISTOGRAM_POINT: Schema = Schema {
         f(13, "max", Fixed64),
         f(14, "zero_threshold", Fixed64),
     ],
-};
-static VALUE_AT_QUANTILE: Schema = Schema {
-    name: "SummaryDataPoint.ValueAtQuantile",
-    fields: &[f(1, "quantile", Fixed64), f(2, "value", Fixed64)],
-};
-static SUMMARY_POINT: Schema = Schema {
-    name: "SummaryDataPoint",
-    fields: &[
+);
+static VALUE_AT_QUANTILE: Schema = Schema::new(
+    "SummaryDataPoint.ValueAtQuantile",
+    &[f(1, "quantile", Fixed64), f(2, "value", Fixed64)],
+);
+static SUMMARY_POINT: Schema = Schema::new(
+    "SummaryDataPoint",
+    &[
         f(7, "attributes", Msg(&KEY_VALUE)),
         f(2, "start_time_unix_nano", Fixed64),
         f(3, "time_unix_nano", Fixed64),
@@ -316,40 +327,34 @@ static SUMMARY_POINT: Schema = Schema {
         f(6, "quantile_values", Msg(&VALUE_AT_QUANTILE)),
         f(8, "flags", Varint),
     ],
-};
-static GAUGE: Schema = Schema {
-    name: "Gauge",
-    fields: &[counted(1, "data_points", Msg(&NUMBER_POINT))],
-};
-static SUM: Schema = Schema {
-    name: "Sum",
-    fields: &[
+);
+static GAUGE: Schema = Schema::new("Gauge", &[counted(1, "data_points", Msg(&NUMBER_POINT))]);
+static SUM: Schema = Schema::new(
+    "Sum",
+    &[
         counted(1, "data_points", Msg(&NUMBER_POINT)),
         f(2, "aggregation_temporality", Varint),
         f(3, "is_monotonic", Varint),
     ],
-};
-static HISTOGRAM: Schema = Schema {
-    name: "Histogram",
-    fields: &[
+);
+static HISTOGRAM: Schema = Schema::new(
+    "Histogram",
+    &[
         counted(1, "data_points", Msg(&HISTOGRAM_POINT)),
         f(2, "aggregation_temporality", Varint),
     ],
-};
-static EXP_HISTOGRAM: Schema = Schema {
-    name: "ExponentialHistogram",
-    fields: &[
+);
+static EXP_HISTOGRAM: Schema = Schema::new(
+    "ExponentialHistogram",
+    &[
         counted(1, "data_points", Msg(&EXP_HISTOGRAM_POINT)),
         f(2, "aggregation_temporality", Varint),
     ],
-};
-static SUMMARY: Schema = Schema {
-    name: "Summary",
-    fields: &[counted(1, "data_points", Msg(&SUMMARY_POINT))],
-};
-static METRIC: Schema = Schema {
-    name: "Metric",
-    fields: &[
+);
+static SUMMARY: Schema = Schema::new("Summary", &[counted(1, "data_points", Msg(&SUMMARY_POINT))]);
+static METRIC: Schema = Schema::new(
+    "Metric",
+    &[
         f(1, "name", Str),
         f(2, "description", Str),
         f(3, "unit", Str),
@@ -360,28 +365,28 @@ static METRIC: Schema = Schema {
         f(11, "summary", Msg(&SUMMARY)),
         f(12, "metadata", Msg(&KEY_VALUE)),
     ],
-};
-static SCOPE_METRICS: Schema = Schema {
-    name: "ScopeMetrics",
-    fields: &[
+);
+static SCOPE_METRICS: Schema = Schema::new(
+    "ScopeMetrics",
+    &[
         f(1, "scope", Msg(&SCOPE)),
         f(2, "metrics", Msg(&METRIC)),
         f(3, "schema_url", Str),
     ],
-};
-static RESOURCE_METRICS: Schema = Schema {
-    name: "ResourceMetrics",
-    fields: &[
+);
+static RESOURCE_METRICS: Schema = Schema::new(
+    "ResourceMetrics",
+    &[
         f(1, "resource", Msg(&RESOURCE)),
         f(2, "scope_metrics", Msg(&SCOPE_METRICS)),
         f(3, "schema_url", Str),
     ],
-};
+);
 /// `ExportMetricsServiceRequest` (and `MetricsData`).
-pub(crate) static METRICS_REQUEST: Schema = Schema {
-    name: "ExportMetricsServiceRequest",
-    fields: &[f(1, "resource_metrics", Msg(&RESOURCE_METRICS))],
-};
+pub(crate) static METRICS_REQUEST: Schema = Schema::new(
+    "ExportMetricsServiceRequest",
+    &[f(1, "resource_metrics", Msg(&RESOURCE_METRICS))],
+);
 
 /// Deepest nesting the walk accepts (prost's own recursion limit is 100).
 pub const MAX_DEPTH: usize = 64;
@@ -534,6 +539,14 @@ impl<'a> Walker<'a> {
 /// Reads a varint at `*pos`, not past `end`; `None` when truncated or longer than 10 bytes.
 #[inline]
 pub(crate) fn read_varint(buf: &[u8], pos: &mut usize, end: usize) -> Option<u64> {
+    // Most keys and lengths fit in one byte.
+    if *pos < end
+        && let Some(&b) = buf.get(*pos)
+        && b < 0x80
+    {
+        *pos += 1;
+        return Some(u64::from(b));
+    }
     let mut value: u64 = 0;
     let mut shift = 0u32;
     loop {
