@@ -359,3 +359,48 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
         })
         .collect()
 }
+
+/// What the `kafka` receivers of a bizpilot process hold now, read from its JSON log (`service.telemetry.logs.
+/// encoding: json`): receiver id → (topic, partition) of its latest "partitions assigned" (empty after a
+/// "partitions revoked"), and how many assignments each receiver logged so far.
+pub fn receiver_assignments(
+    logs: &str,
+) -> std::collections::BTreeMap<String, (std::collections::BTreeSet<(String, i32)>, usize)> {
+    let mut out: std::collections::BTreeMap<String, (std::collections::BTreeSet<(String, i32)>, usize)> =
+        std::collections::BTreeMap::new();
+    for line in logs.lines().filter(|l| l.contains("\"partitions ")) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let f = &v["fields"];
+        let (Some(msg), Some(receiver)) = (f["message"].as_str(), f["receiver"].as_str()) else {
+            continue;
+        };
+        let entry = out.entry(receiver.to_string()).or_default();
+        match msg {
+            "partitions assigned" => {
+                entry.0 = f["partitions"]
+                    .as_str()
+                    .unwrap_or("")
+                    .split(',')
+                    .filter_map(|tp| {
+                        let (topic, p) = tp.trim().strip_suffix(']')?.rsplit_once('[')?;
+                        Some((topic.to_string(), p.parse().ok()?))
+                    })
+                    .collect();
+                entry.1 += 1;
+            }
+            "partitions revoked" => entry.0.clear(),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The partition numbers `receiver` holds now (see [`receiver_assignments`]).
+pub fn held_partitions(logs: &str, receiver: &str) -> std::collections::BTreeSet<i32> {
+    receiver_assignments(logs)
+        .get(receiver)
+        .map(|(tps, _)| tps.iter().map(|(_, p)| *p).collect())
+        .unwrap_or_default()
+}

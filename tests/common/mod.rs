@@ -646,3 +646,137 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Shipped pipelines run as they are, with a test overlay.
+
+/// The workspace root (`pipelines/` is under it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A loopback address whose port was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// Runs the shipped `pipeline` (a path under the workspace root) with `overlay` merged over it (maps merge key by
+/// key, lists are replaced) and `env` set; waits for `/readyz` on `admin`, which the pipeline must serve (through
+/// its `${env:BIZPILOT_ADMIN_ENDPOINT}` or the overlay).
+pub fn start_pipeline(pipeline: &str, overlay: &str, admin: SocketAddr, env: &[(&str, &str)]) -> Bizpilot {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let over = dir.path().join("overlay.yaml");
+    std::fs::write(&over, overlay).expect("write overlay");
+    let shipped = workspace_root().join(pipeline);
+    Bizpilot::start_with(&[shipped.as_path(), over.as_path()], admin, dir, env)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Order-KPI tests: shopgen workloads recorded for `bizpilot replay`, replays, and the `debug` exporter's
+// `detailed` output (OTLP/JSON, one line per batch, on stdout).
+
+/// Records `cfg`'s emissions in arrival order as a binary replay recording (`BZPOTLP1`): one request per signal
+/// per `window` of arrival time. Returns the ground truth and the catalog's customers as CSV.
+pub fn kpi_record_shop(
+    cfg: &bizpilot_shopgen::ShopConfig,
+    window: Duration,
+    path: &Path,
+) -> (bizpilot_shopgen::GroundTruth, String) {
+    use bizpilot_connectors::kpi::recording::Writer;
+    use bizpilot_core::Signal;
+    let file = std::io::BufWriter::new(std::fs::File::create(path).expect("create recording"));
+    let mut w = Writer::new(file).expect("write recording");
+    let mut stream = bizpilot_shopgen::Shop::stream_with_truth(cfg).expect("valid workload");
+    let customers = stream.catalog().customers_csv();
+    let mut traces = bizpilot_shopgen::TraceBatcher::new(512);
+    let mut logs = bizpilot_shopgen::LogBatcher::new(512);
+    let (mut enc, mut lr) = (Vec::new(), Vec::new());
+    let step = window.as_nanos().max(1) as u64;
+    let mut current = None;
+    let mut flush = |traces: &mut bizpilot_shopgen::TraceBatcher,
+                     logs: &mut bizpilot_shopgen::LogBatcher,
+                     enc: &mut Vec<Vec<u8>>,
+                     lr: &mut Vec<ExportLogsServiceRequest>| {
+        enc.extend(traces.finish());
+        lr.extend(logs.finish());
+        for b in enc.drain(..) {
+            w.write(Signal::Traces, &b).expect("write");
+        }
+        for r in lr.drain(..) {
+            w.write_logs(&r).expect("write");
+        }
+    };
+    for em in stream.by_ref() {
+        let k = em.arrival_unix_nano / step;
+        if current.is_some_and(|c| c != k) {
+            flush(&mut traces, &mut logs, &mut enc, &mut lr);
+        }
+        current = Some(k);
+        if let Some(t) = em.as_trace() {
+            traces.push(t, &mut enc);
+        } else if let Some(e) = em.as_event() {
+            logs.push(e, &mut lr);
+        }
+    }
+    flush(&mut traces, &mut logs, &mut enc, &mut lr);
+    drop(flush);
+    w.finish().expect("flush recording");
+    (stream.into_truth().expect("truth"), customers)
+}
+
+/// Runs `bizpilot replay --config <config> --input <inputs…> <extra…>`: (exit status, stdout, stderr).
+pub fn kpi_run_replay(config: &Path, inputs: &[&Path], extra: &[&str]) -> (ExitStatus, String, String) {
+    let mut cmd = Command::new(bin());
+    cmd.arg("replay").arg("--config").arg(config).arg("--input");
+    for i in inputs {
+        cmd.arg(i);
+    }
+    cmd.args(extra);
+    let out = cmd.output().expect("run bizpilot replay");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `debug` exporter's `detailed` output: every log record and every metrics request, as JSON.
+pub fn kpi_debug_output(stdout: &str) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let (mut records, mut metrics) = (Vec::new(), Vec::new());
+    for line in stdout.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("debug exporter JSON");
+        if let Some(rl) = v.get("resourceLogs").and_then(|x| x.as_array()) {
+            for r in rl {
+                for sl in r["scopeLogs"].as_array().into_iter().flatten() {
+                    records.extend(sl["logRecords"].as_array().into_iter().flatten().cloned());
+                }
+            }
+        } else if v.get("resourceMetrics").is_some() {
+            metrics.push(v);
+        }
+    }
+    (records, metrics)
+}
+
+/// POSTs recorded requests in order over OTLP/HTTP (`/v1/traces`, `/v1/logs`, `/v1/metrics`), retrying
+/// refusals (429, 503) until accepted.
+pub fn kpi_post_records(addr: SocketAddr, records: &[bizpilot_connectors::kpi::recording::Recorded]) {
+    for r in records {
+        let p = match r.signal {
+            bizpilot_core::Signal::Traces => "/v1/traces",
+            bizpilot_core::Signal::Logs => "/v1/logs",
+            bizpilot_core::Signal::Metrics => "/v1/metrics",
+        };
+        let mut attempt = 0;
+        loop {
+            match otlp_post(addr, p, &r.bytes) {
+                200 => break,
+                s if attempt < 500 && (s == 429 || s == 503 || s == 0) => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                s => panic!("POST {p} answered {s}"),
+            }
+        }
+    }
+}
