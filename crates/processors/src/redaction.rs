@@ -225,6 +225,16 @@ impl Pattern {
     }
 }
 
+/// Whether `text[start..end]` is part of a longer dash-joined identifier (a UUID such as
+/// `07012961-8881-4640-a4b4-…` holds 16 digits in a row that can pass the Luhn check).
+fn inside_dashed_identifier(text: &str, start: usize, end: usize) -> bool {
+    let b = text.as_bytes();
+    let after = b.get(end) == Some(&b'-') && b.get(end + 1).is_some_and(u8::is_ascii_alphanumeric);
+    let before =
+        start >= 2 && b.get(start - 1) == Some(&b'-') && b.get(start - 2).is_some_and(u8::is_ascii_alphanumeric);
+    after || before
+}
+
 /// The Luhn checksum of the digits in `s`.
 fn luhn(s: &str) -> bool {
     let mut sum = 0u32;
@@ -437,9 +447,13 @@ impl Redactor {
                 continue;
             }
             let mut n = 0u64;
-            let replaced = p.regex.replace_all(s, |caps: &regex::Captures<'_>| {
-                let m = caps.get(0).map(|m| m.as_str()).unwrap_or("");
-                if matches!(p.check, Check::Card) && !luhn(m) {
+            let text = s.as_str();
+            let replaced = p.regex.replace_all(text, |caps: &regex::Captures<'_>| {
+                let Some(whole) = caps.get(0) else { return String::new() };
+                let m = whole.as_str();
+                if matches!(p.check, Check::Card)
+                    && (!luhn(m) || inside_dashed_identifier(text, whole.start(), whole.end()))
+                {
                     m.to_string()
                 } else {
                     n += 1;
@@ -656,6 +670,20 @@ delete: [session.id]
 mask: [{attributes: [card.number]}, {attributes: [secret], replacement: "[x]"}]
 patterns: [email, credit_card, {regex: 'tok-[0-9]+', replacement: "tok-?"}]
 "#;
+
+    #[test]
+    fn uuids_are_not_card_numbers() {
+        let r = Redactor::with_key(&cfg("patterns: [credit_card]"), b"k").unwrap();
+        let mut c = RedactionCounts::default();
+        // The first 16 digits of this UUID pass the Luhn check.
+        let mut uuid = "order 07012961-8881-4640-a4b4-5d6e7f8a9b0c done".to_string();
+        assert!(luhn("07012961-8881-4640"), "the test needs a Luhn-valid digit run");
+        r.mask_string(&mut uuid, &mut c);
+        assert_eq!(uuid, "order 07012961-8881-4640-a4b4-5d6e7f8a9b0c done");
+        let mut card = "paid with 4111-1111-1111-1111 today".to_string();
+        r.mask_string(&mut card, &mut c);
+        assert_eq!(card, "paid with **** today");
+    }
 
     #[test]
     fn luhn_check() {
