@@ -176,13 +176,17 @@ fn component_reference_is_generated_from_the_module_docs() {
         ("processor `redaction`", "crates/processors/src/redaction.rs"),
         ("exporter `otlp` (gRPC)", "crates/exporters/src/otlp/grpc.rs"),
         ("exporter `otlphttp`", "crates/exporters/src/otlp/http.rs"),
-        ("exporters: sending queue, retry and timeout", "crates/exporters/src/helper/mod.rs"),
+        (
+            "exporters: sending queue, retry and timeout",
+            "crates/exporters/src/helper/mod.rs",
+        ),
         ("exporter `debug`", "crates/exporters/src/debug.rs"),
         ("exporter `prometheus`", "crates/exporters/src/prometheus/mod.rs"),
         ("exporter `business_events`", "crates/exporters/src/business_events.rs"),
         ("exporter `kafka`", "crates/kafka/src/exporter.rs"),
         ("connector `forward`", "crates/connectors/src/forward.rs"),
         ("connector `business_impact`", "crates/connectors/src/impact/mod.rs"),
+        ("connector `order_kpi`", "crates/connectors/src/kpi/mod.rs"),
         ("extension `business_state`", "crates/extensions/src/business_state.rs"),
         ("extension `lookup`", "crates/extensions/src/lookup.rs"),
     ];

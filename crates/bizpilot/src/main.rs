@@ -1,6 +1,7 @@
 //! The `bizpilot` binary.
 
 mod admin;
+mod replay;
 
 use anyhow::Context;
 use bizpilot_core::config::{self, Diagnostic, LogEncoding, ProcessEnv, Source};
@@ -42,6 +43,20 @@ enum Command {
     Components,
     /// Print the embedded default pipeline.
     DefaultConfig,
+    /// Feed recorded OTLP data (binary recordings or OTLP/JSON lines) through a config's pipelines at full speed.
+    Replay {
+        #[arg(long = "config", short = 'c', value_name = "FILE", required = true)]
+        config: Vec<PathBuf>,
+        /// Recordings to replay.
+        #[arg(long = "input", short = 'i', value_name = "FILE", num_args = 1.., required = true)]
+        input: Vec<PathBuf>,
+        /// Send requests by earliest event time across files, or as they are in the files.
+        #[arg(long, value_enum, default_value = "event-time")]
+        order: replay::Order,
+        /// No progress bar on stderr.
+        #[arg(long)]
+        no_progress: bool,
+    },
 }
 
 fn registry() -> Registry {
@@ -233,6 +248,12 @@ fn main() -> ExitCode {
             print!("{DEFAULT_PIPELINE}");
             ExitCode::SUCCESS
         }
+        Command::Replay {
+            config,
+            input,
+            order,
+            no_progress,
+        } => replay::main(config, input, order, !no_progress),
         Command::Run { config } => {
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,

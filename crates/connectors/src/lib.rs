@@ -3,6 +3,7 @@
 
 pub mod forward;
 pub mod impact;
+pub mod kpi;
 
 use bizpilot_core::Registry;
 
@@ -10,4 +11,5 @@ use bizpilot_core::Registry;
 pub fn register(registry: &mut Registry) {
     registry.connector(forward::ForwardConnectorFactory);
     registry.connector(impact::BusinessImpactConnectorFactory);
+    registry.connector(kpi::OrderKpiConnectorFactory);
 }

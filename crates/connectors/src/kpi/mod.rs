@@ -1,0 +1,444 @@
+//! The `order_kpi` connector (logs → metrics, logs → logs, traces → metrics, traces → logs): follows every order
+//! through its lifecycle from business events, computes the fulfilment KPI ("delivered within 24 h of being
+//! placed", business semantics §4), predicts for every open order the probability of missing its deadline from
+//! learned stage durations and the health of the IT services on its path, explains the orders at risk, and
+//! scores its own predictions.
+//!
+//! # Semantics
+//!
+//! - **Inputs.** Business events are OTLP log records naming an event (`event_name`, else the `event.name`
+//!   attribute; field names as in `bizpilot_business::event`, under `events`): each configured event name marks
+//!   a **stage** (`order.paid` → `paid`) or a cancellation, for the order in `events.order_id`; the stage is
+//!   reached at the event's time. Spans matter when they carry an order key (`order_key_attributes`, first
+//!   present wins: `business.order.id`, `demo.order.id`, `app.order.id`) or belong to a service serving a stage
+//!   (`stage_services`); a span's time is its end time.
+//! - **Event time, watermark, lateness.** The connector has no clock but the data's: the *watermark* is the
+//!   newest event time seen minus `allowed_lateness`. Data waits until the watermark passes it. Every multiple
+//!   of `evaluation_interval` (aligned to the Unix epoch) the watermark passes is an *evaluation*: the waiting
+//!   items up to it are applied in event-time order (ties: stage order, then cancellations, then spans), then
+//!   deadlines are checked and open orders predicted as of that time. So the results are a function of the data
+//!   alone — not of arrival order, batching or wall time — for all data at most `allowed_lateness` late: a
+//!   replay gives what the live run gave. Later data is applied at once, out of order, and counted (`late`).
+//!   At the end of input (shutdown, end of a replay) everything seen is final.
+//! - **Lifecycle.** An order's stage is the latest stage it reached (stages may be skipped). A repeated event
+//!   is a duplicate (the earliest time is kept); an earlier stage arriving after a later one is recorded without
+//!   moving the order back. A KPI (`from` → `to` within `deadline`) is **resolved** when the order reaches `to`
+//!   (or a later stage): *in time* when at most `deadline` after reaching `from` (exactly at the deadline is in
+//!   time), *breached* otherwise; or *breached* at the first evaluation after its deadline passed without it.
+//!   Cancelled orders, orders dropped after `max_order_age` and orders whose `from` stage was never seen are
+//!   excluded from compliance (`kpi.orders.excluded`). **Compliance** = in time / (in time + breached). A
+//!   breach is final when declared: a cancellation after the deadline does not undo it.
+//! - **State** is one record per open order (reaching the last stage, a cancellation or `max_order_age`
+//!   removes it; a breached order stays until delivered, so long durations are learned too). A closed order's
+//!   id is remembered for `closed_memory` (at most `max_closed`) so that straggling events do not reopen it;
+//!   spans of orders not seen yet wait `closed_memory` (at most `max_pending_evidence`). Everything learned from
+//!   resolved orders goes into fixed-size sketches.
+//!
+//! # The model
+//!
+//! At an evaluation at time `t`, an open order in stage `s`, reached at `e`, with KPI deadline `D`, has age
+//! `a = t − e` and time left `L = D − t`. Its probability of missing the deadline is
+//!
+//! ```text
+//! P(miss) = P(T[s,c] − a + R[s+1] > L  |  T[s,c] > a)
+//!         = Σ_k m_k · S_R(L − (x_k − a)) / S_T(a)
+//! ```
+//!
+//! - `T[s,c]` is the **stage duration** of `s` (from reaching `s` to reaching a later stage) learned from past
+//!   orders in **condition** `c`. `c` is *degraded* when a span carrying this order's key, of a service serving
+//!   `s` (`stage_services`), failed (status ERROR) or was slow (see [`health`]); or, when no span of those
+//!   services carried its key, when one of them is unhealthy right now (its error rate or slow-span share over
+//!   `health.window`). Otherwise `c` is *healthy*. A condition with fewer than `prediction.min_samples`
+//!   observations uses both conditions pooled; with fewer still there is no prediction.
+//! - `R[s+1]` is the **remaining time** from reaching the next stage to reaching the KPI's `to` stage, learned
+//!   per KPI and stage (`R = 0` when the next stage is the goal). `T` and `R` are taken as independent (a
+//!   semi-Markov model).
+//! - Both are Kaplan–Meier survival functions (`S_T`, `S_R`) over log-bucket histograms (10 % buckets, see
+//!   [`sketch`]): exits are the observed durations; open orders count as censored at their current age at
+//!   every evaluation (so a new, long delay is seen while it happens, not only once orders complete), expired
+//!   orders as censored at their age when dropped. Beyond the longest observation nothing is assumed (the
+//!   survival drops to 0 there). Observations lose half their weight every `prediction.half_life`.
+//! - The sum runs over the buckets of `T` beyond `a`: `m_k` is the probability mass of the part of bucket `k`
+//!   beyond `a`, `x_k` its geometric middle. An order older than every observation (`S_T(a) = 0`) is taken to
+//!   leave its stage now: `P = S_R(L)`.
+//! - An order is **at risk** while `P ≥ prediction.threshold`; the first evaluation at which it is at risk
+//!   *flags* it (one `kpi.at_risk` log record). As `P` rises smoothly while an order waits, a calibrated model
+//!   flags most orders when `P` just reaches the threshold, so about `1 − threshold` of the flags are false
+//!   alarms: the default `0.93` keeps precision above 0.9 with a margin for model error. Lower it for earlier,
+//!   less certain warnings.
+//! - **Cause** of an at-risk order: (1) a service of its current stage with failed (`errors`) or slow
+//!   (`latency`) spans of this order; else (2) the service with the most failed or slow spans of this order
+//!   (payment failures that delayed an order now waiting for shipping); else (3) an unhealthy service of its
+//!   stage (service-wide); else `none`. Labels read `shipping latency`, `payment errors`.
+//! - **Scoring.** When a KPI resolves, its prediction is scored: flagged before the deadline and breached is a
+//!   true positive (lead time = deadline − first flag), flagged and in time a false positive, not flagged and
+//!   breached a false negative, else a true negative. Precision = TP / (TP + FP), recall = TP / (TP + FN).
+//!   Lead times are in event time; a flag is emitted when the watermark reaches its evaluation, that is
+//!   `allowed_lateness` later in data time.
+//!
+//! # Metrics (cumulative since the first evaluation; timestamps are event time)
+//!
+//! Emitted at every evaluation on a multiple of `metrics_interval` (when the watermark passes several at once,
+//! the latest) and at the end of input.
+//!
+//! | OpenTelemetry | Prometheus | type | attributes |
+//! |---|---|---|---|
+//! | `kpi.orders.resolved` | `kpi_orders_resolved_total` | counter | `kpi`, `outcome` (`in_time`/`breached`), dimensions |
+//! | `kpi.orders.excluded` | `kpi_orders_excluded_total` | counter | `kpi`, `reason` (`cancelled`/`expired`/`no_start`) |
+//! | `kpi.compliance` | `kpi_compliance_ratio` | gauge | `kpi` |
+//! | `kpi.orders.open` | `kpi_orders_open` | gauge | `kpi`, `stage`, `age` (`<1h`, `1h-4h`, … from `age_buckets`), dimensions |
+//! | `kpi.orders.at_risk` | `kpi_orders_at_risk` | gauge | `kpi`, `stage`, `cause`, dimensions |
+//! | `kpi.at_risk.share` | `kpi_at_risk_share_ratio` | gauge | `kpi`, `cause` |
+//! | `kpi.breaches` | `kpi_breaches_total` | counter | `kpi`, `cause` |
+//! | `kpi.predictions` | `kpi_predictions_total` | counter | `kpi`, `outcome` (`true_positive`, `false_positive`, `false_negative`, `true_negative`) |
+//! | `kpi.prediction.precision` | `kpi_prediction_precision_ratio` | gauge | `kpi` |
+//! | `kpi.prediction.recall` | `kpi_prediction_recall_ratio` | gauge | `kpi` |
+//! | `kpi.prediction.lead_time` (s) | `kpi_prediction_lead_time_seconds` | histogram | `kpi` |
+//! | `kpi.prediction.lead_time.median` (s) | `kpi_prediction_lead_time_median_seconds` | gauge | `kpi` |
+//! | `kpi.metric.overflowed_points` | `kpi_metric_overflowed_points_total` | counter | — |
+//!
+//! Dimensions come from event attributes or from a `lookup` extension keyed by an event attribute; each
+//! distinct combination is a series, at most `max_series`; beyond, further orders count in one overflow series
+//! (`otel.metric.overflow=true`).
+//!
+//! # Logs
+//!
+//! One record per order when it is first flagged: `event.name` = `kpi.at_risk`, attributes `kpi.name`,
+//! `order.id`, `kpi.probability`, `kpi.threshold`, `kpi.stage`, `kpi.stage.entered_unix_nano`,
+//! `kpi.stage.age_s`, `kpi.deadline_unix_nano`, `kpi.time_left_s`, `kpi.condition`, `kpi.cause`,
+//! `kpi.cause.service`, `kpi.cause.issue`, the dimensions, and `kpi.evidence` (per service: `service`, `spans`,
+//! `errors`, `slow`, `trace_ids`); the record's trace id is an example trace of the cause; its time is the
+//! evaluation's. The HTTP API (`/api/v1/kpi/{name}/at-risk`) is described in [`api`].
+//!
+//! # Config
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `events` | see `bizpilot_business::event` | event name attribute, `names` filter, `order_id` (`order.id`), `time` |
+//! | `stages` | `placed`, `paid`, `shipped`, `delivered` | lifecycle stages in order: `{name, events: [names]}` (events default `order.<name>`) |
+//! | `cancel_events` | `[order.cancelled]` | events that cancel an order |
+//! | `kpis` | `[{name: fulfilled_24h, deadline: 24h}]` | `{name, from (first stage), to (last stage), deadline}` |
+//! | `order_key_attributes` | `[business.order.id, demo.order.id, app.order.id]` | span attributes holding an order id |
+//! | `stage_services` | `{placed: [payment], paid: [shipping], shipped: [shipping]}` | services (`service.name`) serving each stage |
+//! | `health.window` | `15m` | trailing window of a service's error rate and slow-span share |
+//! | `health.min_spans` | `10` | spans in the window needed to judge a service |
+//! | `health.error_rate_threshold` | `0.1` | unhealthy (errors) at or above this error rate |
+//! | `health.slow_rate_threshold` | `0.25` | unhealthy (latency) at or above this share of slow spans |
+//! | `health.slow_factor` | `5` | a span is slow above this × its operation's baseline latency |
+//! | `health.baseline_window`, `health.baseline_windows` | `24h`, `7` | baseline = lowest median over these windows |
+//! | `health.min_baseline_spans` | `30` | spans a window needs to count for the baseline |
+//! | `health.latency_thresholds` | `{}` | absolute slow thresholds per service (`{shipping: 1s}`), instead of the baseline |
+//! | `prediction.threshold` | `0.93` | at risk at or above this probability of missing the deadline |
+//! | `prediction.min_samples` | `30` | observations a learned distribution needs |
+//! | `prediction.half_life` | `168h` | observations lose half their weight after this; `0` never forgets |
+//! | `allowed_lateness` | `5m` | how late data may be and still be applied in event-time order |
+//! | `evaluation_interval` | `5m` | evaluation step (event time) |
+//! | `metrics_interval` | `5m` | metrics emission step (a multiple of `evaluation_interval`) |
+//! | `dimensions` | `[]` | `attribute` or `{name, attribute}` or `{name, lookup: {extension, key_attribute (customer.id), column (name)}, default (unknown)}` |
+//! | `max_series` | `1000` | most dimension combinations; beyond: the overflow series |
+//! | `age_buckets` | `[1h, 4h, 12h, 24h]` | bounds of the `age` label of open orders |
+//! | `max_open_orders` | `1000000` | most open orders; new orders beyond are refused (counted) |
+//! | `max_order_age` | `168h` | an order without end after this is dropped (`expired`) |
+//! | `max_pending` | `1000000` | most items waiting for the watermark (beyond, it jumps forward; counted) |
+//! | `closed_memory` | `1h` | how long closed order ids and early spans are remembered |
+//! | `max_closed` | `200000` | most closed order ids remembered |
+//! | `max_pending_evidence` | `100000` | most unknown orders whose spans are kept waiting |
+//! | `api.max_at_risk` | `10000` | at-risk orders listed per KPI by the HTTP API |
+//!
+//! ```yaml
+//! extensions:
+//!   lookup/customers: {file: /etc/bizpilot/customers.csv, key: customer_id}
+//! connectors:
+//!   order_kpi:
+//!     stages:
+//!       - {name: placed, events: [order.placed]}
+//!       - {name: paid, events: [order.paid]}
+//!       - {name: shipped, events: [order.shipped]}
+//!       - {name: delivered, events: [order.delivered]}
+//!     cancel_events: [order.cancelled]
+//!     kpis:
+//!       - {name: fulfilled_24h, from: placed, to: delivered, deadline: 24h}
+//!     stage_services: {placed: [payment], paid: [shipping], shipped: [shipping]}
+//!     dimensions:
+//!       - {name: customer.tier, lookup: {extension: lookup/customers, key_attribute: customer.id, column: tier}}
+//!       - {name: region, lookup: {extension: lookup/customers}}
+//!     prediction: {threshold: 0.93}
+//! service:
+//!   extensions: [lookup/customers]
+//!   pipelines:
+//!     logs/events: {receivers: [otlp], exporters: [order_kpi]}
+//!     traces: {receivers: [otlp], exporters: [order_kpi]}
+//!     metrics/kpi: {receivers: [order_kpi], exporters: [prometheus]}
+//!     logs/kpi: {receivers: [order_kpi], exporters: [debug]}
+//! ```
+//!
+//! `bizpilot replay --config pipeline.yaml --input recording.otlprec` feeds recorded data (see [`recording`])
+//! through such a pipeline at full speed.
+//!
+//! Self-telemetry (label `connector`): `bizpilot_connector_order_kpi_events_total{result}` (`accepted`,
+//! `ignored`, `missing_order`, `late`, `duplicate`, `out_of_order`, `after_close`, `refused`),
+//! `bizpilot_connector_order_kpi_spans_total{result}` (`accepted`, `late`, `duplicate`, `orphaned`), the gauges
+//! `bizpilot_connector_order_kpi_open_orders` and `bizpilot_connector_order_kpi_pending_items`.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod health;
+pub mod model;
+pub mod output;
+pub mod recording;
+pub mod sketch;
+
+pub use config::OrderKpiConfig;
+pub use engine::{Compiled, Engine, Outcome, Resolution};
+
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use bizpilot_business::Lookup;
+use bizpilot_core::{
+    Batch, ComponentError, ComponentInfo, ComponentKind, Connector, ConnectorContext, ConnectorFactory, CreateContext,
+    Logs, Metrics, Output, Payload, Running, Signal, Stability,
+};
+
+/// The component type name.
+pub const TYPE: &str = "order_kpi";
+
+/// Makes `order_kpi` connectors.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OrderKpiConnectorFactory;
+
+impl ConnectorFactory for OrderKpiConnectorFactory {
+    type Config = OrderKpiConfig;
+
+    fn info(&self) -> ComponentInfo {
+        ComponentInfo {
+            type_name: TYPE,
+            kind: ComponentKind::Connector,
+            stability: Stability::Alpha,
+            description: "Order fulfilment KPI from business events: compliance, predicted breaches and their causes",
+            signals: &[Signal::Traces, Signal::Metrics, Signal::Logs],
+            connects: &[
+                (Signal::Logs, Signal::Metrics),
+                (Signal::Logs, Signal::Logs),
+                (Signal::Traces, Signal::Metrics),
+                (Signal::Traces, Signal::Logs),
+            ],
+        }
+    }
+
+    fn create(&self, config: OrderKpiConfig, ctx: &CreateContext<'_>) -> Result<Box<dyn Connector>, ComponentError> {
+        if ctx.signals.contains(&Signal::Metrics) {
+            return Err(ComponentError::Config(format!(
+                "{TYPE} reads business events (logs) and traces; it cannot be an exporter of a metrics pipeline"
+            )));
+        }
+        if ctx.output_signals.contains(&Signal::Traces) {
+            return Err(ComponentError::Config(format!(
+                "{TYPE} emits metrics and logs; a traces pipeline cannot receive from it"
+            )));
+        }
+        let compiled = Compiled::new(&config, |id| ctx.extensions.get::<Lookup>(id))?;
+        let engine = Engine::new(compiled);
+        let id = ctx.id.to_string();
+        ctx.extensions
+            .api()
+            .register(Arc::new(api::KpiApi::new(id, engine.book())));
+        Ok(Box::new(OrderKpiConnector { engine }))
+    }
+}
+
+/// An `order_kpi` connector.
+pub struct OrderKpiConnector {
+    engine: Engine,
+}
+
+impl Connector for OrderKpiConnector {
+    fn start(self: Box<Self>, ctx: ConnectorContext) -> Result<Running, ComponentError> {
+        let ConnectorContext {
+            id,
+            input,
+            output,
+            abort,
+        } = ctx;
+        let id = id.to_string();
+        let task = Task {
+            telemetry: Telemetry::new(&id),
+            id,
+            engine: self.engine,
+            metrics: output.get(Signal::Metrics).cloned(),
+            logs: output.get(Signal::Logs).cloned(),
+        };
+        Ok(Running::spawn(task.run(input, abort)))
+    }
+}
+
+struct Telemetry {
+    events: Vec<(&'static str, metrics::Counter)>,
+    spans: Vec<(&'static str, metrics::Counter)>,
+    open: metrics::Gauge,
+    pending: metrics::Gauge,
+}
+
+impl Telemetry {
+    fn new(id: &str) -> Telemetry {
+        let ev = |r: &'static str| {
+            (
+                r,
+                metrics::counter!("bizpilot_connector_order_kpi_events_total", "connector" => id.to_string(), "result" => r),
+            )
+        };
+        let sp = |r: &'static str| {
+            (
+                r,
+                metrics::counter!("bizpilot_connector_order_kpi_spans_total", "connector" => id.to_string(), "result" => r),
+            )
+        };
+        Telemetry {
+            events: [
+                "accepted",
+                "ignored",
+                "missing_order",
+                "late",
+                "duplicate",
+                "out_of_order",
+                "after_close",
+                "refused",
+            ]
+            .into_iter()
+            .map(ev)
+            .collect(),
+            spans: ["accepted", "late", "duplicate", "orphaned"]
+                .into_iter()
+                .map(sp)
+                .collect(),
+            open: metrics::gauge!("bizpilot_connector_order_kpi_open_orders", "connector" => id.to_string()),
+            pending: metrics::gauge!("bizpilot_connector_order_kpi_pending_items", "connector" => id.to_string()),
+        }
+    }
+
+    fn publish(&self, e: &Engine) {
+        let s = e.stats();
+        let ev = [
+            s.events,
+            s.events_ignored,
+            s.events_missing_order,
+            s.events_late,
+            s.events_duplicate,
+            s.events_out_of_order,
+            s.events_after_close,
+            s.orders_refused,
+        ];
+        for ((_, c), v) in self.events.iter().zip(ev) {
+            c.absolute(v);
+        }
+        let sp = [s.spans, s.spans_late, s.spans_duplicate, s.spans_orphaned];
+        for ((_, c), v) in self.spans.iter().zip(sp) {
+            c.absolute(v);
+        }
+        self.open.set(e.open_orders() as f64);
+        self.pending.set(e.pending() as f64);
+    }
+}
+
+struct Task {
+    id: String,
+    engine: Engine,
+    metrics: Option<Output>,
+    logs: Option<Output>,
+    telemetry: Telemetry,
+}
+
+/// Why sending stopped.
+enum SendError {
+    Closed,
+    Aborted,
+}
+
+async fn send(out: &Option<Output>, payload: Payload, abort: &CancellationToken) -> Result<(), SendError> {
+    let Some(out) = out else { return Ok(()) };
+    tokio::select! {
+        biased;
+        r = out.send(Batch::new(payload)) => r.map_err(|_| SendError::Closed),
+        _ = abort.cancelled() => Err(SendError::Aborted),
+    }
+}
+
+impl Task {
+    async fn emit(&mut self, abort: &CancellationToken) -> Result<(), SendError> {
+        self.telemetry.publish(&self.engine);
+        let records = self.engine.take_logs();
+        if !records.is_empty() && self.logs.is_some() {
+            let payload = Payload::Logs(Logs::from_message(output::logs_request(records)));
+            send(&self.logs, payload, abort).await?;
+        }
+        if let Some(req) = self.engine.take_metrics()
+            && self.metrics.is_some()
+        {
+            send(&self.metrics, Payload::Metrics(Metrics::from_message(req)), abort).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(mut self, mut input: mpsc::Receiver<Batch>, abort: CancellationToken) -> Result<(), ComponentError> {
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = abort.cancelled() => break Err(SendError::Aborted),
+                b = input.recv() => match b {
+                    Some(mut batch) => {
+                        match &mut batch.payload {
+                            Payload::Logs(l) => match l.message() {
+                                Ok(req) => self.engine.ingest_logs(req),
+                                Err(e) => {
+                                    tracing::warn!(connector = %self.id, error = %e, "cannot decode logs; dropped");
+                                    batch.fail();
+                                }
+                            },
+                            Payload::Traces(t) => match t.message() {
+                                Ok(req) => self.engine.ingest_traces(req),
+                                Err(e) => {
+                                    tracing::warn!(connector = %self.id, error = %e, "cannot decode traces; dropped");
+                                    batch.fail();
+                                }
+                            },
+                            other => {
+                                tracing::warn!(connector = %self.id, signal = %other.signal(), "not logs or traces; dropped");
+                                batch.fail();
+                            }
+                        }
+                        // Aggregated: the batch is delivered when dropped.
+                        drop(batch);
+                        self.engine.advance();
+                        if let Err(e) = self.emit(&abort).await {
+                            break Err(e);
+                        }
+                    }
+                    None => {
+                        self.engine.finish();
+                        break self.emit(&abort).await;
+                    }
+                },
+            }
+        };
+        input.close();
+        while let Ok(b) = input.try_recv() {
+            b.fail();
+        }
+        match result {
+            Ok(()) => Ok(()),
+            Err(SendError::Aborted) => {
+                tracing::warn!(connector = %self.id, "drain deadline passed; the last figures were not emitted");
+                Ok(())
+            }
+            Err(SendError::Closed) => Err(ComponentError::Other(format!(
+                "a pipeline fed by {} has shut down",
+                self.id
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
