@@ -693,10 +693,11 @@ pub fn kpi_record_shop(
     let (mut enc, mut lr) = (Vec::new(), Vec::new());
     let step = window.as_nanos().max(1) as u64;
     let mut current = None;
-    let mut flush = |traces: &mut bizpilot_shopgen::TraceBatcher,
-                     logs: &mut bizpilot_shopgen::LogBatcher,
-                     enc: &mut Vec<Vec<u8>>,
-                     lr: &mut Vec<ExportLogsServiceRequest>| {
+    let flush = |w: &mut Writer<std::io::BufWriter<std::fs::File>>,
+                 traces: &mut bizpilot_shopgen::TraceBatcher,
+                 logs: &mut bizpilot_shopgen::LogBatcher,
+                 enc: &mut Vec<Vec<u8>>,
+                 lr: &mut Vec<ExportLogsServiceRequest>| {
         enc.extend(traces.finish());
         lr.extend(logs.finish());
         for b in enc.drain(..) {
@@ -709,7 +710,7 @@ pub fn kpi_record_shop(
     for em in stream.by_ref() {
         let k = em.arrival_unix_nano / step;
         if current.is_some_and(|c| c != k) {
-            flush(&mut traces, &mut logs, &mut enc, &mut lr);
+            flush(&mut w, &mut traces, &mut logs, &mut enc, &mut lr);
         }
         current = Some(k);
         if let Some(t) = em.as_trace() {
@@ -718,8 +719,7 @@ pub fn kpi_record_shop(
             logs.push(e, &mut lr);
         }
     }
-    flush(&mut traces, &mut logs, &mut enc, &mut lr);
-    drop(flush);
+    flush(&mut w, &mut traces, &mut logs, &mut enc, &mut lr);
     w.finish().expect("flush recording");
     (stream.into_truth().expect("truth"), customers)
 }

@@ -20,6 +20,7 @@
 //!
 //! A pair of attributes holding `units` and `nanos` is read with [`money_from_units_nanos`].
 
+use bizpilot_core::view::ValueRef;
 use bizpilot_core::{Currency, Money, MoneyError};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -156,6 +157,29 @@ pub fn decimal_nanos(v: &Value) -> Option<i128> {
 /// Parses a decimal string (`"12.5"`, `"USD 12.5"`) into nano-units.
 pub fn parse_decimal_nanos(s: &str) -> Result<i128, MoneyError> {
     Money::parse(s, Some(neutral())).map(|m| m.nanos())
+}
+
+/// [`decimal_nanos`] of a value read through a zero-copy view.
+pub fn decimal_nanos_ref(v: &ValueRef<'_>) -> Option<i128> {
+    match v {
+        ValueRef::Str(s) => parse_decimal_nanos(s).ok(),
+        ValueRef::Int(i) => i128::from(*i).checked_mul(NANOS),
+        ValueRef::Double(d) => nanos_from_f64(*d).ok(),
+        ValueRef::Bool(_) => None,
+        ValueRef::Other(v) => decimal_nanos(v),
+    }
+}
+
+/// [`money_from_value`] of a value read through a zero-copy view.
+pub fn money_from_ref(v: &ValueRef<'_>, default_currency: Option<Currency>) -> Result<Money, MoneyError> {
+    let need_currency = || default_currency.ok_or_else(|| MoneyError::Currency("missing".into()));
+    match v {
+        ValueRef::Str(s) => Money::parse(s, default_currency),
+        ValueRef::Int(i) => Money::from_units_nanos(*i, 0, need_currency()?),
+        ValueRef::Double(d) => money_from_f64(*d, need_currency()?),
+        ValueRef::Bool(b) => Err(MoneyError::Amount(format!("BoolValue({b})"))),
+        ValueRef::Other(v) => money_from_value(v, default_currency),
+    }
 }
 
 #[cfg(test)]

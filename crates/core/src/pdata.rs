@@ -182,6 +182,17 @@ impl<M: OtlpMessage> Otlp<M> {
         }
     }
 
+    /// The decoded message if it is held (no decoding). With [`Otlp::encoded_bytes`], lets a
+    /// component pick the cheaper of two paths for data that arrives in either form.
+    pub fn decoded(&self) -> Option<&M> {
+        self.msg.as_ref()
+    }
+
+    /// The encoding if it is held (no encoding).
+    pub fn encoded_bytes(&self) -> Option<&Bytes> {
+        self.bytes.as_ref()
+    }
+
     /// The decoded message for reading; decodes once and keeps both forms.
     pub fn message(&mut self) -> Result<&M, DataError> {
         self.ensure_decoded()?;
@@ -291,13 +302,56 @@ impl Traces {
     /// ([`crate::view::rewrite_spans`]); spans without changes are copied byte for byte.
     pub fn rewrite_spans(
         &mut self,
-        edit: impl FnMut(&crate::view::ResourceView<'_>, &crate::view::SpanView<'_>, &mut crate::view::SpanEdit),
+        mut edit: impl FnMut(&crate::view::ResourceView<'_>, &crate::view::SpanView<'_>, &mut crate::view::SpanEdit),
+    ) {
+        let _ = self.try_rewrite_spans(|r, s, e| {
+            edit(r, s, e);
+            std::ops::ControlFlow::Continue(())
+        });
+    }
+
+    /// [`Traces::rewrite_spans`] that `edit` may stop by returning `ControlFlow::Break`
+    /// ([`crate::view::try_rewrite_spans`]): the data is then left as it was and `Break` is returned,
+    /// so that the caller can process this request another way (e.g. decoded).
+    pub fn try_rewrite_spans(
+        &mut self,
+        edit: impl FnMut(
+            &crate::view::ResourceView<'_>,
+            &crate::view::SpanView<'_>,
+            &mut crate::view::SpanEdit,
+        ) -> std::ops::ControlFlow<()>,
+    ) -> std::ops::ControlFlow<()> {
+        if self.bytes.is_none() {
+            self.encoded();
+        }
+        let Some(b) = &self.bytes else {
+            return std::ops::ControlFlow::Continue(());
+        };
+        let out = crate::view::try_rewrite_spans(b, edit)?;
+        if let Some(out) = out {
+            // Attributes only change inside spans: the item count stays.
+            self.bytes = Some(Bytes::from(out));
+            self.msg = None;
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+
+    /// [`Traces::rewrite_spans`] for a caller that reads each span itself
+    /// ([`crate::view::try_rewrite_span_bytes`]): `edit` gets the encoded `Span` instead of a
+    /// [`crate::view::SpanView`].
+    pub fn rewrite_span_bytes(
+        &mut self,
+        mut edit: impl FnMut(&crate::view::ResourceView<'_>, &[u8], &mut crate::view::SpanEdit),
     ) {
         if self.bytes.is_none() {
             self.encoded();
         }
         let Some(b) = &self.bytes else { return };
-        if let Some(out) = crate::view::rewrite_spans(b, edit) {
+        let out = crate::view::try_rewrite_span_bytes(b, |r, s, e| {
+            edit(r, s, e);
+            std::ops::ControlFlow::Continue(())
+        });
+        if let std::ops::ControlFlow::Continue(Some(out)) = out {
             self.bytes = Some(Bytes::from(out));
             self.msg = None;
         }

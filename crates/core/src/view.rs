@@ -30,6 +30,7 @@ pub struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    #[inline]
     pub fn new(buf: &'a [u8]) -> Self {
         Fields { buf, pos: 0 }
     }
@@ -39,6 +40,9 @@ impl<'a> Iterator for Fields<'a> {
     /// (field number, value, byte range of the whole field in the message)
     type Item = (u32, Wire<'a>, std::ops::Range<usize>);
 
+    // Always inlined: the walks over spans and attributes call it for every field, and inlined
+    // into them the tuple is never materialised.
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         let end = self.buf.len();
         if self.pos >= end {
@@ -156,6 +160,33 @@ impl<'a> KeyValueView<'a> {
     }
 }
 
+/// The key and the encoded value (empty when absent) of an encoded `KeyValue`, as bytes: what
+/// [`KeyValueView::parse`] reads, without checking that the key is UTF-8 (the validating walk did).
+/// The usual layout (key, then value, nothing else) is read without a general field walk.
+#[inline]
+pub fn split_key_value(kv: &[u8]) -> (&[u8], &[u8]) {
+    // Fast path: 0x0a <len < 128> key 0x12 <len> value, and nothing after.
+    if let [0x0a, klen, rest @ ..] = kv
+        && *klen < 0x80
+        && let Some((key, rest)) = rest.split_at_checked(usize::from(*klen))
+    {
+        match rest {
+            [] => return (key, &[]),
+            [0x12, vlen, value @ ..] if *vlen < 0x80 && value.len() == usize::from(*vlen) => return (key, value),
+            _ => {}
+        }
+    }
+    let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
+    for (tag, w, _) in Fields::new(kv) {
+        match (tag, w) {
+            (1, Wire::Bytes(b)) => key = b,
+            (2, Wire::Bytes(b)) => value = b,
+            _ => {}
+        }
+    }
+    (key, value)
+}
+
 /// The repeated `KeyValue` field `tag` of a message.
 #[derive(Debug, Clone, Copy)]
 pub struct AttributesView<'a> {
@@ -174,12 +205,24 @@ impl<'a> AttributesView<'a> {
 
     /// The value of attribute `key` (the first one, attribute keys being unique in OTLP).
     pub fn get(&self, key: &str) -> Option<AnyValueView<'a>> {
-        self.iter().find(|kv| kv.key == key).map(|kv| kv.value())
+        self.get_raw(key).map(AnyValueView::parse)
     }
 
-    /// The encoded value of attribute `key`.
+    /// The encoded value of attribute `key` (the first one; empty when it has no value). Keys are
+    /// compared as bytes, without decoding the others.
     pub fn get_raw(&self, key: &str) -> Option<&'a [u8]> {
-        self.iter().find(|kv| kv.key == key).map(|kv| kv.value_bytes)
+        let needle = key.as_bytes();
+        for (t, w, _) in Fields::new(self.msg) {
+            if let Wire::Bytes(kv) = w
+                && t == self.tag
+            {
+                let (k, v) = split_key_value(kv);
+                if k == needle {
+                    return Some(v);
+                }
+            }
+        }
+        None
     }
 }
 
@@ -255,6 +298,13 @@ pub struct ResourceView<'a> {
 }
 
 impl<'a> ResourceView<'a> {
+    /// The encoded `Resource` (empty when the request has none). Two spans of the same
+    /// `ResourceSpans` get views over the same bytes, so components can cache what they derive
+    /// from a resource by the address and length of these bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.raw
+    }
+
     pub fn attributes(&self) -> AttributesView<'a> {
         AttributesView { msg: self.raw, tag: 1 }
     }
@@ -272,12 +322,7 @@ impl<'a> ResourceView<'a> {
 pub fn for_each_span<'a>(request: &'a [u8], mut f: impl FnMut(&ResourceView<'a>, &SpanView<'a>)) {
     for (tag, w, _) in Fields::new(request) {
         let (1, Wire::Bytes(rs)) = (tag, w) else { continue };
-        let mut resource = ResourceView::default();
-        for (t, w, _) in Fields::new(rs) {
-            if let (1, Wire::Bytes(r)) = (t, w) {
-                resource = ResourceView { raw: r };
-            }
-        }
+        let resource = resource_of(rs);
         for (t, w, _) in Fields::new(rs) {
             let (2, Wire::Bytes(ss)) = (t, w) else { continue };
             for (t2, w2, _) in Fields::new(ss) {
@@ -287,6 +332,114 @@ pub fn for_each_span<'a>(request: &'a [u8], mut f: impl FnMut(&ResourceView<'a>,
             }
         }
     }
+}
+
+// --- values ---
+
+/// An attribute value as the rules of a component read it, from either representation: borrowed from a
+/// decoded `AnyValue` ([`ValueRef::from_value`]) or read from an encoded one ([`ValueRef::from_encoded`]).
+///
+/// Scalars (the values business attributes hold) are borrowed or copied; arrays, maps and bytes are
+/// decoded into an owned value when read from bytes (rare, and allocating). The text and integer
+/// readings have exactly the semantics of `bizpilot_business::attrs::value_as_str` and `value_as_i64`,
+/// so a component gives the same answer on either path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueRef<'a> {
+    Str(&'a str),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    /// Anything else (array, key-value list, bytes, string index), decoded.
+    Other(std::borrow::Cow<'a, AnyValueKind>),
+}
+
+/// The decoded `AnyValue` oneof (`opentelemetry_proto::tonic::common::v1::any_value::Value`).
+pub type AnyValueKind = opentelemetry_proto::tonic::common::v1::any_value::Value;
+
+impl<'a> ValueRef<'a> {
+    /// Borrows a decoded value.
+    pub fn from_value(v: &'a AnyValueKind) -> Self {
+        match v {
+            AnyValueKind::StringValue(s) => ValueRef::Str(s),
+            AnyValueKind::BoolValue(b) => ValueRef::Bool(*b),
+            AnyValueKind::IntValue(i) => ValueRef::Int(*i),
+            AnyValueKind::DoubleValue(d) => ValueRef::Double(*d),
+            other => ValueRef::Other(std::borrow::Cow::Borrowed(other)),
+        }
+    }
+
+    /// Reads an encoded `AnyValue`; `None` when it holds no value (as a decoded `AnyValue { value: None }`,
+    /// which readers of decoded attributes treat as absent).
+    pub fn from_encoded(any_value: &'a [u8]) -> Option<Self> {
+        match AnyValueView::parse(any_value) {
+            AnyValueView::Str(s) => Some(ValueRef::Str(s)),
+            AnyValueView::Bool(b) => Some(ValueRef::Bool(b)),
+            AnyValueView::Int(i) => Some(ValueRef::Int(i)),
+            AnyValueView::Double(d) => Some(ValueRef::Double(d)),
+            // Arrays, maps, bytes and kinds the view does not know: decode.
+            _ => decode_any_value(any_value).map(|v| ValueRef::Other(std::borrow::Cow::Owned(v))),
+        }
+    }
+
+    /// The value as text: strings borrowed; integers, finite doubles (shortest round-trip form) and
+    /// booleans rendered; anything else `None` (as `attrs::value_as_str`).
+    pub fn as_text(&self) -> Option<std::borrow::Cow<'a, str>> {
+        use std::borrow::Cow;
+        match self {
+            ValueRef::Str(s) => Some(Cow::Borrowed(s)),
+            ValueRef::Int(i) => Some(Cow::Owned(i.to_string())),
+            ValueRef::Double(d) if d.is_finite() => Some(Cow::Owned(d.to_string())),
+            ValueRef::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+            ValueRef::Double(_) => None,
+            ValueRef::Other(v) => match v.as_ref() {
+                AnyValueKind::StringValue(s) => Some(Cow::Owned(s.clone())),
+                _ => None,
+            },
+        }
+    }
+
+    /// The value if it is a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            ValueRef::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value as an integer: an int, an integral double, or a string holding an integer
+    /// (as `attrs::value_as_i64`).
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            ValueRef::Int(i) => Some(*i),
+            ValueRef::Double(d) if d.fract() == 0.0 && d.is_finite() && d.abs() < 9.0e15 => Some(*d as i64),
+            ValueRef::Str(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// The owned decoded value (allocates for strings).
+    pub fn to_value(&self) -> AnyValueKind {
+        match self {
+            ValueRef::Str(s) => AnyValueKind::StringValue((*s).to_string()),
+            ValueRef::Bool(b) => AnyValueKind::BoolValue(*b),
+            ValueRef::Int(i) => AnyValueKind::IntValue(*i),
+            ValueRef::Double(d) => AnyValueKind::DoubleValue(*d),
+            ValueRef::Other(v) => v.as_ref().clone(),
+        }
+    }
+}
+
+/// Decodes an encoded `AnyValue` into its oneof; `None` when no value is set or the bytes are not valid.
+pub fn decode_any_value(any_value: &[u8]) -> Option<AnyValueKind> {
+    use prost::Message;
+    opentelemetry_proto::tonic::common::v1::AnyValue::decode(any_value)
+        .ok()
+        .and_then(|v| v.value)
+}
+
+/// Appends the encoding of an `AnyValue` holding `v` (the body, without a tag or length) to `out`.
+pub fn encode_any_value(v: &AnyValueKind, out: &mut Vec<u8>) {
+    v.encode(out);
 }
 
 // --- encoding helpers ---
@@ -319,14 +472,19 @@ fn len_field_size(tag: u32, body_len: usize) -> usize {
 }
 
 /// Changes to one span's attributes, collected by a [`rewrite_spans`] callback.
+///
+/// Everything is written into buffers that the rewriter reuses from span to span: adding or removing
+/// attributes allocates nothing once they have grown.
 #[derive(Debug, Default)]
 pub struct SpanEdit {
     /// Encoded `KeyValue` fields (tag 9) to append.
     added: Vec<u8>,
-    /// Keys of attributes to drop.
-    removed: Vec<String>,
-    /// Keys added so far (so a second add of the same key is ignored).
-    added_keys: Vec<String>,
+    /// Keys of attributes to drop, as ranges of `keys`.
+    removed: Vec<std::ops::Range<usize>>,
+    /// Keys added so far (so a second add of the same key is ignored), as ranges of `keys`.
+    added_keys: Vec<std::ops::Range<usize>>,
+    /// The bytes of the keys in `removed` and `added_keys`.
+    keys: Vec<u8>,
 }
 
 impl SpanEdit {
@@ -334,149 +492,277 @@ impl SpanEdit {
         self.added.clear();
         self.removed.clear();
         self.added_keys.clear();
+        self.keys.clear();
     }
 
     fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty()
     }
 
+    fn key_at(&self, r: &std::ops::Range<usize>) -> &[u8] {
+        self.keys.get(r.clone()).unwrap_or(&[])
+    }
+
+    fn push_key(&mut self, key: &str) -> std::ops::Range<usize> {
+        let start = self.keys.len();
+        self.keys.extend_from_slice(key.as_bytes());
+        start..self.keys.len()
+    }
+
+    fn is_removed(&self, key: &str) -> bool {
+        self.removed.iter().any(|r| self.key_at(r) == key.as_bytes())
+    }
+
     /// Whether `key` was added in this edit.
     pub fn has_added(&self, key: &str) -> bool {
-        self.added_keys.iter().any(|k| k == key)
+        self.added_keys.iter().any(|r| self.key_at(r) == key.as_bytes())
+    }
+
+    /// Appends a `KeyValue` field whose `AnyValue` body has `any_len` bytes, written by `body`.
+    fn add_with(&mut self, key: &str, any_len: usize, body: impl FnOnce(&mut Vec<u8>)) {
+        if self.has_added(key) {
+            return;
+        }
+        let kv_len = len_field_size(1, key.len()) + len_field_size(2, any_len);
+        put_varint(&mut self.added, (9 << 3) | 2);
+        put_varint(&mut self.added, kv_len as u64);
+        put_len_field(&mut self.added, 1, key.as_bytes());
+        put_varint(&mut self.added, (2 << 3) | 2);
+        put_varint(&mut self.added, any_len as u64);
+        body(&mut self.added);
+        let r = self.push_key(key);
+        self.added_keys.push(r);
     }
 
     /// Adds attribute `key` with an encoded `AnyValue` (e.g. copied from another attribute).
     pub fn add_raw(&mut self, key: &str, any_value: &[u8]) {
-        if self.has_added(key) {
-            return;
-        }
-        let kv_len = len_field_size(1, key.len()) + len_field_size(2, any_value.len());
-        put_varint(&mut self.added, (9 << 3) | 2);
-        put_varint(&mut self.added, kv_len as u64);
-        put_len_field(&mut self.added, 1, key.as_bytes());
-        put_len_field(&mut self.added, 2, any_value);
-        self.added_keys.push(key.to_string());
+        self.add_with(key, any_value.len(), |out| out.extend_from_slice(any_value));
     }
 
     /// Adds a string attribute.
     pub fn add_str(&mut self, key: &str, value: &str) {
-        let mut any = Vec::with_capacity(value.len() + 2);
-        put_len_field(&mut any, 1, value.as_bytes());
-        self.add_raw(key, &any);
+        self.add_with(key, len_field_size(1, value.len()), |out| {
+            put_len_field(out, 1, value.as_bytes())
+        });
     }
 
     /// Adds an integer attribute.
     pub fn add_int(&mut self, key: &str, value: i64) {
-        let mut any = Vec::with_capacity(11);
-        put_varint(&mut any, 3 << 3);
-        put_varint(&mut any, value as u64);
-        self.add_raw(key, &any);
+        let v = value as u64;
+        self.add_with(key, 1 + varint_len(v), |out| {
+            put_varint(out, 3 << 3);
+            put_varint(out, v);
+        });
     }
 
-    /// Drops attribute `key` from the span.
+    /// Drops attribute `key` from the span (every occurrence of it among the span's own attributes).
     pub fn remove(&mut self, key: &str) {
-        self.removed.push(key.to_string());
+        if !self.is_removed(key) {
+            let r = self.push_key(key);
+            self.removed.push(r);
+        }
     }
+}
+
+/// One changed span of a rewrite: where it is in the request and where its new encoding is.
+#[derive(Debug)]
+struct Change {
+    /// Offset of the span's body in the request.
+    start: usize,
+    /// Length of the span's body in the request.
+    old_len: usize,
+    /// The span's own fields after removals, in the arena; `None`: all of them, unchanged.
+    kept: Option<std::ops::Range<usize>>,
+    /// The appended attributes, in the arena.
+    added: std::ops::Range<usize>,
+}
+
+impl Change {
+    fn new_len(&self) -> usize {
+        self.kept.as_ref().map_or(self.old_len, |k| k.len()) + self.added.len()
+    }
+
+    /// How much the span's field (tag, length and body) grows.
+    fn delta(&self) -> i64 {
+        len_field_size(2, self.new_len()) as i64 - len_field_size(2, self.old_len) as i64
+    }
+}
+
+/// Offset of `inner` (a slice of `outer`) in `outer`.
+fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
+    (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize)
 }
 
 /// Re-encodes a traces request, letting `edit` add or remove attributes of each span.
 /// Spans without changes are copied byte for byte. Returns `None` when nothing changed
 /// (the caller keeps the original bytes).
-pub fn rewrite_spans(
-    request: &[u8],
-    mut edit: impl FnMut(&ResourceView<'_>, &SpanView<'_>, &mut SpanEdit),
+pub fn rewrite_spans<'a>(
+    request: &'a [u8],
+    mut edit: impl FnMut(&ResourceView<'a>, &SpanView<'a>, &mut SpanEdit),
 ) -> Option<Vec<u8>> {
-    // First pass: collect each span's new encoding where it changes.
-    // Changed spans are stored in `changed` as (span start pointer, new bytes).
-    let mut changed: Vec<(usize, Vec<u8>)> = Vec::new();
-    let mut scratch = SpanEdit::default();
-    let base = request.as_ptr() as usize;
-    for_each_span(request, |res, span| {
-        scratch.clear();
-        edit(res, span, &mut scratch);
-        if scratch.is_empty() {
-            return;
-        }
-        let mut body = Vec::with_capacity(span.raw.len() + scratch.added.len());
-        if scratch.removed.is_empty() {
-            body.extend_from_slice(span.raw);
-        } else {
-            for (tag, w, range) in Fields::new(span.raw) {
-                if tag == 9
-                    && let Wire::Bytes(kv) = w
-                    && scratch.removed.iter().any(|k| k == KeyValueView::parse(kv).key)
-                {
-                    continue;
-                }
-                body.extend_from_slice(span.raw.get(range).unwrap_or(&[]));
-            }
-        }
-        body.extend_from_slice(&scratch.added);
-        changed.push((span.raw.as_ptr() as usize - base, body));
-    });
-    if changed.is_empty() {
-        return None;
+    match try_rewrite_spans(request, |r, s, e| {
+        edit(r, s, e);
+        std::ops::ControlFlow::Continue(())
+    }) {
+        std::ops::ControlFlow::Continue(out) => out,
+        std::ops::ControlFlow::Break(()) => None,
     }
-    let mut next = 0;
-    let mut out = Vec::with_capacity(request.len() + changed.iter().map(|c| c.1.len()).sum::<usize>() / 4);
-    // Second pass: copy, replacing changed spans and fixing the lengths around them.
-    for (tag, w, range) in Fields::new(request) {
-        match (tag, w) {
-            (1, Wire::Bytes(rs)) => {
-                let rs_body = rewrite_container(request, rs, 2, &changed, &mut next, |ss, changed, next| {
-                    rewrite_container(request, ss, 2, changed, next, |_, _, _| None)
-                });
-                match rs_body {
-                    Some(b) => put_len_field(&mut out, 1, &b),
-                    None => out.extend_from_slice(request.get(range).unwrap_or(&[])),
-                }
-            }
-            _ => out.extend_from_slice(request.get(range).unwrap_or(&[])),
-        }
-    }
-    Some(out)
 }
 
-/// Rewrites message `msg` (a slice of `request`) whose repeated field `child_tag` holds children:
-/// a child whose start is in `changed` is replaced; otherwise `inner` may rewrite it. Returns the
-/// new encoding, or `None` when nothing inside changed.
-fn rewrite_container(
-    request: &[u8],
-    msg: &[u8],
-    child_tag: u32,
-    changed: &[(usize, Vec<u8>)],
-    next: &mut usize,
-    inner: impl Fn(&[u8], &[(usize, Vec<u8>)], &mut usize) -> Option<Vec<u8>>,
-) -> Option<Vec<u8>> {
-    let base = request.as_ptr() as usize;
-    let msg_start = msg.as_ptr() as usize - base;
-    let msg_end = msg_start + msg.len();
-    // Nothing changed inside this message: keep it.
-    let first = changed.get(*next)?;
-    if first.0 >= msg_end {
-        return None;
-    }
-    let mut out = Vec::with_capacity(msg.len() + 256);
-    for (tag, w, range) in Fields::new(msg) {
-        match (tag, w) {
-            (t, Wire::Bytes(child)) if t == child_tag => {
-                let child_start = child.as_ptr() as usize - base;
-                if let Some((pos, bytes)) = changed.get(*next)
-                    && *pos == child_start
-                {
-                    put_len_field(&mut out, t, bytes);
-                    *next += 1;
+/// [`rewrite_spans`] that `edit` may stop (`ControlFlow::Break`): then nothing is rewritten and
+/// `Break` is returned, so that the caller can take another path for this request.
+///
+/// The new encoding is written in one pass into one buffer of the final size: the bodies of changed
+/// spans are assembled first (the span's kept fields, then the added attributes), then the request is
+/// copied with the changed spans replaced and the lengths of the scopes and resources around them fixed.
+/// Nothing is allocated per span.
+pub fn try_rewrite_spans<'a>(
+    request: &'a [u8],
+    mut edit: impl FnMut(&ResourceView<'a>, &SpanView<'a>, &mut SpanEdit) -> std::ops::ControlFlow<()>,
+) -> std::ops::ControlFlow<(), Option<Vec<u8>>> {
+    try_rewrite_span_bytes(request, |r, raw, e| edit(r, &SpanView::parse(raw), e))
+}
+
+/// [`try_rewrite_spans`] for a caller that reads each span itself in one walk (e.g. indexing its
+/// attributes): `edit` gets the encoded `Span` (its body, a slice of `request`) instead of a
+/// [`SpanView`], which saves parsing every span's fields twice.
+pub fn try_rewrite_span_bytes<'a>(
+    request: &'a [u8],
+    mut edit: impl FnMut(&ResourceView<'a>, &'a [u8], &mut SpanEdit) -> std::ops::ControlFlow<()>,
+) -> std::ops::ControlFlow<(), Option<Vec<u8>>> {
+    use std::ops::ControlFlow;
+    let mut changes: Vec<Change> = Vec::new();
+    let mut arena: Vec<u8> = Vec::new();
+    let mut scratch = SpanEdit::default();
+    // First pass: let `edit` see every span; assemble the bodies of changed spans in `arena`.
+    for (tag, w, _) in Fields::new(request) {
+        let (1, Wire::Bytes(rs)) = (tag, w) else { continue };
+        let resource = resource_of(rs);
+        for (t, w, _) in Fields::new(rs) {
+            let (2, Wire::Bytes(ss)) = (t, w) else { continue };
+            for (t2, w2, _) in Fields::new(ss) {
+                let (2, Wire::Bytes(raw)) = (t2, w2) else { continue };
+                scratch.clear();
+                edit(&resource, raw, &mut scratch)?;
+                if scratch.is_empty() {
                     continue;
                 }
-                match inner(child, changed, next) {
-                    Some(b) => put_len_field(&mut out, t, &b),
-                    None => out.extend_from_slice(msg.get(range).unwrap_or(&[])),
-                }
+                let kept = if scratch.removed.is_empty() {
+                    None
+                } else {
+                    let from = arena.len();
+                    for (tag, w, range) in Fields::new(raw) {
+                        if tag == 9
+                            && let Wire::Bytes(kv) = w
+                            && scratch.is_removed(KeyValueView::parse(kv).key)
+                        {
+                            continue;
+                        }
+                        arena.extend_from_slice(raw.get(range).unwrap_or(&[]));
+                    }
+                    Some(from..arena.len())
+                };
+                let from = arena.len();
+                arena.extend_from_slice(&scratch.added);
+                changes.push(Change {
+                    start: offset_in(request, raw),
+                    old_len: raw.len(),
+                    kept,
+                    added: from..arena.len(),
+                });
             }
-            _ => out.extend_from_slice(msg.get(range).unwrap_or(&[])),
         }
     }
-    Some(out)
+    if changes.is_empty() {
+        return ControlFlow::Continue(None);
+    }
+    // Second pass: copy, replacing changed spans and fixing the lengths around them.
+    let grow: i64 = changes.iter().map(Change::delta).sum::<i64>().max(0);
+    let mut out = Vec::with_capacity(request.len() + usize::try_from(grow).unwrap_or(0) + 64);
+    let mut next = 0usize;
+    // New body lengths of the changed scopes of the resource being copied.
+    let mut scope_lens: Vec<usize> = Vec::new();
+    for (tag, w, range) in Fields::new(request) {
+        let copy = |out: &mut Vec<u8>| out.extend_from_slice(request.get(range.clone()).unwrap_or(&[]));
+        let (1, Wire::Bytes(rs)) = (tag, w) else {
+            copy(&mut out);
+            continue;
+        };
+        let rs_start = offset_in(request, rs);
+        let rs_end = rs_start + rs.len();
+        if changes.get(next).is_none_or(|c| c.start >= rs_end) {
+            copy(&mut out);
+            continue;
+        }
+        // Sizes: each changed scope's new body length, then the resource's.
+        scope_lens.clear();
+        let mut rs_len = rs.len() as i64;
+        let mut j = next;
+        for (t, w, _) in Fields::new(rs) {
+            let (2, Wire::Bytes(ss)) = (t, w) else { continue };
+            let ss_end = offset_in(request, ss) + ss.len();
+            let mut ss_len = ss.len() as i64;
+            let mut touched = false;
+            while let Some(c) = changes.get(j)
+                && c.start < ss_end
+            {
+                ss_len += c.delta();
+                touched = true;
+                j += 1;
+            }
+            if touched {
+                let ss_len = usize::try_from(ss_len).unwrap_or(0);
+                rs_len += len_field_size(2, ss_len) as i64 - len_field_size(2, ss.len()) as i64;
+                scope_lens.push(ss_len);
+            }
+        }
+        put_varint(&mut out, (1 << 3) | 2);
+        put_varint(&mut out, u64::try_from(rs_len).unwrap_or(0));
+        let mut lens = scope_lens.iter();
+        for (t, w, r) in Fields::new(rs) {
+            let copy = |out: &mut Vec<u8>| out.extend_from_slice(rs.get(r.clone()).unwrap_or(&[]));
+            let (2, Wire::Bytes(ss)) = (t, w) else {
+                copy(&mut out);
+                continue;
+            };
+            let ss_end = offset_in(request, ss) + ss.len();
+            if changes.get(next).is_none_or(|c| c.start >= ss_end) {
+                copy(&mut out);
+                continue;
+            }
+            put_varint(&mut out, (2 << 3) | 2);
+            put_varint(&mut out, lens.next().copied().unwrap_or(0) as u64);
+            for (t2, w2, r2) in Fields::new(ss) {
+                if let (2, Wire::Bytes(raw)) = (t2, w2)
+                    && let Some(c) = changes.get(next)
+                    && c.start == offset_in(request, raw)
+                {
+                    put_varint(&mut out, (2 << 3) | 2);
+                    put_varint(&mut out, c.new_len() as u64);
+                    match &c.kept {
+                        Some(k) => out.extend_from_slice(arena.get(k.clone()).unwrap_or(&[])),
+                        None => out.extend_from_slice(raw),
+                    }
+                    out.extend_from_slice(arena.get(c.added.clone()).unwrap_or(&[]));
+                    next += 1;
+                    continue;
+                }
+                out.extend_from_slice(ss.get(r2).unwrap_or(&[]));
+            }
+        }
+    }
+    ControlFlow::Continue(Some(out))
+}
+
+/// The resource of an encoded `ResourceSpans` (the last one, as a decoder keeps).
+fn resource_of(rs: &[u8]) -> ResourceView<'_> {
+    let mut resource = ResourceView::default();
+    for (t, w, _) in Fields::new(rs) {
+        if let (1, Wire::Bytes(r)) = (t, w) {
+            resource = ResourceView { raw: r };
+        }
+    }
+    resource
 }
 
 #[cfg(test)]
@@ -586,10 +872,11 @@ mod tests {
                 e.add_int("business.cart.items", 3);
                 e.remove("n");
             }
-            if res.service_name() == "svc1" && s.name == "span-13" {
-                if let Some(raw) = s.attributes().get_raw("demo.order.amount") {
-                    e.add_raw("business.order.value", raw);
-                }
+            if res.service_name() == "svc1"
+                && s.name == "span-13"
+                && let Some(raw) = s.attributes().get_raw("demo.order.amount")
+            {
+                e.add_raw("business.order.value", raw);
             }
         })
         .expect("changed");
@@ -627,6 +914,162 @@ mod tests {
         assert!(
             crate::Traces::from_bytes(out.into()).is_ok(),
             "the walk accepts the rewrite"
+        );
+    }
+
+    /// A small deterministic PRNG (xorshift64*).
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+        }
+    }
+
+    /// Random requests (resources, scopes and spans of every count, including none; attributes
+    /// with long keys and values, so that lengths need multi-byte varints) and random edits: the
+    /// rewrite decodes to what editing the decoded request gives.
+    #[test]
+    fn random_rewrites_match_decoded_edits() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..300 {
+            let mut req = ExportTraceServiceRequest::default();
+            for r in 0..rng.below(4) {
+                let mut rs = ResourceSpans {
+                    resource: (rng.below(3) > 0).then(|| Resource {
+                        attributes: vec![kv("service.name", any_value::Value::StringValue(format!("svc{r}")))],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                for _ in 0..rng.below(4) {
+                    let mut ss = ScopeSpans::default();
+                    for i in 0..rng.below(6) {
+                        let n = rng.below(5);
+                        ss.spans.push(Span {
+                            name: format!("s{round}-{i}"),
+                            span_id: vec![i as u8; 8],
+                            attributes: (0..n)
+                                .map(|a| {
+                                    let long = "x".repeat(rng.below(300) as usize);
+                                    kv(&format!("k{a}{long}"), any_value::Value::StringValue(long.clone()))
+                                })
+                                .collect(),
+                            ..Default::default()
+                        });
+                    }
+                    rs.scope_spans.push(ss);
+                }
+                req.resource_spans.push(rs);
+            }
+            let bytes = req.encode_to_vec();
+            // Decide the edits per span up front (by name), then apply them both ways.
+            let mut plan: Vec<(String, Option<String>, bool)> = Vec::new();
+            for s in req
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+            {
+                let add = (rng.below(2) == 0).then(|| "v".repeat(rng.below(200) as usize));
+                let remove_first = rng.below(3) == 0;
+                plan.push((s.name.clone(), add, remove_first));
+            }
+            let out = rewrite_spans(&bytes, |_, s, e| {
+                let Some((_, add, remove_first)) = plan.iter().find(|p| p.0 == s.name) else {
+                    return;
+                };
+                if *remove_first && let Some(first) = s.attributes().iter().next() {
+                    e.remove(first.key);
+                }
+                if let Some(v) = add {
+                    e.add_str("added", v);
+                    e.add_int("added.n", -(v.len() as i64));
+                }
+            });
+            let mut want = req.clone();
+            for s in want
+                .resource_spans
+                .iter_mut()
+                .flat_map(|r| &mut r.scope_spans)
+                .flat_map(|s| &mut s.spans)
+            {
+                let Some((_, add, remove_first)) = plan.iter().find(|p| p.0 == s.name) else {
+                    continue;
+                };
+                if *remove_first && !s.attributes.is_empty() {
+                    let k = s.attributes[0].key.clone();
+                    s.attributes.retain(|a| a.key != k);
+                }
+                if let Some(v) = add {
+                    s.attributes.push(kv("added", any_value::Value::StringValue(v.clone())));
+                    s.attributes
+                        .push(kv("added.n", any_value::Value::IntValue(-(v.len() as i64))));
+                }
+            }
+            match out {
+                Some(out) => {
+                    assert_eq!(
+                        ExportTraceServiceRequest::decode(out.as_slice()).expect("valid"),
+                        want,
+                        "round {round}"
+                    );
+                    assert!(crate::Traces::from_bytes(out.into()).is_ok(), "round {round}");
+                }
+                None => assert_eq!(req, want, "round {round}: nothing to change"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_stopped_rewrite_changes_nothing() {
+        let bytes = request().encode_to_vec();
+        let mut seen = 0;
+        let r = try_rewrite_spans(&bytes, |_, _, e| {
+            seen += 1;
+            e.add_int("x", 1);
+            if seen == 3 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(r, std::ops::ControlFlow::Break(()));
+        assert_eq!(seen, 3, "stops at once");
+    }
+
+    #[test]
+    fn key_values_split_like_the_general_parse() {
+        let long = "k".repeat(200);
+        let cases: Vec<Vec<u8>> = vec![
+            kv("a", any_value::Value::IntValue(1)).encode_to_vec(),
+            kv(&long, any_value::Value::StringValue("v".repeat(300))).encode_to_vec(),
+            KeyValue {
+                key: "only".into(),
+                value: None,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            // Value before key, and a repeated key (the last wins).
+            vec![0x12, 0x02, 0x18, 0x05, 0x0a, 0x01, b'a', 0x0a, 0x01, b'b'],
+            Vec::new(),
+        ];
+        for c in &cases {
+            let (k, v) = split_key_value(c);
+            let p = KeyValueView::parse(c);
+            assert_eq!((k, v), (p.key.as_bytes(), p.value_bytes), "{c:?}");
+        }
+        assert_eq!(ValueRef::from_encoded(&[]), None, "no value");
+        assert_eq!(ValueRef::from_encoded(&AnyValue::default().encode_to_vec()), None);
+        let arr = AnyValue {
+            value: Some(any_value::Value::BytesValue(vec![1, 2])),
+        };
+        assert_eq!(
+            ValueRef::from_encoded(&arr.encode_to_vec()).map(|v| v.to_value()),
+            arr.value
         );
     }
 

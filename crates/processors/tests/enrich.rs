@@ -1,6 +1,10 @@
 //! The `enrich` processor over a generated shop workload (bizpilot-shopgen), with the
 //! shipped pipeline files' rules: every enriched attribute on every span must equal
 //! the generator's ground truth, whatever the arrival order of spans and events.
+//!
+//! Every workload runs twice: traces sent encoded (as the OTLP receivers hand them on; the
+//! processor's view path, falling back to the decoded path for requests with spans to hold)
+//! and decoded (as the OTLP/JSON receiver hands them on; the decoded path).
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -21,9 +25,28 @@ use bizpilot_shopgen::{AttributePrefix, EmissionKind, GroundTruth, MoneyAttribut
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// How traces reach the processor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Form {
+    /// Protobuf bytes (OTLP/gRPC and OTLP/HTTP protobuf receivers): the view path.
+    Encoded,
+    /// Decoded structs (the OTLP/JSON receiver): the decoded path.
+    Decoded,
+}
+
+const FORMS: [Form; 2] = [Form::Encoded, Form::Decoded];
+
+fn traces(req: ExportTraceServiceRequest, form: Form) -> Traces {
+    match form {
+        Form::Encoded => Traces::from_bytes(req.encode_to_vec().into()).unwrap(),
+        Form::Decoded => Traces::from_message(req),
+    }
+}
 
 fn pipeline_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -151,7 +174,7 @@ fn event_of(e: &bizpilot_shopgen::BusinessEvent) -> BusinessEvent {
 
 /// Replays the workload in arrival order on a paused clock: events go into the state
 /// (what the `business_events` exporter does), traces through the processor.
-async fn replay(w: &Workload, run: &Run, state: Option<&BusinessState>) -> usize {
+async fn replay(w: &Workload, run: &Run, state: Option<&BusinessState>, form: Form) -> usize {
     let t0 = w.emissions.first().map(|e| e.arrival_unix_nano).unwrap_or(0);
     let base = tokio::time::Instant::now();
     let mut spans_in = 0;
@@ -165,7 +188,7 @@ async fn replay(w: &Workload, run: &Run, state: Option<&BusinessState>) -> usize
             }
             EmissionKind::Trace(t) => {
                 spans_in += t.spans.len();
-                let b = Batch::new(Payload::Traces(Traces::from_message(t.to_request())));
+                let b = Batch::new(Payload::Traces(traces(t.to_request(), form)));
                 run.tx.send(b).await.unwrap();
             }
         }
@@ -268,12 +291,18 @@ fn join_setup(w: &Workload, ttl: Duration) -> (Extensions, Arc<BusinessState>, t
 }
 
 async fn join_matches_truth(prefix: AttributePrefix, money: MoneyAttributes, seed: u64) {
+    for form in FORMS {
+        join_matches_truth_in(prefix, money, seed, form).await;
+    }
+}
+
+async fn join_matches_truth_in(prefix: AttributePrefix, money: MoneyAttributes, seed: u64, form: Form) {
     let w = Shop::generate(&shop(prefix, money, seed)).unwrap();
     assert!(w.truth.counts.events_after_spans > 0 && w.truth.counts.duplicate_trace_emissions > 0);
     let (exts, state, _dir) = join_setup(&w, Duration::from_secs(7200));
     let cfg = parse(&shipped_enrich_config("business-join.yaml", "enrich"));
     let run = start(&cfg, &exts);
-    let spans_in = replay(&w, &run, Some(&state)).await;
+    let spans_in = replay(&w, &run, Some(&state), form).await;
     let (spans, engine) = run.finish().await;
     assert_eq!(spans.len(), spans_in, "no span lost or invented");
     assert_eq!(spans_in as u64, w.truth.counts.span_emissions);
@@ -304,13 +333,19 @@ async fn join_matches_ground_truth_older_app_attributes() {
 /// spans that carry the attributes get them.
 #[tokio::test(start_paused = true)]
 async fn opentelemetry_demo_preset_sets_only_true_values() {
+    for form in FORMS {
+        demo_preset_in(form).await;
+    }
+}
+
+async fn demo_preset_in(form: Form) {
     let w = Shop::generate(&shop(AttributePrefix::Demo, MoneyAttributes::Double, 3)).unwrap();
     let cfg = parse(&shipped_enrich_config(
         "opentelemetry-demo.yaml",
         "enrich/opentelemetry-demo",
     ));
     let run = start(&cfg, &Extensions::default());
-    let spans_in = replay(&w, &run, None).await;
+    let spans_in = replay(&w, &run, None, form).await;
     let (spans, _) = run.finish().await;
     assert_eq!(spans.len(), spans_in);
     let compared = check_against_truth(&w.truth, &spans, false);
@@ -334,13 +369,19 @@ async fn opentelemetry_demo_preset_sets_only_true_values() {
 /// and counts a miss; the bound on held spans holds; nothing is lost.
 #[tokio::test(start_paused = true)]
 async fn without_events_spans_wait_the_window_then_count_misses() {
+    for form in FORMS {
+        without_events_in(form).await;
+    }
+}
+
+async fn without_events_in(form: Form) {
     let w = Shop::generate(&shop(AttributePrefix::Demo, MoneyAttributes::Double, 5)).unwrap();
     let (exts, _state, _dir) = join_setup(&w, Duration::from_secs(7200));
     let mut raw = shipped_enrich_config("business-join.yaml", "enrich");
     raw["join"]["window"] = "2s".into();
     raw["join"]["max_held_spans"] = 10.into();
     let run = start(&parse(&raw), &exts);
-    let spans_in = replay(&w, &run, None).await;
+    let spans_in = replay(&w, &run, None, form).await;
     let (spans, engine) = run.finish().await;
     assert_eq!(spans.len(), spans_in);
     let order_spans = spans.iter().filter(|s| get(s, "business.order.id").is_some()).count() as u64;
@@ -380,6 +421,12 @@ fn order_span(order: &str) -> ExportTraceServiceRequest {
 
 #[tokio::test(start_paused = true)]
 async fn after_the_ttl_an_order_is_gone() {
+    for form in FORMS {
+        after_the_ttl_in(form).await;
+    }
+}
+
+async fn after_the_ttl_in(form: Form) {
     let state = Arc::new(BusinessState::new(
         "business_state",
         StateConfig {
@@ -397,7 +444,7 @@ async fn after_the_ttl_an_order_is_gone() {
     ev.order_id = Some("o-1".into());
     ev.customer_id = Some("c-1".into());
     state.apply(&ev);
-    let send = |r| Batch::new(Payload::Traces(Traces::from_message(r)));
+    let send = |r| Batch::new(Payload::Traces(traces(r, form)));
     run.tx.send(send(order_span("o-1"))).await.unwrap();
     tokio::time::sleep(Duration::from_secs(59)).await;
     run.tx.send(send(order_span("o-1"))).await.unwrap();
@@ -523,9 +570,10 @@ lookups:
     let mut send_some = async |n: usize| {
         for _ in 0..n {
             run.tx
-                .send(Batch::new(Payload::Traces(Traces::from_message(customer_spans(
-                    10, round,
-                )))))
+                .send(Batch::new(Payload::Traces(traces(
+                    customer_spans(10, round),
+                    if round % 2 == 0 { Form::Encoded } else { Form::Decoded },
+                ))))
                 .await
                 .unwrap();
             round += 1;
@@ -582,4 +630,91 @@ lookups:
         .unwrap_or_else(|| panic!("no error logged: {logs}"));
     assert!(line.contains("customers.csv:4"), "file and line: {line}");
     assert!(line.contains("lookup/customers"), "{line}");
+}
+
+/// A span's attributes sorted by key (the paths may order them differently: see
+/// `enrich::target`), rendered for comparison.
+fn sorted_attributes(sp: &Span) -> Vec<String> {
+    let mut a: Vec<String> = sp
+        .attributes
+        .iter()
+        .map(|kv| format!("{} = {:?}", kv.key, kv.value))
+        .collect();
+    a.sort();
+    a
+}
+
+/// Spans of a request, in order.
+fn spans_of(req: &ExportTraceServiceRequest) -> Vec<&Span> {
+    req.resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect()
+}
+
+/// The same workload through both paths of the engine gives the same spans, span by span: every
+/// field equal, attributes equal as sets (with this config also in the same order: nothing is
+/// overwritten), and the same counts.
+#[test]
+fn view_and_decoded_paths_agree_span_by_span() {
+    for (prefix, money, seed) in [
+        (AttributePrefix::Demo, MoneyAttributes::Double, 21),
+        (AttributePrefix::App, MoneyAttributes::String, 22),
+    ] {
+        let w = Shop::generate(&shop(prefix, money, seed)).unwrap();
+        let (exts, state, _dir) = join_setup(&w, Duration::from_secs(7200));
+        // Half of the orders known to the state: hits and misses, customer joins, lookups.
+        for (i, e) in w.events().enumerate() {
+            if i % 2 == 0 {
+                state.apply(&event_of(e));
+            }
+        }
+        // The two shipped enrich stages in one engine: the demo preset's rules, then the join.
+        let mut raw = shipped_enrich_config("opentelemetry-demo.yaml", "enrich/opentelemetry-demo");
+        let join = shipped_enrich_config("business-join.yaml", "enrich");
+        raw["join"] = join["join"].clone();
+        raw["join"]["window"] = "0s".into();
+        raw["lookups"] = join["lookups"].clone();
+        if let Some(rules) = join["rules"].as_sequence() {
+            let mine = raw["rules"].as_sequence_mut().unwrap();
+            mine.extend(rules.iter().cloned());
+        }
+        let cfg = parse(&raw);
+        let decoded_engine = EnrichProcessor::new(&cfg, &exts, "a", "traces").unwrap().engine();
+        let view_engine = EnrichProcessor::new(&cfg, &exts, "b", "traces").unwrap().engine();
+        let mut compared = 0;
+        for t in w.traces() {
+            let req = t.to_request();
+            let mut a = req.clone();
+            let changed_a = decoded_engine.apply_traces(&mut a);
+            let mut enc = Traces::from_bytes(req.encode_to_vec().into()).unwrap();
+            let changed_b = view_engine.apply_encoded(&mut enc);
+            assert!(enc.decoded().is_none(), "the view path does not decode");
+            assert_eq!(changed_a, changed_b);
+            let b = enc.into_message().unwrap();
+            let (sa, sb) = (spans_of(&a), spans_of(&b));
+            assert_eq!(sa.len(), sb.len());
+            for (x, y) in sa.iter().zip(&sb) {
+                let ctx = format!("{} {}", x.name, hex(&x.span_id));
+                assert_eq!(sorted_attributes(x), sorted_attributes(y), "{ctx}");
+                assert_eq!(x.attributes, y.attributes, "{ctx}: same order too");
+                let strip = |s: &Span| Span {
+                    attributes: Vec::new(),
+                    ..s.clone()
+                };
+                assert_eq!(strip(x), strip(y), "{ctx}");
+                compared += 1;
+            }
+            // Resources and scopes untouched.
+            assert_eq!(a.resource_spans.len(), b.resource_spans.len());
+        }
+        assert!(compared > 1_000, "{compared}");
+        let (sa, sb) = (decoded_engine.stats(), view_engine.stats());
+        assert_eq!(sa, sb, "counts");
+        assert!(
+            sa.order_hits > 0 && sa.order_misses > 0 && sa.lookup_hits > 0 && sa.enriched > 0,
+            "{sa:?}"
+        );
+    }
 }

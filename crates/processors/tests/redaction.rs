@@ -115,8 +115,15 @@ fn no_raw_customer_id_or_email_leaves_and_hashes_still_join() {
 
     let mut out = Vec::new();
     let mut span_hash_by_order: HashMap<String, String> = HashMap::new();
-    for t in &mut traces {
-        enrich.apply_traces(t);
+    for (i, t) in traces.iter_mut().enumerate() {
+        // Both enrich paths: on the encoding (views), and decoded.
+        if i % 2 == 0 {
+            let mut enc = Traces::from_bytes(t.encode_to_vec().into()).unwrap();
+            enrich.apply_encoded(&mut enc);
+            *t = enc.into_message().unwrap();
+        } else {
+            enrich.apply_traces(t);
+        }
         assert!(contains(&t.encode_to_vec(), b"cust-"), "the input does carry ids");
         r.redact_traces(t);
         for s in t

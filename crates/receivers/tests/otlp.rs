@@ -1250,69 +1250,6 @@ async fn shutdown_refuses_requests_still_waiting_after_the_grace_period() {
     assert!(rx.recv().await.is_none(), "outputs dropped");
 }
 
-/// Rough throughput: `cargo test -p bizpilot-receivers --release --test otlp throughput -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement, not a check"]
-async fn throughput() {
-    let mut h = start_with(
-        BOTH,
-        Opts {
-            capacity: 1024,
-            ..Opts::default()
-        },
-    );
-    const REQUESTS: usize = 2000;
-    const SPANS: usize = 500;
-    let mut rx = h.rx.remove(&Signal::Traces).expect("traces");
-    let reader = tokio::spawn(async move {
-        let mut spans = 0;
-        while let Some(b) = rx.recv().await {
-            spans += b.items();
-        }
-        spans
-    });
-    let body = Bytes::from(traces(SPANS, "bench").encode_to_vec());
-    for transport in ["grpc", "http"] {
-        let t = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..4 {
-            let body = body.clone();
-            let (grpc, url) = (h.grpc(), h.url("/v1/traces"));
-            tasks.push(tokio::spawn(async move {
-                if transport == "grpc" {
-                    let mut g = tonic::client::Grpc::new(channel(grpc).await);
-                    for _ in 0..REQUESTS / 4 {
-                        g.ready().await.expect("ready");
-                        g.unary(
-                            tonic::Request::new(body.clone()),
-                            http::uri::PathAndQuery::from_static(TRACE_EXPORT),
-                            RawCodec,
-                        )
-                        .await
-                        .expect("export");
-                    }
-                } else {
-                    let c = http_client();
-                    for _ in 0..REQUESTS / 4 {
-                        assert_eq!(post(&c, &url, PB, body.clone()).await.status, StatusCode::OK);
-                    }
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("sender");
-        }
-        let secs = t.elapsed().as_secs_f64();
-        println!(
-            "{transport}: {REQUESTS} requests of {SPANS} spans ({} bytes) in {secs:.2}s = {:.0} spans/s",
-            body.len(),
-            (REQUESTS * SPANS) as f64 / secs
-        );
-    }
-    h.stop().await;
-    assert_eq!(reader.await.expect("reader"), 2 * REQUESTS * SPANS);
-}
-
 /// A plain HTTP/1.1 client that writes the whole request, then reads to EOF.
 fn raw_http(addr: SocketAddr, head: &str, body: &[u8]) -> std::io::Result<String> {
     use std::io::Read;

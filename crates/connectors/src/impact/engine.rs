@@ -14,19 +14,20 @@
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use bizpilot_business::attrs::{self, KeyValue, Value};
+use bizpilot_business::attrs::{self, KeyValue};
 use bizpilot_business::{BusinessState, KeyedHasher, LineItem, Lookup, amount};
-use bizpilot_core::{ComponentError, Currency, Money, MoneyTotals};
+use bizpilot_core::view::{self, ValueRef};
+use bizpilot_core::{ComponentError, Currency, Money, MoneyTotals, Traces};
 use metrics::{Counter, counter};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
-use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
 use regex::Regex;
 
 use super::book::{Book, Cause, ImpactRecord, Incident, IncidentState, WindowCount};
 use super::config::{BusinessImpactConfig, CmpOp, Condition, Scalar, ValueConfig};
 use super::incident::{Detector, Thresholds, Transition};
 use super::output;
+use super::read::{ResRead, SpanRead};
 use super::series::{MoneyKind, SeriesTable};
 use super::sketch::Distinct;
 
@@ -53,14 +54,14 @@ impl CompiledCondition {
         }
     }
 
-    fn holds(&self, v: Option<&Value>) -> bool {
+    fn holds(&self, v: Option<ValueRef<'_>>) -> bool {
         let Some(v) = v else { return false };
-        let num = amount::decimal_nanos(v);
+        let num = amount::decimal_nanos_ref(&v);
         match (self.op, num, self.number) {
             (CmpOp::Eq, Some(a), Some(b)) => a == b,
             (CmpOp::Ne, Some(a), Some(b)) => a != b,
-            (CmpOp::Eq, _, _) => attrs::value_as_str(v).is_some_and(|s| s == self.text),
-            (CmpOp::Ne, _, _) => attrs::value_as_str(v).is_none_or(|s| s != self.text),
+            (CmpOp::Eq, _, _) => v.as_text().is_some_and(|s| s == self.text),
+            (CmpOp::Ne, _, _) => v.as_text().is_none_or(|s| s != self.text),
             (op, Some(a), Some(b)) => match op {
                 CmpOp::Ge => a >= b,
                 CmpOp::Gt => a > b,
@@ -87,47 +88,42 @@ struct OpSpec {
     key: String,
 }
 
-fn scalar_eq(v: &Value, s: &Scalar) -> bool {
+fn scalar_eq(v: &ValueRef<'_>, s: &Scalar) -> bool {
     match (v, s) {
-        (Value::BoolValue(a), Scalar::Bool(b)) => a == b,
-        (Value::IntValue(a), Scalar::Int(b)) => a == b,
-        (Value::DoubleValue(a), Scalar::Float(b)) => a == b,
-        (Value::DoubleValue(a), Scalar::Int(b)) => *a == *b as f64,
-        (Value::IntValue(a), Scalar::Float(b)) => *a as f64 == *b,
-        (v, s) => attrs::value_as_str(v).is_some_and(|t| t == s.to_string()),
+        (ValueRef::Bool(a), Scalar::Bool(b)) => a == b,
+        (ValueRef::Int(a), Scalar::Int(b)) => a == b,
+        (ValueRef::Double(a), Scalar::Float(b)) => a == b,
+        (ValueRef::Double(a), Scalar::Int(b)) => *a == *b as f64,
+        (ValueRef::Int(a), Scalar::Float(b)) => *a as f64 == *b,
+        (v, s) => v.as_text().is_some_and(|t| t == s.to_string()),
     }
 }
 
 /// An attribute of the span, else of its resource.
-fn attr<'a>(span: &'a [KeyValue], res: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attrs::get(span, key).or_else(|| attrs::get(res, key))
+fn attr<'a, S: SpanRead + ?Sized, R: ResRead + ?Sized>(span: &'a S, res: &'a R, key: &str) -> Option<ValueRef<'a>> {
+    span.attr(key).or_else(|| res.attr(key))
 }
 
-fn attr_string(span: &[KeyValue], res: &[KeyValue], key: &str) -> Option<Box<str>> {
+fn attr_string<S: SpanRead + ?Sized, R: ResRead + ?Sized>(span: &S, res: &R, key: &str) -> Option<Box<str>> {
     attr(span, res, key)
-        .and_then(attrs::value_as_str)
+        .and_then(|v| v.as_text())
         .filter(|s| !s.is_empty())
         .map(|s| Box::from(s.as_ref()))
 }
 
 impl OpSpec {
-    fn matches(&self, span: &Span, res: &[KeyValue], service: &str) -> bool {
+    fn matches<S: SpanRead + ?Sized, R: ResRead + ?Sized>(&self, span: &S, res: &R, service: &str) -> bool {
         (self.services.is_empty() || self.services.iter().any(|s| s == service))
-            && (self.span_names.is_empty() || self.span_names.contains(&span.name))
-            && self.regex.as_ref().is_none_or(|r| r.is_match(&span.name))
+            && (self.span_names.is_empty() || self.span_names.iter().any(|n| n == span.name()))
+            && self.regex.as_ref().is_none_or(|r| r.is_match(span.name()))
             && self
                 .attributes
                 .iter()
-                .all(|(k, want)| attr(&span.attributes, res, k).is_some_and(|v| scalar_eq(v, want)))
+                .all(|(k, want)| attr(span, res, k).is_some_and(|v| scalar_eq(&v, want)))
     }
 
-    fn failed(&self, span: &Span, res: &[KeyValue]) -> bool {
-        let error = span.status.as_ref().is_some_and(|s| s.code == StatusCode::Error as i32);
-        (self.on_error && error)
-            || self
-                .conditions
-                .iter()
-                .any(|c| c.holds(attr(&span.attributes, res, &c.attribute)))
+    fn failed<S: SpanRead + ?Sized, R: ResRead + ?Sized>(&self, span: &S, res: &R) -> bool {
+        (self.on_error && span.is_error()) || self.conditions.iter().any(|c| c.holds(attr(span, res, &c.attribute)))
     }
 }
 
@@ -704,14 +700,18 @@ impl Engine {
     }
 
     /// The currency of an operation's value.
-    fn currency_of(spec: &ValueConfig, span: &[KeyValue], res: &[KeyValue]) -> Option<Currency> {
+    fn currency_of<S: SpanRead + ?Sized, R: ResRead + ?Sized>(
+        spec: &ValueConfig,
+        span: &S,
+        res: &R,
+    ) -> Option<Currency> {
         attr(span, res, &spec.currency_attribute)
-            .and_then(attrs::value_as_str)
+            .and_then(|v| v.as_text())
             .and_then(|s| Currency::new(&s).ok())
             .or(spec.default_currency)
     }
 
-    /// Reads the spans of one request.
+    /// Reads the spans of one decoded request.
     pub fn ingest(&mut self, req: &ExportTraceServiceRequest) {
         let mut newest = self.max_event;
         for rs in &req.resource_spans {
@@ -719,35 +719,80 @@ impl Engine {
             let service = attrs::get_str(res, "service.name").unwrap_or("");
             for ss in &rs.scope_spans {
                 for span in &ss.spans {
-                    let t = if span.end_time_unix_nano != 0 {
-                        span.end_time_unix_nano
-                    } else {
-                        span.start_time_unix_nano
-                    };
-                    if t == 0 {
-                        continue;
-                    }
-                    newest = newest.max(t);
-                    let error = span.status.as_ref().is_some_and(|s| s.code == StatusCode::Error as i32);
-                    if error {
-                        self.causes.observe(
-                            id16(&span.trace_id),
-                            t,
-                            ErrorSpan {
-                                span_id: id8(&span.span_id),
-                                parent: id8(&span.parent_span_id),
-                                cause: Cause {
-                                    service: service.to_string(),
-                                    span_name: span.name.clone(),
-                                    status_message: span.status.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
-                                },
-                            },
-                        );
-                    }
-                    self.ingest_span(span, res, service, t);
+                    self.observe(span, res, service, &mut newest);
                 }
             }
         }
+        self.finish_ingest(newest);
+    }
+
+    /// Reads the spans of one encoded `ExportTraceServiceRequest` through zero-copy views
+    /// ([`view::for_each_span`]), with exactly the semantics of [`Engine::ingest`]: a span is parsed
+    /// in one walk over its fields, attributes are read only for matched operations and ERROR spans,
+    /// and only what the engine keeps is allocated.
+    pub fn ingest_encoded(&mut self, request: &[u8]) {
+        let mut newest = self.max_event;
+        let mut services = ServiceCache::default();
+        view::for_each_span(request, |res, span| {
+            let service = services.of(res);
+            self.observe(span, res, service, &mut newest);
+        });
+        self.finish_ingest(newest);
+    }
+
+    /// Reads the spans of `t` by the cheaper path for the form it is held in: decoded structs when
+    /// it holds them (e.g. from the OTLP/JSON receiver), else views over its encoding (never decoded).
+    pub fn ingest_traces(&mut self, t: &mut Traces) {
+        if let Some(req) = t.decoded() {
+            self.ingest(req);
+            return;
+        }
+        let mut newest = self.max_event;
+        let mut services = ServiceCache::default();
+        t.for_each_span(|res, span| {
+            let service = services.of(res);
+            self.observe(span, res, service, &mut newest);
+        });
+        self.finish_ingest(newest);
+    }
+
+    /// One span of a request: its event time, its root-cause record if ERROR, the operations it is.
+    fn observe<S: SpanRead + ?Sized, R: ResRead + ?Sized>(
+        &mut self,
+        span: &S,
+        res: &R,
+        service: &str,
+        newest: &mut u64,
+    ) {
+        let t = if span.end_time() != 0 {
+            span.end_time()
+        } else {
+            span.start_time()
+        };
+        if t == 0 {
+            return;
+        }
+        *newest = (*newest).max(t);
+        if span.is_error() {
+            self.causes.observe(
+                id16(span.trace_id()),
+                t,
+                ErrorSpan {
+                    span_id: id8(span.span_id()),
+                    parent: id8(span.parent_span_id()),
+                    cause: Cause {
+                        service: service.to_string(),
+                        span_name: span.name().to_string(),
+                        status_message: span.status_message().to_string(),
+                    },
+                },
+            );
+        }
+        self.ingest_span(span, res, service, t);
+    }
+
+    /// After the spans of a request: move the watermark, bound the pending operations.
+    fn finish_ingest(&mut self, newest: u64) {
         self.max_event = newest;
         self.advance_to(newest.saturating_sub(self.c.lateness));
         while self.pending.len() > self.c.max_pending {
@@ -761,14 +806,14 @@ impl Engine {
         self.sync_book();
     }
 
-    fn ingest_span(&mut self, span: &Span, res: &[KeyValue], service: &str, t: u64) {
+    fn ingest_span<S: SpanRead + ?Sized, R: ResRead + ?Sized>(&mut self, span: &S, res: &R, service: &str, t: u64) {
         let mut checked = false;
         for i in 0..self.c.ops.len() {
             let spec = &self.c.ops[i];
             if !spec.matches(span, res, service) {
                 continue;
             }
-            let id = span_key(&span.trace_id, &span.span_id);
+            let id = span_key(span.trace_id(), span.span_id());
             if !checked {
                 checked = true;
                 if self.dedup.seen.contains(&id) {
@@ -782,14 +827,14 @@ impl Engine {
                 self.dedup.seen.insert(id);
             }
             let success = !spec.failed(span, res);
-            let a = &span.attributes;
+            let a = span;
             let key = attr_string(a, res, &spec.key);
             let customer = match &self.c.customer_attr {
                 Some(k) => attr_string(a, res, k),
                 None => key.clone(),
             };
             let value = match attr(a, res, &spec.value.attribute) {
-                Some(v) => match amount::money_from_value(v, Self::currency_of(&spec.value, a, res)) {
+                Some(v) => match amount::money_from_ref(&v, Self::currency_of(&spec.value, a, res)) {
                     Ok(m) => Some(m),
                     Err(_) => {
                         self.stats.invalid_value.add(1);
@@ -812,11 +857,11 @@ impl Engine {
             let failure = (!success).then(|| {
                 Box::new(Cause {
                     service: service.to_string(),
-                    span_name: span.name.clone(),
-                    status_message: span.status.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
+                    span_name: span.name().to_string(),
+                    status_message: span.status_message().to_string(),
                 })
             });
-            let duration_s = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) as f64 / 1e9;
+            let duration_s = span.end_time().saturating_sub(span.start_time()) as f64 / 1e9;
             self.seq += 1;
             self.pending.push(Pending(Box::new(PendingOp {
                 time: t,
@@ -829,7 +874,7 @@ impl Engine {
                 customer,
                 tier: attr_string(a, res, &self.c.tier_attr),
                 order: attr_string(a, res, &self.c.order_attr),
-                items: attr(a, res, &self.c.items_attr).and_then(attrs::value_as_i64),
+                items: attr(a, res, &self.c.items_attr).and_then(|v| v.as_i64()),
                 value,
                 series,
                 failure,
@@ -1403,6 +1448,27 @@ impl Engine {
 
     pub fn incident_open(&self, i: usize) -> bool {
         self.ops.get(i).is_some_and(|o| o.incident.is_some())
+    }
+}
+
+/// `service.name` of the resource of the previous span, remembered by the address of the resource's
+/// bytes: the spans of one resource are read one after another.
+#[derive(Default)]
+struct ServiceCache<'a> {
+    last: Option<(usize, usize, &'a str)>,
+}
+
+impl<'a> ServiceCache<'a> {
+    fn of(&mut self, res: &view::ResourceView<'a>) -> &'a str {
+        let id = (res.as_bytes().as_ptr() as usize, res.as_bytes().len());
+        match self.last {
+            Some((p, l, s)) if (p, l) == id => s,
+            _ => {
+                let s = res.service_name();
+                self.last = Some((id.0, id.1, s));
+                s
+            }
+        }
     }
 }
 

@@ -54,6 +54,12 @@
 //!   starts from zero with a new start time, which Prometheus reads as a counter reset. State (episodes,
 //!   windows, incidents) is not persisted.
 //!
+//! **Reading spans.** Traces held encoded (as the OTLP receivers hand them on) are read through
+//! zero-copy views over the bytes ([`bizpilot_core::Traces::for_each_span`]), never decoded: a span
+//! costs one walk over its fields; attributes are read only for matched operations and ERROR spans,
+//! and only what the engine keeps is allocated. Traces that arrive decoded (OTLP/JSON) are read as
+//! they are. Both paths give identical results.
+//!
 //! # Metrics (cumulative; names as Prometheus shows them through the `prometheus` exporter)
 //!
 //! | OpenTelemetry | Prometheus | type | attributes |
@@ -164,6 +170,7 @@ pub mod config;
 pub mod engine;
 pub mod incident;
 pub mod output;
+mod read;
 pub mod series;
 pub mod sketch;
 
@@ -369,13 +376,9 @@ impl Task {
                         last_arrival = Instant::now();
                         self.engine.set_now(wall_ns());
                         match &mut batch.payload {
-                            Payload::Traces(t) => match t.message() {
-                                Ok(req) => self.engine.ingest(req),
-                                Err(e) => {
-                                    tracing::warn!(connector = %self.id, error = %e, "cannot decode traces; dropped");
-                                    batch.fail();
-                                }
-                            },
+                            // Views over the encoding (never decoded), or the decoded structs when the
+                            // data arrived decoded. Receivers validated the bytes: views cannot fail.
+                            Payload::Traces(t) => self.engine.ingest_traces(t),
                             other => {
                                 tracing::warn!(connector = %self.id, signal = %other.signal(), "not traces; dropped");
                                 batch.fail();

@@ -70,10 +70,30 @@ fn tier_counts(e: &Engine, op: usize) -> BTreeMap<String, (u64, u64)> {
     m
 }
 
-#[test]
-fn a_generated_outage_yields_the_ground_truth() {
-    let work = Shop::generate(&shop_config()).unwrap();
-    let truth = &work.truth;
+/// How the engine is fed in a test.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    /// Decoded requests ([`Engine::ingest`]).
+    Decoded,
+    /// Encoded requests through views ([`Engine::ingest_traces`] on bytes).
+    Views,
+}
+
+fn feed(e: &mut Engine, req: &ExportTraceServiceRequestT, path: Path) {
+    match path {
+        Path::Decoded => e.ingest(req),
+        Path::Views => {
+            let mut t = Traces::from_bytes(prost::Message::encode_to_vec(req).into()).unwrap();
+            e.ingest_traces(&mut t);
+            assert!(t.decoded().is_none(), "the view path does not decode");
+        }
+    }
+}
+
+type ExportTraceServiceRequestT = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+/// The engine after the generated outage workload, fed by `path`.
+fn outage_engine(work: &bizpilot_shopgen::Workload, path: Path) -> Engine {
     // The business state knows every order (events applied first: the join itself is the enrich processor's).
     let state = Arc::new(BusinessState::new(
         "business_state",
@@ -93,9 +113,75 @@ fn a_generated_outage_yields_the_ground_truth() {
     let cfg: BusinessImpactConfig = parse_config(&raw).unwrap();
     let mut e = Engine::new(Compiled::new(&cfg, Some(state), None, None).unwrap(), "business_impact");
     for req in work.trace_requests(200) {
-        e.ingest(&req);
+        feed(&mut e, &req, path);
     }
     e.flush();
+    e
+}
+
+#[test]
+fn a_generated_outage_yields_the_ground_truth() {
+    outage_matches_truth(Path::Decoded);
+}
+
+#[test]
+fn a_generated_outage_yields_the_ground_truth_through_views() {
+    outage_matches_truth(Path::Views);
+}
+
+/// Both paths give identical figures, records and self-telemetry on the same workload.
+#[test]
+fn decoded_and_view_paths_agree_on_everything() {
+    let work = Shop::generate(&shop_config()).unwrap();
+    let mut a = outage_engine(&work, Path::Decoded);
+    let mut b = outage_engine(&work, Path::Views);
+    assert_eq!(a.metrics(1, 2), b.metrics(1, 2), "metrics");
+    assert_eq!(a.take_logs(), b.take_logs(), "impact and incident records");
+    let counts = |e: &Engine| {
+        let s = e.stats();
+        [
+            &s.operations,
+            &s.duplicates,
+            &s.late,
+            &s.forced,
+            &s.missing_key,
+            &s.missing_value,
+            &s.invalid_value,
+            &s.evicted_keys,
+            &s.evicted_span_ids,
+            &s.overflowed_points,
+        ]
+        .map(|c| c.get())
+    };
+    assert_eq!(counts(&a), counts(&b), "stats");
+    let (ba, bb) = (a.book(), b.book());
+    let (ba, bb) = (ba.lock().unwrap(), bb.lock().unwrap());
+    assert_eq!(
+        format!("{:?}", ba.operations),
+        format!("{:?}", bb.operations),
+        "summaries"
+    );
+    assert_eq!(
+        format!("{:?}", ba.records().collect::<Vec<_>>()),
+        format!("{:?}", bb.records().collect::<Vec<_>>()),
+        "impact records"
+    );
+    assert_eq!(
+        format!("{:?}", ba.incidents().collect::<Vec<_>>()),
+        format!("{:?}", bb.incidents().collect::<Vec<_>>()),
+        "incidents"
+    );
+    drop((ba, bb));
+    assert_eq!(
+        (a.watermark(), a.pending(), a.active_keys()),
+        (b.watermark(), b.pending(), b.active_keys())
+    );
+}
+
+fn outage_matches_truth(path: Path) {
+    let work = Shop::generate(&shop_config()).unwrap();
+    let truth = &work.truth;
+    let e = outage_engine(&work, path);
     assert_eq!(e.stats().late.get(), 0, "allowed_lateness covers the injected lateness");
     assert!(
         e.stats().duplicates.get() > 0,

@@ -1,9 +1,18 @@
 //! The compiled rule engine of the `enrich` processor: rules, the state join and
-//! the lookup joins, applied synchronously to decoded OTLP requests.
+//! the lookup joins, applied synchronously to OTLP requests, on two paths with the
+//! same semantics:
 //!
-//! Everything is compiled once ([`Engine::new`]): regexes, attribute names,
-//! thresholds. Per item, a rule whose condition fails or whose source attribute
-//! is absent costs a few comparisons and allocates nothing.
+//! - **encoded** ([`Engine::apply_encoded`], the processor's hot path): spans are read
+//!   through zero-copy views over the request bytes and the attributes the rules add or
+//!   remove are written through [`bizpilot_core::Traces::try_rewrite_spans`]; a request is
+//!   never decoded nor re-encoded, only changed spans are re-written (see [`super::target`]);
+//! - **decoded** ([`Engine::apply_traces`]): owned structs changed in place; used for log
+//!   records, for data that arrived decoded (OTLP/JSON), and for a request in which a span
+//!   must wait in the join window (held spans are kept decoded).
+//!
+//! Everything is compiled once ([`Engine::new`]): regexes, attribute names (with their
+//! slots in the engine's vocabulary), thresholds. Per item, a rule whose condition fails or
+//! whose source attribute is absent costs a few comparisons and allocates nothing.
 
 use metrics::{Counter, Gauge, counter, gauge};
 use regex::Regex;
@@ -12,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bizpilot_business::attrs::{self, KeyValue, Value};
 use bizpilot_business::{BusinessState, Lookup, LookupTable, amount};
+use bizpilot_core::view::ValueRef;
 use bizpilot_core::{Ack, Batch, Currency, Extensions, MoneyError, Payload, Traces, parse_config};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -25,6 +35,7 @@ use super::config::{
     default_target, threshold_nanos,
 };
 use super::hold::{HeldSpan, Holder, ResHeader, ScopeHeader};
+use super::target::{self, Decoded, Key, NewValue, Scratch, Target, Vocab};
 
 /// What the engine reads and writes on a span or a log record.
 pub trait Item {
@@ -87,15 +98,15 @@ impl Scalar {
 
     /// Equality of an attribute value with this scalar: same type compares
     /// natively (numbers numerically), different types compare as text.
-    fn matches(&self, v: &Value) -> bool {
+    fn matches(&self, v: &ValueRef<'_>) -> bool {
         match (v, &self.kind) {
-            (Value::StringValue(s), _) => *s == self.text,
-            (Value::IntValue(i), ScalarConfig::Int(j)) => i == j,
-            (Value::IntValue(i), ScalarConfig::Float(f)) => (*i as f64) == *f,
-            (Value::DoubleValue(d), ScalarConfig::Float(f)) => d == f,
-            (Value::DoubleValue(d), ScalarConfig::Int(j)) => *d == (*j as f64),
-            (Value::BoolValue(a), ScalarConfig::Bool(b)) => a == b,
-            (other, ScalarConfig::Str(t)) => attrs::value_as_str(other).is_some_and(|s| s == t.as_str()),
+            (ValueRef::Str(s), _) => *s == self.text,
+            (ValueRef::Int(i), ScalarConfig::Int(j)) => i == j,
+            (ValueRef::Int(i), ScalarConfig::Float(f)) => (*i as f64) == *f,
+            (ValueRef::Double(d), ScalarConfig::Float(f)) => d == f,
+            (ValueRef::Double(d), ScalarConfig::Int(j)) => *d == (*j as f64),
+            (ValueRef::Bool(a), ScalarConfig::Bool(b)) => a == b,
+            (other, ScalarConfig::Str(t)) => other.as_text().is_some_and(|s| s == t.as_str()),
             _ => false,
         }
     }
@@ -108,12 +119,12 @@ struct Condition {
     resource: Vec<(String, Scalar)>,
     names: Vec<String>,
     name_regex: Option<Regex>,
-    attributes: Vec<(String, Scalar)>,
-    exists: Vec<String>,
+    attributes: Vec<(Key, Scalar)>,
+    exists: Vec<Key>,
 }
 
 impl Condition {
-    fn compile(w: &WhenConfig) -> Result<Condition, String> {
+    fn compile(w: &WhenConfig, vocab: &mut Vocab) -> Result<Condition, String> {
         Ok(Condition {
             services: w.service.as_ref().map(|s| s.to_vec()).unwrap_or_default(),
             resource: w.resource.iter().map(|(k, v)| (k.clone(), Scalar::new(v))).collect(),
@@ -122,8 +133,12 @@ impl Condition {
                 Some(r) => Some(Regex::new(r).map_err(|e| format!("span_name_regex: {e}"))?),
                 None => None,
             },
-            attributes: w.attributes.iter().map(|(k, v)| (k.clone(), Scalar::new(v))).collect(),
-            exists: w.exists.clone(),
+            attributes: w
+                .attributes
+                .iter()
+                .map(|(k, v)| (vocab.key(k), Scalar::new(v)))
+                .collect(),
+            exists: w.exists.iter().map(|k| vocab.key(k)).collect(),
         })
     }
 
@@ -131,21 +146,21 @@ impl Condition {
         !self.services.is_empty() || !self.resource.is_empty()
     }
 
-    fn resource_matches(&self, res: &[KeyValue]) -> bool {
+    /// Whether the resource whose attributes `get` reads matches.
+    fn resource_matches<'r>(&self, get: &impl Fn(&str) -> Option<ValueRef<'r>>) -> bool {
         if !self.services.is_empty() {
-            let Some(svc) = attrs::get_str(res, "service.name") else {
+            let svc = get("service.name");
+            let Some(svc) = svc.as_ref().and_then(|v| v.as_str()) else {
                 return false;
             };
             if !self.services.iter().any(|s| s == svc) {
                 return false;
             }
         }
-        self.resource
-            .iter()
-            .all(|(k, v)| attrs::get(res, k).is_some_and(|x| v.matches(x)))
+        self.resource.iter().all(|(k, v)| get(k).is_some_and(|x| v.matches(&x)))
     }
 
-    fn item_matches<I: Item>(&self, item: &I) -> bool {
+    fn item_matches<T: Target>(&self, item: &T) -> bool {
         if !self.names.is_empty() && !self.names.iter().any(|n| n == item.name()) {
             return false;
         }
@@ -154,35 +169,34 @@ impl Condition {
         {
             return false;
         }
-        let a = item.attributes();
-        self.exists.iter().all(|k| attrs::contains(a, k))
+        self.exists.iter().all(|k| item.contains(k))
             && self
                 .attributes
                 .iter()
-                .all(|(k, v)| attrs::get(a, k).is_some_and(|x| v.matches(x)))
+                .all(|(k, v)| item.get(k).is_some_and(|x| v.matches(&x)))
     }
 }
 
 #[derive(Debug)]
 enum MoneySource {
-    Value(String),
-    UnitsNanos(String, Option<String>),
+    Value(Key),
+    UnitsNanos(Key, Option<Key>),
 }
 
 #[derive(Debug)]
 struct ParseMoney {
     source: MoneySource,
-    currency_from: Option<String>,
+    currency_from: Option<Key>,
     default_currency: Option<Currency>,
-    to: String,
-    currency_to: String,
+    to: Key,
+    currency_to: Key,
     overwrite: bool,
 }
 
 #[derive(Debug)]
 struct Classify {
-    from: String,
-    to: String,
+    from: Key,
+    to: Key,
     /// Ascending (lower bound in nano-units, label).
     thresholds: Vec<(i128, String)>,
     otherwise: Option<String>,
@@ -191,12 +205,12 @@ struct Classify {
 
 #[derive(Debug)]
 enum Action {
-    Copy { from: String, to: String, overwrite: bool },
-    Rename { from: String, to: String, overwrite: bool },
+    Copy { from: Key, to: Key, overwrite: bool },
+    Rename { from: Key, to: Key, overwrite: bool },
     ParseMoney(ParseMoney),
-    Set { key: String, value: Value, overwrite: bool },
+    Set { key: Key, value: Value, overwrite: bool },
     Classify(Classify),
-    Delete(Vec<String>),
+    Delete(Vec<Key>),
 }
 
 #[derive(Debug)]
@@ -209,13 +223,13 @@ struct Rule {
 
 /// Whether `key` may be written: it is named and absent, or overwriting is allowed.
 #[inline]
-fn writable(a: &[KeyValue], key: &str, overwrite: bool) -> bool {
-    !key.is_empty() && (overwrite || !attrs::contains(a, key))
+fn writable<T: Target>(a: &T, key: &Key, overwrite: bool) -> bool {
+    !key.name.is_empty() && (overwrite || !a.contains(key))
 }
 
 impl Rule {
-    fn compile(r: &RuleConfig, res_slots: &mut usize) -> Result<Rule, String> {
-        let cond = r.when.as_ref().map(Condition::compile).transpose()?;
+    fn compile(r: &RuleConfig, res_slots: &mut usize, vocab: &mut Vocab) -> Result<Rule, String> {
+        let cond = r.when.as_ref().map(|w| Condition::compile(w, vocab)).transpose()?;
         let res_slot = match &cond {
             Some(c) if c.has_resource_part() => {
                 *res_slots += 1;
@@ -225,28 +239,28 @@ impl Rule {
         };
         let action = if let Some(c) = &r.copy {
             Action::Copy {
-                from: c.from.clone(),
-                to: c.to.clone().unwrap_or_else(|| default_target(&c.from)),
+                from: vocab.key(&c.from),
+                to: vocab.key(&c.to.clone().unwrap_or_else(|| default_target(&c.from))),
                 overwrite: c.overwrite,
             }
         } else if let Some(c) = &r.rename {
             Action::Rename {
-                from: c.from.clone(),
-                to: c.to.clone().unwrap_or_else(|| default_target(&c.from)),
+                from: vocab.key(&c.from),
+                to: vocab.key(&c.to.clone().unwrap_or_else(|| default_target(&c.from))),
                 overwrite: c.overwrite,
             }
         } else if let Some(m) = &r.parse_money {
-            Action::ParseMoney(compile_money(m)?)
+            Action::ParseMoney(compile_money(m, vocab)?)
         } else if let Some(s) = &r.set {
             Action::Set {
-                key: s.key.clone(),
+                key: vocab.key(&s.key),
                 value: Scalar::new(&s.value).to_value(),
                 overwrite: s.overwrite,
             }
         } else if let Some(c) = &r.classify {
-            Action::Classify(compile_classify(c)?)
+            Action::Classify(compile_classify(c, vocab)?)
         } else if let Some(d) = &r.delete {
-            Action::Delete(d.to_vec())
+            Action::Delete(d.to_vec().iter().map(|k| vocab.key(k)).collect())
         } else {
             return Err("a rule needs one action".into());
         };
@@ -254,7 +268,7 @@ impl Rule {
     }
 
     #[inline]
-    fn applies<I: Item>(&self, res_mask: &[bool], item: &I) -> bool {
+    fn applies<T: Target>(&self, res_mask: &[bool], item: &T) -> bool {
         if let Some(slot) = self.res_slot
             && !res_mask.get(slot).copied().unwrap_or(false)
         {
@@ -263,27 +277,40 @@ impl Rule {
         self.cond.as_ref().is_none_or(|c| c.item_matches(item))
     }
 
+    /// Whether the action reads or writes attribute `k`.
+    fn names(&self, k: &Key) -> bool {
+        let is = |x: &Key| x.slot == k.slot;
+        match &self.action {
+            Action::Copy { from, to, .. } | Action::Rename { from, to, .. } => is(from) || is(to),
+            Action::ParseMoney(m) => {
+                is(&m.to)
+                    || is(&m.currency_to)
+                    || m.currency_from.as_ref().is_some_and(is)
+                    || match &m.source {
+                        MoneySource::Value(v) => is(v),
+                        MoneySource::UnitsNanos(u, n) => is(u) || n.as_ref().is_some_and(is),
+                    }
+            }
+            Action::Set { key, .. } => is(key),
+            Action::Classify(c) => is(&c.from) || is(&c.to),
+            Action::Delete(keys) => keys.iter().any(is),
+        }
+    }
+
     /// Applies the action; returns whether the item changed.
-    fn apply<I: Item>(&self, item: &mut I, c: &mut Counts) -> bool {
-        let a = item.attributes_mut();
+    fn apply<T: Target>(&self, a: &mut T, c: &mut Counts) -> bool {
         match &self.action {
             Action::Copy { from, to, overwrite } => {
-                if from == to || !writable(a, to, *overwrite) {
+                if from.slot == to.slot || !writable(a, to, *overwrite) {
                     return false;
                 }
-                match attrs::get(a, from).cloned() {
-                    Some(v) => {
-                        attrs::set(a, to, v);
-                        true
-                    }
-                    None => false,
-                }
+                a.copy(from, to)
             }
             Action::Rename { from, to, overwrite } => {
-                if !attrs::contains(a, from) {
+                if !a.contains(from) {
                     return false;
                 }
-                attrs::rename(a, from, to, *overwrite);
+                a.rename(from, to, *overwrite);
                 true
             }
             Action::ParseMoney(m) => m.apply(a, c),
@@ -291,14 +318,14 @@ impl Rule {
                 if !writable(a, key, *overwrite) {
                     return false;
                 }
-                attrs::set(a, key, value.clone());
+                a.set(key, NewValue::Value(value));
                 true
             }
             Action::Classify(k) => k.apply(a),
             Action::Delete(keys) => {
                 let mut changed = false;
                 for k in keys {
-                    changed |= attrs::delete(a, k).is_some();
+                    changed |= a.delete(k);
                 }
                 changed
             }
@@ -306,48 +333,50 @@ impl Rule {
     }
 }
 
-fn compile_money(m: &ParseMoneyConfig) -> Result<ParseMoney, String> {
+fn compile_money(m: &ParseMoneyConfig, vocab: &mut Vocab) -> Result<ParseMoney, String> {
     let source = match (&m.from, &m.units) {
-        (Some(f), None) => MoneySource::Value(f.clone()),
-        (None, Some(u)) => MoneySource::UnitsNanos(u.clone(), m.nanos.clone()),
+        (Some(f), None) => MoneySource::Value(vocab.key(f)),
+        (None, Some(u)) => MoneySource::UnitsNanos(vocab.key(u), m.nanos.as_deref().map(|n| vocab.key(n))),
         _ => return Err("parse_money needs either from or units".into()),
     };
     Ok(ParseMoney {
         source,
-        currency_from: m.currency_from.clone(),
+        currency_from: m.currency_from.as_deref().map(|k| vocab.key(k)),
         default_currency: m.default_currency,
-        to: m.to.clone(),
-        currency_to: m.currency_to.clone(),
+        to: vocab.key(&m.to),
+        currency_to: vocab.key(&m.currency_to),
         overwrite: m.overwrite,
     })
 }
 
 impl ParseMoney {
-    fn apply(&self, a: &mut Vec<KeyValue>, c: &mut Counts) -> bool {
+    fn apply<T: Target>(&self, a: &mut T, c: &mut Counts) -> bool {
         if !writable(a, &self.to, self.overwrite) {
             return false;
         }
         let source_present = match &self.source {
-            MoneySource::Value(k) => attrs::contains(a, k),
-            MoneySource::UnitsNanos(u, _) => attrs::contains(a, u),
+            MoneySource::Value(k) => a.contains(k),
+            MoneySource::UnitsNanos(u, _) => a.contains(u),
         };
         if !source_present {
             return false;
         }
+        // The currency attribute counts only as a string.
         let currency = self
             .currency_from
-            .as_deref()
-            .and_then(|k| attrs::get_str(a, k))
-            .and_then(|s| Currency::new(s).ok())
+            .as_ref()
+            .and_then(|k| a.get(k))
+            .and_then(|v| v.as_str().and_then(|s| Currency::new(s).ok()))
             .or(self.default_currency);
         let parsed = match &self.source {
-            MoneySource::Value(k) => match attrs::get(a, k) {
-                Some(v) => amount::money_from_value(v, currency),
+            MoneySource::Value(k) => match a.get(k) {
+                Some(v) => amount::money_from_ref(&v, currency),
                 None => return false,
             },
-            MoneySource::UnitsNanos(u, n) => match (attrs::get(a, u), currency) {
+            MoneySource::UnitsNanos(u, n) => match (a.get(u), currency) {
                 (Some(uv), Some(cur)) => {
-                    amount::money_from_units_nanos(uv, n.as_deref().and_then(|n| attrs::get(a, n)), cur)
+                    let nv = n.as_ref().and_then(|n| a.get(n));
+                    target::money_from_units_nanos(&uv, nv.as_ref(), cur)
                 }
                 (Some(_), None) => Err(MoneyError::Currency("missing".into())),
                 (None, _) => return false,
@@ -355,9 +384,9 @@ impl ParseMoney {
         };
         match parsed {
             Ok(m) => {
-                attrs::set_str(a, &self.to, m.amount_string());
+                a.set(&self.to, NewValue::Str(&m.amount_string()));
                 if writable(a, &self.currency_to, self.overwrite) {
-                    attrs::set_str(a, &self.currency_to, m.currency().as_str());
+                    a.set(&self.currency_to, NewValue::Str(m.currency().as_str()));
                 }
                 true
             }
@@ -369,15 +398,15 @@ impl ParseMoney {
     }
 }
 
-fn compile_classify(c: &ClassifyConfig) -> Result<Classify, String> {
+fn compile_classify(c: &ClassifyConfig, vocab: &mut Vocab) -> Result<Classify, String> {
     let thresholds = c
         .thresholds
         .iter()
         .map(|t| threshold_nanos(&t.min).map(|n| (n, t.label.clone())))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Classify {
-        from: c.from.clone(),
-        to: c.to.clone(),
+        from: vocab.key(&c.from),
+        to: vocab.key(&c.to),
         thresholds,
         otherwise: c.otherwise.clone(),
         overwrite: c.overwrite,
@@ -385,11 +414,11 @@ fn compile_classify(c: &ClassifyConfig) -> Result<Classify, String> {
 }
 
 impl Classify {
-    fn apply(&self, a: &mut Vec<KeyValue>) -> bool {
+    fn apply<T: Target>(&self, a: &mut T) -> bool {
         if !writable(a, &self.to, self.overwrite) {
             return false;
         }
-        let Some(n) = attrs::get(a, &self.from).and_then(amount::decimal_nanos) else {
+        let Some(n) = a.get(&self.from).and_then(|v| amount::decimal_nanos_ref(&v)) else {
             return false;
         };
         let label = self
@@ -401,7 +430,7 @@ impl Classify {
             .or(self.otherwise.as_ref());
         match label {
             Some(l) => {
-                attrs::set_str(a, &self.to, l.clone());
+                a.set(&self.to, NewValue::Str(l));
                 true
             }
             None => false,
@@ -425,29 +454,72 @@ pub(crate) struct JoinOutcome {
     pub customer: Found,
 }
 
+/// The attributes the state join writes, compiled.
+#[derive(Debug)]
+struct JoinKeys {
+    customer_id: Key,
+    customer_tier: Key,
+    order_value: Key,
+    currency: Key,
+    cart_items: Key,
+}
+
 #[derive(Debug)]
 struct StateJoin {
     state: Arc<BusinessState>,
-    order_key: String,
-    customer_key: String,
-    to: JoinAttributes,
+    order_key: Key,
+    customer_key: Key,
+    to: JoinKeys,
 }
 
-fn put_str(a: &mut Vec<KeyValue>, key: &str, v: &str) -> bool {
+/// Adds a string attribute unless `key` is present (or not named).
+fn put_str<T: Target>(a: &mut T, key: &Key, v: &str) -> bool {
     if !writable(a, key, false) {
         return false;
     }
-    a.push(attrs::kv_str(key, v));
+    a.set(key, NewValue::Str(v));
     true
 }
 
 impl StateJoin {
-    fn join<I: Item>(&self, item: &mut I) -> JoinOutcome {
+    fn compile(
+        state: Arc<BusinessState>,
+        order_key: &str,
+        customer_key: &str,
+        to: &JoinAttributes,
+        vocab: &mut Vocab,
+    ) -> Self {
+        StateJoin {
+            state,
+            order_key: vocab.key(order_key),
+            customer_key: vocab.key(customer_key),
+            to: JoinKeys {
+                customer_id: vocab.key(&to.customer_id),
+                customer_tier: vocab.key(&to.customer_tier),
+                order_value: vocab.key(&to.order_value),
+                currency: vocab.key(&to.currency),
+                cart_items: vocab.key(&to.cart_items),
+            },
+        }
+    }
+
+    /// Whether the item carries an order key that the state does not know (yet); counts nothing.
+    fn order_unknown<T: Target>(&self, item: &T) -> bool {
+        if self.order_key.name.is_empty() {
+            return false;
+        }
+        match item.get(&self.order_key).as_ref().and_then(target::text) {
+            Some(k) => !self.state.orders.contains(&k),
+            None => false,
+        }
+    }
+
+    fn join<T: Target>(&self, a: &mut T) -> JoinOutcome {
         let mut out = JoinOutcome::default();
-        let order = if self.order_key.is_empty() {
+        let order = if self.order_key.name.is_empty() {
             None
         } else {
-            match attrs::get(item.attributes(), &self.order_key).and_then(attrs::value_as_str) {
+            match a.get(&self.order_key).as_ref().and_then(target::text) {
                 None => None,
                 Some(k) => {
                     let o = self.state.orders.get(&k);
@@ -456,14 +528,13 @@ impl StateJoin {
                 }
             }
         };
-        let a = item.attributes_mut();
         if let Some(o) = order {
             if let Some(c) = o.customer_id() {
                 out.changed |= put_str(a, &self.to.customer_id, c);
             }
             if let Some(v) = o.value() {
                 if writable(a, &self.to.order_value, false) {
-                    a.push(attrs::kv_str(&self.to.order_value, v.amount_string()));
+                    a.set(&self.to.order_value, NewValue::Str(&v.amount_string()));
                     out.changed = true;
                 }
                 out.changed |= put_str(a, &self.to.currency, v.currency().as_str());
@@ -471,16 +542,18 @@ impl StateJoin {
             if let Some(n) = o.item_count()
                 && writable(a, &self.to.cart_items, false)
             {
-                a.push(attrs::kv_i64(&self.to.cart_items, n));
+                a.set(&self.to.cart_items, NewValue::Int(n));
                 out.changed = true;
             }
             if let Some(t) = o.customer_tier() {
                 out.changed |= put_str(a, &self.to.customer_tier, t);
             }
         }
-        if !self.customer_key.is_empty() {
-            let customer = attrs::get(a, &self.customer_key)
-                .and_then(attrs::value_as_str)
+        if !self.customer_key.name.is_empty() {
+            let customer = a
+                .get(&self.customer_key)
+                .as_ref()
+                .and_then(target::text)
                 .map(|k| self.state.customers.get(&k));
             match customer {
                 None => {}
@@ -500,27 +573,26 @@ impl StateJoin {
 #[derive(Debug)]
 struct LookupJoin {
     lookup: Arc<Lookup>,
-    key: String,
-    columns: Vec<(String, String)>,
+    key: Key,
+    columns: Vec<(String, Key)>,
     overwrite: bool,
 }
 
 impl LookupJoin {
-    fn join<I: Item>(&self, table: &LookupTable, item: &mut I) -> (Found, bool) {
-        let row = match attrs::get(item.attributes(), &self.key).and_then(attrs::value_as_str) {
+    fn join<T: Target>(&self, table: &LookupTable, a: &mut T) -> (Found, bool) {
+        let row = match a.get(&self.key).as_ref().and_then(target::text) {
             None => return (Found::NoKey, false),
             Some(k) => table.get(&k),
         };
         let Some(row) = row else {
             return (Found::Miss, false);
         };
-        let a = item.attributes_mut();
         let mut changed = false;
         for (col, attr) in &self.columns {
             if let Some(v) = row.get(col)
                 && writable(a, attr, self.overwrite)
             {
-                attrs::set(a, attr, v.to_value());
+                a.set(attr, NewValue::Lookup(v));
                 changed = true;
             }
         }
@@ -709,6 +781,8 @@ pub struct Engine {
     lookups: Vec<LookupJoin>,
     window: Option<std::time::Duration>,
     max_held: usize,
+    /// Every attribute name the rules and joins read or write (slots of the view path).
+    vocab: Vocab,
     stats: Stats,
 }
 
@@ -732,10 +806,11 @@ impl Engine {
     /// Compiles `cfg`, resolving its extensions. `processor` and `pipeline` label the metrics.
     pub fn new(cfg: &EnrichConfig, extensions: &Extensions, processor: &str, pipeline: &str) -> Result<Engine, String> {
         let mut res_slots = 0;
+        let mut vocab = Vocab::default();
         let mut before = Vec::new();
         let mut after = Vec::new();
         for (i, r) in cfg.rules.iter().enumerate() {
-            let rule = Rule::compile(r, &mut res_slots).map_err(|e| format!("rules[{i}]: {e}"))?;
+            let rule = Rule::compile(r, &mut res_slots, &mut vocab).map_err(|e| format!("rules[{i}]: {e}"))?;
             if r.after_join {
                 after.push(rule);
             } else {
@@ -743,14 +818,15 @@ impl Engine {
             }
         }
         let state = match &cfg.join.state {
-            Some(id) => Some(StateJoin {
-                state: extensions
+            Some(id) => Some(StateJoin::compile(
+                extensions
                     .get::<BusinessState>(id)
                     .map_err(|e| format!("join.state: {e}"))?,
-                order_key: cfg.join.order_key.clone(),
-                customer_key: cfg.join.customer_key.clone(),
-                to: cfg.join.attributes.clone(),
-            }),
+                &cfg.join.order_key,
+                &cfg.join.customer_key,
+                &cfg.join.attributes,
+                &mut vocab,
+            )),
             None => None,
         };
         let mut lookups = Vec::new();
@@ -763,8 +839,8 @@ impl Engine {
                 lookup: extensions
                     .get::<Lookup>(id)
                     .map_err(|e| format!("lookups[{i}].extension: {e}"))?,
-                key: l.key.clone(),
-                columns: l.attributes.iter().map(|(c, a)| (c.clone(), a.clone())).collect(),
+                key: vocab.key(&l.key),
+                columns: l.attributes.iter().map(|(c, a)| (c.clone(), vocab.key(a))).collect(),
                 overwrite: l.overwrite,
             });
         }
@@ -777,6 +853,7 @@ impl Engine {
             lookups,
             window,
             max_held: cfg.join.max_held_spans,
+            vocab,
             stats: Stats::new(processor, pipeline),
         })
     }
@@ -837,7 +914,8 @@ impl Engine {
         self.lookups.iter().map(|l| l.lookup.table()).collect()
     }
 
-    fn resource_mask(&self, res: &[KeyValue], mask: &mut Vec<bool>) {
+    /// Which resource-conditioned rules match the resource whose attributes `get` reads.
+    fn resource_mask<'r>(&self, get: impl Fn(&str) -> Option<ValueRef<'r>>, mask: &mut Vec<bool>) {
         mask.clear();
         if self.res_slots == 0 {
             return;
@@ -847,12 +925,12 @@ impl Engine {
             if let (Some(slot), Some(c)) = (r.res_slot, &r.cond)
                 && let Some(m) = mask.get_mut(slot)
             {
-                *m = c.resource_matches(res);
+                *m = c.resource_matches(&get);
             }
         }
     }
 
-    fn run_rules<I: Item>(rules: &[Rule], rv: &ResView<'_>, item: &mut I, c: &mut Counts) -> bool {
+    fn run_rules<T: Target>(rules: &[Rule], rv: &ResView<'_>, item: &mut T, c: &mut Counts) -> bool {
         let mut changed = false;
         for r in rules {
             if r.applies(rv.mask, item) {
@@ -863,7 +941,7 @@ impl Engine {
     }
 
     /// Rules before the join, then the state join.
-    fn first_half<I: Item>(&self, rv: &ResView<'_>, item: &mut I, c: &mut Counts) -> (bool, JoinOutcome) {
+    fn first_half<T: Target>(&self, rv: &ResView<'_>, item: &mut T, c: &mut Counts) -> (bool, JoinOutcome) {
         let changed = Self::run_rules(&self.before, rv, item, c);
         let j = match &self.state {
             Some(s) => s.join(item),
@@ -873,11 +951,11 @@ impl Engine {
     }
 
     /// Lookups, then the rules after the join.
-    fn second_half<I: Item>(
+    fn second_half<T: Target>(
         &self,
         rv: &ResView<'_>,
         tables: &[Arc<LookupTable>],
-        item: &mut I,
+        item: &mut T,
         c: &mut Counts,
     ) -> bool {
         let mut changed = false;
@@ -893,7 +971,7 @@ impl Engine {
         changed | Self::run_rules(&self.after, rv, item, c)
     }
 
-    fn whole<I: Item>(&self, rv: &ResView<'_>, tables: &[Arc<LookupTable>], item: &mut I, c: &mut Counts) {
+    fn whole<T: Target>(&self, rv: &ResView<'_>, tables: &[Arc<LookupTable>], item: &mut T, c: &mut Counts) {
         c.items += 1;
         let (mut changed, j) = self.first_half(rv, item, c);
         changed |= self.second_half(rv, tables, item, c);
@@ -901,10 +979,19 @@ impl Engine {
         c.enriched += u64::from(changed);
     }
 
-    /// Enriches every span of `req` in place, without holding any (a span whose order is
-    /// unknown counts as a miss). Returns the number of spans changed.
+    /// Enriches every span of a decoded `req` in place, without holding any (a span whose order
+    /// is unknown counts as a miss). Returns the number of spans changed.
     pub fn apply_traces(&self, req: &mut ExportTraceServiceRequest) -> u64 {
         self.process_traces(req, None).enriched
+    }
+
+    /// Enriches every span of `t` on its encoding, through views, without decoding it and without
+    /// holding any span (the view path of the processor; data held only decoded is encoded once
+    /// first). Same semantics as [`Engine::apply_traces`] up to the order of attributes (an
+    /// attribute of the span's own that a rule replaces moves to the end). Returns the number of
+    /// spans changed.
+    pub fn apply_encoded(&self, t: &mut Traces) -> u64 {
+        self.process_encoded(t, None).map_or(0, |c| c.enriched)
     }
 
     /// Enriches every log record of `req` in place. Returns the number of records changed.
@@ -914,16 +1001,108 @@ impl Engine {
         let mut mask = Vec::new();
         for rl in &mut req.resource_logs {
             let res: &[KeyValue] = rl.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
-            self.resource_mask(res, &mut mask);
+            self.resource_mask(|k| target::decoded_get(res, k), &mut mask);
             let rv = ResView { mask: &mask };
             for sl in &mut rl.scope_logs {
                 for rec in &mut sl.log_records {
-                    self.whole(&rv, &tables, rec, &mut c);
+                    self.whole(&rv, &tables, &mut Decoded(rec), &mut c);
                 }
             }
         }
         self.stats.add(&c);
         c.enriched
+    }
+
+    /// Enriches the spans of `t` on its encoding ([`Traces::rewrite_span_bytes`]): each span is read
+    /// through a view, the rules and joins run on an [`target::Overlay`] of its attributes, and only
+    /// spans that changed are re-written. Nothing is allocated per span beyond what the rules
+    /// produce (e.g. a parsed amount's text).
+    ///
+    /// With `hold` (the processor's join window) and room in the holder, a span whose order key is
+    /// not (yet) in the state must wait, and held spans are kept decoded: when
+    /// [`Engine::some_order_unknown`] finds such a span, nothing is done and `None` is returned (the
+    /// caller takes the decoded path for this request). Should an order vanish from the state
+    /// between that check and the join (its TTL ending in between), its span goes on as a miss.
+    pub(crate) fn process_encoded(&self, t: &mut Traces, hold: Option<&Holder>) -> Option<Counts> {
+        let may_hold = hold.is_some_and(|h| h.has_room(1));
+        if may_hold && self.some_order_unknown(t) {
+            return None;
+        }
+        // A holder without room: spans of unknown orders go on at once, counted.
+        let overflow = hold.is_some() && !may_hold;
+        let tables = self.tables();
+        let mut c = Counts::default();
+        let mut mask = Vec::new();
+        let mut last_res: Option<(usize, usize)> = None;
+        let mut scratch = Scratch::new(&self.vocab);
+        t.rewrite_span_bytes(|res, span, edit| {
+            let id = (res.as_bytes().as_ptr() as usize, res.as_bytes().len());
+            if last_res != Some(id) {
+                let attrs = res.attributes();
+                self.resource_mask(|k| attrs.get_raw(k).and_then(ValueRef::from_encoded), &mut mask);
+                last_res = Some(id);
+            }
+            let rv = ResView { mask: &mask };
+            let mut item = scratch.overlay(&self.vocab, span);
+            let (mut changed, j) = self.first_half(&rv, &mut item, &mut c);
+            if overflow && j.order == Found::Miss {
+                c.hold_overflow += 1;
+            }
+            c.items += 1;
+            changed |= self.second_half(&rv, &tables, &mut item, &mut c);
+            c.join(j);
+            c.enriched += u64::from(changed);
+            item.emit(edit);
+        });
+        self.stats.add(&c);
+        Some(c)
+    }
+
+    /// Whether a span of `t` carries, after the rules before the join, an order key the state does
+    /// not know (yet). Has no effect: counts nothing, asks the state with `contains`. When no rule
+    /// before the join names the order key, the key is read straight from the span's attributes;
+    /// otherwise those rules run on an overlay that is then dropped.
+    fn some_order_unknown(&self, t: &mut Traces) -> bool {
+        let Some(s) = &self.state else { return false };
+        if s.order_key.name.is_empty() {
+            return false;
+        }
+        let mut found = false;
+        if !self.before.iter().any(|r| r.names(&s.order_key)) {
+            t.for_each_span(|_, span| {
+                if !found
+                    && let Some(k) = span
+                        .attributes()
+                        .get_raw(&s.order_key.name)
+                        .and_then(ValueRef::from_encoded)
+                        .as_ref()
+                        .and_then(target::text)
+                {
+                    found = !s.state.orders.contains(&k);
+                }
+            });
+            return found;
+        }
+        let mut c = Counts::default();
+        let mut mask = Vec::new();
+        let mut last_res: Option<(usize, usize)> = None;
+        let mut scratch = Scratch::new(&self.vocab);
+        t.for_each_span(|res, span| {
+            if found {
+                return;
+            }
+            let id = (res.as_bytes().as_ptr() as usize, res.as_bytes().len());
+            if last_res != Some(id) {
+                let attrs = res.attributes();
+                self.resource_mask(|k| attrs.get_raw(k).and_then(ValueRef::from_encoded), &mut mask);
+                last_res = Some(id);
+            }
+            let rv = ResView { mask: &mask };
+            let mut item = scratch.overlay(&self.vocab, span.raw);
+            Self::run_rules(&self.before, &rv, &mut item, &mut c);
+            found = s.order_unknown(&item);
+        });
+        found
     }
 
     /// Enriches spans; with a hold context, spans whose order is not yet in the state are
@@ -939,13 +1118,14 @@ impl Engine {
                 schema_url,
             } = rs;
             let res: &[KeyValue] = resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
-            self.resource_mask(res, &mut mask);
+            self.resource_mask(|k| target::decoded_get(res, k), &mut mask);
             let rv = ResView { mask: &mask };
             let mut res_header: Option<Arc<ResHeader>> = None;
             for ss in scope_spans.iter_mut() {
                 // (index, changed before the hold) of spans to hold; allocates only when used.
                 let mut to_hold: Vec<(usize, bool)> = Vec::new();
                 for (i, span) in ss.spans.iter_mut().enumerate() {
+                    let span = &mut Decoded(span);
                     let (changed, j) = self.first_half(&rv, span, &mut c);
                     if j.order == Found::Miss
                         && let Some(h) = hold.as_ref()
@@ -990,7 +1170,7 @@ impl Engine {
                             let key = self
                                 .state
                                 .as_ref()
-                                .and_then(|s| attrs::get_string(&span.attributes, &s.order_key))
+                                .and_then(|s| attrs::get_string(&span.attributes, &s.order_key.name))
                                 .map(|k| k.into_owned())
                                 .unwrap_or_default();
                             h.holder.push(
@@ -1029,10 +1209,10 @@ impl Engine {
             let rv = ResView { mask: &h.res.mask };
             c.items += 1;
             let j = match &self.state {
-                Some(s) => s.join(&mut h.span),
+                Some(s) => s.join(&mut Decoded(&mut h.span)),
                 None => JoinOutcome::default(),
             };
-            let changed = h.changed | j.changed | self.second_half(&rv, &tables, &mut h.span, &mut c);
+            let changed = h.changed | j.changed | self.second_half(&rv, &tables, &mut Decoded(&mut h.span), &mut c);
             c.join(j);
             c.enriched += u64::from(changed);
             match why {

@@ -30,6 +30,17 @@
 //! Everything is compiled at start: regexes, attribute names, thresholds. A span
 //! that no rule matches costs comparisons only, and no allocation.
 //!
+//! **Encoded data stays encoded.** Traces as the OTLP receivers hand them on (protobuf
+//! bytes) are enriched on the bytes: each span is read through a zero-copy view, the
+//! rules and joins see its attributes plus what earlier rules added, and only the spans
+//! that change are re-written (new attributes appended, removed ones dropped, the
+//! enclosing lengths fixed); the request is never decoded into owned structs nor
+//! re-encoded. One visible difference with decoding: an attribute of the span's own that a
+//! rule replaces (`overwrite: true`) moves to the end of the list instead of keeping its
+//! place. The decoded path is taken for traces that arrive decoded (OTLP/JSON), for a
+//! request in which a span has to wait in the join window (held spans are kept decoded),
+//! and for log records.
+//!
 //! | key | default | meaning |
 //! | --- | --- | --- |
 //! | `rules` | `[]` | ordered rules, see below |
@@ -101,6 +112,7 @@
 mod config;
 mod engine;
 mod hold;
+mod target;
 
 pub use config::{
     ClassifyConfig, CopyConfig, EnrichConfig, JoinAttributes, JoinConfig, LookupJoinConfig, OneOrMany,
@@ -180,10 +192,19 @@ impl Processor for EnrichProcessor {
 }
 
 /// Enriches one batch; held spans leave it. `None` when nothing is left to send.
+///
+/// Traces held encoded (what the OTLP receivers hand on) are enriched on their bytes, through
+/// views ([`Engine::process_encoded`]): never decoded nor re-encoded. The decoded path is taken for
+/// traces that arrived decoded (OTLP/JSON: cheaper than encoding them first, the exporter encodes
+/// once anyway), for a request in which a span has to wait in the join window (held spans are
+/// kept decoded), and for log records.
 fn process(engine: &Engine, holder: Option<&mut Holder>, mut batch: Batch) -> Option<Batch> {
     let Batch { payload, acks } = &mut batch;
     match payload {
         Payload::Traces(t) => {
+            if t.encoded_bytes().is_some() && engine.process_encoded(t, holder.as_deref()).is_some() {
+                return Some(batch);
+            }
             let before = t.items();
             let msg = match t.message_mut() {
                 Ok(m) => m,

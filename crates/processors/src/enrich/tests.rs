@@ -5,6 +5,7 @@ use bizpilot_core::{Ack, ComponentId, Delivery, Output, PipelineId, Target, Trac
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,40 @@ fn spans(req: &ExportTraceServiceRequest) -> Vec<&Span> {
         .collect()
 }
 
+/// Which path of the engine the synchronous tests take.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    Decoded,
+    Views,
+}
+
+thread_local! {
+    static PATH: std::cell::Cell<Path> = const { std::cell::Cell::new(Path::Decoded) };
+}
+
+/// Runs a test body once per path.
+fn both_paths(body: fn()) {
+    for p in [Path::Decoded, Path::Views] {
+        PATH.with(|c| c.set(p));
+        body();
+    }
+}
+
+/// Enriches `req` by the current path: in place ([`Engine::apply_traces`]), or on its encoding
+/// ([`Engine::apply_encoded`]) and decoded back.
+fn apply(e: &Engine, req: &mut ExportTraceServiceRequest) -> u64 {
+    match PATH.with(|c| c.get()) {
+        Path::Decoded => e.apply_traces(req),
+        Path::Views => {
+            let mut t = Traces::from_bytes(req.encode_to_vec().into()).unwrap();
+            let n = e.apply_encoded(&mut t);
+            assert!(t.decoded().is_none(), "the view path does not decode");
+            *req = t.into_message().unwrap();
+            n
+        }
+    }
+}
+
 fn s(sp: &Span, k: &str) -> Option<String> {
     attrs::get_string(&sp.attributes, k).map(|c| c.into_owned())
 }
@@ -63,6 +98,10 @@ fn order_event(order: &str, customer: &str, amount: &str, t: u64) -> BusinessEve
 
 #[test]
 fn rules_apply_in_order_with_conditions() {
+    both_paths(rules_apply_in_order_with_conditions_on);
+}
+
+fn rules_apply_in_order_with_conditions_on() {
     let e = Engine::from_yaml(
         r#"
 rules:
@@ -120,7 +159,7 @@ rules:
         .resource_spans
         .remove(0),
     );
-    assert_eq!(e.apply_traces(&mut req), 3);
+    assert_eq!(apply(&e, &mut req), 3);
     let sp = spans(&req);
     let a = sp[0];
     assert_eq!(s(a, "business.order.id").as_deref(), Some("o-1"));
@@ -146,6 +185,10 @@ rules:
 
 #[test]
 fn first_source_wins_and_parse_errors_count() {
+    both_paths(first_source_wins_and_parse_errors_count_on);
+}
+
+fn first_source_wins_and_parse_errors_count_on() {
     let e = Engine::from_yaml(
         r#"
 rules:
@@ -173,7 +216,7 @@ rules:
             ],
         )],
     );
-    e.apply_traces(&mut req);
+    apply(&e, &mut req);
     let a = spans(&req)[0];
     assert_eq!(s(a, "business.order.id").as_deref(), Some("first"));
     assert_eq!(s(a, "v").as_deref(), Some("12.34"));
@@ -210,6 +253,10 @@ fn config_errors_name_the_path() {
 
 #[test]
 fn state_then_lookup_precedence() {
+    both_paths(state_then_lookup_precedence_on);
+}
+
+fn state_then_lookup_precedence_on() {
     let (mut exts, st) = state_exts(StateConfig::default());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("customers.csv");
@@ -252,7 +299,7 @@ lookups:
             span("d", vec![kv_str("demo.order.id", "o-404")]),
         ],
     );
-    e.apply_traces(&mut req);
+    apply(&e, &mut req);
     let sp = spans(&req);
     assert_eq!(s(sp[0], "business.customer.id").as_deref(), Some("c-1"));
     assert_eq!(s(sp[0], "business.order.value").as_deref(), Some("59.97"));
@@ -345,8 +392,12 @@ fn harness(yaml: &str, exts: &Extensions) -> Harness {
     }
 }
 
+/// A batch as the OTLP receivers hand it on: encoded.
 fn batch(req: ExportTraceServiceRequest, ack: Ack) -> Batch {
-    Batch::with_ack(Payload::Traces(Traces::from_message(req)), ack)
+    Batch::with_ack(
+        Payload::Traces(Traces::from_bytes(req.encode_to_vec().into()).unwrap()),
+        ack,
+    )
 }
 
 fn out_spans(b: &mut Batch) -> Vec<Span> {
@@ -451,4 +502,144 @@ async fn abort_fails_what_is_held() {
     h.abort.cancel();
     h.running.join().await.unwrap();
     assert_eq!(ack_rx.await.unwrap(), Delivery::Failed);
+}
+
+/// Overwrites, renames onto existing keys, deletes and value-less attributes: both paths give the
+/// same attributes (the view path appends a replaced attribute of the span's own at the end, where
+/// the decoded path replaces it in place: compared as sets, and the order is checked where it must
+/// agree).
+#[test]
+fn overwrite_rename_delete_agree_on_both_paths() {
+    let yaml = r#"
+rules:
+  - set: {key: own, value: replaced, overwrite: true}
+  - set: {key: fresh, value: 1}
+  - set: {key: fresh, value: 2, overwrite: true}
+  - rename: {from: r.from, to: r.to, overwrite: true}
+  - rename: {from: r.keep, to: kept}
+  - rename: {from: novalue, to: moved}
+  - copy: {from: novalue, to: never}
+  - copy: {from: fresh, to: fresh.copy}
+  - delete: [gone, fresh.copy]
+  - set: {key: fresh.copy, value: again}
+  - when: {exists: [moved], attributes: {fresh: 2}}
+    set: {key: saw.earlier.rules, value: true}
+  - parse_money: {units: u, nanos: n, currency_from: cur, to: money, currency_to: cur.out}
+  - classify: {from: money, to: size, thresholds: [{min: 0, label: s}, {min: 10, label: l}]}
+  - when: {attributes: {dup: first}}
+    set: {key: first.wins, value: yes}
+"#;
+    let req = || {
+        request(
+            "svc",
+            vec![span(
+                "s",
+                vec![
+                    kv_str("own", "original"),
+                    kv_str("r.from", "moved value"),
+                    kv_str("r.to", "old"),
+                    kv_str("r.keep", "k"),
+                    kv_str("kept", "already"),
+                    KeyValue {
+                        key: "novalue".into(),
+                        value: None,
+                        ..Default::default()
+                    },
+                    kv_str("gone", "x"),
+                    kv_str("gone", "y"),
+                    kv_i64("u", 12),
+                    kv_str("n", "500000000"),
+                    kv_str("cur", "EUR"),
+                    kv_str("dup", "first"),
+                    kv_str("dup", "second"),
+                    kv_str("other", "z"),
+                ],
+            )],
+        )
+    };
+    let e1 = Engine::from_yaml(yaml, &Extensions::default()).unwrap();
+    let e2 = Engine::from_yaml(yaml, &Extensions::default()).unwrap();
+    let mut a = req();
+    let na = e1.apply_traces(&mut a);
+    let mut t = Traces::from_bytes(req().encode_to_vec().into()).unwrap();
+    let nb = e2.apply_encoded(&mut t);
+    let b = t.into_message().unwrap();
+    assert_eq!((na, nb), (1, 1));
+    let (x, y) = (spans(&a)[0], spans(&b)[0]);
+    let sorted = |sp: &Span| {
+        let mut v: Vec<String> = sp.attributes.iter().map(|kv| format!("{kv:?}")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(x), sorted(y));
+    assert_eq!(s(x, "own").as_deref(), Some("replaced"));
+    assert_eq!(s(x, "r.to").as_deref(), Some("moved value"));
+    assert_eq!(s(x, "kept").as_deref(), Some("already"));
+    assert!(s(x, "r.keep").is_none() && s(x, "gone").is_none() && s(x, "never").is_none());
+    assert!(attrs::contains(&x.attributes, "moved"));
+    assert_eq!(s(x, "fresh").as_deref(), Some("2"));
+    assert_eq!(s(x, "fresh.copy").as_deref(), Some("again"));
+    assert_eq!(s(x, "saw.earlier.rules").as_deref(), Some("true"));
+    assert_eq!(s(x, "money").as_deref(), Some("12.50"));
+    assert_eq!(s(x, "cur.out").as_deref(), Some("EUR"));
+    assert_eq!(s(x, "size").as_deref(), Some("l"));
+    assert_eq!(s(x, "first.wins").as_deref(), Some("yes"));
+    // Attributes the rules added (not replacing one of the span's own) come in the same order.
+    let added = |sp: &Span| {
+        sp.attributes
+            .iter()
+            .map(|kv| kv.key.clone())
+            .filter(|k| ["fresh", "moved", "fresh.copy", "saw.earlier.rules", "money", "size"].contains(&k.as_str()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(added(x), added(y));
+    assert_eq!(e1.stats(), e2.stats());
+}
+
+/// With a join window, a request whose orders are all known, or that carries no order key, stays
+/// encoded (the view path); one with an unknown order takes the decoded path and its span waits.
+#[tokio::test(start_paused = true)]
+async fn the_view_path_is_taken_unless_a_span_must_wait() {
+    let (exts, st) = state_exts(StateConfig::default());
+    st.apply(&order_event("o-1", "c-1", "USD 10", 1));
+    let mut h = harness(WINDOW_YAML, &exts);
+    let known = request(
+        "checkout",
+        vec![
+            span("known", vec![kv_str("demo.order.id", "o-1")]),
+            span("plain", vec![]),
+        ],
+    );
+    h.tx.send(batch(known, Ack::new(|_| {}))).await.unwrap();
+    let mut b = h.rx.recv().await.unwrap();
+    let Payload::Traces(t) = &b.payload else {
+        panic!("traces")
+    };
+    assert!(t.decoded().is_none() && t.encoded_bytes().is_some(), "never decoded");
+    let got = out_spans(&mut b);
+    assert_eq!(s(&got[0], "business.customer.id").as_deref(), Some("c-1"));
+    assert_eq!(h.engine.stats().held, 0);
+
+    let unknown = request(
+        "checkout",
+        vec![
+            span("known", vec![kv_str("demo.order.id", "o-1")]),
+            span("unknown", vec![kv_str("demo.order.id", "o-2")]),
+        ],
+    );
+    h.tx.send(batch(unknown, Ack::new(|_| {}))).await.unwrap();
+    let mut b = h.rx.recv().await.unwrap();
+    let got = out_spans(&mut b);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].name, "known");
+    assert_eq!(s(&got[0], "business.customer.id").as_deref(), Some("c-1"));
+    let stats = h.engine.stats();
+    assert_eq!(
+        (stats.held, stats.order_hits, stats.order_misses),
+        (1, 2, 0),
+        "counted once: {stats:?}"
+    );
+    assert_eq!(st.orders.stats().hits, 2, "the state is asked once per span");
+    drop(h.tx);
+    h.running.join().await.unwrap();
 }

@@ -1,15 +1,46 @@
 use super::*;
 use crate::impact::api::ImpactApi;
 use crate::impact::config::BusinessImpactConfig;
+use bizpilot_business::attrs::Value;
 use bizpilot_business::attrs::{kv_i64, kv_str};
 use bizpilot_core::component::parse_config;
 use bizpilot_core::{ApiHandler, Currency};
 use bizpilot_shopgen::truth::{OperationOutcome, revenue_at_risk};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status::StatusCode};
 
 const S: u64 = 1_000_000_000;
+
+/// How the tests feed the engine: decoded requests, or their encoding through views.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    Decoded,
+    Views,
+}
+
+thread_local! {
+    static PATH: std::cell::Cell<Path> = const { std::cell::Cell::new(Path::Decoded) };
+}
+
+/// Runs a test body once per path ([`Engine::ingest`] and [`Engine::ingest_traces`] on bytes).
+fn both_paths(body: fn()) {
+    for p in [Path::Decoded, Path::Views] {
+        PATH.with(|c| c.set(p));
+        body();
+    }
+}
+
+fn feed(e: &mut Engine, req: &ExportTraceServiceRequest) {
+    match PATH.with(|c| c.get()) {
+        Path::Decoded => e.ingest(req),
+        Path::Views => {
+            let mut t =
+                bizpilot_core::Traces::from_bytes(prost::Message::encode_to_vec(req).into()).expect("valid request");
+            e.ingest_traces(&mut t);
+        }
+    }
+}
 
 /// A small deterministic PRNG (xorshift64*).
 struct Rng(u64);
@@ -133,6 +164,10 @@ fn usd(s: &str) -> Money {
 /// shopgen's oracle exactly.
 #[test]
 fn episodes_match_the_ground_truth_definition_in_any_arrival_order() {
+    both_paths(episodes_match_the_ground_truth_definition_in_any_arrival_order_on);
+}
+
+fn episodes_match_the_ground_truth_definition_in_any_arrival_order_on() {
     for seed in 1..=8u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let window = 300 * S;
@@ -175,7 +210,7 @@ fn episodes_match_the_ground_truth_definition_in_any_arrival_order() {
         let mut e = engine("{dedup_window: 300s, allowed_lateness: 120s}");
         for chunk in arrivals.chunks(1 + (seed as usize % 7)) {
             let batch: Vec<Sp> = chunk.iter().map(|(_, s)| s.clone()).collect();
-            e.ingest(&request(&batch));
+            feed(&mut e, &request(&batch));
         }
         e.flush();
         let st = &e.ops[0];
@@ -214,23 +249,27 @@ fn episodes_match_the_ground_truth_definition_in_any_arrival_order() {
 
 #[test]
 fn late_spans_are_dropped_and_duplicates_forgotten_in_bounded_time() {
+    both_paths(late_spans_are_dropped_and_duplicates_forgotten_in_bounded_time_on);
+}
+
+fn late_spans_are_dropped_and_duplicates_forgotten_in_bounded_time_on() {
     let mut e = engine("{dedup_window: 100s, allowed_lateness: 50s}");
-    e.ingest(&request(&[op_span(1, 1000 * S, "a", true, "10")]));
-    e.ingest(&request(&[op_span(2, 1100 * S, "b", true, "10")]));
+    feed(&mut e, &request(&[op_span(1, 1000 * S, "a", true, "10")]));
+    feed(&mut e, &request(&[op_span(2, 1100 * S, "b", true, "10")]));
     assert_eq!(e.watermark(), 1050 * S);
     assert_eq!(e.ops[0].operations, 1, "the first is final, the second waits");
     // Older than the watermark: late.
-    e.ingest(&request(&[op_span(3, 1040 * S, "c", true, "10")]));
+    feed(&mut e, &request(&[op_span(3, 1040 * S, "c", true, "10")]));
     assert_eq!(e.stats().late.get(), 1);
     // Within the lateness: counted where it belongs.
-    e.ingest(&request(&[op_span(4, 1060 * S, "d", true, "10")]));
+    feed(&mut e, &request(&[op_span(4, 1060 * S, "d", true, "10")]));
     assert_eq!(e.stats().late.get(), 1);
     // The same span again: a duplicate, also after it was finalized.
-    e.ingest(&request(&[op_span(1, 1000 * S, "a", true, "10")]));
+    feed(&mut e, &request(&[op_span(1, 1000 * S, "a", true, "10")]));
     assert_eq!(e.stats().duplicates.get(), 1);
     // Span ids are forgotten once `dedup_window` behind the watermark.
     assert_eq!(e.remembered_span_ids(), 3);
-    e.ingest(&request(&[op_span(5, 1500 * S, "e", true, "10")]));
+    feed(&mut e, &request(&[op_span(5, 1500 * S, "e", true, "10")]));
     assert_eq!(e.watermark(), 1450 * S);
     assert_eq!(e.remembered_span_ids(), 1, "only the pending one");
     e.flush();
@@ -241,8 +280,12 @@ fn late_spans_are_dropped_and_duplicates_forgotten_in_bounded_time() {
 
 #[test]
 fn idle_input_finalizes_and_max_pending_forces() {
+    both_paths(idle_input_finalizes_and_max_pending_forces_on);
+}
+
+fn idle_input_finalizes_and_max_pending_forces_on() {
     let mut e = engine("{allowed_lateness: 1h}");
-    e.ingest(&request(&[op_span(1, 1000 * S, "a", true, "10")]));
+    feed(&mut e, &request(&[op_span(1, 1000 * S, "a", true, "10")]));
     assert_eq!(e.pending(), 1);
     e.idle(std::time::Duration::from_secs(1), std::time::Duration::from_secs(2));
     assert_eq!(e.pending(), 1);
@@ -251,20 +294,24 @@ fn idle_input_finalizes_and_max_pending_forces() {
     assert_eq!(e.watermark(), 1000 * S + 1, "just past the newest span");
     e.idle(std::time::Duration::from_secs(60), std::time::Duration::from_secs(2));
     assert_eq!(e.watermark(), 1000 * S + 1, "not following the wall clock");
-    e.ingest(&request(&[op_span(2, 1000 * S + 2, "b", true, "10")]));
+    feed(&mut e, &request(&[op_span(2, 1000 * S + 2, "b", true, "10")]));
     assert_eq!(e.stats().late.get(), 0, "the next span is not late");
 
     let mut e = engine("{allowed_lateness: 1h, max_pending_spans: 10}");
     let spans: Vec<Sp> = (0..25u64)
         .map(|i| op_span(u128::from(i + 1), (1000 + i) * S, "a", true, "1"))
         .collect();
-    e.ingest(&request(&spans));
+    feed(&mut e, &request(&spans));
     assert_eq!(e.pending(), 10);
     assert_eq!(e.stats().forced.get(), 15);
 }
 
 #[test]
 fn failure_conditions_and_matchers() {
+    both_paths(failure_conditions_and_matchers_on);
+}
+
+fn failure_conditions_and_matchers_on() {
     let mut e = engine(
         r#"
 operations:
@@ -291,13 +338,16 @@ operations:
             kv_str("customer", "c"),
         ],
     };
-    e.ingest(&request(&[
-        mk(1, "POST /api/checkout", "frontend", 500, false),
-        mk(2, "POST /api/checkout", "frontend", 200, true),
-        mk(3, "POST /api/cart", "frontend", 503, false),
-        mk(4, "GET /api/cart", "frontend", 500, false),
-        mk(5, "POST /api/cart", "cart", 500, false),
-    ]));
+    feed(
+        &mut e,
+        &request(&[
+            mk(1, "POST /api/checkout", "frontend", 500, false),
+            mk(2, "POST /api/checkout", "frontend", 200, true),
+            mk(3, "POST /api/cart", "frontend", 503, false),
+            mk(4, "GET /api/cart", "frontend", 500, false),
+            mk(5, "POST /api/cart", "cart", 500, false),
+        ]),
+    );
     e.flush();
     let st = &e.ops[0];
     assert_eq!(
@@ -320,7 +370,7 @@ fn outage(e: &mut Engine, customers: u64, from: u64, to: u64, fail_every: u64) -
         all.push(op_span(trace, time, &c, !failing, &value));
     }
     for chunk in all.chunks(20) {
-        e.ingest(&request(chunk));
+        feed(e, &request(chunk));
     }
     e.flush();
     all
@@ -328,6 +378,10 @@ fn outage(e: &mut Engine, customers: u64, from: u64, to: u64, fail_every: u64) -
 
 #[test]
 fn incidents_open_close_and_list_each_affected_customer_once() {
+    both_paths(incidents_open_close_and_list_each_affected_customer_once_on);
+}
+
+fn incidents_open_close_and_list_each_affected_customer_once_on() {
     let mut e = engine("{allowed_lateness: 5s, dedup_window: 1h}");
     e.set_now(42);
     // Failures from 1100 s to 1200 s (every 10th succeeds), 7 customers.
@@ -407,6 +461,10 @@ fn incidents_open_close_and_list_each_affected_customer_once() {
 
 #[test]
 fn redacted_customers_are_hashed_like_the_redaction_processor() {
+    both_paths(redacted_customers_are_hashed_like_the_redaction_processor_on);
+}
+
+fn redacted_customers_are_hashed_like_the_redaction_processor_on() {
     let h = KeyedHasher::new(b"secret").unwrap();
     let mut e = Engine::new(
         Compiled::new(&config("{allowed_lateness: 5s}"), None, None, Some(h.clone())).unwrap(),
@@ -430,6 +488,10 @@ fn redacted_customers_are_hashed_like_the_redaction_processor() {
 
 #[test]
 fn a_hundred_thousand_dimension_values_stay_bounded() {
+    both_paths(a_hundred_thousand_dimension_values_stay_bounded_on);
+}
+
+fn a_hundred_thousand_dimension_values_stay_bounded_on() {
     let mut e = engine(
         r#"{allowed_lateness: 1s, max_series: 50, dedup_window: 10s, dimensions: [{name: region, attribute: region}]}"#,
     );
@@ -445,7 +507,7 @@ fn a_hundred_thousand_dimension_values_stay_bounded() {
         s.attrs.push(kv_str("region", format!("r{i}")));
         batch.push(s);
         if batch.len() == 1000 {
-            e.ingest(&request(&batch));
+            feed(&mut e, &request(&batch));
             batch.clear();
         }
     }
@@ -493,6 +555,10 @@ fn a_hundred_thousand_dimension_values_stay_bounded() {
 
 #[test]
 fn goals_report_attainment_and_projection() {
+    both_paths(goals_report_attainment_and_projection_on);
+}
+
+fn goals_report_attainment_and_projection_on() {
     let g = GoalState {
         name: "sales".into(),
         op: 0,
@@ -517,7 +583,7 @@ fn goals_report_attainment_and_projection() {
     let spans: Vec<Sp> = (0..30u64)
         .map(|i| op_span(u128::from(i + 1), 3600 * S + i * 30 * S, "c", true, "2.00"))
         .collect();
-    e.ingest(&request(&spans));
+    feed(&mut e, &request(&spans));
     e.flush();
     let g = &e.goals[0];
     assert_eq!(g.achieved, usd("60"));
@@ -525,7 +591,7 @@ fn goals_report_attainment_and_projection() {
     assert!((so_far - 0.6).abs() < 1e-12);
     assert!((projected - 0.6 * 3600.0 / 870.0).abs() < 1e-6, "{projected}");
     // A new period starts from zero.
-    e.ingest(&request(&[op_span(99, 7300 * S, "c", true, "5")]));
+    feed(&mut e, &request(&[op_span(99, 7300 * S, "c", true, "5")]));
     e.flush();
     assert_eq!(e.goals[0].achieved, usd("5"));
     assert_eq!(e.goals[0].period_start, Some(7200 * S));
@@ -533,6 +599,10 @@ fn goals_report_attainment_and_projection() {
 
 #[test]
 fn affected_customers_per_window_exact_then_estimated() {
+    both_paths(affected_customers_per_window_exact_then_estimated_on);
+}
+
+fn affected_customers_per_window_exact_then_estimated_on() {
     let mut e = engine("{allowed_lateness: 1s, dedup_window: 100s, distinct_exact_limit: 100}");
     // Window [1000, 1100): 50 customers; [1100, 1200): 5000 customers.
     let mut spans = Vec::new();
@@ -554,7 +624,7 @@ fn affected_customers_per_window_exact_then_estimated() {
             "1",
         ));
     }
-    e.ingest(&request(&spans));
+    feed(&mut e, &request(&spans));
     e.flush();
     let b = e.book();
     let b = b.lock().unwrap();
@@ -580,6 +650,10 @@ fn affected_customers_per_window_exact_then_estimated() {
 
 #[test]
 fn a_cart_without_a_value_is_priced_from_its_line_items() {
+    both_paths(a_cart_without_a_value_is_priced_from_its_line_items_on);
+}
+
+fn a_cart_without_a_value_is_priced_from_its_line_items_on() {
     use bizpilot_business::{BusinessEvent, BusinessState, StateConfig, TableFormat};
     let state = Arc::new(BusinessState::new(
         "business_state",
@@ -617,8 +691,8 @@ fn a_cart_without_a_value_is_priced_from_its_line_items() {
     let mut e = Engine::new(Compiled::new(&cfg, Some(state), Some(prices), None).unwrap(), "t");
     let mut s = op_span(1, 1000 * S, "c1", false, "ignored");
     s.attrs.push(kv_str("order", "o-1"));
-    e.ingest(&request(&[s]));
-    e.ingest(&request(&[op_span(2, 1030 * S, "c2", true, "1")]));
+    feed(&mut e, &request(&[s]));
+    feed(&mut e, &request(&[op_span(2, 1030 * S, "c2", true, "1")]));
     e.flush();
     // 3 × 19.99 (priced by the table) + 1 × 0.10 (its own price).
     assert_eq!(e.ops[0].at_risk.get(Currency::USD), usd("60.07"));

@@ -1,0 +1,644 @@
+#!/usr/bin/env python3
+"""End-to-end load harness for bizpilot (standard library only).
+
+Builds the release binaries, then for each scenario runs the collector pinned to one core (taskset -c 1) and
+the load generator and its sink on the other (taskset -c 0), and measures:
+
+  * the maximum sustained spans/s (generator at maximum rate with bounded in-flight requests, so the collector's
+    backpressure sets the pace; steady window = after the warm-up, before the cool-down; refusals counted),
+  * CPU-seconds per million spans over the same window (utime + stime from /proc/<pid>/stat),
+  * peak RSS (VmHWM from /proc/<pid>/status),
+  * p50/p99 added latency at a fixed rate (default 50,000 spans/s), measured by the sink from the generator's
+    send stamps,
+  * overload at 5x the sustained rate: peak RSS against the memory limiter's bound, and whether every refusal
+    was retryable (gRPC UNAVAILABLE / RESOURCE_EXHAUSTED) and nothing failed otherwise.
+
+Scenarios (configs in benches/pipelines/): forward (gzip 1, and gzip 6), business, ingest, the decode-only
+ceiling, and Rotel (pip package `rotel`, pinned) forwarding with gzip to the same sink.
+Each figure is the median of --runs runs. Results: a markdown table and JSON in benches/results/ (gitignored),
+with PASS/MISS per target.
+
+    python3 benches/harness.py                 # everything, 3 runs each
+    python3 benches/harness.py --quick         # 1 short run each (checks the harness works)
+    python3 benches/harness.py --scenarios forward,rotel --runs 3 --wait-quiet 600
+"""
+
+import argparse
+import datetime
+import json
+import re
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benches", "results")
+PIPELINES = os.path.join(ROOT, "benches", "pipelines")
+BIZPILOT = os.path.join(ROOT, "target", "release", "bizpilot")
+LOADGEN = os.path.join(ROOT, "target", "release", "bizpilot-loadgen")
+ROTEL_VERSION = "0.0.1a15"  # ships rotel-agent 0.0.1-alpha10, the build the performance notes measured
+ROTEL_DIR = os.path.join(ROOT, "target", "bench-tools", "rotel-" + ROTEL_VERSION)
+HZ = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+
+# Targets (from the issue "Load harness and benchmarks").
+ROTEL_REFERENCE = 58_000  # spans/s, used when Rotel is not run
+LATENCY_TARGET_MS = 5.0
+FORWARD_RSS_MIB = 50
+INGEST_TARGET = 500_000
+
+SCENARIOS = {
+    "forward": dict(
+        label="(a) forward: OTLP in, batch, OTLP/gRPC out, gzip 1",
+        collector="bizpilot", config="forward.yaml", gzip=1, logs=False, otlp_out=True,
+        phases=("max", "latency", "overload"),
+    ),
+    "forward-gzip6": dict(
+        label="(a') forward, gzip 6",
+        collector="bizpilot", config="forward.yaml", gzip=6, logs=False, otlp_out=True, phases=("max",),
+    ),
+    "business": dict(
+        label="(b) business: OTLP in, enrich (demo preset), business_impact, Prometheus + OTLP out",
+        collector="bizpilot", config="business.yaml", gzip=1, logs=True, otlp_out=True,
+        phases=("max", "latency", "overload"),
+    ),
+    "ingest": dict(
+        label="(c) ingest: OTLP in, enrich (demo preset), business_impact, Prometheus only",
+        collector="bizpilot", config="ingest.yaml", gzip=1, logs=True, otlp_out=False,
+        phases=("max", "latency", "overload"),
+    ),
+    "decode": dict(
+        label="decode-only ceiling: OTLP receiver (validating walk) into a counting exporter",
+        collector="bizpilot", config="decode.yaml", gzip=1, logs=False, otlp_out=False, phases=("max",),
+    ),
+    "rotel": dict(
+        label="Rotel %s forward: OTLP in, batch, OTLP/gRPC out, gzip (its fixed level)" % ROTEL_VERSION,
+        collector="rotel", config=None, gzip=None, logs=False, otlp_out=True, phases=("max", "latency"),
+    ),
+}
+ORDER = ["rotel", "forward", "forward-gzip6", "business", "ingest", "decode"]
+
+
+def log(msg):
+    print("[harness %s] %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
+def machine():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "kernel": os.uname().release}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def http(method, url, timeout=5.0):
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def cpu_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def status_kib(pid, key):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class Sampler(threading.Thread):
+    """Samples a process's CPU ticks every 0.2 s (wall time, ticks)."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.samples, self.stop = pid, [], threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                self.samples.append((time.time(), cpu_ticks(self.pid)))
+            except OSError:
+                return
+            self.stop.wait(0.2)
+
+    def ticks_at(self, t):
+        s = self.samples
+        if not s:
+            return 0.0
+        if t <= s[0][0]:
+            return float(s[0][1])
+        for (t0, c0), (t1, c1) in zip(s, s[1:]):
+            if t0 <= t <= t1:
+                return c0 + (c1 - c0) * ((t - t0) / (t1 - t0) if t1 > t0 else 0.0)
+        return float(s[-1][1])
+
+
+def start(cmd, cpu, env=None, out=None, err=None):
+    return subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, env=env, stdout=out or subprocess.DEVNULL,
+                            stderr=err or subprocess.DEVNULL, start_new_session=True)
+
+
+def stop(p, timeout=40.0):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def build():
+    log("cargo build --release -p bizpilot -p bizpilot-loadgen")
+    subprocess.run(["cargo", "build", "--release", "-p", "bizpilot", "-p", "bizpilot-loadgen"], cwd=ROOT,
+                   check=True)
+
+
+def rotel_binary():
+    """Returns (path, None) or (None, why not). Installs the pinned wheel's binary under target/bench-tools."""
+    exe = os.path.join(ROTEL_DIR, "rotel", "rotel-agent")
+    if os.path.exists(exe):
+        return exe, None
+    tmp = tempfile.mkdtemp(prefix="rotel-")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
+           "--platform", "manylinux_2_34_x86_64", "-d", tmp, "rotel==" + ROTEL_VERSION]
+    log(" ".join(cmd))
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
+    if r.returncode != 0 or not wheels:
+        return None, "pip download rotel==%s failed: %s" % (ROTEL_VERSION, (r.stderr or r.stdout).strip()[-300:])
+    with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as z:
+        z.extract("rotel/rotel-agent", ROTEL_DIR)
+    os.chmod(exe, 0o755)
+    return exe, None
+
+
+def loadgen(endpoint, seconds, extra, logs, stamp=True):
+    """Runs the generator on core 0; returns (summary, ticks)."""
+    cmd = [LOADGEN, "--endpoint", "http://" + endpoint, "--duration", "%ss" % seconds, "--stats-interval", "0.5s"]
+    if not logs:
+        cmd.append("--no-logs")
+    if not stamp:
+        cmd += ["--stamp-every", "0"]
+    cmd += extra
+    r = subprocess.run(["taskset", "-c", "0"] + cmd, capture_output=True, text=True, timeout=seconds + 180)
+    if r.returncode != 0:
+        raise RuntimeError("loadgen failed: %s" % r.stderr[-500:])
+    ticks = [json.loads(l) for l in r.stderr.splitlines() if l.startswith("{")]
+    return json.loads(r.stdout.strip().splitlines()[-1]), ticks
+
+
+def steady(ticks, sampler, warmup, cooldown):
+    """Rate, refusals and CPU over the steady window of a run."""
+    if not ticks:
+        return None
+    end = ticks[-1]["t"] - cooldown
+    win = [t for t in ticks if warmup <= t["t"] <= end]
+    if len(win) < 2:
+        win = ticks[len(ticks) // 3:]
+    if len(win) < 2:
+        return None
+    a, b = win[0], win[-1]
+    dt = (b["unix_ms"] - a["unix_ms"]) / 1000.0
+    spans = b["acknowledged_spans"] - a["acknowledged_spans"]
+    cpu = (sampler.ticks_at(b["unix_ms"] / 1000.0) - sampler.ticks_at(a["unix_ms"] / 1000.0)) / HZ
+    return {
+        "window_s": round(dt, 2),
+        "spans_per_sec": round(spans / dt) if dt > 0 else 0,
+        "refused_in_window": b["refused"] - a["refused"],
+        "errors_in_window": b["errors"] - a["errors"],
+        "cpu_s": round(cpu, 3),
+        "cpu_s_per_million_spans": round(cpu / (spans / 1e6), 2) if spans else None,
+        "cpu_utilisation": round(cpu / dt, 2) if dt > 0 else None,
+        "spans_per_cpu_second": round(spans / cpu) if cpu > 0 else None,
+    }
+
+
+def collector_cmd(sc, ports, tmp):
+    if sc["collector"] == "rotel":
+        return [ROTEL_EXE, "start", "--otlp-grpc-endpoint", "127.0.0.1:%d" % ports["grpc"],
+                "--otlp-http-endpoint", "127.0.0.1:%d" % ports["http"], "--exporter", "otlp",
+                "--otlp-exporter-endpoint", "http://127.0.0.1:%d" % ports["sink"],
+                "--otlp-exporter-compression", "gzip", "--pid-file", os.path.join(tmp, "rotel.pid"),
+                "--log-file", os.path.join(tmp, "rotel.log")]
+    return [BIZPILOT, "run", "--config", os.path.join(PIPELINES, sc["config"])]
+
+
+def limiter_mib(sc):
+    """memory_limiter.limit_mib of the scenario's config, if any."""
+    if not sc["config"]:
+        return None
+    with open(os.path.join(PIPELINES, sc["config"])) as f:
+        m = re.search(r"limit_mib:\s*(\d+)", f.read())
+    return int(m.group(1)) if m else None
+
+
+def one_run(name, sc, args):
+    tmp = tempfile.mkdtemp(prefix="bench-%s-" % name)
+    ports = {k: free_port() for k in ("grpc", "http", "sink", "admin", "prom")}
+    env = dict(os.environ, BENCH_OTLP_GRPC="127.0.0.1:%d" % ports["grpc"],
+               BENCH_OTLP_HTTP="127.0.0.1:%d" % ports["http"], BENCH_SINK="127.0.0.1:%d" % ports["sink"],
+               BENCH_ADMIN="127.0.0.1:%d" % ports["admin"], BENCH_PROM="127.0.0.1:%d" % ports["prom"],
+               BENCH_GZIP_LEVEL=str(sc["gzip"] or 1))
+    res = {"load_before": loadavg()}
+    sink_out = open(os.path.join(tmp, "sink.json"), "w+")
+    sink = start([LOADGEN, "sink", "--listen", "127.0.0.1:%d" % ports["sink"]], 0, out=sink_out)
+    coll_log = open(os.path.join(tmp, "collector.log"), "w")
+    coll = start(collector_cmd(sc, ports, tmp), 1, env=env, out=coll_log, err=coll_log)
+    grpc = "127.0.0.1:%d" % ports["grpc"]
+    acked = 0
+    try:
+        if not (wait_port(ports["sink"]) and wait_port(ports["grpc"])):
+            raise RuntimeError("collector or sink did not start (see %s)" % tmp)
+        time.sleep(0.5)
+        sampler = Sampler(coll.pid)
+        sampler.start()
+        # 1. Maximum sustained rate.
+        s, ticks = loadgen(grpc, args.duration, ["--connections", "2", "--inflight", "4", "--max-retries", "3"],
+                           sc["logs"], stamp=False)
+        acked += s["acknowledged_spans"]
+        res["max"] = steady(ticks, sampler, args.warmup, args.cooldown)
+        res["max"].update(refused_total=s["refused"], errors_total=s["errors"], dropped_spans=s["dropped_spans"],
+                          request_latency_ms=s["request_latency_ms"])
+        res["peak_rss_mib"] = round(status_kib(coll.pid, "VmHWM") / 1024, 1)
+        # 2. Added latency at a fixed rate.
+        if "latency" in sc["phases"]:
+            p = subprocess.Popen(["taskset", "-c", "0", LOADGEN, "--endpoint", "http://" + grpc, "--rate",
+                                  str(args.latency_rate), "--duration", "%ss" % args.latency_duration]
+                                 + ([] if sc["logs"] else ["--no-logs"]),
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            time.sleep(args.warmup)
+            if sc["otlp_out"]:
+                http("POST", "http://127.0.0.1:%d/reset" % ports["sink"])
+            out, _ = p.communicate(timeout=args.latency_duration + 180)
+            s = json.loads(out.strip().splitlines()[-1])
+            acked += s["acknowledged_spans"]
+            lat = {"rate": args.latency_rate, "achieved_spans_per_sec": s["spans_per_sec"],
+                   "request_latency_ms": s["request_latency_ms"], "refused": s["refused"]}
+            if sc["otlp_out"]:
+                time.sleep(0.5)
+                _, body = http("GET", "http://127.0.0.1:%d/stats" % ports["sink"])
+                lat["added_latency_ms"] = json.loads(body)["added_latency_ms"]
+            res["latency"] = lat
+            res["peak_rss_mib"] = round(status_kib(coll.pid, "VmHWM") / 1024, 1)
+        # 3. Overload: 5x the sustained rate.
+        if "overload" in sc["phases"] and res["max"]["spans_per_sec"] > 0:
+            rate = 5 * res["max"]["spans_per_sec"]
+            s, _ = loadgen(grpc, args.overload_duration,
+                           ["--rate", str(rate), "--connections", "4", "--inflight", "8", "--max-retries", "5"],
+                           sc["logs"], stamp=False)
+            acked += s["acknowledged_spans"]
+            res["overload"] = {
+                "target_spans_per_sec": rate,
+                "offered_spans_per_sec": round(s["sent_spans"] / s["elapsed_s"]) if s["elapsed_s"] else 0,
+                "acknowledged_spans_per_sec": s["spans_per_sec"],
+                "refused": s["refused"], "refused_by_status": s["refused_by_status"], "errors": s["errors"],
+                "error_samples": s["error_samples"], "dropped_spans": s["dropped_spans"],
+                "peak_rss_mib": round(status_kib(coll.pid, "VmHWM") / 1024, 1),
+            }
+        sampler.stop.set()
+        res["load_after"] = loadavg()
+    finally:
+        stop(coll)
+        time.sleep(0.3)
+        stop(sink, 5)
+    sink_out.seek(0)
+    lines = [l for l in sink_out.read().splitlines() if l.startswith("{")]
+    if sc["otlp_out"] and lines:
+        got = json.loads(lines[-1])["spans_total"]
+        res["delivered_spans"], res["acknowledged_spans"] = got, acked
+        res["lost_spans"] = acked - got
+    return res
+
+
+def median(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def get(d, *path):
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def summarise(runs):
+    m = lambda *p: median([get(r, *p) for r in runs])
+    return {
+        "spans_per_sec": m("max", "spans_per_sec"),
+        "cpu_s_per_million_spans": m("max", "cpu_s_per_million_spans"),
+        "cpu_utilisation": m("max", "cpu_utilisation"),
+        # Spans per CPU-second of the collector: what one fully available core would sustain. Less sensitive
+        # to other processes competing for the collector's core than the measured rate.
+        "spans_per_cpu_second": m("max", "spans_per_cpu_second"),
+        "refused_in_window": m("max", "refused_in_window"),
+        "peak_rss_mib": m("peak_rss_mib"),
+        "added_p50_ms": m("latency", "added_latency_ms", "p50"),
+        "added_p99_ms": m("latency", "added_latency_ms", "p99"),
+        "request_p50_ms": m("latency", "request_latency_ms", "p50"),
+        "request_p99_ms": m("latency", "request_latency_ms", "p99"),
+        "overload_offered": m("overload", "offered_spans_per_sec"),
+        "overload_rss_mib": m("overload", "peak_rss_mib"),
+        "overload_refused": m("overload", "refused"),
+        "overload_errors": max([get(r, "overload", "errors") or 0 for r in runs]) if any(
+            get(r, "overload") for r in runs) else None,
+        "overload_statuses": sorted({k for r in runs for k in (get(r, "overload", "refused_by_status") or {})}),
+        "limiter_mib": None,
+        "lost_spans": max([r.get("lost_spans", 0) for r in runs]) if any("lost_spans" in r for r in runs) else None,
+    }
+
+
+def criterion_figures():
+    """ns per span from the criterion benches, if they were run (cargo bench -p bizpilot-benches)."""
+    out = {}
+    base = os.path.join(ROOT, "target", "criterion")
+    if not os.path.isdir(base):
+        return out
+    for group in sorted(os.listdir(base)):
+        gdir = os.path.join(base, group)
+        for bench in sorted(os.listdir(gdir)) if os.path.isdir(gdir) else []:
+            est = os.path.join(gdir, bench, "new", "estimates.json")
+            meta = os.path.join(gdir, bench, "new", "benchmark.json")
+            if not (os.path.exists(est) and os.path.exists(meta)):
+                continue
+            with open(est) as f, open(meta) as g:
+                ns = json.load(f)["median"]["point_estimate"]
+                b = json.load(g)
+            elems = (b.get("throughput") or {}).get("Elements") or 1
+            out["%s/%s" % (group, b.get("function_id", bench))] = round(ns / elems, 1)
+    return out
+
+
+def fmt(v, unit="", digits=0):
+    if v is None:
+        return "n/a"
+    if isinstance(v, (int, float)):
+        return ("{:,.%df}" % digits).format(v) + unit
+    return str(v)
+
+
+def verdict(ok, value, target, higher_is_better=True, unit=""):
+    if value is None:
+        return "n/a"
+    if ok:
+        return "PASS"
+    gap = (value / target - 1) * 100 if target else 0
+    return "MISS (%s vs %s, %+.0f %%)" % (fmt(value, unit, 1 if unit == " ms" else 0), fmt(target, unit), gap)
+
+
+def targets(summary):
+    rows = []
+    rotel = get(summary, "rotel", "spans_per_sec")
+    ref = rotel or ROTEL_REFERENCE
+    src = "measured Rotel" if rotel else "Rotel reference 58,000"
+    fw, bz, ing = summary.get("forward"), summary.get("business"), summary.get("ingest")
+
+    def row(name, value, target, ok, unit="", higher=True):
+        rows.append({"target": name, "value": value, "threshold": target,
+                     "result": verdict(ok, value, target, higher, unit)})
+
+    def rate_row(name, s, target):
+        v, cap = s["spans_per_sec"], s["spans_per_cpu_second"]
+        res = "measured: " + verdict(v is not None and v >= target, v, target)
+        if cap is not None:
+            res += "; per CPU-second: " + verdict(cap >= target, cap, target)
+        rows.append({"target": name, "value": v, "spans_per_cpu_second": cap, "threshold": target, "result": res})
+
+    if fw:
+        rate_row("(a) forward ≥ 2× %s (%s spans/s)" % (src, fmt(2 * ref)), fw, 2 * ref)
+        v = fw["peak_rss_mib"]
+        row("(a) forward peak RSS < %d MiB" % FORWARD_RSS_MIB, v, FORWARD_RSS_MIB,
+            v is not None and v < FORWARD_RSS_MIB, " MiB", False)
+    if bz:
+        rate_row("(b) business ≥ 1.5× %s (%s spans/s)" % (src, fmt(1.5 * ref)), bz, 1.5 * ref)
+    if ing:
+        rate_row("(c) ingest ≥ %s spans/s on one core" % fmt(INGEST_TARGET), ing, INGEST_TARGET)
+    for name, s in (("forward", fw), ("business", bz)):
+        if s and s.get("added_p99_ms") is not None:
+            v = s["added_p99_ms"]
+            row("p99 added latency < %g ms at 50,000 spans/s (%s)" % (LATENCY_TARGET_MS, name), v,
+                LATENCY_TARGET_MS, v < LATENCY_TARGET_MS, " ms", False)
+    for name, s in (("forward", fw), ("business", bz), ("ingest", ing)):
+        if s and s.get("overload_rss_mib") is not None:
+            v, lim = s["overload_rss_mib"], s["limiter_mib"]
+            row("5× overload (%s): peak RSS < memory limiter bound %s MiB" % (name, lim), v, lim,
+                lim is not None and v < lim, " MiB", False)
+            bad = [st for st in s["overload_statuses"] if st not in ("grpc UNAVAILABLE", "grpc RESOURCE_EXHAUSTED")]
+            ok = not bad and not s["overload_errors"]
+            rows.append({"target": "5× overload (%s): refusals retryable, no other failures" % name,
+                         "value": {"statuses": s["overload_statuses"], "errors": s["overload_errors"]},
+                         "threshold": None,
+                         "result": "PASS" if ok else "MISS (%d non-retryable failures, statuses %s)" % (
+                             s["overload_errors"] or 0, bad)})
+    return rows
+
+
+def markdown(report):
+    L = []
+    mc = report["machine"]
+    L.append("Machine: %s cores, %s, kernel %s. Load average (1 min) during the runs: min %.2f, median %.2f, "
+             "max %.2f. Runs per figure: %d (median)." % (
+                 mc["nproc"], mc["cpu"], mc["kernel"], *report["load_1min"], report["runs"]))
+    L.append("")
+    L.append("| scenario | spans/s (max sustained) | CPU-s / M spans | spans per CPU-second | CPU use | peak RSS "
+             "| added latency p50 / p99 @ %s spans/s | 5× overload: offered spans/s, peak RSS, refusals (statuses) |"
+             % fmt(report["latency_rate"]))
+    L.append("|---|---:|---:|---:|---:|---:|---:|---|")
+    for name in ORDER:
+        s = report["summary"].get(name)
+        if not s:
+            continue
+        lat = "n/a"
+        if s["added_p99_ms"] is not None:
+            lat = "%s / %s ms" % (fmt(s["added_p50_ms"], "", 2), fmt(s["added_p99_ms"], "", 2))
+        elif s["request_p99_ms"] is not None:
+            lat = "(no OTLP out; request %s / %s ms)" % (fmt(s["request_p50_ms"], "", 2),
+                                                         fmt(s["request_p99_ms"], "", 2))
+        ov = "—"
+        if s["overload_offered"] is not None:
+            ov = "%s, %s MiB, %s (%s)" % (fmt(s["overload_offered"]), fmt(s["overload_rss_mib"], "", 1),
+                                          fmt(s["overload_refused"]), ", ".join(s["overload_statuses"]) or "none")
+        L.append("| %s | %s | %s | %s | %s | %s MiB | %s | %s |" % (
+            SCENARIOS[name]["label"], fmt(s["spans_per_sec"]), fmt(s["cpu_s_per_million_spans"], "", 2),
+            fmt(s.get("spans_per_cpu_second")), fmt(s["cpu_utilisation"], "", 2), fmt(s["peak_rss_mib"], "", 1),
+            lat, ov))
+    if report.get("generator_ceiling"):
+        L.append("")
+        L.append("Generator + sink ceiling (loadgen → sink directly, both on core 0): %s spans/s (scenarios "
+                 "with OTLP out share core 0 the same way)." % fmt(report["generator_ceiling"]))
+    if report.get("notes"):
+        L.append("")
+        for n in report["notes"]:
+            L.append("- " + n)
+    L.append("")
+    L.append("| target | result |")
+    L.append("|---|---|")
+    for t in report["targets"]:
+        L.append("| %s | %s |" % (t["target"], t["result"]))
+    crit = report.get("criterion_ns_per_span")
+    if crit:
+        L.append("")
+        L.append("Criterion (`cargo bench -p bizpilot-benches`), ns per span (= CPU-s per million spans × 1000):")
+        L.append("")
+        L.append("| bench | ns/span |")
+        L.append("|---|---:|")
+        for k, v in crit.items():
+            L.append("| %s | %s |" % (k, fmt(v, "", 1)))
+    return "\n".join(L) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenarios", default=",".join(ORDER), help="comma-separated, of: " + ", ".join(ORDER))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=16, help="seconds at maximum rate")
+    ap.add_argument("--warmup", type=float, default=4)
+    ap.add_argument("--cooldown", type=float, default=1)
+    ap.add_argument("--latency-rate", type=int, default=50_000)
+    ap.add_argument("--latency-duration", type=float, default=12)
+    ap.add_argument("--overload-duration", type=float, default=10)
+    ap.add_argument("--quick", action="store_true", help="1 short run per scenario (checks the harness)")
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--wait-quiet", type=float, default=0,
+                    help="wait up to this many seconds for the 1-minute load average to drop below 0.5")
+    ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--render", metavar="JSON", help="only re-render the tables of a saved report")
+    args = ap.parse_args()
+    # SIGTERM/SIGINT unwind through the runs' cleanup (collector and sink are stopped).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    if args.render:
+        with open(args.render) as f:
+            report = json.load(f)
+        for name, runs in report["scenarios"].items():
+            for r in runs:
+                mx = r.get("max") or {}
+                if mx.get("cpu_s") and "spans_per_cpu_second" not in mx:
+                    mx["spans_per_cpu_second"] = round(mx["spans_per_sec"] * mx["window_s"] / mx["cpu_s"])
+            lim = report["summary"][name].get("limiter_mib")
+            report["summary"][name] = summarise([r for r in runs if "error" not in r])
+            report["summary"][name]["limiter_mib"] = lim
+        report["targets"] = targets(report["summary"])
+        print(markdown(report))
+        return
+    if args.quick:
+        args.runs, args.duration, args.warmup, args.latency_duration, args.overload_duration = 1, 6, 2, 6, 5
+    names = [n for n in args.scenarios.split(",") if n]
+    for n in names:
+        if n not in SCENARIOS:
+            ap.error("unknown scenario %r" % n)
+    if not args.no_build:
+        build()
+    notes = []
+    global ROTEL_EXE
+    ROTEL_EXE = None
+    if "rotel" in names:
+        ROTEL_EXE, why = rotel_binary()
+        if not ROTEL_EXE:
+            notes.append("Rotel not run: %s; targets use the 58,000 spans/s reference." % why)
+            names.remove("rotel")
+    if args.wait_quiet:
+        end = time.time() + args.wait_quiet
+        while loadavg()[0] >= 0.5 and time.time() < end:
+            log("waiting for a quiet machine: load %.2f" % loadavg()[0])
+            time.sleep(15)
+    log("load average %s" % loadavg())
+    report = {"machine": machine(), "started": datetime.datetime.now().isoformat(timespec="seconds"),
+              "runs": args.runs, "latency_rate": args.latency_rate, "scenarios": {}, "summary": {}}
+    loads = [loadavg()[0]]
+    # Generator ceiling: what the load generator and the sink manage on core 0 alone.
+    port = free_port()
+    sink = start([LOADGEN, "sink", "--listen", "127.0.0.1:%d" % port], 0)
+    wait_port(port)
+    s, _ = loadgen("127.0.0.1:%d" % port, max(4, args.duration / 2), ["--connections", "2", "--inflight", "4"],
+                   False, stamp=False)
+    stop(sink, 5)
+    report["generator_ceiling"] = s["spans_per_sec"]
+    log("generator ceiling %s spans/s" % fmt(s["spans_per_sec"]))
+    for name in [n for n in ORDER if n in names]:
+        sc = SCENARIOS[name]
+        runs = []
+        for i in range(args.runs):
+            log("%s: run %d/%d (load %.2f)" % (name, i + 1, args.runs, loadavg()[0]))
+            try:
+                r = one_run(name, sc, args)
+            except Exception as e:  # a failed run is reported, not fatal
+                log("%s run %d failed: %s" % (name, i + 1, e))
+                r = {"error": str(e)}
+            loads += [x[0] for x in (r.get("load_before"), r.get("load_after")) if x]
+            runs.append(r)
+            log("%s: %s spans/s, %s CPU-s/M, RSS %s MiB, latency %s" % (
+                name, fmt(get(r, "max", "spans_per_sec")), fmt(get(r, "max", "cpu_s_per_million_spans"), "", 2),
+                fmt(r.get("peak_rss_mib"), "", 1), get(r, "latency", "added_latency_ms") or get(
+                    r, "latency", "request_latency_ms")))
+        report["scenarios"][name] = runs
+        report["summary"][name] = summarise([r for r in runs if "error" not in r])
+        report["summary"][name]["limiter_mib"] = limiter_mib(sc)
+        util = report["summary"][name]["cpu_utilisation"]
+        if util is not None and util < 0.9:
+            notes.append("%s: the collector used only %.2f of its core at the maximum rate: the figure is bound by "
+                         "something else (the generator on core 0, or waiting), not by the collector's CPU."
+                         % (name, util))
+    report["load_1min"] = [min(loads), statistics.median(loads), max(loads)]
+    if report["load_1min"][2] >= 0.5:
+        notes.append("The machine was not quiet (1-minute load average up to %.2f with 2 cores): figures are "
+                     "noisy." % report["load_1min"][2])
+    report["notes"] = notes
+    report["targets"] = targets(report["summary"])
+    report["criterion_ns_per_span"] = criterion_figures()
+    report["command"] = " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    os.makedirs(args.out, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    md = markdown(report)
+    for base in ("run-" + stamp, "latest"):
+        with open(os.path.join(args.out, base + ".json"), "w") as f:
+            json.dump(report, f, indent=2)
+        with open(os.path.join(args.out, base + ".md"), "w") as f:
+            f.write(md)
+    print(md)
+    log("results in %s (run-%s.{md,json}, latest.{md,json})" % (args.out, stamp))
+
+
+if __name__ == "__main__":
+    main()
