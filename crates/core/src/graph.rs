@@ -27,7 +27,7 @@ use crate::config::{ComponentId, Config, PipelineId};
 use crate::pdata::{Batch, Signal};
 
 /// Capacity, in batches, of the channel in front of each processor and exporter.
-pub const STAGE_CHANNEL_CAPACITY: usize = 16;
+pub const STAGE_CHANNEL_CAPACITY: usize = 4;
 
 /// Errors starting the service.
 #[derive(Debug, thiserror::Error)]
