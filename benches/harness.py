@@ -545,6 +545,8 @@ def main():
                     help="wait up to this many seconds for the 1-minute load average to drop below 0.5")
     ap.add_argument("--out", default=RESULTS)
     ap.add_argument("--render", metavar="JSON", help="only re-render the tables of a saved report")
+    ap.add_argument("--refresh-criterion", action="store_true",
+                    help="with --render: take the criterion figures from target/criterion now and save the report")
     args = ap.parse_args()
     # SIGTERM/SIGINT unwind through the runs' cleanup (collector and sink are stopped).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
@@ -560,6 +562,10 @@ def main():
             report["summary"][name] = summarise([r for r in runs if "error" not in r])
             report["summary"][name]["limiter_mib"] = lim
         report["targets"] = targets(report["summary"])
+        if args.refresh_criterion:
+            report["criterion_ns_per_span"] = criterion_figures()
+            with open(args.render, "w") as f:
+                json.dump(report, f, indent=1)
         print(markdown(report))
         return
     if args.quick:
