@@ -47,6 +47,7 @@ LOADGEN = os.path.join(ROOT, "target", "release", "bizpilot-loadgen")
 ROTEL_VERSION = "0.0.1a15"  # ships rotel-agent 0.0.1-alpha10, the build the performance notes measured
 ROTEL_DIR = os.path.join(ROOT, "target", "bench-tools", "rotel-" + ROTEL_VERSION)
 HZ = os.sysconf("SC_CLK_TCK")
+BATCH_SIZE = 512  # spans per request (--batch-size)
 MIB = 1024 * 1024
 
 # Targets (from the issue "Load harness and benchmarks").
@@ -220,7 +221,7 @@ def loadgen(endpoint, seconds, extra, logs, stamp=True):
         cmd.append("--no-logs")
     if not stamp:
         cmd += ["--stamp-every", "0"]
-    cmd += extra
+    cmd += ["--batch-size", str(BATCH_SIZE)] + extra
     r = subprocess.run(["taskset", "-c", "0"] + cmd, capture_output=True, text=True, timeout=seconds + 180)
     if r.returncode != 0:
         raise RuntimeError("loadgen failed: %s" % r.stderr[-500:])
@@ -304,7 +305,8 @@ def one_run(name, sc, args):
         # 2. Added latency at a fixed rate.
         if "latency" in sc["phases"]:
             p = subprocess.Popen(["taskset", "-c", "0", LOADGEN, "--endpoint", "http://" + grpc, "--rate",
-                                  str(args.latency_rate), "--duration", "%ss" % args.latency_duration]
+                                  str(args.latency_rate), "--duration", "%ss" % args.latency_duration,
+                                  "--batch-size", str(BATCH_SIZE)]
                                  + ([] if sc["logs"] else ["--no-logs"]),
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             time.sleep(args.warmup)
@@ -537,6 +539,7 @@ def main():
     ap.add_argument("--warmup", type=float, default=4)
     ap.add_argument("--cooldown", type=float, default=1)
     ap.add_argument("--latency-rate", type=int, default=50_000)
+    ap.add_argument("--batch-size", type=int, default=512, help="spans per request the generator sends")
     ap.add_argument("--latency-duration", type=float, default=12)
     ap.add_argument("--overload-duration", type=float, default=10)
     ap.add_argument("--quick", action="store_true", help="1 short run per scenario (checks the harness)")
@@ -568,6 +571,8 @@ def main():
                 json.dump(report, f, indent=1)
         print(markdown(report))
         return
+    global BATCH_SIZE
+    BATCH_SIZE = args.batch_size
     if args.quick:
         args.runs, args.duration, args.warmup, args.latency_duration, args.overload_duration = 1, 6, 2, 6, 5
     names = [n for n in args.scenarios.split(",") if n]
@@ -591,7 +596,8 @@ def main():
             time.sleep(15)
     log("load average %s" % loadavg())
     report = {"machine": machine(), "started": datetime.datetime.now().isoformat(timespec="seconds"),
-              "runs": args.runs, "latency_rate": args.latency_rate, "scenarios": {}, "summary": {}}
+              "runs": args.runs, "latency_rate": args.latency_rate, "batch_size": BATCH_SIZE,
+              "scenarios": {}, "summary": {}}
     loads = [loadavg()[0]]
     # Generator ceiling: what the load generator and the sink manage on core 0 alone.
     port = free_port()
