@@ -100,6 +100,8 @@ fn init_logging(cfg: &config::TelemetryConfig) {
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: not in files, the journal or container logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match cfg.logs.encoding {
         LogEncoding::Json => builder.json().try_init(),
