@@ -4,6 +4,7 @@
 pub mod forward;
 pub mod impact;
 pub mod kpi;
+mod otlp_out;
 
 use bizpilot_core::Registry;
 

@@ -7,14 +7,16 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics,
-    ScopeMetrics, Sum, metric::Data, number_data_point,
+    AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+    metric::Data,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::book::{ImpactRecord, Incident};
 use super::engine::Engine;
 use super::series::Series;
+use crate::otlp_out::{Points, gauge, i64_of, sum};
+pub use crate::otlp_out::{hex, rfc3339};
 
 /// Instrumentation scope of everything the connector emits.
 pub const SCOPE: &str = "bizpilot/business_impact";
@@ -35,58 +37,12 @@ pub mod names {
     pub const OVERFLOWED: &str = "business.metric.overflowed_points";
 }
 
-/// Lower-case hex.
-pub fn hex(b: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(char::from(H[usize::from(x >> 4)]));
-        s.push(char::from(H[usize::from(x & 15)]));
-    }
-    s
-}
-
-/// RFC 3339 in UTC with nanoseconds trimmed to what is needed (`2025-01-01T00:10:00Z`, `…:00.25Z`).
-pub fn rfc3339(unix_nano: u64) -> String {
-    let secs = unix_nano / 1_000_000_000;
-    let frac = unix_nano % 1_000_000_000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let mut s = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    );
-    if frac > 0 {
-        let f = format!("{frac:09}");
-        s.push('.');
-        s.push_str(f.trim_end_matches('0'));
-    }
-    s.push('Z');
-    s
-}
-
 fn kv_str(k: &str, v: impl Into<String>) -> KeyValue {
     attrs::kv_str(k, v)
 }
 
 fn kv_i64(k: &str, v: i64) -> KeyValue {
     attrs::kv_i64(k, v)
-}
-
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn money_list(t: &MoneyTotals) -> Value {
@@ -266,57 +222,6 @@ pub fn logs_request(records: Vec<LogRecord>) -> ExportLogsServiceRequest {
             }],
             ..Default::default()
         }],
-    }
-}
-
-/// Builds metric data points with common start and end times.
-struct Points {
-    start: u64,
-    now: u64,
-}
-
-impl Points {
-    fn int(&self, attributes: Vec<KeyValue>, v: u64) -> NumberDataPoint {
-        NumberDataPoint {
-            attributes,
-            start_time_unix_nano: self.start,
-            time_unix_nano: self.now,
-            value: Some(number_data_point::Value::AsInt(i64_of(v))),
-            ..Default::default()
-        }
-    }
-    fn double(&self, attributes: Vec<KeyValue>, v: f64) -> NumberDataPoint {
-        NumberDataPoint {
-            attributes,
-            start_time_unix_nano: self.start,
-            time_unix_nano: self.now,
-            value: Some(number_data_point::Value::AsDouble(v)),
-            ..Default::default()
-        }
-    }
-}
-
-fn sum(name: &str, description: &str, unit: &str, points: Vec<NumberDataPoint>) -> Metric {
-    Metric {
-        name: name.into(),
-        description: description.into(),
-        unit: unit.into(),
-        data: Some(Data::Sum(Sum {
-            data_points: points,
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            is_monotonic: true,
-        })),
-        ..Default::default()
-    }
-}
-
-fn gauge(name: &str, description: &str, unit: &str, points: Vec<NumberDataPoint>) -> Metric {
-    Metric {
-        name: name.into(),
-        description: description.into(),
-        unit: unit.into(),
-        data: Some(Data::Gauge(Gauge { data_points: points })),
-        ..Default::default()
     }
 }
 
