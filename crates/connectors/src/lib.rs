@@ -4,6 +4,8 @@
 pub mod forward;
 pub mod impact;
 pub mod kpi;
+
+mod emit;
 mod otlp_out;
 
 use bizpilot_core::Registry;

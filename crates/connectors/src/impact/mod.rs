@@ -184,6 +184,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::emit::{SendError, end_run, send};
+
 use bizpilot_business::{BusinessState, KeyedHasher, Lookup};
 use bizpilot_core::{
     Batch, ComponentError, ComponentInfo, ComponentKind, Connector, ConnectorContext, ConnectorFactory, CreateContext,
@@ -315,23 +317,6 @@ struct Task {
     pending_gauge: metrics::Gauge,
 }
 
-/// Why sending stopped.
-enum SendError {
-    /// A pipeline fed by the connector has shut down.
-    Closed,
-    /// The drain deadline passed.
-    Aborted,
-}
-
-async fn send(out: &Option<Output>, payload: Payload, abort: &CancellationToken) -> Result<(), SendError> {
-    let Some(out) = out else { return Ok(()) };
-    tokio::select! {
-        biased;
-        r = out.send(Batch::new(payload)) => r.map_err(|_| SendError::Closed),
-        _ = abort.cancelled() => Err(SendError::Aborted),
-    }
-}
-
 impl Task {
     async fn send_logs(&mut self, abort: &CancellationToken) -> Result<(), SendError> {
         let records = self.engine.take_logs();
@@ -415,21 +400,7 @@ impl Task {
                 }
             }
         };
-        input.close();
-        while let Ok(b) = input.try_recv() {
-            b.fail();
-        }
-        match result {
-            Ok(()) => Ok(()),
-            Err(SendError::Aborted) => {
-                tracing::warn!(connector = %self.id, "drain deadline passed; the last figures were not emitted");
-                Ok(())
-            }
-            Err(SendError::Closed) => Err(ComponentError::Other(format!(
-                "a pipeline fed by {} has shut down",
-                self.id
-            ))),
-        }
+        end_run(&self.id, &mut input, result)
     }
 }
 

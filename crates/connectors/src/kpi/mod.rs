@@ -196,6 +196,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::emit::{SendError, end_run, send};
+
 use bizpilot_business::Lookup;
 use bizpilot_core::{
     Batch, ComponentError, ComponentInfo, ComponentKind, Connector, ConnectorContext, ConnectorFactory, CreateContext,
@@ -350,21 +352,6 @@ struct Task {
     telemetry: Telemetry,
 }
 
-/// Why sending stopped.
-enum SendError {
-    Closed,
-    Aborted,
-}
-
-async fn send(out: &Option<Output>, payload: Payload, abort: &CancellationToken) -> Result<(), SendError> {
-    let Some(out) = out else { return Ok(()) };
-    tokio::select! {
-        biased;
-        r = out.send(Batch::new(payload)) => r.map_err(|_| SendError::Closed),
-        _ = abort.cancelled() => Err(SendError::Aborted),
-    }
-}
-
 impl Task {
     async fn emit(&mut self, abort: &CancellationToken) -> Result<(), SendError> {
         self.telemetry.publish(&self.engine);
@@ -422,21 +409,7 @@ impl Task {
                 },
             }
         };
-        input.close();
-        while let Ok(b) = input.try_recv() {
-            b.fail();
-        }
-        match result {
-            Ok(()) => Ok(()),
-            Err(SendError::Aborted) => {
-                tracing::warn!(connector = %self.id, "drain deadline passed; the last figures were not emitted");
-                Ok(())
-            }
-            Err(SendError::Closed) => Err(ComponentError::Other(format!(
-                "a pipeline fed by {} has shut down",
-                self.id
-            ))),
-        }
+        end_run(&self.id, &mut input, result)
     }
 }
 
