@@ -10,6 +10,7 @@ pub mod money;
 pub mod pdata;
 pub mod rpc;
 pub mod telemetry;
+pub mod time;
 pub mod tls;
 pub mod view;
 pub mod wire;

@@ -38,6 +38,7 @@
 //! | `order.items` | string | the line items as a **JSON string**, the same array as the JSON mapping's `items` |
 
 use bizpilot_core::money::{Currency, Money, MoneyError};
+pub use bizpilot_core::time::{parse_rfc3339, rfc3339};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
 use serde::{Deserialize, Serialize, Serializer};
@@ -302,94 +303,6 @@ pub(crate) fn kv_int(k: &str, v: i64) -> KeyValue {
         }),
         ..Default::default()
     }
-}
-
-/// Days since 1970-01-01 → (year, month, day) (proleptic Gregorian; H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Unix nanoseconds as RFC 3339 in UTC: `2025-01-01T00:00:01.234Z` (3, 6 or 9 fraction digits, none when whole).
-pub fn rfc3339(ns: u64) -> String {
-    let secs = (ns / 1_000_000_000) as i64;
-    let frac = ns % 1_000_000_000;
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    let (h, mi, s) = (sod / 3600, (sod / 60) % 60, sod % 60);
-    let mut out = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
-    if frac == 0 {
-    } else if frac.is_multiple_of(1_000_000) {
-        out.push_str(&format!(".{:03}", frac / 1_000_000));
-    } else if frac.is_multiple_of(1_000) {
-        out.push_str(&format!(".{:06}", frac / 1_000));
-    } else {
-        out.push_str(&format!(".{frac:09}"));
-    }
-    out.push('Z');
-    out
-}
-
-/// Parses RFC 3339 (`2025-01-01T00:00:01.234Z`, `…+02:00`) to unix nanoseconds.
-pub fn parse_rfc3339(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        t.bytes().all(|c| c.is_ascii_digit()).then(|| t.parse().ok())?
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)? as u32, num(8..10)? as u32);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut frac_ns: i64 = 0;
-    if let Some(r) = rest.strip_prefix('.') {
-        let n = r.bytes().take_while(u8::is_ascii_digit).count();
-        if n == 0 || n > 9 {
-            return None;
-        }
-        frac_ns = r[..n].parse::<i64>().ok()? * 10i64.pow(9 - n as u32);
-        rest = &r[n..];
-    }
-    let offset_s: i64 = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) && &rest[3..4] == ":" => {
-            let oh: i64 = rest[1..3].parse().ok()?;
-            let om: i64 = rest[4..6].parse().ok()?;
-            let o = oh * 3600 + om * 60;
-            if rest.starts_with('-') { -o } else { o }
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(y, mo, d);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_s;
-    let ns = i128::from(secs) * 1_000_000_000 + i128::from(frac_ns);
-    u64::try_from(ns).ok()
 }
 
 #[cfg(test)]
