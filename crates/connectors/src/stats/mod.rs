@@ -1,0 +1,7 @@
+//! Statistics shared by the connectors' detectors: sequential tests, baselines learned online, exact tail
+//! probabilities. Generic (no spans, no config): each file documents its model and is unit-tested.
+//! The design and the numbers behind the defaults are in `docs/incident-detection.md`.
+
+pub mod baseline;
+pub mod binomial;
+pub mod cusum;
