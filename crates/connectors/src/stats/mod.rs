@@ -1,0 +1,2 @@
+//! Generic statistics shared by the connectors.
+pub mod rate;
