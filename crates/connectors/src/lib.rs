@@ -4,6 +4,7 @@
 pub mod forward;
 pub mod impact;
 pub mod kpi;
+pub mod stats;
 
 mod emit;
 mod otlp_out;
