@@ -189,17 +189,10 @@ fn parse_file(path: &Path) -> Result<TestFile, TestError> {
         path: path.display().to_string(),
         source,
     })?;
-    let de = serde_yaml::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let at = e.path().to_string();
-        TestError::Parse {
-            path: path.display().to_string(),
-            message: if at == "." {
-                e.into_inner().to_string()
-            } else {
-                format!("{at}: {}", e.into_inner())
-            },
-        }
+    // serde_yaml's messages name the path inside the file and the line already.
+    serde_yaml::from_str(&text).map_err(|e| TestError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string(),
     })
 }
 
