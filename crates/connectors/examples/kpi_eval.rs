@@ -739,7 +739,11 @@ fn independent(a: &Args) {
             .filter(|o| !o.breached && flag(o).is_some())
             .step_by(10)
             .take(10)
-            .chain(eligible.iter().filter(|o| o.breached && o.cause == TrueCause::WarehouseBacklog))
+            .chain(
+                eligible
+                    .iter()
+                    .filter(|o| o.breached && o.cause == TrueCause::WarehouseBacklog),
+            )
         {
             let r = &res[&o.id];
             println!(

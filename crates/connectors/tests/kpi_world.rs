@@ -18,10 +18,13 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use world::{Emission, HOUR, SEC, TrueCause};
 
 fn attr<'a>(r: &'a opentelemetry_proto::tonic::logs::v1::LogRecord, k: &str) -> Option<&'a str> {
-    r.attributes.iter().find(|a| a.key == k).and_then(|a| match a.value.as_ref()?.value.as_ref()? {
-        any_value::Value::StringValue(s) => Some(s.as_str()),
-        _ => None,
-    })
+    r.attributes
+        .iter()
+        .find(|a| a.key == k)
+        .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        })
 }
 
 #[test]
@@ -87,7 +90,11 @@ fn independent_world_flags_stage_delays_early_and_blames_only_with_evidence() {
         .into_iter()
         .map(|r| (r.order_id.to_string(), r))
         .collect();
-    let eligible: Vec<_> = w.orders.iter().filter(|o| !o.cancelled && o.delivered.is_some()).collect();
+    let eligible: Vec<_> = w
+        .orders
+        .iter()
+        .filter(|o| !o.cancelled && o.delivered.is_some())
+        .collect();
     let flag = |o: &world::OrderTruth| res.get(&o.id).and_then(|r| r.flagged_at).filter(|f| *f < o.deadline);
     let flagged: Vec<_> = eligible.iter().filter(|o| flag(o).is_some()).collect();
     let tp = flagged.iter().filter(|o| o.breached).count();
@@ -116,8 +123,7 @@ fn independent_world_flags_stage_delays_early_and_blames_only_with_evidence() {
         .filter(|(o, svc)| {
             let f = flag(o).unwrap_or(0);
             let entry = o.stage_entry_at(f);
-            !o.evidence_overlaps(svc, f)
-                && !w.incidents.iter().any(|(s, a, b)| s == svc && *a <= f && *b >= entry)
+            !o.evidence_overlaps(svc, f) && !w.incidents.iter().any(|(s, a, b)| s == svc && *a <= f && *b >= entry)
         })
         .count();
     eprintln!(
@@ -128,10 +134,26 @@ fn independent_world_flags_stage_delays_early_and_blames_only_with_evidence() {
         actions.0,
         actions.1
     );
-    assert!(carrier.len() >= 5, "the carrier delay breaches orders: {}", carrier.len());
+    assert!(
+        carrier.len() >= 5,
+        "the carrier delay breaches orders: {}",
+        carrier.len()
+    );
     assert!(precision >= 0.75, "precision {precision}");
-    assert!(carrier_1h as f64 >= 0.6 * carrier.len() as f64, "carrier ≥ 1 h ahead: {carrier_1h}");
-    assert!(carrier_named as f64 >= 0.6 * carrier.len() as f64, "carrier cause: {carrier_named}");
-    assert!(unsupported as f64 <= 0.1 * named.len().max(1) as f64, "unsupported blame {unsupported}");
-    assert!(actions.0 > 0 && actions.0 == actions.1, "every at-risk order carries an action: {actions:?}");
+    assert!(
+        carrier_1h as f64 >= 0.6 * carrier.len() as f64,
+        "carrier ≥ 1 h ahead: {carrier_1h}"
+    );
+    assert!(
+        carrier_named as f64 >= 0.6 * carrier.len() as f64,
+        "carrier cause: {carrier_named}"
+    );
+    assert!(
+        unsupported as f64 <= 0.1 * named.len().max(1) as f64,
+        "unsupported blame {unsupported}"
+    );
+    assert!(
+        actions.0 > 0 && actions.0 == actions.1,
+        "every at-risk order carries an action: {actions:?}"
+    );
 }

@@ -1351,10 +1351,11 @@ impl Engine {
             for (id, o) in orders.iter_mut() {
                 let age = o.clock;
                 let mixture = mixtures.get(o.stage).map_or(&[TimeChange::NORMAL][..], |v| &v[..]);
-                let waits = queues
-                    .get(o.stage)
-                    .filter(|q| !q.is_empty())
-                    .and_then(|q| flows.get(o.stage)?.queue_waits(q.partition_point(|e| *e < o.entered()), b));
+                let waits = queues.get(o.stage).filter(|q| !q.is_empty()).and_then(|q| {
+                    flows
+                        .get(o.stage)?
+                        .queue_waits(q.partition_point(|e| *e < o.entered()), b)
+                });
                 let stage_slowed = slowed.get(o.stage).copied().unwrap_or(false);
                 if let Some(x) = model.exit_probability(o.stage, o.cond, age, interval)
                     && let Some(e) = expected.get_mut(o.stage)

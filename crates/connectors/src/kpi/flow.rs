@@ -137,7 +137,10 @@ impl StageFlow {
             return None;
         }
         let h = 3.6e12;
-        let (cs, cn) = (self.observed_per_hour / h, self.normal_per_hour.max(self.observed_per_hour) / h);
+        let (cs, cn) = (
+            self.observed_per_hour / h,
+            self.normal_per_hour.max(self.observed_per_hour) / h,
+        );
         let n = ahead as f64;
         Some(
             self.time_changes(now)
