@@ -4,6 +4,7 @@
 pub mod forward;
 pub mod impact;
 pub mod kpi;
+pub mod plan;
 
 mod emit;
 mod otlp_out;
@@ -15,4 +16,5 @@ pub fn register(registry: &mut Registry) {
     registry.connector(forward::ForwardConnectorFactory);
     registry.connector(impact::BusinessImpactConnectorFactory);
     registry.connector(kpi::OrderKpiConnectorFactory);
+    registry.connector(plan::CapacityPlannerConnectorFactory);
 }
