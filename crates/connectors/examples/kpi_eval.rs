@@ -573,6 +573,8 @@ fn independent(a: &Args) {
     let mut predictions = Vec::new();
     let step = 10 * SEC;
     let mut i = 0;
+    let diag = std::env::var_os("KPI_EVAL_DIAG").is_some();
+    let mut last_hour = 0;
     let service_resource = |svc: &str| Resource {
         attributes: vec![KeyValue {
             key: "service.name".into(),
@@ -624,6 +626,26 @@ fn independent(a: &Args) {
         let _ = eng.take_logs();
         let _ = eng.take_metrics();
         predictions.extend(eng.take_predictions());
+        let hour = eng.watermark() / HOUR;
+        if diag && hour != last_hour {
+            last_hour = hour;
+            let book = eng.book();
+            let b = book.lock().expect("book");
+            for v in b.kpis.iter().flat_map(|k| &k.stages) {
+                if (v.rate - 1.0).abs() > 1e-9 {
+                    println!(
+                        "h{:.0} {} backlog {} rate {:.2} normal/h {:.1} observed/h {:.1} {:?}",
+                        (hour * HOUR).saturating_sub(world::START) as f64 / HOUR as f64,
+                        v.stage,
+                        v.backlog,
+                        v.rate,
+                        v.normal_per_hour,
+                        v.observed_per_hour,
+                        v.action.as_ref().map(|a| &a.text)
+                    );
+                }
+            }
+        }
     }
     eng.finish();
     predictions.extend(eng.take_predictions());
@@ -709,6 +731,37 @@ fn independent(a: &Args) {
             flagged.len(),
             frac(tp, flagged.len() as u64)
         );
+    }
+    if diag {
+        let h = |t: u64| (t.saturating_sub(world::START)) as f64 / HOUR as f64;
+        for o in eligible
+            .iter()
+            .filter(|o| !o.breached && flag(o).is_some())
+            .step_by(10)
+            .take(10)
+            .chain(
+                eligible
+                    .iter()
+                    .filter(|o| o.breached && o.cause == TrueCause::WarehouseBacklog),
+            )
+        {
+            let r = &res[&o.id];
+            println!(
+                "FP {} touched {:?} placed h{:.1} paid h{:.1} shipped h{:.1} delivered h{:.1} deadline h{:.1}; flagged h{:.1} in {:?} p {:?} cause {:?}/{:?}",
+                o.id,
+                o.touched_by,
+                h(o.placed),
+                h(o.paid.unwrap_or(0)),
+                h(o.shipped.unwrap_or(0)),
+                h(o.delivered.unwrap_or(0)),
+                h(o.deadline),
+                h(r.flagged_at.unwrap_or(0)),
+                r.flag_stage,
+                r.flag_probability,
+                r.flag_cause_stage,
+                r.flag_service
+            );
+        }
     }
     let flagged_all = eligible.iter().filter(|o| flag(o).is_some()).count() as u64;
     let tp_all = eligible.iter().filter(|o| flag(o).is_some() && o.breached).count() as u64;
@@ -800,10 +853,7 @@ fn independent(a: &Args) {
         };
         named += 1;
         let entry = o.stage_entry_at(f);
-        let own = o
-            .bad_spans
-            .iter()
-            .any(|(s, t)| *s == svc && *t + HOUR >= entry && *t <= f);
+        let own = o.evidence_overlaps(svc, f);
         let incident = w
             .incidents
             .iter()

@@ -192,6 +192,24 @@ impl OrderTruth {
     }
 }
 
+impl OrderTruth {
+    /// Whether a failed or slow span of `service` overlaps the order's delay as of `flag`: it ended at most
+    /// 1 h before the order entered its stage at `flag` (or later), or it was followed by a wait of at least
+    /// 1 h before the order's next stage (the failure held the order up).
+    pub fn evidence_overlaps(&self, service: &str, flag: u64) -> bool {
+        let entry = self.stage_entry_at(flag);
+        self.bad_spans.iter().any(|(s, t)| {
+            let next = [self.paid, self.shipped, self.delivered]
+                .into_iter()
+                .flatten()
+                .find(|x| *x > *t)
+                .unwrap_or(flag)
+                .min(flag);
+            *s == service && *t <= flag && (*t + HOUR >= entry || next.saturating_sub(*t) >= HOUR)
+        })
+    }
+}
+
 /// Windows in which a service was in trouble (truth): (service, start, end).
 pub type Incidents = Vec<(&'static str, u64, u64)>;
 

@@ -328,6 +328,8 @@ struct Order {
     /// Stage clock (ns of normal work in the current stage, see [`super::flow`]) as of `clock_at`.
     clock: f64,
     clock_at: u64,
+    /// The latest stage that was slowed for everybody while this order was in it (it ate the order's slack).
+    hit: Option<u8>,
 }
 
 impl Order {
@@ -949,6 +951,7 @@ impl Engine {
                 sid: OVERFLOW,
                 clock: 0.0,
                 clock_at: time,
+                hit: None,
             };
             self.orders.insert(id.clone(), o);
             self.peak_open = self.peak_open.max(self.orders.len());
@@ -1219,8 +1222,15 @@ impl Engine {
         // Pass 0: the stages' flow over the interval that ends now (see [`super::flow`]).
         if let Some(last) = self.last_tick {
             let interval = b.saturating_sub(last).max(1);
+            // The learned durations need a full deadline of data before a stage can be judged.
+            let warm = self
+                .first_tick
+                .is_some_and(|f| b.saturating_sub(f) >= self.c.kpis.iter().map(|k| k.deadline).max().unwrap_or(0));
             for f in &mut self.flows {
                 f.close_interval(b, interval);
+                if !warm {
+                    f.assume_normal();
+                }
             }
         }
         for f in &mut self.flows {
@@ -1249,6 +1259,9 @@ impl Engine {
                 }
                 if let Some(f) = flows.get_mut(o.stage) {
                     f.backlog += 1;
+                    if f.slowed() {
+                        o.hit = u8::try_from(o.stage).ok();
+                    }
                 }
                 let cond = condition_of(health, stage_service_ids, o, o.stage);
                 o.cond = cond;
@@ -1319,12 +1332,30 @@ impl Engine {
             } = self;
             let interval = c.eval as f64;
             let changes: Vec<TimeChange> = flows.iter().map(|f| f.time_change(b)).collect();
+            let mixtures: Vec<Vec<TimeChange>> = flows.iter().map(|f| f.time_changes(b)).collect();
+            // First come, first served: the entry times of the orders in each slowed stage, for "backlog ahead".
+            let mut queues: Vec<Vec<u64>> = vec![Vec::new(); flows.len()];
+            for o in orders.values() {
+                if let Some(q) = queues.get_mut(o.stage)
+                    && flows.get(o.stage).is_some_and(StageFlow::queueing)
+                {
+                    q.push(o.entered());
+                }
+            }
+            for q in &mut queues {
+                q.sort_unstable();
+            }
             let medians = medians_of(model, c.stages.len());
             let slowed: Vec<bool> = flows.iter().map(StageFlow::slowed).collect();
             let mut expected = vec![0.0; flows.len()];
             for (id, o) in orders.iter_mut() {
                 let age = o.clock;
-                let tc = changes.get(o.stage).copied().unwrap_or(TimeChange::NORMAL);
+                let mixture = mixtures.get(o.stage).map_or(&[TimeChange::NORMAL][..], |v| &v[..]);
+                let waits = queues.get(o.stage).filter(|q| !q.is_empty()).and_then(|q| {
+                    flows
+                        .get(o.stage)?
+                        .queue_waits(q.partition_point(|e| *e < o.entered()), b)
+                });
                 let stage_slowed = slowed.get(o.stage).copied().unwrap_or(false);
                 if let Some(x) = model.exit_probability(o.stage, o.cond, age, interval)
                     && let Some(e) = expected.get_mut(o.stage)
@@ -1351,9 +1382,17 @@ impl Engine {
                         .map(|(_, t)| StageFlow::extra_delay_of(t, typical))
                         .sum();
                     let left = (deadline - b).saturating_sub(later as u64);
-                    let p = model
-                        .miss_changed(k, o.stage, kp.to, o.cond, age, left, tc)
-                        .map(|p| p as f32);
+                    let ps: Option<Vec<f64>> = match &waits {
+                        Some(w) => w
+                            .iter()
+                            .map(|w| model.miss_after_wait(k, o.stage, kp.to, *w, left))
+                            .collect(),
+                        None => mixture
+                            .iter()
+                            .map(|tc| model.miss_changed(k, o.stage, kp.to, o.cond, age, left, *tc))
+                            .collect(),
+                    };
+                    let p = ps.map(|v| (v.iter().sum::<f64>() / v.len().max(1) as f64) as f32);
                     if hourly && let (Some(v), Some(p)) = (predictions.as_mut(), p) {
                         v.push(Prediction {
                             kpi: k,
@@ -1495,7 +1534,15 @@ impl Engine {
 
     /// The cause in words: the slowed stage, then the service (or "no IT cause found").
     fn cause_text(&self, c: &Cause) -> String {
-        let stage = c.stage.and_then(|s| self.stage_cause_text(usize::from(s)));
+        let stage = c.stage.map(|s| {
+            let s = usize::from(s);
+            self.stage_cause_text(s).unwrap_or_else(|| {
+                format!(
+                    "stage {} was slowed while this order was in it",
+                    self.c.stages.get(s).map_or("?", String::as_str)
+                )
+            })
+        });
         let service = match (c.service, c.issue) {
             (Some(s), Some(i)) => format!(
                 "{} {} ({})",
@@ -1765,7 +1812,7 @@ pub const EVIDENCE_OVERLAP_NS: u64 = 3_600_000_000_000;
 /// later, or the service unhealthy now); the stage is named when it is slowed for everybody (`slowed`).
 fn cause_of(health: &Health, stage_services: &[Vec<u16>], o: &Order, slowed: bool, medians: &[f64]) -> Cause {
     let services = stage_services.get(o.stage).map_or(&[][..], |v| &v[..]);
-    let stage = if slowed { u8::try_from(o.stage).ok() } else { None };
+    let stage = if slowed { u8::try_from(o.stage).ok() } else { o.hit };
     let own = |e: &Evidence| Cause {
         service: Some(e.service),
         issue: Some(if e.errors > 0 { Issue::Errors } else { Issue::Latency }),

@@ -97,6 +97,62 @@ impl StageFlow {
         }
     }
 
+    /// Back to normal (no judgement yet: the model is still warming up).
+    pub fn assume_normal(&mut self) {
+        self.rate = 1.0;
+        self.slowed_since = None;
+    }
+
+    /// The clock changes assumed for predictions made at `now`, each equally likely: one (`NORMAL`) unless
+    /// the stage is slowed; then the slowdown's remaining length `W` is uncertain — with `m = max(time slowed
+    /// so far, 1 h)`, `P(W > x) = m / (m + x)` (it lasts as long again as it has lasted, at the median) — and
+    /// is taken at its quantiles 0.1, 0.3, 0.5, 0.7, 0.9 (`W_q = m·q / (1 − q)`).
+    pub fn time_changes(&self, now: u64) -> Vec<TimeChange> {
+        if self.rate >= 1.0 || self.slowed_since.is_none() {
+            return vec![self.time_change(now)];
+        }
+        let m = self.time_change(now).span;
+        [0.1, 0.3, 0.5, 0.7, 0.9]
+            .iter()
+            .map(|q| TimeChange {
+                rate: self.rate,
+                span: m * q / (1.0 - q),
+            })
+            .collect()
+    }
+
+    /// Whether orders in the stage are predicted as a queue ([`StageFlow::queue_waits`]): slowed but still
+    /// working (`0.1 ≤ r < 1`).
+    pub fn queueing(&self) -> bool {
+        self.slowed() && self.rate >= 0.1 && self.rate < 1.0 && self.observed_per_hour > 0.0
+    }
+
+    /// Waits (ns) of an order with `ahead` orders before it in the stage, served first come first served:
+    /// "backlog ahead / current throughput" while the slowdown lasts (`c_s` = observed exits per hour), then
+    /// at the normal pace (`c_n` = expected exits per hour): for each equally likely remaining length `W` of
+    /// the slowdown (as in [`StageFlow::time_changes`]), `ahead / c_s` if `ahead ≤ c_s·W`, else
+    /// `W + (ahead − c_s·W) / c_n`. `None` unless [`StageFlow::queueing`].
+    pub fn queue_waits(&self, ahead: usize, now: u64) -> Option<Vec<f64>> {
+        if !self.queueing() {
+            return None;
+        }
+        let h = 3.6e12;
+        let (cs, cn) = (
+            self.observed_per_hour / h,
+            self.normal_per_hour.max(self.observed_per_hour) / h,
+        );
+        let n = ahead as f64;
+        Some(
+            self.time_changes(now)
+                .iter()
+                .map(|tc| {
+                    let w = tc.span;
+                    if n <= cs * w { n / cs } else { w + (n - cs * w) / cn }
+                })
+                .collect(),
+        )
+    }
+
     /// Whether the stage is slowed now.
     pub fn slowed(&self) -> bool {
         self.slowed_since.is_some()

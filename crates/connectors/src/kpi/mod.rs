@@ -77,7 +77,8 @@
 //!   alarms: the default `0.93` keeps precision above 0.9 with a margin for model error. Lower it for earlier,
 //!   less certain warnings.
 //! - **Cause** of an at-risk order. The **stage** is named when it is slowed for everybody (a cohort cause:
-//!   "backlog in stage paid: 1,840 orders, throughput 35 % of normal since …"), with or without an IT signal.
+//!   "backlog in stage paid: 1,840 orders, throughput 35 % of normal since …"), with or without an IT signal,
+//!   or when an earlier stage was slowed while the order was in it (the backlog ate its slack).
 //!   A **service** is named only when its trouble overlaps the order's current delay in path and time: (1) a
 //!   service of its current stage with failed (`errors`) or slow (`latency`) spans of this order that ended at
 //!   most 1 h before the order entered the stage or later; else (2) a service of an earlier stage the order

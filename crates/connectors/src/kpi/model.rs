@@ -216,6 +216,18 @@ impl Model {
         Some(miss_probability_changed(t, age, left as f64, rest, tc))
     }
 
+    /// The probability of missing the deadline `left` ns from now for an order that will leave `stage` after
+    /// `wait` ns (a queueing estimate): `S_R(left − wait)` of the next stage's remaining time (a step at 0 when
+    /// the next stage is the goal).
+    pub fn miss_after_wait(&self, kpi: usize, stage: usize, goal: usize, wait: f64, left: u64) -> Option<f64> {
+        let y = left as f64 - wait;
+        if stage + 1 >= goal {
+            return Some(if y < 0.0 { 1.0 } else { 0.0 });
+        }
+        let r = self.rem_survival.get(kpi)?.get(stage + 1)?.as_ref()?;
+        Some(if y <= 0.0 { 1.0 } else { r.at(y) })
+    }
+
     /// The probability that an order `age` ns (clock) into `stage` leaves it within the next `dt` ns of normal
     /// work: `1 − S(age + dt) / S(age)` (`1` beyond every observation); `None` while not learned.
     pub fn exit_probability(&self, stage: usize, c: Condition, age: f64, dt: f64) -> Option<f64> {

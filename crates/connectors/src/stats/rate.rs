@@ -13,7 +13,7 @@
 
 /// `P(X ≤ k)` for `X ~ Poisson(lambda)`; `1` for `lambda ≤ 0`.
 pub fn poisson_cdf(k: f64, lambda: f64) -> f64 {
-    if !(lambda > 0.0) {
+    if lambda.is_nan() || lambda <= 0.0 {
         return 1.0;
     }
     if k < 0.0 {
@@ -70,7 +70,7 @@ pub enum RateVerdict {
 /// and off by at least `min_change` in ratio (`0.3`: below 0.7 or above 1.3), else `Normal`. Needs
 /// `expected ≥ min_expected`.
 pub fn rate_test(observed: f64, expected: f64, alpha: f64, min_change: f64, min_expected: f64) -> RateVerdict {
-    if !(expected >= min_expected) || expected <= 0.0 {
+    if expected.is_nan() || expected < min_expected || expected <= 0.0 {
         return RateVerdict::Normal;
     }
     let ratio = observed / expected;
