@@ -30,6 +30,25 @@ use super::output;
 use super::read::{ResRead, SpanRead};
 use super::series::{MoneyKind, SeriesTable};
 use super::sketch::Distinct;
+use super::trace::{self, TraceContext, TraceContextConfig};
+
+/// The attributes a trace's record keeps by default: those the connector reads.
+fn trace_keys(cfg: &BusinessImpactConfig, ops: &[OpSpec]) -> Vec<String> {
+    let mut keys = vec![
+        cfg.business_key.clone(),
+        cfg.tier_attribute.clone(),
+        cfg.order_attribute.clone(),
+        cfg.items_attribute.clone(),
+    ];
+    keys.extend(cfg.customer_attribute.clone());
+    for o in ops {
+        keys.push(o.key.clone());
+        keys.push(o.value.attribute.clone());
+        keys.push(o.value.currency_attribute.clone());
+    }
+    keys.extend(cfg.dimensions.iter().map(|d| d.parts().1));
+    keys
+}
 
 fn ns(d: bizpilot_core::config::Duration) -> u64 {
     u64::try_from(d.get().as_nanos()).unwrap_or(u64::MAX / 4)
@@ -162,6 +181,8 @@ pub struct Compiled {
     max_records: usize,
     max_incidents: usize,
     windows_retained: usize,
+    /// `trace_context` and the attributes its records keep.
+    trace: Option<(TraceContextConfig, Vec<String>)>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -216,6 +237,14 @@ impl Compiled {
             })
             .collect();
         let interval = ns(cfg.incident.evaluation_interval).max(1);
+        let trace = cfg.trace_context.enabled.then(|| {
+            let keys = if cfg.trace_context.attributes.is_empty() {
+                trace_keys(cfg, &ops)
+            } else {
+                cfg.trace_context.attributes.clone()
+            };
+            (cfg.trace_context.clone(), keys)
+        });
         Ok(Compiled {
             ops,
             customer_attr: cfg.customer_attribute.clone(),
@@ -247,6 +276,7 @@ impl Compiled {
             max_records: cfg.impact.max_records,
             max_incidents: cfg.incident.max_retained,
             windows_retained: cfg.impact.windows_retained,
+            trace,
         })
     }
 
@@ -350,7 +380,7 @@ fn span_key(trace: &[u8], span: &[u8]) -> SpanId {
     id
 }
 
-fn id16(b: &[u8]) -> [u8; 16] {
+pub(super) fn id16(b: &[u8]) -> [u8; 16] {
     let mut out = [0u8; 16];
     for (d, s) in out.iter_mut().zip(b) {
         *d = *s;
@@ -358,7 +388,7 @@ fn id16(b: &[u8]) -> [u8; 16] {
     out
 }
 
-fn id8(b: &[u8]) -> [u8; 8] {
+pub(super) fn id8(b: &[u8]) -> [u8; 8] {
     let mut out = [0u8; 8];
     for (d, s) in out.iter_mut().zip(b) {
         *d = *s;
@@ -384,6 +414,8 @@ struct PendingOp {
     series: u32,
     /// (service, span name, status message) of a failure.
     failure: Option<Box<Cause>>,
+    /// With `trace_context`: what the span had, completed from its trace at finalization.
+    unresolved: Option<Box<trace::Unresolved>>,
 }
 
 struct Pending(Box<PendingOp>);
@@ -575,6 +607,7 @@ pub struct Engine {
     now_ns: u64,
     stats: Stats,
     dirty: bool,
+    trace: Option<TraceContext>,
 }
 
 fn lock(b: &Mutex<Book>) -> MutexGuard<'_, Book> {
@@ -592,6 +625,7 @@ fn add_totals(t: &mut MoneyTotals, m: Option<Money>) {
 impl Engine {
     pub fn new(c: Compiled, connector: &str) -> Self {
         let n = c.ops.len();
+        let c_trace = c.trace.clone();
         let book = Arc::new(Mutex::new(Book::new(
             c.operation_names(),
             c.max_records,
@@ -649,6 +683,7 @@ impl Engine {
             now_ns: 0,
             stats: Stats::new(connector),
             dirty: true,
+            trace: c_trace.map(|(cfg, keys)| TraceContext::new(&cfg, keys, connector)),
         }
     }
 
@@ -659,6 +694,11 @@ impl Engine {
 
     pub fn compiled(&self) -> &Compiled {
         &self.c
+    }
+
+    /// Counters of `trace_context` (when enabled).
+    pub fn trace_stats(&self) -> Option<&trace::TraceStats> {
+        self.trace.as_ref().map(|t| &t.stats)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -788,6 +828,9 @@ impl Engine {
                 },
             );
         }
+        if let Some(tc) = self.trace.as_mut() {
+            tc.observe(span, t);
+        }
         self.ingest_span(span, res, service, t);
     }
 
@@ -828,12 +871,21 @@ impl Engine {
             }
             let success = !spec.failed(span, res);
             let a = span;
+            // With trace_context, the value, its currency and the dimensions are resolved at finalization.
+            let unresolved = self.trace.is_some().then(|| {
+                Box::new(trace::Unresolved {
+                    trace: id16(span.trace_id()),
+                    value: attr(a, res, &spec.value.attribute).map(|v| v.to_value()),
+                    currency: attr_string(a, res, &spec.value.currency_attribute),
+                    dims: self.c.dims.iter().map(|(_, src, _)| attr_string(a, res, src)).collect(),
+                })
+            });
             let key = attr_string(a, res, &spec.key);
             let customer = match &self.c.customer_attr {
                 Some(k) => attr_string(a, res, k),
                 None => key.clone(),
             };
-            let value = match attr(a, res, &spec.value.attribute) {
+            let value = match attr(a, res, &spec.value.attribute).filter(|_| unresolved.is_none()) {
                 Some(v) => match amount::money_from_ref(&v, Self::currency_of(&spec.value, a, res)) {
                     Ok(m) => Some(m),
                     Err(_) => {
@@ -853,7 +905,11 @@ impl Engine {
                         .unwrap_or_default()
                 })
                 .collect();
-            let series = self.series.resolve(i, dims);
+            let series = if unresolved.is_some() {
+                0
+            } else {
+                self.series.resolve(i, dims)
+            };
             let failure = (!success).then(|| {
                 Box::new(Cause {
                     service: service.to_string(),
@@ -878,6 +934,7 @@ impl Engine {
                 value,
                 series,
                 failure,
+                unresolved,
             })));
         }
     }
@@ -927,6 +984,9 @@ impl Engine {
         }
         self.causes
             .expire(target.saturating_sub(self.c.lateness.max(self.c.thresholds.interval_ns)));
+        if let Some(tc) = self.trace.as_mut() {
+            tc.expire(target);
+        }
         self.dirty = true;
     }
 
@@ -1046,7 +1106,65 @@ impl Engine {
         total
     }
 
-    fn finalize(&mut self, op: PendingOp) {
+    /// Completes `op` from its trace's record (`trace_context`): what its span lacked.
+    fn resolve_from_trace(&mut self, op: &mut PendingOp, u: trace::Unresolved) {
+        let Some(tc) = self.trace.as_mut() else { return };
+        tc.finalizing(&u.trace);
+        let tc = &*tc;
+        let spec = &self.c.ops[op.op];
+        let t = &u.trace;
+        let fill = |f: &mut Option<Box<str>>, key: &str| {
+            if f.is_none() {
+                *f = tc.text(t, key);
+            }
+        };
+        fill(&mut op.key, &spec.key);
+        match &self.c.customer_attr {
+            Some(k) => fill(&mut op.customer, k),
+            None => op.customer = op.key.clone(),
+        }
+        fill(&mut op.tier, &self.c.tier_attr);
+        fill(&mut op.order, &self.c.order_attr);
+        if op.items.is_none() {
+            op.items = tc.get(t, &self.c.items_attr).and_then(|v| v.as_i64());
+        }
+        let currency = u
+            .currency
+            .or_else(|| tc.text(t, &spec.value.currency_attribute))
+            .and_then(|s| Currency::new(&s).ok())
+            .or(spec.value.default_currency);
+        let raw = u
+            .value
+            .as_ref()
+            .map(ValueRef::from_value)
+            .or_else(|| tc.get(t, &spec.value.attribute));
+        let value = raw.map(|v| amount::money_from_ref(&v, currency));
+        let dims: Box<[Box<str>]> = self
+            .c
+            .dims
+            .iter()
+            .zip(u.dims)
+            .map(|((_, src, default), own)| {
+                own.or_else(|| tc.text(t, src))
+                    .or_else(|| default.as_deref().map(Box::from))
+                    .unwrap_or_default()
+            })
+            .collect();
+        op.value = match value {
+            Some(Ok(m)) => Some(m),
+            Some(Err(_)) => {
+                self.stats.invalid_value.add(1);
+                None
+            }
+            None => None,
+        };
+        op.series = self.series.resolve(op.op, dims);
+    }
+
+    fn finalize(&mut self, mut op: PendingOp) {
+        if let Some(u) = op.unresolved.take() {
+            self.resolve_from_trace(&mut op, *u);
+        }
         let i = op.op;
         self.stats.operations.add(1);
         let value = op.value.or_else(|| {
