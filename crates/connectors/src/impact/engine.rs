@@ -1538,7 +1538,7 @@ impl Engine {
         inc.failed_operations += 1;
         *inc.causes.entry((cause.service, cause.status_message)).or_default() += 1;
         let incident_id = inc.id.clone();
-        if !book.record(rid).is_some_and(|r| r.incident_seq == 0) {
+        if book.record(rid).is_none_or(|r| r.incident_seq != 0) {
             // Already named (an earlier failure of the same record), or gone (merged, evicted).
             return;
         }

@@ -163,6 +163,10 @@ impl TraceContext {
         self.traces.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.traces.is_empty()
+    }
+
     /// Records what `span` (ending at event time `t`) tells about its trace.
     pub(crate) fn observe<S: SpanRead + ?Sized>(&mut self, span: &S, t: u64) {
         if span.trace_id().is_empty() {
@@ -308,6 +312,84 @@ mod tests {
             assert_eq!(c.text(&[1; 16], "a").as_deref(), Some("outer"));
             assert_eq!(c.text(&[1; 16], "b").as_deref(), Some("x"));
             assert_eq!(c.text(&[2; 16], "a"), None);
+        }
+    }
+
+    /// The demo's failed checkout: PlaceOrder (customer, currency, ERROR, no amount) → payment server span
+    /// (amount) → `charge` (tier), spans of each service in their own request, children first. Both operations
+    /// get the value in EUR, the customer and the tier, on the decoded path and through views alike.
+    #[test]
+    fn operations_take_value_currency_customer_and_tier_from_their_trace() {
+        use super::super::config::BusinessImpactConfig;
+        use super::super::engine::{Compiled, Engine};
+        use bizpilot_core::component::parse_config;
+        use bizpilot_core::{Currency, Money, Traces};
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
+
+        let raw: serde_yaml::Value = serde_yaml::from_str(
+            r#"
+operations:
+  - {name: checkout, span_name: PlaceOrder}
+  - {name: payment, span_name: Charge}
+dimensions: [{name: customer.tier, attribute: business.customer.tier, default: unknown}]
+allowed_lateness: 10s
+trace_context: {enabled: true}
+"#,
+        )
+        .unwrap();
+        let cfg: BusinessImpactConfig = parse_config(&raw).unwrap();
+        let err = Some(Status {
+            code: 2,
+            message: "declined".into(),
+        });
+        let mut place = span(5, 1, 0, 1_000, vec![attrs::kv_str("business.customer.id", "c-1")]);
+        place.attributes.push(attrs::kv_str("business.currency", "EUR"));
+        place.status = err.clone();
+        let mut charge_server = span(5, 2, 1, 2_000, vec![attrs::kv_str("business.order.value", "12.34")]);
+        charge_server.name = "Charge".into();
+        charge_server.status = err.clone();
+        let mut charge = span(5, 3, 2, 3_000, vec![attrs::kv_str("business.customer.tier", "gold")]);
+        charge.name = "charge".into();
+        charge.status = err;
+        place.name = "PlaceOrder".into();
+        place.end_time_unix_nano = 10_000;
+        let req = |spans: Vec<Span>| ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let requests = [req(vec![charge, charge_server]), req(vec![place])];
+        for views in [false, true] {
+            let mut e = Engine::new(Compiled::new(&cfg, None, None, None).unwrap(), "t");
+            for r in &requests {
+                if views {
+                    let mut t = Traces::from_bytes(prost::Message::encode_to_vec(r).into()).unwrap();
+                    e.ingest_traces(&mut t);
+                    assert!(t.decoded().is_none());
+                } else {
+                    e.ingest(r);
+                }
+            }
+            e.flush();
+            let eur = Money::parse_amount("12.34", Currency::EUR).unwrap();
+            for op in 0..2 {
+                assert_eq!(e.ops[op].failed, 1, "views {views} op {op}");
+                assert_eq!(e.ops[op].at_risk.get(Currency::EUR), eur, "views {views} op {op}");
+                let tiers: Vec<String> = e
+                    .series
+                    .iter()
+                    .filter(|s| s.op == op && s.failed > 0)
+                    .filter_map(|s| s.dims.as_ref().and_then(|d| d.first()).map(|t| t.to_string()))
+                    .collect();
+                assert_eq!(tiers, ["gold"], "views {views} op {op}");
+            }
+            let stats = e.trace_stats().unwrap();
+            assert_eq!((stats.incomplete, stats.evicted, stats.late), (0, 0, 0));
         }
     }
 
