@@ -1027,7 +1027,7 @@ fn checkout_request(n: usize, fail_every: usize) -> ExportTraceServiceRequest {
                     "demo.user_context.loyalty_level",
                     s(["gold", "silver", "bronze"][(i / 3) % 3]),
                 ),
-                kv("demo.user.currency", s("USD")),
+                kv("demo.user_context.selected_currency", s("USD")),
                 kv("demo.order.items.count", any_value::Value::IntValue(2)),
                 kv("note", s("contact jane.doe@example.com")),
                 kv("demo.order.amount", any_value::Value::DoubleValue(123.45)),

@@ -42,7 +42,7 @@ operations:
     service: checkout
     span_name: oteldemo.CheckoutService/PlaceOrder
   - name: payment
-    span_name: oteldemo.PaymentService/Charge
+    span_name: grpc.oteldemo.PaymentService/Charge
 business_key: user.id
 tier_attribute: demo.user_context.loyalty_level
 order_attribute: demo.order.id
@@ -402,7 +402,7 @@ async fn the_connector_emits_cumulative_metrics_and_records_and_serves_its_api()
     .unwrap();
     let yaml = r#"
 operations:
-  - {name: payment, span_name: oteldemo.PaymentService/Charge}
+  - {name: payment, span_name: grpc.oteldemo.PaymentService/Charge}
 business_key: user.id
 tier_attribute: demo.user_context.loyalty_level
 value: {attribute: demo.payment.amount, default_currency: USD}

@@ -84,7 +84,7 @@
 //!       - copy: {from: user.id, to: business.customer.id}
 //!       - copy: {from: demo.user_context.loyalty_level, to: business.customer.tier}
 //!       - when: {span_name: oteldemo.CheckoutService/PlaceOrder}
-//!         parse_money: {from: demo.order.amount, currency_from: demo.user.currency, default_currency: USD}
+//!         parse_money: {from: demo.order.amount, currency_from: demo.user_context.selected_currency, default_currency: USD}
 //!       - after_join: true
 //!         classify:
 //!           from: business.order.value

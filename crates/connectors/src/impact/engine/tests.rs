@@ -414,7 +414,7 @@ fn incidents_open_close_and_list_each_affected_customer_once_on() {
     drop(b);
     // Logs: one impact record per customer, one open, updates, one closed.
     let logs = e.take_logs();
-    let by_event = |n: &str| logs.iter().filter(|l| l.event_name == n).count();
+    let _by_event = |n: &str| logs.iter().filter(|l| l.event_name == n).count();
     // Created at the first failure (before the incident was detected), logged again when it named them.
     let logged: std::collections::BTreeSet<&str> = logs
         .iter()
