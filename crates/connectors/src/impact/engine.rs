@@ -1595,8 +1595,11 @@ impl Engine {
         {
             ep.records.push(id);
         }
+        // The order by its id, else the order a business event of the same trace named (its
+        // trace link: a `traceparent` on the event), for the record's items and tier.
         let order_ctx = match (&self.c.state, &f.order) {
             (Some(s), Some(o)) => s.orders.peek(o),
+            (Some(s), None) => bizpilot_business::trace_key(&f.trace).and_then(|t| s.order_of_trace(&t)),
             _ => None,
         };
         let currency = f.value.map(|v| v.currency());
@@ -1634,10 +1637,14 @@ impl Engine {
             key: f.key.clone(),
             customer,
             tier,
-            cart_value: f.value,
+            cart_value: f.value.or_else(|| order_ctx.as_ref().and_then(|o| o.value())),
             items,
             item_count,
-            order_id: f.order.as_deref().map(str::to_string),
+            order_id: f
+                .order
+                .as_deref()
+                .map(str::to_string)
+                .or_else(|| order_ctx.as_ref().map(|o| o.order_id.clone())),
             failure: f.failure.clone(),
             root_cause: f.root.clone(),
             trace_id: f.trace,

@@ -102,6 +102,7 @@ fn outage_engine(work: &bizpilot_shopgen::Workload, path: Path) -> Engine {
             max_orders: 1_000_000,
             max_customers: 1_000_000,
             ttl: None,
+            ..StateConfig::default()
         },
     ));
     let mapping = EventMapping::default();
