@@ -3,6 +3,7 @@
 mod admin;
 mod plan;
 mod replay;
+mod unit_test;
 
 use anyhow::Context;
 use bizpilot_core::config::{self, Diagnostic, LogEncoding, ProcessEnv, Source};
@@ -74,6 +75,14 @@ enum Command {
         /// The connector id, when the config has several capacity_planner connectors.
         #[arg(long)]
         connector: Option<String>,
+    },
+    /// Run pipeline unit tests: inputs in OTLP/JSON, expected attributes, metrics and records (see docs/pipeline-tests.md).
+    Test {
+        #[arg(long = "config", short = 'c', value_name = "FILE", required = true)]
+        config: Vec<PathBuf>,
+        /// Test files (default: tests/<config name>.test.yaml next to each config).
+        #[arg(value_name = "TESTS")]
+        tests: Vec<PathBuf>,
     },
 }
 
@@ -281,6 +290,7 @@ fn main() -> ExitCode {
             campaign,
             connector,
         } => plan::main(config, input, json, campaign, connector),
+        Command::Test { config, tests } => unit_test::main(config, tests),
         Command::Run { config } => {
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,

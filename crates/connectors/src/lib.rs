@@ -5,6 +5,7 @@ pub mod forward;
 pub mod impact;
 pub mod kpi;
 pub mod plan;
+pub mod stats;
 
 mod emit;
 mod otlp_out;

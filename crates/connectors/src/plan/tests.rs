@@ -82,8 +82,16 @@ fn bad_campaigns_name_the_path() {
     );
     assert!(errors("{}").iter().any(|m| m.starts_with("steps:")));
     let e = errors(&format!("{STEPS}campaigns:\n  - {{name: m, revenue_per_hour: lots}}\n"));
-    assert!(e.iter().any(|m| m.starts_with("campaigns[0].revenue_per_hour:")), "{e:?}");
-    assert!(errors(&format!("{STEPS}campaigns:\n  - {{name: m, revenue_per_hour: USD 1000000}}\n")).is_empty());
+    assert!(
+        e.iter().any(|m| m.starts_with("campaigns[0].revenue_per_hour:")),
+        "{e:?}"
+    );
+    assert!(
+        errors(&format!(
+            "{STEPS}campaigns:\n  - {{name: m, revenue_per_hour: USD 1000000}}\n"
+        ))
+        .is_empty()
+    );
 }
 
 fn span(trace: u8, id: u8, parent: u8, name: &str, start_s: u64, dur_ms: u64) -> Span {
