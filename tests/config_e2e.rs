@@ -195,6 +195,7 @@ fn component_reference_is_generated_from_the_module_docs() {
             "crates/connectors/src/impact/trace.rs",
         ),
         ("connector `order_kpi`", "crates/connectors/src/kpi/mod.rs"),
+        ("connector `capacity_planner`", "crates/connectors/src/plan/mod.rs"),
         ("extension `business_state`", "crates/extensions/src/business_state.rs"),
         ("extension `lookup`", "crates/extensions/src/lookup.rs"),
     ];
