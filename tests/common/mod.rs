@@ -250,6 +250,9 @@ impl Bizpilot {
         for c in configs {
             cmd.arg("--config").arg(c);
         }
+        // The shipped pipelines' health_check extension listens on :13133 unless moved: tests run in
+        // parallel, so each process gets its own port (a test may still set its own).
+        cmd.env("BIZPILOT_HEALTH_ENDPOINT", format!("127.0.0.1:{}", free_port()));
         for (k, v) in env {
             cmd.env(k, v);
         }

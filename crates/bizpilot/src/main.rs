@@ -186,6 +186,12 @@ async fn run(files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
                 metrics,
                 ready: ready.clone(),
                 api: api.clone(),
+                token: cfg
+                    .telemetry
+                    .metrics
+                    .auth
+                    .as_ref()
+                    .map(|a| bizpilot_core::auth::BearerToken::new(&a.bearer_token)),
             },
             admin_stop.clone(),
         )

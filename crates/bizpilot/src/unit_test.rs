@@ -565,6 +565,11 @@ fn rewire(base: &Config, case: &TestCase, shared: &Shared) -> Result<Rewired, Te
     cfg.components.retain(|(k, id, _)| {
         !(*k == ComponentKind::Receiver || (*k == ComponentKind::Exporter && !KEPT_EXPORTERS.contains(&id.type_name())))
     });
+    // Extensions that only listen (the probes' health_check) would open a port: no network here.
+    let listens = |id: &ComponentId| id.type_name() == bizpilot_extensions::health_check::TYPE;
+    cfg.extensions.retain(|id| !listens(id));
+    cfg.components
+        .retain(|(k, id, _)| !(*k == ComponentKind::Extension && listens(id)));
     for new in replaced.values() {
         let kind = if new.type_name() == INJECT {
             ComponentKind::Receiver
