@@ -1,5 +1,6 @@
 //! The admin server: self-telemetry in Prometheus text format on `/metrics`,
-//! liveness on `/healthz` and readiness on `/readyz`
+//! liveness on `/healthz`, readiness on `/readyz`, and the live business board on `/` and `/board`
+//! (see the `board` module)
 //! (`service.telemetry.metrics.address`, default `0.0.0.0:8888`).
 
 use axum::Router;
@@ -97,7 +98,8 @@ pub async fn serve(address: &str, state: AdminState, shutdown: CancellationToken
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/{*path}", get(api))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(crate::board::Board::start(state.api.clone(), state.metrics.clone(), shutdown.clone()).router());
     // Histogram summaries need periodic upkeep.
     let upkeep = state.metrics.clone();
     let stop = shutdown.clone();

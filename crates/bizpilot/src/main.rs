@@ -1,6 +1,7 @@
 //! The `bizpilot` binary.
 
 mod admin;
+mod board;
 mod replay;
 
 use anyhow::Context;

@@ -23,7 +23,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use regex::Regex;
 
-use super::book::{Book, Cause, ImpactRecord, Incident, IncidentState, WindowCount};
+use super::book::{Book, Cause, GoalSummary, ImpactRecord, Incident, IncidentState, WindowCount};
 use super::config::{BusinessImpactConfig, CmpOp, Condition, Scalar, ValueConfig};
 use super::incident::{Detector, Thresholds, Transition};
 use super::output;
@@ -528,6 +528,24 @@ impl GoalState {
             so_far * self.period as f64 / elapsed as f64
         };
         (so_far, projected)
+    }
+
+    /// Revenue projected at the period's end at event time `now`, exactly: achieved × period ÷ elapsed
+    /// (the achieved revenue itself before the period has started or when the result does not fit).
+    pub fn projected(&self, now: u64) -> Money {
+        let Some(start) = self.period_start else {
+            return self.achieved;
+        };
+        let elapsed = now.saturating_sub(start).min(self.period);
+        if elapsed == 0 {
+            return self.achieved;
+        }
+        let total = self.achieved.nanos() * i128::from(self.period) / i128::from(elapsed);
+        let (units, nanos) = (total / 1_000_000_000, total % 1_000_000_000);
+        match (i64::try_from(units), i32::try_from(nanos)) {
+            (Ok(u), Ok(n)) => Money::from_units_nanos(u, n, self.achieved.currency()).unwrap_or(self.achieved),
+            _ => self.achieved,
+        }
     }
 }
 
@@ -1409,6 +1427,25 @@ impl Engine {
             sum.windows = st.closed_windows.clone();
             sum.open_incident = id;
         }
+        let wm = self.watermark;
+        book.goals = self
+            .goals
+            .iter()
+            .map(|g| {
+                let (attainment, projected_attainment) = g.attainment(wm);
+                GoalSummary {
+                    name: g.name.clone(),
+                    operation: self.operation_name(g.op).to_string(),
+                    target: g.target,
+                    period: g.period,
+                    period_start: g.period_start,
+                    achieved: g.achieved,
+                    projected: g.projected(wm),
+                    attainment,
+                    projected_attainment,
+                }
+            })
+            .collect();
     }
 
     /// Distinct affected customers of the window holding the watermark and of the one before it:
