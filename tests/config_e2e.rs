@@ -170,6 +170,10 @@ fn component_reference_is_generated_from_the_module_docs() {
     let sources: &[(&str, &str)] = &[
         ("receiver `otlp`", "crates/receivers/src/otlp/mod.rs"),
         ("receiver `kafka`", "crates/kafka/src/receiver.rs"),
+        (
+            "receiver `kafka`: the OpenTelemetry Demo's `OrderResult`",
+            "crates/kafka/src/otel_demo.rs",
+        ),
         ("processor `batch`", "crates/processors/src/batch.rs"),
         ("processor `memory_limiter`", "crates/processors/src/memory_limiter.rs"),
         ("processor `enrich`", "crates/processors/src/enrich/mod.rs"),
@@ -186,7 +190,12 @@ fn component_reference_is_generated_from_the_module_docs() {
         ("exporter `kafka`", "crates/kafka/src/exporter.rs"),
         ("connector `forward`", "crates/connectors/src/forward.rs"),
         ("connector `business_impact`", "crates/connectors/src/impact/mod.rs"),
+        (
+            "connector `business_impact`: trace-aware operations",
+            "crates/connectors/src/impact/trace.rs",
+        ),
         ("connector `order_kpi`", "crates/connectors/src/kpi/mod.rs"),
+        ("connector `capacity_planner`", "crates/connectors/src/plan/mod.rs"),
         ("extension `business_state`", "crates/extensions/src/business_state.rs"),
         ("extension `lookup`", "crates/extensions/src/lookup.rs"),
     ];

@@ -94,7 +94,7 @@ pub fn record_json(r: &ImpactRecord) -> Json {
         "item_count": r.item_count,
         "order_id": r.order_id,
         "operation": r.operation,
-        "incident": r.incident_id,
+        "incident": (!r.incident_id.is_empty()).then_some(&r.incident_id),
         "failure": cause(&r.failure),
         "root_cause": r.root_cause.as_ref().map(cause),
         "trace_id": hex(&r.trace_id),
@@ -112,7 +112,10 @@ pub fn incident_json(i: &Incident, top: usize) -> Json {
     json!({
         "id": i.id,
         "operation": i.operation,
+        "kind": i.kind.as_str(),
         "state": i.state.as_str(),
+        "closed_reason": i.closed_reason.map(|r| r.as_str()),
+        "baseline_rate": i.baseline_rate,
         "start": rfc3339(i.start),
         "start_unix_nano": i.start.to_string(),
         "end": i.end.map(rfc3339),
@@ -149,6 +152,15 @@ fn summary_json(s: &OperationSummary) -> Json {
             "closed_windows": s.windows.iter().map(window).collect::<Vec<_>>(),
         },
         "open_incident": s.open_incident,
+        "provisional": {
+            "provisional": true,
+            "operations": s.provisional.operations,
+            "failed": s.provisional.failed,
+            "revenue": totals(&s.provisional.revenue),
+            "revenue_at_risk": totals(&s.provisional.revenue_at_risk),
+            "affected_customers": s.provisional.affected_customers,
+            "until": (s.provisional.until > 0).then(|| rfc3339(s.provisional.until)),
+        },
     })
 }
 

@@ -14,13 +14,17 @@ pub struct Cause {
     pub status_message: String,
 }
 
-/// One affected customer in one incident.
+/// One affected customer in one incident, or in no incident yet (`incident_seq` 0, `incident_id` empty):
+/// every customer with a failed operation has a record, whether or not an incident covers the failure.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImpactRecord {
     pub id: u64,
     pub operation: String,
+    /// 0: no incident (yet).
     pub incident_seq: u64,
     pub incident_id: String,
+    /// The revenue-at-risk episode of the customer's first failure (groups unattributed failures).
+    pub episode: u64,
     /// The business key (never shown: `customer` is what leaves the process).
     pub key: Box<str>,
     /// The customer as shown (its keyed hash with `redact_customer`).
@@ -57,13 +61,56 @@ impl IncidentState {
     }
 }
 
+/// What an incident is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncidentKind {
+    /// The operation's failure rate is above normal.
+    Failures,
+    /// The operation succeeds but its share of slow operations is above normal.
+    Latency,
+}
+
+impl IncidentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentKind::Failures => "failures",
+            IncidentKind::Latency => "latency",
+        }
+    }
+}
+
+/// Why an incident closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Event time showed the rate back to normal.
+    Recovered,
+    /// No spans arrived for `incident.idle_timeout` (wall clock).
+    Idle,
+    /// The connector stopped.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Recovered => "recovered",
+            CloseReason::Idle => "idle",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// An incident of one operation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Incident {
     pub seq: u64,
     pub id: String,
     pub operation: String,
+    pub kind: IncidentKind,
     pub state: IncidentState,
+    pub closed_reason: Option<CloseReason>,
+    /// The operation's normal rate (of failures, or of slow operations) when the incident opened.
+    pub baseline_rate: f64,
     /// Event time the failures began (dated back, see [`super::incident`]).
     pub start: u64,
     pub end: Option<u64>,
@@ -124,6 +171,23 @@ pub struct OperationSummary {
     /// Closed windows with affected customers, oldest first.
     pub windows: VecDeque<WindowCount>,
     pub open_incident: Option<String>,
+    /// Operations seen but not final yet (newer than the watermark).
+    pub provisional: Provisional,
+}
+
+/// Figures of the operations not final yet: published at once, replaced by the final figures when the
+/// watermark passes them. `revenue_at_risk` counts a customer's first pending failure unless an episode of
+/// theirs is already at risk (the final figure also ends episodes and recovers sales, so it may differ).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Provisional {
+    pub operations: u64,
+    pub failed: u64,
+    pub revenue: MoneyTotals,
+    pub revenue_at_risk: MoneyTotals,
+    /// Distinct customers with a pending failure.
+    pub affected_customers: u64,
+    /// Event time of the newest pending operation.
+    pub until: u64,
 }
 
 /// A goal's current period as of the watermark (for the API and the live board).
@@ -173,9 +237,39 @@ impl Book {
         }
     }
 
+    fn index_key(incident_seq: u64, operation: &str, key: &str) -> (u64, Box<str>) {
+        if incident_seq == 0 {
+            (0, format!("{operation}\u{1}{key}").into())
+        } else {
+            (incident_seq, Box::from(key))
+        }
+    }
+
     /// The record of `key` in incident `seq`.
     pub fn record_of(&self, incident_seq: u64, key: &str) -> Option<u64> {
         self.index.get(&(incident_seq, Box::<str>::from(key))).copied()
+    }
+
+    /// The newest record of `key` of `operation` that no incident covers.
+    pub fn unattributed_of(&self, operation: &str, key: &str) -> Option<u64> {
+        self.index.get(&Self::index_key(0, operation, key)).copied()
+    }
+
+    /// Names incident `seq` on an unattributed record (it then counts as the customer's record in it).
+    pub fn assign(&mut self, id: u64, incident_seq: u64, incident_id: &str) -> Option<&ImpactRecord> {
+        let r = self.records.get_mut(&id)?;
+        if r.incident_seq != 0 {
+            return Some(r);
+        }
+        let old = Self::index_key(0, &r.operation, &r.key);
+        if self.index.get(&old) == Some(&id) {
+            self.index.remove(&old);
+        }
+        r.incident_seq = incident_seq;
+        r.incident_id = incident_id.to_string();
+        self.index
+            .insert(Self::index_key(incident_seq, &r.operation, &r.key), id);
+        Some(r)
     }
 
     pub fn record_mut(&mut self, id: u64) -> Option<&mut ImpactRecord> {
@@ -188,15 +282,29 @@ impl Book {
 
     /// Adds a record; the oldest go when more than `max_records` are held.
     pub fn insert_record(&mut self, r: ImpactRecord) {
-        self.index.insert((r.incident_seq, r.key.clone()), r.id);
+        self.index
+            .insert(Self::index_key(r.incident_seq, &r.operation, &r.key), r.id);
         self.records.insert(r.id, r);
         while self.records.len() > self.max_records {
             let Some((_, old)) = self.records.pop_first() else {
                 break;
             };
-            self.index.remove(&(old.incident_seq, old.key));
+            let k = Self::index_key(old.incident_seq, &old.operation, &old.key);
+            if self.index.get(&k) == Some(&old.id) {
+                self.index.remove(&k);
+            }
             self.evicted_records += 1;
         }
+    }
+
+    /// Removes a record (merged into another).
+    pub fn remove_record(&mut self, id: u64) -> Option<ImpactRecord> {
+        let r = self.records.remove(&id)?;
+        let k = Self::index_key(r.incident_seq, &r.operation, &r.key);
+        if self.index.get(&k) == Some(&id) {
+            self.index.remove(&k);
+        }
+        Some(r)
     }
 
     pub fn records(&self) -> impl Iterator<Item = &ImpactRecord> {
@@ -245,6 +353,7 @@ mod tests {
             operation: "checkout".into(),
             incident_seq: incident,
             incident_id: format!("i{incident}"),
+            episode: 0,
             key: key.into(),
             customer: Some(key.into()),
             tier: None,
@@ -285,7 +394,10 @@ mod tests {
             seq,
             id: format!("i{seq}"),
             operation: "checkout".into(),
+            kind: IncidentKind::Failures,
             state,
+            closed_reason: None,
+            baseline_rate: 0.0,
             start: 0,
             end: None,
             detected: 0,

@@ -157,15 +157,49 @@ impl DimensionConfig {
     }
 }
 
+/// How incidents are detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Detection {
+    /// Relative to each operation's learned normal rate: a Bernoulli CUSUM (`docs/incident-detection.md`).
+    #[default]
+    Baseline,
+    /// A fixed failure-rate share over a trailing window (`open_threshold`, `close_threshold`).
+    Threshold,
+}
+
 /// Incident detection.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IncidentConfig {
+    pub detection: Detection,
     pub window: Duration,
     pub evaluation_interval: Duration,
     pub open_threshold: f64,
     pub close_threshold: f64,
     pub min_operations: u64,
+    /// CUSUM threshold `h` (baseline detection).
+    pub cusum_threshold: f64,
+    /// The alternative rate tested: `max(detect_ratio × baseline, baseline + detect_shift)`.
+    pub detect_ratio: f64,
+    pub detect_shift: f64,
+    pub baseline_half_life: Duration,
+    /// Cold start: the rate assumed before data, worth `baseline_prior_operations` operations.
+    pub baseline_prior: f64,
+    pub baseline_prior_operations: f64,
+    pub min_baseline: f64,
+    /// Significance below which an interval counts as bad (dating start and end).
+    pub interval_alpha: f64,
+    /// Consecutive intervals that are not bad that close an incident.
+    pub close_intervals: u32,
+    /// A failure of a customer whose previous failure is this recent is a retry: not new evidence.
+    pub retry_window: Duration,
+    /// Without new spans this long (wall clock), open incidents close (`closed_reason: idle`).
+    pub idle_timeout: Duration,
+    /// Latency incidents: an operation slower than this × its typical duration is slow (0 disables).
+    pub latency_factor: f64,
+    /// Operations learned before durations are judged.
+    pub latency_min_samples: u64,
     pub top_causes: usize,
     pub max_retained: usize,
 }
@@ -173,11 +207,25 @@ pub struct IncidentConfig {
 impl Default for IncidentConfig {
     fn default() -> Self {
         IncidentConfig {
+            detection: Detection::Baseline,
             window: Duration::from_secs(60),
             evaluation_interval: Duration::from_secs(10),
             open_threshold: 0.5,
             close_threshold: 0.2,
             min_operations: 10,
+            cusum_threshold: 16.0,
+            detect_ratio: 4.0,
+            detect_shift: 0.02,
+            baseline_half_life: Duration::from_secs(3600),
+            baseline_prior: 0.01,
+            baseline_prior_operations: 200.0,
+            min_baseline: 0.001,
+            interval_alpha: 0.01,
+            close_intervals: 2,
+            retry_window: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            latency_factor: 5.0,
+            latency_min_samples: 200,
             top_causes: 5,
             max_retained: 100,
         }
@@ -265,6 +313,8 @@ pub struct BusinessImpactConfig {
     pub incident: IncidentConfig,
     pub impact: ImpactConfig,
     pub goals: Vec<GoalConfig>,
+    /// Trace-aware operations: missing business context from other spans of the same trace ([`super::trace`]).
+    pub trace_context: super::trace::TraceContextConfig,
 }
 
 /// Bucket bounds (seconds) of the duration histogram: the OpenTelemetry semantic conventions' advice for
@@ -305,6 +355,7 @@ impl Default for BusinessImpactConfig {
             incident: IncidentConfig::default(),
             impact: ImpactConfig::default(),
             goals: Vec::new(),
+            trace_context: super::trace::TraceContextConfig::default(),
         }
     }
 }
@@ -511,6 +562,42 @@ impl ComponentConfig for BusinessImpactConfig {
                 "must not exceed incident.open_threshold",
             ));
         }
+        if !(inc.cusum_threshold.is_finite() && inc.cusum_threshold > 0.0) {
+            e.push(FieldError::new("incident.cusum_threshold", "must be greater than 0"));
+        }
+        if !(inc.detect_ratio.is_finite() && inc.detect_ratio > 1.0) {
+            e.push(FieldError::new("incident.detect_ratio", "must be greater than 1"));
+        }
+        if !(inc.detect_shift >= 0.0 && inc.detect_shift < 1.0) {
+            e.push(FieldError::new("incident.detect_shift", "must be in [0, 1)"));
+        }
+        for (k, v) in [
+            ("incident.baseline_prior", inc.baseline_prior),
+            ("incident.min_baseline", inc.min_baseline),
+            ("incident.interval_alpha", inc.interval_alpha),
+        ] {
+            if !(v > 0.0 && v < 1.0) {
+                e.push(FieldError::new(k, "must be in (0, 1)"));
+            }
+        }
+        if !(inc.baseline_prior_operations.is_finite() && inc.baseline_prior_operations >= 0.0) {
+            e.push(FieldError::new(
+                "incident.baseline_prior_operations",
+                "must be at least 0",
+            ));
+        }
+        if inc.baseline_half_life.is_zero() {
+            e.push(FieldError::new("incident.baseline_half_life", "must be greater than 0"));
+        }
+        if inc.idle_timeout.is_zero() {
+            e.push(FieldError::new("incident.idle_timeout", "must be greater than 0"));
+        }
+        if !(inc.latency_factor == 0.0 || (inc.latency_factor.is_finite() && inc.latency_factor > 1.0)) {
+            e.push(FieldError::new(
+                "incident.latency_factor",
+                "must be 0 (off) or greater than 1",
+            ));
+        }
         if inc.max_retained == 0 {
             e.push(FieldError::new("incident.max_retained", "must be at least 1"));
         }
@@ -541,6 +628,17 @@ impl ComponentConfig for BusinessImpactConfig {
             }
             if g.target.0.is_zero() || g.target.0.is_negative() {
                 e.push(FieldError::new(format!("{p}.target"), "must be greater than 0"));
+            }
+        }
+        if self.trace_context.enabled && self.trace_context.max_traces == 0 {
+            e.push(FieldError::new("trace_context.max_traces", "must be at least 1"));
+        }
+        for (j, a) in self.trace_context.attributes.iter().enumerate() {
+            if a.trim().is_empty() {
+                e.push(FieldError::new(
+                    format!("trace_context.attributes[{j}]"),
+                    "empty attribute name",
+                ));
             }
         }
         e

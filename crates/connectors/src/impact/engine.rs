@@ -23,13 +23,38 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use regex::Regex;
 
-use super::book::{Book, Cause, GoalSummary, ImpactRecord, Incident, IncidentState, WindowCount};
-use super::config::{BusinessImpactConfig, CmpOp, Condition, Scalar, ValueConfig};
-use super::incident::{Detector, Thresholds, Transition};
+use super::book::{
+    Book, Cause, CloseReason, GoalSummary, ImpactRecord, Incident, IncidentKind, IncidentState, Provisional,
+    WindowCount,
+};
+use super::config::{BusinessImpactConfig, CmpOp, Condition, Detection, Scalar, ValueConfig};
+use super::incident::{
+    BaselineDetector, BaselineParams, Detector, Evaluation, ThresholdDetector, Thresholds, Transition,
+};
 use super::output;
 use super::read::{ResRead, SpanRead};
 use super::series::{MoneyKind, SeriesTable};
 use super::sketch::Distinct;
+use super::trace::{self, TraceContext, TraceContextConfig};
+use crate::stats::baseline::LogScale;
+
+/// The attributes a trace's record keeps by default: those the connector reads.
+fn trace_keys(cfg: &BusinessImpactConfig, ops: &[OpSpec]) -> Vec<String> {
+    let mut keys = vec![
+        cfg.business_key.clone(),
+        cfg.tier_attribute.clone(),
+        cfg.order_attribute.clone(),
+        cfg.items_attribute.clone(),
+    ];
+    keys.extend(cfg.customer_attribute.clone());
+    for o in ops {
+        keys.push(o.key.clone());
+        keys.push(o.value.attribute.clone());
+        keys.push(o.value.currency_attribute.clone());
+    }
+    keys.extend(cfg.dimensions.iter().map(|d| d.parts().1));
+    keys
+}
 
 fn ns(d: bizpilot_core::config::Duration) -> u64 {
     u64::try_from(d.get().as_nanos()).unwrap_or(u64::MAX / 4)
@@ -155,6 +180,13 @@ pub struct Compiled {
     exact_limit: usize,
     window: u64,
     thresholds: Thresholds,
+    detection: Detection,
+    baseline: BaselineParams,
+    retry_window: u64,
+    latency_factor: f64,
+    latency_min_samples: u64,
+    /// How far back unattributed failures are kept for an incident that opens later.
+    recent_ns: u64,
     top_causes: usize,
     goals: Vec<GoalSpec>,
     buckets: Vec<f64>,
@@ -162,6 +194,8 @@ pub struct Compiled {
     max_records: usize,
     max_incidents: usize,
     windows_retained: usize,
+    /// `trace_context` and the attributes its records keep.
+    trace: Option<(TraceContextConfig, Vec<String>)>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -216,7 +250,35 @@ impl Compiled {
             })
             .collect();
         let interval = ns(cfg.incident.evaluation_interval).max(1);
+        let trace = cfg.trace_context.enabled.then(|| {
+            let keys = if cfg.trace_context.attributes.is_empty() {
+                trace_keys(cfg, &ops)
+            } else {
+                cfg.trace_context.attributes.clone()
+            };
+            (cfg.trace_context.clone(), keys)
+        });
+        let inc = &cfg.incident;
+        let baseline = BaselineParams {
+            interval_ns: interval,
+            h: inc.cusum_threshold,
+            ratio: inc.detect_ratio,
+            shift: inc.detect_shift,
+            max_rate: 0.5,
+            half_life_intervals: ns(inc.baseline_half_life) as f64 / interval as f64,
+            prior_rate: inc.baseline_prior,
+            prior_weight: inc.baseline_prior_operations,
+            floor: inc.min_baseline,
+            alpha: inc.interval_alpha,
+            close_intervals: inc.close_intervals,
+        };
         Ok(Compiled {
+            detection: inc.detection,
+            baseline,
+            retry_window: ns(inc.retry_window),
+            latency_factor: inc.latency_factor,
+            latency_min_samples: inc.latency_min_samples,
+            recent_ns: ns(inc.window).max(interval.saturating_mul(super::incident::HISTORY as u64)),
             ops,
             customer_attr: cfg.customer_attribute.clone(),
             tier_attr: cfg.tier_attribute.clone(),
@@ -247,7 +309,15 @@ impl Compiled {
             max_records: cfg.impact.max_records,
             max_incidents: cfg.incident.max_retained,
             windows_retained: cfg.impact.windows_retained,
+            trace,
         })
+    }
+
+    fn detector(&self) -> Detector {
+        match self.detection {
+            Detection::Baseline => Detector::Baseline(Box::new(BaselineDetector::new(self.baseline))),
+            Detection::Threshold => Detector::Threshold(ThresholdDetector::new(self.thresholds)),
+        }
     }
 
     /// Names of the operations, in configured order.
@@ -350,7 +420,7 @@ fn span_key(trace: &[u8], span: &[u8]) -> SpanId {
     id
 }
 
-fn id16(b: &[u8]) -> [u8; 16] {
+pub(super) fn id16(b: &[u8]) -> [u8; 16] {
     let mut out = [0u8; 16];
     for (d, s) in out.iter_mut().zip(b) {
         *d = *s;
@@ -358,7 +428,7 @@ fn id16(b: &[u8]) -> [u8; 16] {
     out
 }
 
-fn id8(b: &[u8]) -> [u8; 8] {
+pub(super) fn id8(b: &[u8]) -> [u8; 8] {
     let mut out = [0u8; 8];
     for (d, s) in out.iter_mut().zip(b) {
         *d = *s;
@@ -384,6 +454,11 @@ struct PendingOp {
     series: u32,
     /// (service, span name, status message) of a failure.
     failure: Option<Box<Cause>>,
+    /// With `trace_context`: what the span had, completed from its trace at finalization.
+    unresolved: Option<Box<trace::Unresolved>>,
+    /// The value counted in the provisional figures, and whether it counted as at risk there.
+    prov_value: Option<Money>,
+    prov_risk: bool,
 }
 
 struct Pending(Box<PendingOp>);
@@ -478,6 +553,8 @@ struct Episode {
     value: Option<Money>,
     series: u32,
     failures: u32,
+    /// Event time of its latest failure (failures closer than `incident.retry_window` are retries).
+    last_failure: u64,
     /// Impact records of the failures in it.
     records: Vec<u64>,
 }
@@ -567,8 +644,32 @@ pub struct OpState {
     window: Option<(u64, Distinct)>,
     closed_windows: VecDeque<WindowCount>,
     detector: Detector,
-    recent: VecDeque<FailureRec>,
+    /// Failures no incident covered, with their impact record, for an incident that opens later.
+    recent: VecDeque<(FailureRec, u64)>,
     incident: Option<u64>,
+    /// Slow operations (latency incidents): the typical duration, the detector, the open incident.
+    durations: LogScale,
+    latency: Detector,
+    latency_incident: Option<u64>,
+    /// Figures of the operations still pending.
+    prov: ProvState,
+}
+
+/// Pending operations' figures, kept as they are pushed and finalized.
+#[derive(Debug, Default)]
+pub struct ProvState {
+    pub operations: u64,
+    pub failed: u64,
+    pub revenue: MoneyTotals,
+    pub at_risk: MoneyTotals,
+    failed_keys: HashMap<Box<str>, u32>,
+}
+
+impl ProvState {
+    /// Distinct customers with a pending failure.
+    pub fn affected_customers(&self) -> u64 {
+        self.failed_keys.len() as u64
+    }
 }
 
 /// The engine.
@@ -593,6 +694,7 @@ pub struct Engine {
     now_ns: u64,
     stats: Stats,
     dirty: bool,
+    trace: Option<TraceContext>,
 }
 
 fn lock(b: &Mutex<Book>) -> MutexGuard<'_, Book> {
@@ -610,6 +712,7 @@ fn add_totals(t: &mut MoneyTotals, m: Option<Money>) {
 impl Engine {
     pub fn new(c: Compiled, connector: &str) -> Self {
         let n = c.ops.len();
+        let c_trace = c.trace.clone();
         let book = Arc::new(Mutex::new(Book::new(
             c.operation_names(),
             c.max_records,
@@ -630,9 +733,13 @@ impl Engine {
                 recovered_order: VecDeque::new(),
                 window: None,
                 closed_windows: VecDeque::new(),
-                detector: Detector::new(c.thresholds),
+                detector: c.detector(),
                 recent: VecDeque::new(),
                 incident: None,
+                durations: LogScale::new(10_000, 2.0),
+                latency: c.detector(),
+                latency_incident: None,
+                prov: ProvState::default(),
             })
             .collect();
         let goals = c
@@ -667,6 +774,7 @@ impl Engine {
             now_ns: 0,
             stats: Stats::new(connector),
             dirty: true,
+            trace: c_trace.map(|(cfg, keys)| TraceContext::new(&cfg, keys, connector)),
         }
     }
 
@@ -677,6 +785,11 @@ impl Engine {
 
     pub fn compiled(&self) -> &Compiled {
         &self.c
+    }
+
+    /// Counters of `trace_context` (when enabled).
+    pub fn trace_stats(&self) -> Option<&trace::TraceStats> {
+        self.trace.as_ref().map(|t| &t.stats)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -806,6 +919,9 @@ impl Engine {
                 },
             );
         }
+        if let Some(tc) = self.trace.as_mut() {
+            tc.observe(span, t);
+        }
         self.ingest_span(span, res, service, t);
     }
 
@@ -846,12 +962,26 @@ impl Engine {
             }
             let success = !spec.failed(span, res);
             let a = span;
-            let key = attr_string(a, res, &spec.key);
+            // With trace_context, the value, its currency and the dimensions are resolved at finalization.
+            let unresolved = self.trace.is_some().then(|| {
+                Box::new(trace::Unresolved {
+                    trace: id16(span.trace_id()),
+                    value: attr(a, res, &spec.value.attribute).map(|v| v.to_value()),
+                    currency: attr_string(a, res, &spec.value.currency_attribute),
+                    dims: self.c.dims.iter().map(|(_, src, _)| attr_string(a, res, src)).collect(),
+                })
+            });
+            let mut key = attr_string(a, res, &spec.key);
+            if key.is_none()
+                && let (Some(tc), Some(u)) = (self.trace.as_ref(), unresolved.as_ref())
+            {
+                key = tc.text(&u.trace, &spec.key);
+            }
             let customer = match &self.c.customer_attr {
                 Some(k) => attr_string(a, res, k),
                 None => key.clone(),
             };
-            let value = match attr(a, res, &spec.value.attribute) {
+            let value = match attr(a, res, &spec.value.attribute).filter(|_| unresolved.is_none()) {
                 Some(v) => match amount::money_from_ref(&v, Self::currency_of(&spec.value, a, res)) {
                     Ok(m) => Some(m),
                     Err(_) => {
@@ -871,7 +1001,11 @@ impl Engine {
                         .unwrap_or_default()
                 })
                 .collect();
-            let series = self.series.resolve(i, dims);
+            let series = if unresolved.is_some() {
+                0
+            } else {
+                self.series.resolve(i, dims)
+            };
             let failure = (!success).then(|| {
                 Box::new(Cause {
                     service: service.to_string(),
@@ -880,6 +1014,39 @@ impl Engine {
                 })
             });
             let duration_s = span.end_time().saturating_sub(span.start_time()) as f64 / 1e9;
+            let order = attr_string(a, res, &self.c.order_attr);
+            let now = unresolved
+                .as_ref()
+                .and_then(|u| Self::trace_money(self.trace.as_ref(), spec, u))
+                .and_then(Result::ok);
+            let prov_value = value.or(now).or_else(|| {
+                if spec.value.from_state {
+                    self.state_value(order.as_deref(), spec.value.default_currency)
+                } else {
+                    None
+                }
+            });
+            let has_episode = key.as_ref().is_some_and(|k| self.ops[i].episodes.contains_key(k));
+            let prov = &mut self.ops[i].prov;
+            prov.operations += 1;
+            let mut prov_risk = false;
+            if success {
+                add_totals(&mut prov.revenue, prov_value);
+            } else {
+                prov.failed += 1;
+                let first = match &key {
+                    Some(k) => {
+                        let n = prov.failed_keys.entry(k.clone()).or_default();
+                        *n += 1;
+                        *n == 1 && !has_episode
+                    }
+                    None => true,
+                };
+                if first && prov_value.is_some() {
+                    prov_risk = true;
+                    add_totals(&mut prov.at_risk, prov_value);
+                }
+            }
             self.seq += 1;
             self.pending.push(Pending(Box::new(PendingOp {
                 time: t,
@@ -891,11 +1058,14 @@ impl Engine {
                 key,
                 customer,
                 tier: attr_string(a, res, &self.c.tier_attr),
-                order: attr_string(a, res, &self.c.order_attr),
+                order,
                 items: attr(a, res, &self.c.items_attr).and_then(|v| v.as_i64()),
                 value,
                 series,
                 failure,
+                unresolved,
+                prov_value,
+                prov_risk,
             })));
         }
     }
@@ -916,6 +1086,27 @@ impl Engine {
             self.advance_to(self.max_event.saturating_add(1));
         }
         self.sync_book();
+    }
+
+    /// Called while no span arrives: after `idle_for` ≥ `incident.idle_timeout` (wall clock), everything seen
+    /// is final and open incidents close with `closed_reason` = `idle` (event time has stopped, so it cannot
+    /// show the recovery).
+    /// The last interval is evaluated first (the watermark moves to its end: nothing more is coming), so
+    /// failures just before the input stopped still open an incident, which then closes at once.
+    pub fn idle_close(&mut self, idle_for: std::time::Duration, incident_idle: std::time::Duration) {
+        if idle_for < incident_idle || self.max_event == 0 {
+            return;
+        }
+        let interval = self.c.thresholds.interval_ns;
+        let next = self.max_event.saturating_add(1);
+        let boundary = next.div_ceil(interval).saturating_mul(interval);
+        if boundary > self.watermark {
+            self.advance_to(boundary);
+            self.sync_book();
+        }
+        if self.any_open() {
+            self.close_all(CloseReason::Idle);
+        }
     }
 
     /// Moves the watermark to `target`, finalizing every pending operation older than it.
@@ -945,6 +1136,9 @@ impl Engine {
         }
         self.causes
             .expire(target.saturating_sub(self.c.lateness.max(self.c.thresholds.interval_ns)));
+        if let Some(tc) = self.trace.as_mut() {
+            tc.expire(target);
+        }
         self.dirty = true;
     }
 
@@ -960,7 +1154,11 @@ impl Engine {
             }
         };
         while next <= t {
-            if self.ops.iter().all(|o| o.detector.is_idle() && o.recent.is_empty()) {
+            if self
+                .ops
+                .iter()
+                .all(|o| o.detector.is_idle() && o.latency.is_idle() && o.recent.is_empty())
+            {
                 // Nothing to evaluate until the next operation: jump.
                 self.last_eval = Some(t - t % interval);
                 break;
@@ -1064,7 +1262,108 @@ impl Engine {
         total
     }
 
-    fn finalize(&mut self, op: PendingOp) {
+    /// Completes `op` from its trace's record (`trace_context`): what its span lacked.
+    fn resolve_from_trace(&mut self, op: &mut PendingOp, u: trace::Unresolved) {
+        let Some(tc) = self.trace.as_mut() else { return };
+        tc.finalizing(&u.trace);
+        let tc = &*tc;
+        let spec = &self.c.ops[op.op];
+        let t = &u.trace;
+        let fill = |f: &mut Option<Box<str>>, key: &str| {
+            if f.is_none() {
+                *f = tc.text(t, key);
+            }
+        };
+        fill(&mut op.key, &spec.key);
+        match &self.c.customer_attr {
+            Some(k) => fill(&mut op.customer, k),
+            None => op.customer = op.key.clone(),
+        }
+        fill(&mut op.tier, &self.c.tier_attr);
+        fill(&mut op.order, &self.c.order_attr);
+        if op.items.is_none() {
+            op.items = tc.get(t, &self.c.items_attr).and_then(|v| v.as_i64());
+        }
+        let value = Self::trace_money(Some(tc), spec, &u);
+        let dims: Box<[Box<str>]> = self
+            .c
+            .dims
+            .iter()
+            .zip(u.dims)
+            .map(|((_, src, default), own)| {
+                own.or_else(|| tc.text(t, src))
+                    .or_else(|| default.as_deref().map(Box::from))
+                    .unwrap_or_default()
+            })
+            .collect();
+        op.value = match value {
+            Some(Ok(m)) => Some(m),
+            Some(Err(_)) => {
+                self.stats.invalid_value.add(1);
+                None
+            }
+            None => None,
+        };
+        op.series = self.series.resolve(op.op, dims);
+    }
+
+    /// The money value of an operation with `trace_context`: the span's value, else the trace's, in the span's
+    /// currency, else the trace's, else the default.
+    fn trace_money(
+        tc: Option<&TraceContext>,
+        spec: &OpSpec,
+        u: &trace::Unresolved,
+    ) -> Option<Result<Money, bizpilot_core::MoneyError>> {
+        let t = &u.trace;
+        let currency = u
+            .currency
+            .clone()
+            .or_else(|| tc.and_then(|tc| tc.text(t, &spec.value.currency_attribute)))
+            .and_then(|s| Currency::new(&s).ok())
+            .or(spec.value.default_currency);
+        let raw = u
+            .value
+            .as_ref()
+            .map(ValueRef::from_value)
+            .or_else(|| tc.and_then(|tc| tc.get(t, &spec.value.attribute)));
+        raw.map(|v| amount::money_from_ref(&v, currency))
+    }
+
+    /// Takes a pending operation out of the provisional figures.
+    fn unprovision(&mut self, op: &PendingOp) {
+        let prov = &mut self.ops[op.op].prov;
+        prov.operations = prov.operations.saturating_sub(1);
+        let sub = |t: &mut MoneyTotals, v: Option<Money>| {
+            if let Some(v) = v
+                && t.sub(v).is_err()
+            {
+                tracing::warn!("a provisional money total of the business_impact connector overflowed");
+            }
+        };
+        if op.success {
+            sub(&mut prov.revenue, op.prov_value);
+            return;
+        }
+        prov.failed = prov.failed.saturating_sub(1);
+        if op.prov_risk {
+            sub(&mut prov.at_risk, op.prov_value);
+        }
+        if let Some(k) = &op.key
+            && let Some(n) = prov.failed_keys.get_mut(k)
+        {
+            *n -= 1;
+            if *n == 0 {
+                prov.failed_keys.remove(k);
+            }
+        }
+    }
+
+    fn finalize(&mut self, mut op: PendingOp) {
+        // The provisional figures counted what was known at arrival: take that out before completing.
+        self.unprovision(&op);
+        if let Some(u) = op.unresolved.take() {
+            self.resolve_from_trace(&mut op, *u);
+        }
         let i = op.op;
         self.stats.operations.add(1);
         let value = op.value.or_else(|| {
@@ -1091,9 +1390,35 @@ impl Engine {
         self.stats.overflowed_points.add(after - before);
         self.dedup.finalized.push_back((op.time, op.id));
         let window = self.c.window;
+        let retry_window = self.c.retry_window;
         let st = &mut self.ops[i];
         st.operations += 1;
-        st.detector.record(op.time, !op.success);
+        // A customer's failure soon after their previous one is a retry: the same incident seen again, not
+        // new evidence (the baseline detector assumes independent operations).
+        let retry = self.c.detection == Detection::Baseline
+            && !op.success
+            && op.key.is_some()
+            && st
+                .episodes
+                .get(&key)
+                .is_some_and(|e| op.time < e.end && op.time.saturating_sub(e.last_failure) < retry_window);
+        if !retry {
+            st.detector.record(op.time, !op.success);
+        }
+        if op.success && self.c.latency_factor > 0.0 && op.duration_s > 0.0 {
+            let learned = st.durations.count() >= self.c.latency_min_samples;
+            let slow = learned
+                && st
+                    .durations
+                    .typical()
+                    .is_some_and(|t| op.duration_s > self.c.latency_factor * t);
+            if learned {
+                st.latency.record(op.time, slow);
+            }
+            if !slow && st.latency_incident.is_none() {
+                st.durations.learn(op.duration_s);
+            }
+        }
         // The active episode of the key, unless it has expired (it is then lost).
         let expired = st.episodes.get(&key).filter(|e| op.time >= e.end).map(|e| e.epi);
         if let Some(epi) = expired {
@@ -1151,6 +1476,7 @@ impl Engine {
         let epi = match st.episodes.get_mut(&key) {
             Some(ep) => {
                 ep.failures += 1;
+                ep.last_failure = op.time;
                 ep.epi
             }
             None => {
@@ -1165,6 +1491,7 @@ impl Engine {
                         value,
                         series: op.series,
                         failures: 1,
+                        last_failure: op.time,
                         records: Vec::new(),
                     },
                 );
@@ -1205,10 +1532,14 @@ impl Engine {
             episode: epi,
         };
         match self.ops[i].incident {
-            Some(seq) => self.attach(i, seq, &rec),
+            Some(seq) => {
+                self.attach(i, seq, &rec);
+            }
             None => {
+                // Every affected customer has a record at once; an incident that opens later names it.
+                let rid = self.attach(i, 0, &rec);
                 let st = &mut self.ops[i];
-                st.recent.push_back(rec);
+                st.recent.push_back((rec, rid));
                 while st.recent.len() > self.c.max_pending {
                     st.recent.pop_front();
                 }
@@ -1216,19 +1547,62 @@ impl Engine {
         }
     }
 
-    /// Attributes a failure to incident `seq`: counts it, and creates or updates the customer's impact record.
-    fn attach(&mut self, i: usize, seq: u64, f: &FailureRec) {
-        let cause = f.root.clone().unwrap_or_else(|| f.failure.clone());
+    /// An incident `seq` opened whose start covers failure `f`, which has the unattributed record `rid`: the
+    /// failure counts in the incident, and the record names it (or, when the customer already has a record in
+    /// it — an earlier episode of theirs — is merged into that one). Records are logged again when named.
+    fn adopt(&mut self, seq: u64, f: &FailureRec, rid: u64) {
         let mut book = lock(&self.book);
+        let cause = f.root.clone().unwrap_or_else(|| f.failure.clone());
         let Some(inc) = book.incident_mut(seq) else { return };
         inc.failed_operations += 1;
         *inc.causes.entry((cause.service, cause.status_message)).or_default() += 1;
         let incident_id = inc.id.clone();
-        if let Some(rid) = book.record_of(seq, &f.key) {
+        if book.record(rid).is_none_or(|r| r.incident_seq != 0) {
+            // Already named (an earlier failure of the same record), or gone (merged, evicted).
+            return;
+        }
+        if let Some(existing) = book.record_of(seq, &f.key) {
+            let Some(merged) = book.remove_record(rid) else { return };
+            if let Some(r) = book.record_mut(existing) {
+                r.failed_attempts += merged.failed_attempts;
+            }
+            return;
+        }
+        let Some(r) = book.assign(rid, seq, &incident_id).cloned() else {
+            return;
+        };
+        if let Some(inc) = book.incident_mut(seq) {
+            inc.affected_customers += 1;
+            add_totals(&mut inc.revenue_at_risk, r.cart_value);
+            if r.recovered.is_some() {
+                add_totals(&mut inc.recovered_revenue, r.cart_value);
+            }
+        }
+        self.logs.push(output::impact_log(&r, self.now_ns));
+    }
+
+    /// Attributes a failure to incident `seq` (0: none yet): counts it, and creates or updates the customer's
+    /// impact record (without an incident: the record of the same revenue-at-risk episode). Returns the record.
+    fn attach(&mut self, i: usize, seq: u64, f: &FailureRec) -> u64 {
+        let cause = f.root.clone().unwrap_or_else(|| f.failure.clone());
+        let mut book = lock(&self.book);
+        let (incident_id, existing) = if seq == 0 {
+            let rid = book
+                .unattributed_of(&self.c.ops[i].name, &f.key)
+                .filter(|rid| book.record(*rid).is_some_and(|r| r.episode == f.episode));
+            (String::new(), rid)
+        } else {
+            let Some(inc) = book.incident_mut(seq) else { return 0 };
+            inc.failed_operations += 1;
+            *inc.causes.entry((cause.service, cause.status_message)).or_default() += 1;
+            let id = inc.id.clone();
+            (id, book.record_of(seq, &f.key))
+        };
+        if let Some(rid) = existing {
             if let Some(r) = book.record_mut(rid) {
                 r.failed_attempts += 1;
             }
-            return;
+            return rid;
         }
         let st = &mut self.ops[i];
         let recovered = st.recently_recovered.get(&f.episode).copied();
@@ -1240,8 +1614,11 @@ impl Engine {
         {
             ep.records.push(id);
         }
+        // The order by its id, else the order a business event of the same trace named (its
+        // trace link: a `traceparent` on the event), for the record's items and tier.
         let order_ctx = match (&self.c.state, &f.order) {
             (Some(s), Some(o)) => s.orders.peek(o),
+            (Some(s), None) => bizpilot_business::trace_key(&f.trace).and_then(|t| s.order_of_trace(&t)),
             _ => None,
         };
         let currency = f.value.map(|v| v.currency());
@@ -1275,13 +1652,18 @@ impl Engine {
             operation: self.c.ops[i].name.clone(),
             incident_seq: seq,
             incident_id,
+            episode: f.episode,
             key: f.key.clone(),
             customer,
             tier,
-            cart_value: f.value,
+            cart_value: f.value.or_else(|| order_ctx.as_ref().and_then(|o| o.value())),
             items,
             item_count,
-            order_id: f.order.as_deref().map(str::to_string),
+            order_id: f
+                .order
+                .as_deref()
+                .map(str::to_string)
+                .or_else(|| order_ctx.as_ref().map(|o| o.order_id.clone())),
             failure: f.failure.clone(),
             root_cause: f.root.clone(),
             trace_id: f.trace,
@@ -1299,86 +1681,136 @@ impl Engine {
         }
         self.logs.push(output::impact_log(&record, self.now_ns));
         book.insert_record(record);
+        id
     }
 
     /// Evaluates every operation's incident state at boundary `e`.
     fn evaluate(&mut self, e: u64) {
-        let window_ns = self
-            .c
-            .thresholds
-            .interval_ns
-            .saturating_mul(self.c.thresholds.window_buckets);
         for i in 0..self.ops.len() {
             let ev = self.ops[i].detector.evaluate(e);
-            let from = e.saturating_sub(window_ns);
-            while self.ops[i].recent.front().is_some_and(|f| f.time < from) {
+            let from = e.saturating_sub(self.c.recent_ns);
+            while self.ops[i].recent.front().is_some_and(|(f, _)| f.time < from) {
                 self.ops[i].recent.pop_front();
             }
-            match ev.transition {
-                Transition::Quiet => {}
-                Transition::Opened { start } => {
-                    let seq = self.next_incident;
-                    self.next_incident += 1;
-                    let name = self.c.ops[i].name.clone();
-                    let incident = Incident {
-                        seq,
-                        id: format!("{name}-{}-{seq}", start / 1_000_000_000),
-                        operation: name,
-                        state: IncidentState::Open,
-                        start,
-                        end: None,
-                        detected: e,
-                        last_evaluated: e,
-                        evaluations: 1,
-                        failure_rate: ev.rate,
-                        peak_failure_rate: ev.rate,
-                        window_operations: ev.operations,
-                        window_failed: ev.failed,
-                        failed_operations: 0,
-                        revenue_at_risk: MoneyTotals::default(),
-                        recovered_revenue: MoneyTotals::default(),
-                        affected_customers: 0,
-                        causes: HashMap::new(),
-                    };
-                    lock(&self.book).insert_incident(incident);
-                    self.ops[i].incident = Some(seq);
-                    let recent: Vec<FailureRec> = self.ops[i].recent.drain(..).filter(|f| f.time >= start).collect();
-                    for f in &recent {
-                        self.attach(i, seq, f);
+            self.apply(i, IncidentKind::Failures, &ev);
+            let ev = self.ops[i].latency.evaluate(e);
+            self.apply(i, IncidentKind::Latency, &ev);
+        }
+        self.dirty = true;
+    }
+
+    fn incident_slot(&mut self, i: usize, kind: IncidentKind) -> &mut Option<u64> {
+        match kind {
+            IncidentKind::Failures => &mut self.ops[i].incident,
+            IncidentKind::Latency => &mut self.ops[i].latency_incident,
+        }
+    }
+
+    /// Applies an evaluation of operation `i`'s detector of `kind`.
+    fn apply(&mut self, i: usize, kind: IncidentKind, ev: &Evaluation) {
+        match ev.transition {
+            Transition::Quiet => {}
+            Transition::Opened { start } => {
+                let seq = self.next_incident;
+                self.next_incident += 1;
+                let name = self.c.ops[i].name.clone();
+                let id = match kind {
+                    IncidentKind::Failures => format!("{name}-{}-{seq}", start / 1_000_000_000),
+                    IncidentKind::Latency => format!("{name}-latency-{}-{seq}", start / 1_000_000_000),
+                };
+                let incident = Incident {
+                    seq,
+                    id,
+                    operation: name,
+                    kind,
+                    state: IncidentState::Open,
+                    closed_reason: None,
+                    baseline_rate: ev.baseline,
+                    start,
+                    end: None,
+                    detected: ev.at,
+                    last_evaluated: ev.at,
+                    evaluations: 1,
+                    failure_rate: ev.rate,
+                    peak_failure_rate: ev.rate,
+                    window_operations: ev.operations,
+                    window_failed: ev.failed,
+                    failed_operations: 0,
+                    revenue_at_risk: MoneyTotals::default(),
+                    recovered_revenue: MoneyTotals::default(),
+                    affected_customers: 0,
+                    causes: HashMap::new(),
+                };
+                lock(&self.book).insert_incident(incident);
+                *self.incident_slot(i, kind) = Some(seq);
+                if kind == IncidentKind::Failures {
+                    let recent: Vec<(FailureRec, u64)> = self.ops[i].recent.drain(..).collect();
+                    for (f, rid) in recent.iter().filter(|(f, _)| f.time >= start) {
+                        self.adopt(seq, f, *rid);
                     }
-                    self.incident_log(seq, "open");
                 }
-                Transition::Updated | Transition::Closed { .. } => {
-                    let Some(seq) = self.ops[i].incident else { continue };
-                    let closed = match ev.transition {
-                        Transition::Closed { end } => Some(end),
-                        _ => None,
-                    };
-                    {
-                        let mut book = lock(&self.book);
-                        if let Some(inc) = book.incident_mut(seq) {
-                            inc.last_evaluated = e;
-                            inc.evaluations += 1;
-                            inc.failure_rate = ev.rate;
-                            inc.peak_failure_rate = inc.peak_failure_rate.max(ev.rate);
-                            inc.window_operations = ev.operations;
-                            inc.window_failed = ev.failed;
-                            if let Some(end) = closed {
-                                inc.state = IncidentState::Closed;
-                                inc.end = Some(end);
-                            }
-                        }
+                self.incident_log(seq, "open");
+            }
+            Transition::Updated | Transition::Closed { .. } => {
+                let Some(seq) = *self.incident_slot(i, kind) else {
+                    return;
+                };
+                let closed = match ev.transition {
+                    Transition::Closed { end } => Some(end),
+                    _ => None,
+                };
+                {
+                    let mut book = lock(&self.book);
+                    if let Some(inc) = book.incident_mut(seq) {
+                        inc.last_evaluated = ev.at;
+                        inc.evaluations += 1;
+                        inc.failure_rate = ev.rate;
+                        inc.peak_failure_rate = inc.peak_failure_rate.max(ev.rate);
+                        inc.window_operations = ev.operations;
+                        inc.window_failed = ev.failed;
                     }
-                    if closed.is_some() {
-                        self.ops[i].incident = None;
-                        self.incident_log(seq, "closed");
-                    } else {
-                        self.incident_log(seq, "update");
-                    }
+                }
+                match closed {
+                    Some(end) => self.close(i, kind, end, CloseReason::Recovered),
+                    None => self.incident_log(seq, "update"),
                 }
             }
         }
+    }
+
+    /// Closes the open incident of `kind` of operation `i`.
+    fn close(&mut self, i: usize, kind: IncidentKind, end: u64, reason: CloseReason) {
+        let Some(seq) = self.incident_slot(i, kind).take() else {
+            return;
+        };
+        if let Some(inc) = lock(&self.book).incident_mut(seq) {
+            inc.state = IncidentState::Closed;
+            inc.end = Some(end.max(inc.start));
+            inc.closed_reason = Some(reason);
+        }
+        self.incident_log(seq, "closed");
         self.dirty = true;
+    }
+
+    /// Closes every open incident now (`reason`: the input went idle, or the connector stops); each ends at
+    /// the end of its last bad interval.
+    pub fn close_all(&mut self, reason: CloseReason) {
+        for i in 0..self.ops.len() {
+            if let Some(end) = self.ops[i].detector.force_close() {
+                self.close(i, IncidentKind::Failures, end, reason);
+            }
+            if let Some(end) = self.ops[i].latency.force_close() {
+                self.close(i, IncidentKind::Latency, end, reason);
+            }
+        }
+        self.sync_book();
+    }
+
+    /// True while some incident is open.
+    pub fn any_open(&self) -> bool {
+        self.ops
+            .iter()
+            .any(|o| o.incident.is_some() || o.latency_incident.is_some())
     }
 
     fn incident_log(&mut self, seq: u64, state: &str) {
@@ -1426,6 +1858,14 @@ impl Engine {
             });
             sum.windows = st.closed_windows.clone();
             sum.open_incident = id;
+            sum.provisional = Provisional {
+                operations: st.prov.operations,
+                failed: st.prov.failed,
+                revenue: st.prov.revenue.clone(),
+                revenue_at_risk: st.prov.at_risk.clone(),
+                affected_customers: st.prov.failed_keys.len() as u64,
+                until: if st.prov.operations > 0 { self.max_event } else { 0 },
+            };
         }
         let wm = self.watermark;
         book.goals = self
@@ -1485,6 +1925,15 @@ impl Engine {
 
     pub fn incident_open(&self, i: usize) -> bool {
         self.ops.get(i).is_some_and(|o| o.incident.is_some())
+    }
+
+    pub fn latency_incident_open(&self, i: usize) -> bool {
+        self.ops.get(i).is_some_and(|o| o.latency_incident.is_some())
+    }
+
+    /// Provisional figures of operation `i` (operations not final yet).
+    pub fn provisional(&self, i: usize) -> Option<&ProvState> {
+        self.ops.get(i).map(|o| &o.prov)
     }
 }
 

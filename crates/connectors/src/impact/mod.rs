@@ -30,19 +30,35 @@
 //! - **Affected customers**: distinct business keys with a failed operation per tumbling window of width W
 //!   aligned to the Unix epoch; exact up to `distinct_exact_limit` keys, then a HyperLogLog sketch (2¹⁴
 //!   registers, relative standard error 0.81 %, ±2.5 % at 3σ; see [`sketch`]).
-//! - **Incidents** (per operation, see [`incident`]): evaluated at every `incident.evaluation_interval`
-//!   boundary of event time over the trailing `incident.window`: opened when at least `min_operations` ran and
-//!   the failure rate reached `open_threshold`, updated at every evaluation, closed when it falls below
-//!   `close_threshold`. Start and end are dated to the evaluation intervals where failures began and ended.
-//!   Failures from the start on are attributed to the incident; its totals: failed operations, revenue at risk
-//!   and recovered (of its affected customers' carts), affected customers, top causes (service + status message
-//!   of the root cause: the deepest ERROR span of the same trace, else the failed span itself).
-//! - **Impact records**: one per (incident, business key), describing the customer's first failed operation in
-//!   the incident: customer (its HMAC-SHA256 hash with `redact_customer`, keyed by the `hash_key_env`
-//!   variable, as the `redaction` processor does), tier, cart value, line items (from `state`), order id, the
-//!   failed span (service, span name, status message), the root cause, trace id and time; later failures of
-//!   the customer in the incident only raise its `failed_attempts`. Emitted as log records with
+//! - **Incidents** (per operation, see [`incident`] and `docs/incident-detection.md`): with `incident.detection:
+//!   baseline` (the default) a Bernoulli CUSUM of the operation's failures against its own learned normal
+//!   failure rate, decided at every `incident.evaluation_interval` boundary of event time: it catches a
+//!   10-second total outage and a sustained 10 % failure on a 0.5 % baseline alike, with about one false
+//!   incident per operation per year of independent traffic. A customer's failure within `retry_window` of
+//!   their previous one is a retry, not new evidence. A second detector per operation watches the share of
+//!   *slow* successful operations (slower than `latency_factor` × the typical duration): `kind: latency`.
+//!   (`detection: threshold` keeps the fixed-share rule: opened when at least `min_operations` ran in the
+//!   trailing `incident.window` and the failure rate reached `open_threshold`, closed below
+//!   `close_threshold`.) Start and end are dated to the evaluation intervals where failures began and ended.
+//!   An incident closes when the rate is back to normal (`closed_reason: recovered`), when no span arrived for
+//!   `incident.idle_timeout` of wall clock (`idle`; the last interval is evaluated first) or at shutdown
+//!   (`shutdown`). Failures from the start on are attributed to the incident; its totals: failed operations,
+//!   revenue at risk and recovered (of its affected customers' carts), affected customers, top causes
+//!   (service + status message of the root cause: the deepest ERROR span of the same trace, else the failed
+//!   span itself).
+//! - **Impact records**: one per affected customer at their first failed operation, whether or not an
+//!   incident is open (later failures of the same revenue-at-risk episode only raise `failed_attempts`); when
+//!   an incident opens, the records of failures since its start name it (and are logged again). In an incident,
+//!   one record per (incident, business key), describing the customer's first failed operation in it: customer
+//!   (its HMAC-SHA256 hash with `redact_customer`, keyed by the `hash_key_env` variable, as the `redaction`
+//!   processor does), tier, cart value, line items (from `state`), order id, the failed span (service, span
+//!   name, status message), the root cause, trace id and time. Emitted as log records with
 //!   `event.name` = `business.impact` (on the logs pipelines the connector feeds) and listed by the HTTP API.
+//! - **Provisional figures**: operations newer than the watermark (not final yet) are counted at once —
+//!   operations, failures, revenue, revenue at risk (a customer's first pending failure unless already at
+//!   risk), distinct affected customers — in the API (`summary[].provisional`) and as gauges
+//!   `business_*_provisional`; when the watermark passes them they move into the final figures, which are
+//!   exactly as without them (monotonic counters). A live view is final + provisional.
 //! - **Incident records**: log records with `event.name` = `business.incident` and
 //!   `business.incident.state` = `open`, `update` (every evaluation) or `closed`.
 //! - **Goals**: revenue of the goal's operation (in the target's currency) in the current period (aligned to the
@@ -72,6 +88,11 @@
 //! | `business.revenue.lost` | `business_revenue_lost_total` | counter | as above |
 //! | `business.affected_customers` | `business_affected_customers` | gauge | `operation`, `window` (`current`/`previous`) |
 //! | `business.incident.open` | `business_incident_open` | gauge (0/1) | `operation` |
+//! | `business.incident.latency.open` | `business_incident_latency_open` | gauge (0/1) | `operation` |
+//! | `business.operations.provisional` | `business_operations_provisional` | gauge | `operation`, `outcome` |
+//! | `business.revenue.provisional` | `business_revenue_provisional` | gauge | `operation`, `currency` |
+//! | `business.revenue.at_risk.provisional` | `business_revenue_at_risk_provisional` | gauge | `operation`, `currency` |
+//! | `business.affected_customers.provisional` | `business_affected_customers_provisional` | gauge | `operation` |
 //! | `business.goal.attainment` (1) | `business_goal_attainment_ratio` | gauge | `goal`, `operation` |
 //! | `business.goal.projected_attainment` (1) | `business_goal_projected_attainment_ratio` | gauge | `goal`, `operation` |
 //! | `business.goal.achieved` | `business_goal_achieved` | gauge | `goal`, `operation`, `currency` |
@@ -116,16 +137,32 @@
 //! | `duration_buckets` | `[0.005 … 10]` | histogram bounds in seconds |
 //! | `redact_customer` | `false` | show customers as their HMAC-SHA256 hash |
 //! | `hash_key_env` | `BIZPILOT_HASH_KEY` | environment variable holding the HMAC key (required at start with `redact_customer`) |
-//! | `incident.window` | `1m` | trailing window of the failure rate (a multiple of the interval) |
+//! | `incident.detection` | `baseline` | `baseline` (relative to the learned normal rate) or `threshold` (fixed share) |
 //! | `incident.evaluation_interval` | `10s` | evaluation step (event time) |
-//! | `incident.open_threshold` | `0.5` | failure rate that opens an incident |
-//! | `incident.close_threshold` | `0.2` | failure rate below which it closes |
-//! | `incident.min_operations` | `10` | operations needed in the window to open |
+//! | `incident.cusum_threshold` | `16` | CUSUM threshold h (higher: fewer false incidents, later detection) |
+//! | `incident.detect_ratio`, `incident.detect_shift` | `4`, `0.02` | the rate tested against: max(ratio × baseline, baseline + shift) |
+//! | `incident.baseline_half_life` | `1h` | how fast the learned normal rate forgets |
+//! | `incident.baseline_prior`, `incident.baseline_prior_operations` | `0.01`, `200` | cold start: the rate assumed, worth that many operations |
+//! | `incident.min_baseline` | `0.001` | floor of the learned rate |
+//! | `incident.interval_alpha` | `0.01` | an interval is bad when its failures are this unlikely at the normal rate (dates start and end) |
+//! | `incident.close_intervals` | `2` | consecutive intervals back to normal that close an incident |
+//! | `incident.retry_window` | `1m` | a customer's failure this soon after their previous one is a retry (not new evidence) |
+//! | `incident.idle_timeout` | `1m` | without new spans this long (wall clock), open incidents close |
+//! | `incident.latency_factor` | `5` | slow = longer than this × the typical duration (0: no latency incidents) |
+//! | `incident.latency_min_samples` | `200` | operations learned before durations are judged |
+//! | `incident.window` | `1m` | `threshold`: trailing window of the failure rate (a multiple of the interval) |
+//! | `incident.open_threshold` | `0.5` | `threshold`: failure rate that opens an incident |
+//! | `incident.close_threshold` | `0.2` | `threshold`: failure rate below which it closes |
+//! | `incident.min_operations` | `10` | `threshold`: operations needed in the window to open |
 //! | `incident.top_causes` | `5` | causes listed per incident |
 //! | `incident.max_retained` | `100` | closed incidents kept for the API |
 //! | `impact.max_records` | `100000` | impact records kept for the API (oldest go first) |
 //! | `impact.windows_retained` | `48` | closed affected-customer windows kept for the API |
 //! | `goals[]` | `[]` | `{name, operation, target: "USD 1000000", period: 1h}` |
+//! | `trace_context.enabled` | `false` | an operation takes what its span lacks (value, currency, customer, tier, order, items, dimensions) from other spans of its trace ([`trace`]) |
+//! | `trace_context.wait` | `30s` | how long a trace's record is kept after its newest span, behind the watermark |
+//! | `trace_context.max_traces` | `100000` | most trace records held (the oldest are evicted, counted) |
+//! | `trace_context.attributes` | what the connector reads | the attributes a trace's record keeps |
 //!
 //! ```yaml
 //! connectors:
@@ -145,7 +182,7 @@
 //!       - {name: payment.method, attribute: demo.payment.card_type}
 //!     dedup_window: 1h
 //!     allowed_lateness: 1m
-//!     incident: {window: 1m, evaluation_interval: 10s, open_threshold: 0.5, close_threshold: 0.2}
+//!     incident: {detection: baseline, evaluation_interval: 10s, idle_timeout: 1m}
 //!     goals:
 //!       - {name: sales_per_hour, operation: checkout, target: "USD 1000000", period: 1h}
 //! service:
@@ -161,7 +198,8 @@
 //! `forced`), `bizpilot_connector_business_impact_dropped_spans_total{reason}` (`duplicate`, `late`),
 //! `bizpilot_connector_business_impact_missing_total{field}` (`business_key`, `value`, `invalid_value`),
 //! `bizpilot_connector_business_impact_evictions_total{what}` (`business_key`, `span_id`),
-//! `bizpilot_connector_business_impact_overflowed_points_total`, and the gauge
+//! `bizpilot_connector_business_impact_overflowed_points_total`,
+//! `bizpilot_connector_business_impact_trace_context_total{event}` (`incomplete`, `evicted`, `late`), and the gauge
 //! `bizpilot_connector_business_impact_pending_spans`.
 
 pub mod api;
@@ -173,18 +211,20 @@ pub mod output;
 mod read;
 pub mod series;
 pub mod sketch;
+pub mod trace;
 
 pub use config::BusinessImpactConfig;
 pub use engine::{Compiled, Engine};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::emit::{SendError, end_run, send};
+use crate::otlp_out::wall_ns;
 
 use bizpilot_business::{BusinessState, KeyedHasher, Lookup};
 use bizpilot_core::{
@@ -264,6 +304,7 @@ impl ConnectorFactory for BusinessImpactConnectorFactory {
         )));
         Ok(Box::new(BusinessImpactConnector {
             engine,
+            incident_idle: config.incident.idle_timeout.get(),
             flush_interval: config.metrics_flush_interval.get(),
             idle_timeout: config.idle_timeout.unwrap_or(config.allowed_lateness).get(),
         }))
@@ -273,15 +314,9 @@ impl ConnectorFactory for BusinessImpactConnectorFactory {
 /// A `business_impact` connector.
 pub struct BusinessImpactConnector {
     engine: Engine,
+    incident_idle: Duration,
     flush_interval: Duration,
     idle_timeout: Duration,
-}
-
-fn wall_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl Connector for BusinessImpactConnector {
@@ -299,6 +334,7 @@ impl Connector for BusinessImpactConnector {
             logs: output.get(Signal::Logs).cloned(),
             flush_interval: self.flush_interval,
             idle_timeout: self.idle_timeout,
+            incident_idle: self.incident_idle,
             start_ns: wall_ns(),
             pending_gauge: metrics::gauge!("bizpilot_connector_business_impact_pending_spans", "connector" => id.to_string()),
         };
@@ -313,6 +349,7 @@ struct Task {
     logs: Option<Output>,
     flush_interval: Duration,
     idle_timeout: Duration,
+    incident_idle: Duration,
     start_ns: u64,
     pending_gauge: metrics::Gauge,
 }
@@ -347,6 +384,7 @@ impl Task {
         let step = self
             .flush_interval
             .min(self.idle_timeout / 2)
+            .min(self.incident_idle / 2)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut tick = tokio::time::interval(step);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -378,6 +416,7 @@ impl Task {
                     None => {
                         self.engine.set_now(wall_ns());
                         self.engine.flush();
+                        self.engine.close_all(book::CloseReason::Shutdown);
                         let r = match self.send_logs(&abort).await {
                             Ok(()) => self.send_metrics(&abort).await,
                             Err(e) => Err(e),
@@ -388,6 +427,7 @@ impl Task {
                 _ = tick.tick() => {
                     self.engine.set_now(wall_ns());
                     self.engine.idle(last_arrival.elapsed(), self.idle_timeout);
+                    self.engine.idle_close(last_arrival.elapsed(), self.incident_idle);
                     if let Err(e) = self.send_logs(&abort).await {
                         break Err(e);
                     }

@@ -35,6 +35,11 @@ pub mod names {
     pub const GOAL_PROJECTED: &str = "business.goal.projected_attainment";
     pub const GOAL_ACHIEVED: &str = "business.goal.achieved";
     pub const OVERFLOWED: &str = "business.metric.overflowed_points";
+    pub const OPERATIONS_PROVISIONAL: &str = "business.operations.provisional";
+    pub const REVENUE_PROVISIONAL: &str = "business.revenue.provisional";
+    pub const AT_RISK_PROVISIONAL: &str = "business.revenue.at_risk.provisional";
+    pub const AFFECTED_PROVISIONAL: &str = "business.affected_customers.provisional";
+    pub const LATENCY_INCIDENT_OPEN: &str = "business.incident.latency.open";
 }
 
 fn kv_str(k: &str, v: impl Into<String>) -> KeyValue {
@@ -143,7 +148,9 @@ pub fn incident_log(i: &Incident, state: &str, top: usize, now: u64) -> LogRecor
         kv_str("event.name", "business.incident"),
         kv_str("business.incident.id", i.id.clone()),
         kv_str("business.incident.state", state),
+        kv_str("business.incident.kind", i.kind.as_str()),
         kv_str("business.operation", i.operation.clone()),
+        attrs::kv_f64("business.incident.baseline_rate", i.baseline_rate),
         kv_i64("business.incident.start", i64_of(i.start)),
         attrs::kv_f64("business.incident.failure_rate", i.failure_rate),
         attrs::kv_f64("business.incident.peak_failure_rate", i.peak_failure_rate),
@@ -156,6 +163,9 @@ pub fn incident_log(i: &Incident, state: &str, top: usize, now: u64) -> LogRecor
     ];
     if let Some(end) = i.end {
         a.push(kv_i64("business.incident.end", i64_of(end)));
+    }
+    if let Some(r) = i.closed_reason {
+        a.push(kv_str("business.incident.closed_reason", r.as_str()));
     }
     let causes = i
         .top_causes(top)
@@ -344,8 +354,33 @@ impl Engine {
         let n_ops = self.ops.len();
         let mut affected = Vec::new();
         let mut open = Vec::new();
+        let (mut p_ops, mut p_rev, mut p_risk, mut p_aff, mut lat_open) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in 0..n_ops {
             let name = self.operation_name(i).to_string();
+            if let Some(pv) = self.provisional(i) {
+                let op = || vec![kv_str("operation", name.clone())];
+                for (outcome, n) in [
+                    ("success", pv.operations - pv.failed.min(pv.operations)),
+                    ("failure", pv.failed),
+                ] {
+                    let mut a = op();
+                    a.push(kv_str("outcome", outcome));
+                    p_ops.push(p.int(a, n));
+                }
+                for (totals, out) in [(&pv.revenue, &mut p_rev), (&pv.at_risk, &mut p_risk)] {
+                    for m in totals.iter() {
+                        let mut a = op();
+                        a.push(kv_str("currency", m.currency().as_str()));
+                        out.push(p.double(a, money_f64(m)));
+                    }
+                }
+                p_aff.push(p.double(op(), pv.affected_customers() as f64));
+            }
+            lat_open.push(p.int(
+                vec![kv_str("operation", name.clone())],
+                u64::from(self.latency_incident_open(i)),
+            ));
             let (cur, prev) = self.affected_windows(i);
             affected.push(p.double(
                 vec![kv_str("operation", name.clone()), kv_str("window", "current")],
@@ -370,6 +405,40 @@ impl Engine {
                 "",
                 open,
             ));
+            metrics.push(gauge(
+                names::LATENCY_INCIDENT_OPEN,
+                "1 while a latency incident of the operation is open (a share of slow operations above normal).",
+                "",
+                lat_open,
+            ));
+            metrics.push(gauge(
+                names::OPERATIONS_PROVISIONAL,
+                "Operations seen but not final yet (newer than the watermark); add to business_operations_total for a live view.",
+                "{operation}",
+                p_ops,
+            ));
+            metrics.push(gauge(
+                names::AFFECTED_PROVISIONAL,
+                "Distinct customers with a failed operation not final yet.",
+                "{customer}",
+                p_aff,
+            ));
+            for (name, desc, pts) in [
+                (
+                    names::REVENUE_PROVISIONAL,
+                    "Value of successful operations not final yet.",
+                    p_rev,
+                ),
+                (
+                    names::AT_RISK_PROVISIONAL,
+                    "Value of failed operations not final yet (a customer's first, unless already at risk).",
+                    p_risk,
+                ),
+            ] {
+                if !pts.is_empty() {
+                    metrics.push(gauge(name, desc, "", pts));
+                }
+            }
         }
         if !self.goals.is_empty() {
             let wm = self.watermark();

@@ -138,7 +138,7 @@ value: {attribute: value, default_currency: USD, from_state: false}
 business_key: customer
 tier_attribute: tier
 dimensions: [{name: customer.tier, attribute: tier, default: unknown}]
-incident: {window: 30s, evaluation_interval: 10s, open_threshold: 0.5, close_threshold: 0.2, min_operations: 5}
+incident: {detection: threshold, window: 30s, evaluation_interval: 10s, open_threshold: 0.5, close_threshold: 0.2, min_operations: 5}
 "#;
 
 fn config(extra: &str) -> BusinessImpactConfig {
@@ -414,8 +414,14 @@ fn incidents_open_close_and_list_each_affected_customer_once_on() {
     drop(b);
     // Logs: one impact record per customer, one open, updates, one closed.
     let logs = e.take_logs();
-    let by_event = |n: &str| logs.iter().filter(|l| l.event_name == n).count();
-    assert_eq!(by_event("business.impact"), 7);
+    let _by_event = |n: &str| logs.iter().filter(|l| l.event_name == n).count();
+    // Created at the first failure (before the incident was detected), logged again when it named them.
+    let logged: std::collections::BTreeSet<&str> = logs
+        .iter()
+        .filter(|l| l.event_name == "business.impact")
+        .filter_map(|l| attrs::get_str(&l.attributes, "business.customer.id"))
+        .collect();
+    assert_eq!(logged.len(), 7);
     let states: Vec<String> = logs
         .iter()
         .filter(|l| l.event_name == "business.incident")
@@ -661,6 +667,7 @@ fn a_cart_without_a_value_is_priced_from_its_line_items_on() {
             max_orders: 100,
             max_customers: 100,
             ttl: None,
+            ..StateConfig::default()
         },
     ));
     // The order's event has line items but neither an amount nor prices for every item.
@@ -686,7 +693,7 @@ fn a_cart_without_a_value_is_priced_from_its_line_items_on() {
     let cfg = config(
         r#"{allowed_lateness: 1s, value: {attribute: absent, default_currency: USD}, order_attribute: order,
             prices: {extension: lookup/prices, column: price},
-            incident: {window: 10s, evaluation_interval: 10s, open_threshold: 0.5, close_threshold: 0.2, min_operations: 1}}"#,
+            incident: {detection: threshold, window: 10s, evaluation_interval: 10s, open_threshold: 0.5, close_threshold: 0.2, min_operations: 1}}"#,
     );
     let mut e = Engine::new(Compiled::new(&cfg, Some(state), Some(prices), None).unwrap(), "t");
     let mut s = op_span(1, 1000 * S, "c1", false, "ignored");
@@ -709,4 +716,227 @@ fn a_cart_without_a_value_is_priced_from_its_line_items_on() {
         items,
         vec![("SKU-1", 3, Some(usd("19.99"))), ("SKU-2", 1, Some(usd("0.10")))]
     );
+}
+
+/// Baseline detection (the default): `n` customers per second, one checkout each, failing when `fail(t)`.
+fn baseline_engine(extra: &str) -> Engine {
+    let mut cfg = config(extra);
+    cfg.incident = crate::impact::config::IncidentConfig::default();
+    Engine::new(Compiled::new(&cfg, None, None, None).unwrap(), "test")
+}
+
+fn traffic(e: &mut Engine, seconds: std::ops::Range<u64>, per_second: u64, fail: impl Fn(u64, u64) -> bool) {
+    for t in seconds {
+        let spans: Vec<Sp> = (0..per_second)
+            .map(|k| {
+                let time = 1000 * S + t * S + k * (S / per_second);
+                op_span(
+                    u128::from(t) << 32 | u128::from(k),
+                    time,
+                    &format!("c{t}-{k}"),
+                    !fail(t, k),
+                    "10.00",
+                )
+            })
+            .collect();
+        feed(e, &request(&spans));
+    }
+}
+
+#[test]
+fn a_short_total_outage_opens_an_incident_naming_every_failed_customer() {
+    let mut e = baseline_engine("{allowed_lateness: 2s}");
+    // 10 min healthy at 5/s with one failure a minute, then 10 s of total outage, then 2 min healthy.
+    traffic(&mut e, 0..600, 5, |t, k| k == 0 && t % 60 == 7);
+    traffic(&mut e, 600..610, 5, |_, _| true);
+    traffic(&mut e, 610..730, 5, |_, _| false);
+    e.flush();
+    let b = e.book();
+    let b = b.lock().unwrap();
+    let incidents: Vec<&Incident> = b.incidents().collect();
+    assert_eq!(incidents.len(), 1, "{incidents:#?}");
+    let inc = incidents[0];
+    assert_eq!(inc.kind, IncidentKind::Failures);
+    assert_eq!(inc.start, 1600 * S, "dated to the first bad interval");
+    assert_eq!(inc.end, Some(1610 * S));
+    assert!(
+        inc.detected <= 1610 * S,
+        "detected at the first boundary after 10 failures: {}",
+        inc.detected
+    );
+    assert_eq!(inc.closed_reason, Some(CloseReason::Recovered));
+    assert_eq!(inc.affected_customers, 50);
+    assert!(
+        inc.baseline_rate < 0.01,
+        "learned near the 0.3 % of the healthy traffic: {}",
+        inc.baseline_rate
+    );
+    // Every failed customer is listed: the 10 healthy-time failures without an incident, the 50 in it.
+    let records: Vec<&ImpactRecord> = b.records().collect();
+    assert_eq!(records.len(), 60);
+    assert_eq!(records.iter().filter(|r| r.incident_id == inc.id).count(), 50);
+    assert!(
+        records
+            .iter()
+            .filter(|r| r.incident_seq == 0)
+            .all(|r| r.time < 1600 * S)
+    );
+}
+
+#[test]
+fn retries_of_one_customer_and_ordinary_noise_open_nothing() {
+    let mut e = baseline_engine("{allowed_lateness: 2s}");
+    // 1 h at 20/s with 0.5 % failures spread evenly, and one customer failing 40 times in a minute.
+    traffic(&mut e, 0..3600, 20, |t, k| (t * 20 + k) % 200 == 13);
+    let spans: Vec<Sp> = (0..40u64)
+        .map(|i| {
+            op_span(
+                9_000_000 + u128::from(i),
+                4600 * S + i * S + 1,
+                "stubborn",
+                false,
+                "99.00",
+            )
+        })
+        .collect();
+    feed(&mut e, &request(&spans));
+    traffic(&mut e, 3660..3700, 20, |t, k| (t * 20 + k) % 200 == 13);
+    e.flush();
+    let b = e.book();
+    let b = b.lock().unwrap();
+    assert_eq!(b.incidents().count(), 0, "{:#?}", b.incidents().collect::<Vec<_>>());
+    let stubborn: Vec<&ImpactRecord> = b.records().filter(|r| &*r.key == "stubborn").collect();
+    assert_eq!(stubborn.len(), 1);
+    assert_eq!(stubborn[0].failed_attempts, 40);
+}
+
+#[test]
+fn provisional_figures_cover_what_the_watermark_holds_back() {
+    let mut e = baseline_engine("{allowed_lateness: 30s}");
+    traffic(&mut e, 0..60, 2, |t, k| t >= 50 && k == 0);
+    // Newest at 1059.5 s: the watermark 1029.5 s holds back 1029.5 s … 1059.5 s (61 operations, 10 failures).
+    let p = e.provisional(0).unwrap();
+    assert_eq!((p.operations, p.failed, p.affected_customers()), (61, 10, 10));
+    assert_eq!(p.revenue.get(Currency::USD), usd("510.00"));
+    assert_eq!(p.at_risk.get(Currency::USD), usd("100.00"));
+    assert_eq!(
+        e.ops[0].operations + p.operations,
+        120,
+        "final + provisional = everything"
+    );
+    let s = e.book().lock().unwrap().operations[0].provisional.clone();
+    assert_eq!((s.operations, s.failed, s.affected_customers), (61, 10, 10));
+    e.flush();
+    let p = e.provisional(0).unwrap();
+    assert_eq!((p.operations, p.failed, p.affected_customers()), (0, 0, 0));
+    assert!(p.revenue.iter().all(|m| m.nanos() == 0) && p.at_risk.iter().all(|m| m.nanos() == 0));
+    assert_eq!(
+        e.ops[0].at_risk.get(Currency::USD),
+        usd("100.00"),
+        "final figures as before"
+    );
+}
+
+#[test]
+fn open_incidents_close_when_the_input_goes_idle() {
+    let mut e = baseline_engine("{allowed_lateness: 5s}");
+    traffic(&mut e, 0..300, 5, |_, _| false);
+    // Traffic stops in the middle of an outage.
+    traffic(&mut e, 300..330, 5, |_, _| true);
+    assert!(e.any_open());
+    e.idle_close(std::time::Duration::from_secs(5), std::time::Duration::from_secs(60));
+    assert!(e.any_open(), "not idle long enough");
+    e.idle_close(std::time::Duration::from_secs(60), std::time::Duration::from_secs(60));
+    assert!(!e.any_open());
+    let b = e.book();
+    let b = b.lock().unwrap();
+    let inc = b.incidents().next().unwrap();
+    assert_eq!(inc.closed_reason, Some(CloseReason::Idle));
+    assert_eq!(inc.start, 1300 * S);
+    assert_eq!(inc.end, Some(1330 * S), "the end of its last bad interval");
+    assert_eq!(inc.affected_customers, 150, "every failure, the last seconds included");
+}
+
+#[test]
+fn a_latency_degradation_opens_a_latency_incident() {
+    let mut e = baseline_engine("{allowed_lateness: 2s}");
+    let span = |t: u64, k: u64, slow: bool| {
+        let end = 1000 * S + t * S + k * (S / 10);
+        let mut s = op_span(
+            u128::from(t) << 32 | u128::from(k),
+            end,
+            &format!("c{t}-{k}"),
+            true,
+            "5.00",
+        );
+        s.duration = if slow {
+            2 * S
+        } else {
+            150_000_000 + (k % 3) * 20_000_000
+        };
+        s
+    };
+    for t in 0..400u64 {
+        let slow = (300..360).contains(&t);
+        let spans: Vec<Sp> = (0..10).map(|k| span(t, k, slow)).collect();
+        feed(&mut e, &request(&spans));
+    }
+    e.flush();
+    let b = e.book();
+    let b = b.lock().unwrap();
+    let incidents: Vec<&Incident> = b.incidents().collect();
+    assert_eq!(incidents.len(), 1, "{incidents:#?}");
+    assert_eq!(incidents[0].kind, IncidentKind::Latency);
+    assert_eq!(incidents[0].start, 1300 * S);
+    assert_eq!(incidents[0].end, Some(1360 * S));
+    assert_eq!(b.records().count(), 0, "nobody failed");
+}
+
+#[test]
+fn a_failed_operation_lists_the_order_a_business_event_of_its_trace_names() {
+    both_paths(a_failed_operation_lists_the_order_a_business_event_of_its_trace_names_on);
+}
+
+fn a_failed_operation_lists_the_order_a_business_event_of_its_trace_names_on() {
+    use bizpilot_business::{BusinessEvent, BusinessState, StateConfig, trace_key};
+    let state = Arc::new(BusinessState::new("business_state", StateConfig::default()));
+    // A business event published with the failed checkout's `traceparent` names its order and cart.
+    let trace: u128 = 0x0123_4567_89ab_cdef_0011_2233_4455_6677;
+    let mut ev = BusinessEvent::new("payment.failed", 1);
+    ev.order_id = Some("o-9".into());
+    ev.amount = Some(usd("25.50"));
+    ev.items = vec![LineItem {
+        sku: "SKU-9".into(),
+        quantity: 2,
+        unit_price: Some(usd("12.75")),
+    }];
+    state.apply_traced(&mut ev, &trace_key(&trace.to_be_bytes()).unwrap());
+    // The failed span itself names no order and no value (as the demo's failed PlaceOrder).
+    let cfg = config(
+        r#"{allowed_lateness: 1s, value: {attribute: absent, default_currency: USD, from_state: false},
+            incident: {window: 10s, evaluation_interval: 10s, open_threshold: 0.5, close_threshold: 0.2, min_operations: 1}}"#,
+    );
+    let mut e = Engine::new(Compiled::new(&cfg, Some(state), None, None).unwrap(), "t");
+    feed(&mut e, &request(&[op_span(trace, 1000 * S, "c1", false, "")]));
+    // Another trace without any event: its record has no order.
+    feed(&mut e, &request(&[op_span(7, 1001 * S, "c2", false, "")]));
+    feed(&mut e, &request(&[op_span(8, 1030 * S, "c3", true, "")]));
+    e.flush();
+    let b = e.book();
+    let b = b.lock().unwrap();
+    let by_customer: HashMap<&str, &ImpactRecord> =
+        b.records().map(|r| (r.customer.as_deref().unwrap_or(""), r)).collect();
+    let r = by_customer["c1"];
+    assert_eq!(r.order_id.as_deref(), Some("o-9"));
+    assert_eq!(r.cart_value, Some(usd("25.50")));
+    let items: Vec<(&str, i64, Option<Money>)> = r
+        .items
+        .iter()
+        .map(|i| (i.sku.as_str(), i.quantity, i.unit_price))
+        .collect();
+    assert_eq!(items, vec![("SKU-9", 2, Some(usd("12.75")))]);
+    assert_eq!(r.item_count, Some(1));
+    let other = by_customer["c2"];
+    assert_eq!((other.order_id.as_deref(), other.cart_value), (None, None));
+    assert!(other.items.is_empty());
 }
