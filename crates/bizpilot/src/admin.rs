@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `/metrics` | self-telemetry in Prometheus text format | anyone who reaches the address |
 //! | `/healthz`, `/readyz` | liveness, readiness | anyone who reaches the address |
+//! | `/`, `/board`, `/board/...` | the live business board (see the `board` module; it lists customers) | as `/api/v1/...` |
 //! | `/api/v1/...` | the data API components register (impact records name customers) | loopback peers; others only with `authorization: Bearer <service.telemetry.metrics.auth.bearer_token>` |
 //!
 //! The default address is loopback, as the Collector's endpoints are. A manifest that moves the
@@ -160,7 +161,11 @@ pub async fn serve(address: &str, state: AdminState, shutdown: CancellationToken
             "admin server on a non-loopback address without service.telemetry.metrics.auth: /api/v1 answers loopback peers only"
         );
     }
-    let app = router(state.clone());
+    // The board shows affected customers: it is guarded like the data API.
+    let board = crate::board::Board::start(state.api.clone(), state.metrics.clone(), shutdown.clone())
+        .router()
+        .route_layer(middleware::from_fn_with_state(state.clone(), data_guard));
+    let app = router(state.clone()).merge(board);
     // Histogram summaries need periodic upkeep.
     let upkeep = state.metrics.clone();
     let stop = shutdown.clone();

@@ -1,6 +1,7 @@
 //! The `bizpilot` binary.
 
 mod admin;
+mod board;
 mod plan;
 mod replay;
 mod unit_test;

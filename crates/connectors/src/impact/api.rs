@@ -3,7 +3,8 @@
 //! - `GET /api/v1/incidents[?operation=checkout&state=open|closed&limit=50&offset=0]`: incidents, newest first;
 //! - `GET /api/v1/impact[?operation=checkout&incident=<id>&limit=50&offset=0]`: affected customers (one
 //!   impact record per customer and incident), highest cart value first (then customer, then time), with their
-//!   carts, a `total` count for paging, and the operations' totals (`summary`).
+//!   carts, a `total` count for paging, the operations' totals (`summary`) and the goals' current periods
+//!   (`goals`: target, achieved, exact projection at the period's end at the pace so far, attainment).
 //!
 //! With several `business_impact` connectors, `connector=<id>` picks one (the first registered answers
 //! otherwise). Money is `{"currency":"USD","amount":"123.45"}`; times are RFC 3339 (`time`) and Unix
@@ -14,7 +15,7 @@ use serde_json::{Value as Json, json};
 use std::cmp::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::book::{Book, Cause, ImpactRecord, Incident, OperationSummary, WindowCount};
+use super::book::{Book, Cause, GoalSummary, ImpactRecord, Incident, OperationSummary, WindowCount};
 use super::output::{hex, rfc3339};
 
 /// Default and maximum page sizes.
@@ -163,6 +164,20 @@ fn summary_json(s: &OperationSummary) -> Json {
     })
 }
 
+fn goal_json(g: &GoalSummary) -> Json {
+    json!({
+        "name": g.name,
+        "operation": g.operation,
+        "target": money(&g.target),
+        "period_s": g.period / 1_000_000_000,
+        "period_start": g.period_start.map(rfc3339),
+        "achieved": money(&g.achieved),
+        "projected": money(&g.projected),
+        "attainment": g.attainment,
+        "projected_attainment": g.projected_attainment,
+    })
+}
+
 /// Highest cart value first (unknown values last), then customer, then time.
 fn by_value(a: &ImpactRecord, b: &ImpactRecord) -> Ordering {
     let v = |r: &ImpactRecord| r.cart_value.map(|m| m.nanos());
@@ -246,6 +261,7 @@ impl ImpactApi {
             "limit": limit,
             "customers": page,
             "summary": summary,
+            "goals": book.goals.iter().map(goal_json).collect::<Vec<_>>(),
             "watermark": rfc3339(book.watermark),
             "evicted_records": book.evicted_records,
         }))

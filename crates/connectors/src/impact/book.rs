@@ -190,10 +190,27 @@ pub struct Provisional {
     pub until: u64,
 }
 
+/// A goal's current period as of the watermark (for the API and the live board).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoalSummary {
+    pub name: String,
+    pub operation: String,
+    pub target: Money,
+    pub period: u64,
+    pub period_start: Option<u64>,
+    /// Revenue of the goal's operation so far in the current period.
+    pub achieved: Money,
+    /// Revenue projected at the period's end at the pace so far (exact: achieved × period ÷ elapsed).
+    pub projected: Money,
+    pub attainment: f64,
+    pub projected_attainment: f64,
+}
+
 /// The shared findings.
 #[derive(Debug, Default)]
 pub struct Book {
     pub operations: Vec<OperationSummary>,
+    pub goals: Vec<GoalSummary>,
     /// Event time up to which everything is final.
     pub watermark: u64,
     records: BTreeMap<u64, ImpactRecord>,

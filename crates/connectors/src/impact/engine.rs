@@ -24,7 +24,8 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use regex::Regex;
 
 use super::book::{
-    Book, Cause, CloseReason, ImpactRecord, Incident, IncidentKind, IncidentState, Provisional, WindowCount,
+    Book, Cause, CloseReason, GoalSummary, ImpactRecord, Incident, IncidentKind, IncidentState, Provisional,
+    WindowCount,
 };
 use super::config::{BusinessImpactConfig, CmpOp, Condition, Detection, Scalar, ValueConfig};
 use super::incident::{
@@ -604,6 +605,24 @@ impl GoalState {
             so_far * self.period as f64 / elapsed as f64
         };
         (so_far, projected)
+    }
+
+    /// Revenue projected at the period's end at event time `now`, exactly: achieved × period ÷ elapsed
+    /// (the achieved revenue itself before the period has started or when the result does not fit).
+    pub fn projected(&self, now: u64) -> Money {
+        let Some(start) = self.period_start else {
+            return self.achieved;
+        };
+        let elapsed = now.saturating_sub(start).min(self.period);
+        if elapsed == 0 {
+            return self.achieved;
+        }
+        let total = self.achieved.nanos() * i128::from(self.period) / i128::from(elapsed);
+        let (units, nanos) = (total / 1_000_000_000, total % 1_000_000_000);
+        match (i64::try_from(units), i32::try_from(nanos)) {
+            (Ok(u), Ok(n)) => Money::from_units_nanos(u, n, self.achieved.currency()).unwrap_or(self.achieved),
+            _ => self.achieved,
+        }
     }
 }
 
@@ -1848,6 +1867,25 @@ impl Engine {
                 until: if st.prov.operations > 0 { self.max_event } else { 0 },
             };
         }
+        let wm = self.watermark;
+        book.goals = self
+            .goals
+            .iter()
+            .map(|g| {
+                let (attainment, projected_attainment) = g.attainment(wm);
+                GoalSummary {
+                    name: g.name.clone(),
+                    operation: self.operation_name(g.op).to_string(),
+                    target: g.target,
+                    period: g.period,
+                    period_start: g.period_start,
+                    achieved: g.achieved,
+                    projected: g.projected(wm),
+                    attainment,
+                    projected_attainment,
+                }
+            })
+            .collect();
     }
 
     /// Distinct affected customers of the window holding the watermark and of the one before it:
