@@ -1027,7 +1027,7 @@ fn checkout_request(n: usize, fail_every: usize) -> ExportTraceServiceRequest {
                     "demo.user_context.loyalty_level",
                     s(["gold", "silver", "bronze"][(i / 3) % 3]),
                 ),
-                kv("demo.user.currency", s("USD")),
+                kv("demo.user_context.selected_currency", s("USD")),
                 kv("demo.order.items.count", any_value::Value::IntValue(2)),
                 kv("note", s("contact jane.doe@example.com")),
                 kv("demo.order.amount", any_value::Value::DoubleValue(123.45)),
@@ -1249,6 +1249,17 @@ async fn app_to_sidecar_to_gateway_to_backend_enriched_and_redacted_then_drained
 /// Metric names the dashboard charts although no component emits them yet. The test fails once
 /// one of them is emitted, so that this list and the dashboard are reconciled with the real name.
 const PENDING_METRICS: [&str; 0] = [];
+
+/// Charted business metrics that the gateway pipeline of this test does not produce but another shipped pipeline
+/// does: the capacity planner's gauges (`pipelines/capacity-plan.yaml`). They must still be in the source;
+/// `tests/plan_e2e.rs` checks that each appears in a live scrape of that pipeline.
+const OTHER_PIPELINE_METRICS: [&str; 5] = [
+    "business_capacity_required_replicas",
+    "business_capacity_headroom_ratio",
+    "business_capacity_utilization_ratio",
+    "business_capacity_saturation_multiple",
+    "business_capacity_staff_required",
+];
 
 const PROMQL_WORDS: &[&str] = &[
     "sum",
@@ -1593,7 +1604,11 @@ fn grafana_dashboard_is_valid_and_charts_only_metrics_bizpilot_exposes() {
     let charted: BTreeSet<String> = dashboard_exprs(&dash)
         .iter()
         .flat_map(|(_, e)| promql_names(e).0)
-        .filter(|m| m.starts_with("business_") && !PENDING_METRICS.contains(&m.as_str()))
+        .filter(|m| {
+            m.starts_with("business_")
+                && !PENDING_METRICS.contains(&m.as_str())
+                && !OTHER_PIPELINE_METRICS.contains(&m.as_str())
+        })
         .collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let business = loop {
@@ -1633,7 +1648,7 @@ fn grafana_dashboard_is_valid_and_charts_only_metrics_bizpilot_exposes() {
                 source.contains(&b) || scraped.contains_key(m),
                 "{panel}: {m} is not a metric bizpilot exposes (expr: {expr})"
             );
-            if m.starts_with("business_") {
+            if m.starts_with("business_") && !OTHER_PIPELINE_METRICS.contains(&m.as_str()) {
                 assert!(
                     scraped.contains_key(m),
                     "{panel}: {m} does not appear when the shipped gateway pipeline runs (expr: {expr})\n{business}"

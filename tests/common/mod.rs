@@ -3,6 +3,8 @@
 //! binary run as a child process (started with a config file, stopped by PID).
 #![allow(dead_code)]
 
+pub mod demo;
+
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
