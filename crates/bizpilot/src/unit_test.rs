@@ -1006,7 +1006,7 @@ fn check_item(cfg: &Config, at: &str, kind: &str, spec: &ItemSpec, all: &[Item],
         failures.push(format!("expected a {what} after {at}, found none\n{}", seen()));
         return;
     }
-    let mut best: Option<(usize, Vec<(String, (String, String))>)> = None;
+    let mut best: Option<(usize, Vec<Problem>)> = None;
     for (i, it) in selected.iter().enumerate() {
         let mut problems = Vec::new();
         for (key, cond) in &spec.attributes {
@@ -1053,6 +1053,9 @@ fn check_item(cfg: &Config, at: &str, kind: &str, spec: &ItemSpec, all: &[Item],
     );
     failures.push(msg);
 }
+
+/// A failed attribute condition: the attribute, what was expected, what was there.
+type Problem = (String, (String, String));
 
 /// What is wrong with one attribute, as (what was expected, what was there), or `None`.
 fn check_attr(key: &str, cond: &Cond, got: Option<&AnyValue>) -> Option<(String, String)> {
