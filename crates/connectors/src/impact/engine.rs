@@ -240,6 +240,7 @@ impl Compiled {
             prior_weight: inc.baseline_prior_operations,
             floor: inc.min_baseline,
             alpha: inc.interval_alpha,
+            normal_alpha: 0.2,
             close_intervals: inc.close_intervals,
         };
         Ok(Compiled {
@@ -1398,7 +1399,7 @@ impl Engine {
         inc.failed_operations += 1;
         *inc.causes.entry((cause.service, cause.status_message)).or_default() += 1;
         let incident_id = inc.id.clone();
-        if !book.record(rid).is_some_and(|r| r.incident_seq == 0) {
+        if book.record(rid).is_none_or(|r| r.incident_seq != 0) {
             // Already named (an earlier failure of the same record), or gone (merged, evicted).
             return;
         }
