@@ -170,6 +170,10 @@ fn component_reference_is_generated_from_the_module_docs() {
     let sources: &[(&str, &str)] = &[
         ("receiver `otlp`", "crates/receivers/src/otlp/mod.rs"),
         ("receiver `kafka`", "crates/kafka/src/receiver.rs"),
+        (
+            "receiver `kafka`: the OpenTelemetry Demo's `OrderResult`",
+            "crates/kafka/src/otel_demo.rs",
+        ),
         ("processor `batch`", "crates/processors/src/batch.rs"),
         ("processor `memory_limiter`", "crates/processors/src/memory_limiter.rs"),
         ("processor `enrich`", "crates/processors/src/enrich/mod.rs"),

@@ -2,6 +2,7 @@
 
 mod admin;
 mod replay;
+mod unit_test;
 
 use anyhow::Context;
 use bizpilot_core::config::{self, Diagnostic, LogEncoding, ProcessEnv, Source};
@@ -56,6 +57,14 @@ enum Command {
         /// No progress bar on stderr.
         #[arg(long)]
         no_progress: bool,
+    },
+    /// Run pipeline unit tests: inputs in OTLP/JSON, expected attributes, metrics and records (see docs/pipeline-tests.md).
+    Test {
+        #[arg(long = "config", short = 'c', value_name = "FILE", required = true)]
+        config: Vec<PathBuf>,
+        /// Test files (default: tests/<config name>.test.yaml next to each config).
+        #[arg(value_name = "TESTS")]
+        tests: Vec<PathBuf>,
     },
 }
 
@@ -256,6 +265,7 @@ fn main() -> ExitCode {
             order,
             no_progress,
         } => replay::main(config, input, order, !no_progress),
+        Command::Test { config, tests } => unit_test::main(config, tests),
         Command::Run { config } => {
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,

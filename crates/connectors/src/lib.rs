@@ -4,6 +4,7 @@
 pub mod forward;
 pub mod impact;
 pub mod kpi;
+pub mod plan;
 pub mod stats;
 
 mod emit;
@@ -16,4 +17,5 @@ pub fn register(registry: &mut Registry) {
     registry.connector(forward::ForwardConnectorFactory);
     registry.connector(impact::BusinessImpactConnectorFactory);
     registry.connector(kpi::OrderKpiConnectorFactory);
+    registry.connector(plan::CapacityPlannerConnectorFactory);
 }

@@ -47,6 +47,14 @@ pub fn rfc3339(unix_nano: u64) -> String {
     s
 }
 
+/// Now, in Unix nanoseconds (0 before the epoch).
+pub(crate) fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// A counter value as OTLP's signed int, saturating.
 pub(crate) fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::business::{BusinessMapping, EventError, EventFields};
+use crate::otel_demo::{self, OrderResultError};
 use crate::pb::{self, DecodeProtoError, ReflectedMessage};
 use crate::traceparent::TraceParent;
 
@@ -31,6 +32,8 @@ pub enum ReceiverEncoding {
     /// One message of a user schema (`protobuf.descriptor_set_file`, `protobuf.message`),
     /// read with the `business` field mapping.
     Protobuf,
+    /// The OpenTelemetry Demo's `oteldemo.OrderResult` ([`crate::otel_demo`]).
+    OtelDemoOrderResult,
 }
 
 impl ReceiverEncoding {
@@ -41,6 +44,7 @@ impl ReceiverEncoding {
             ReceiverEncoding::BusinessJson => "business_json",
             ReceiverEncoding::BusinessProto => "business_proto",
             ReceiverEncoding::Protobuf => "protobuf",
+            ReceiverEncoding::OtelDemoOrderResult => "otel_demo_order_result",
         }
     }
 
@@ -130,6 +134,8 @@ pub enum Decoder {
         message: ReflectedMessage,
         mapping: BusinessMapping,
     },
+    /// `oteldemo.OrderResult` ([`crate::otel_demo`]).
+    OtelDemoOrderResult,
 }
 
 /// One log record as a logs payload.
@@ -211,6 +217,16 @@ impl Decoder {
                 }
                 let json = message.decode_json(bytes)?;
                 Ok(event_payload(mapping.read(&json, meta.timestamp_unix_nano)?, meta))
+            }
+            Decoder::OtelDemoOrderResult => {
+                if bytes.is_empty() {
+                    return Err(DecodeError::new("empty", "empty message"));
+                }
+                let fields = otel_demo::decode_order_result(bytes, meta.timestamp_unix_nano).map_err(|e| match e {
+                    OrderResultError::Protobuf(m) => DecodeError::new("invalid_protobuf", m),
+                    other => DecodeError::new("invalid_event", format!("oteldemo.OrderResult: {other}")),
+                })?;
+                Ok(event_payload(fields, meta))
             }
         }
     }

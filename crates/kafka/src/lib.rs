@@ -3,7 +3,7 @@
 //!
 //! - The receiver consumes OTLP data (`otlp_proto`, `otlp_json`) or business events
 //!   (`business_json`, `business_proto` = [`pb::v1::BusinessEvent`], user `protobuf` schemas
-//!   read by reflection) at least once: offsets are committed only up to the contiguous
+//!   read by reflection, the OpenTelemetry Demo's `oteldemo.OrderResult` ([`otel_demo`])) at least once: offsets are committed only up to the contiguous
 //!   low-water mark of acknowledged messages ([`offsets`]), failed deliveries are consumed
 //!   again, bad messages go to a dead-letter topic, backpressure pauses partitions.
 //! - The exporter produces OTLP data or business events as JSON, keyed by trace id or by an
@@ -18,6 +18,7 @@ pub mod client;
 pub mod codec;
 pub mod exporter;
 pub mod offsets;
+pub mod otel_demo;
 pub mod pb;
 pub mod receiver;
 pub mod traceparent;

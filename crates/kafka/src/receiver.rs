@@ -59,7 +59,7 @@
 //! | `group_id` | `bizpilot` | consumer group |
 //! | `client_id` | `bizpilot` | client id |
 //! | `initial_offset` | `latest` | where a group without committed offsets starts: `earliest` or `latest` |
-//! | `encoding` | `otlp_proto` | `otlp_proto`, `otlp_json`, `business_json`, `business_proto` (`bizpilot.v1.BusinessEvent`), `protobuf` |
+//! | `encoding` | `otlp_proto` | `otlp_proto`, `otlp_json`, `business_json`, `business_proto` (`bizpilot.v1.BusinessEvent`), `protobuf`, `otel_demo_order_result` (the OpenTelemetry Demo's `oteldemo.OrderResult` on topic `orders`: [`crate::otel_demo`]) |
 //! | `signal` | the pipeline's | `traces`, `metrics` or `logs` for the OTLP encodings (business encodings give logs) |
 //! | `business.*` | see below | field mapping of `business_json` and `protobuf` ([`crate::business::BusinessMapping`]) |
 //! | `protobuf.descriptor_set_file` | — | encoded `FileDescriptorSet` (`protoc --descriptor_set_out`, `buf build -o`) |
@@ -387,6 +387,7 @@ impl ReceiverFactory for KafkaReceiverFactory {
             ReceiverEncoding::OtlpJson => Decoder::Otlp { signal, json: true },
             ReceiverEncoding::BusinessJson => Decoder::BusinessJson(cfg.business.clone()),
             ReceiverEncoding::BusinessProto => Decoder::BusinessProto,
+            ReceiverEncoding::OtelDemoOrderResult => Decoder::OtelDemoOrderResult,
             ReceiverEncoding::Protobuf => Decoder::Protobuf {
                 message: ReflectedMessage::from_file(&cfg.protobuf.descriptor_set_file, &cfg.protobuf.message)
                     .map_err(|e| ComponentError::Config(format!("protobuf: {e}")))?,

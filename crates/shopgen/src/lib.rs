@@ -37,6 +37,7 @@ pub mod config;
 pub mod emission;
 pub mod event;
 mod pb;
+pub mod queueing;
 mod sim;
 pub mod spans;
 pub mod truth;

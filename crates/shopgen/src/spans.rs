@@ -201,7 +201,7 @@ fn kv(k: &str, v: any_value::Value) -> KeyValue {
     }
 }
 
-fn s(k: &str, v: &str) -> KeyValue {
+pub(crate) fn s(k: &str, v: &str) -> KeyValue {
     kv(k, any_value::Value::StringValue(v.to_string()))
 }
 

@@ -212,12 +212,13 @@ pub use engine::{Compiled, Engine};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::emit::{SendError, end_run, send};
+use crate::otlp_out::wall_ns;
 
 use bizpilot_business::{BusinessState, KeyedHasher, Lookup};
 use bizpilot_core::{
@@ -310,13 +311,6 @@ pub struct BusinessImpactConnector {
     incident_idle: Duration,
     flush_interval: Duration,
     idle_timeout: Duration,
-}
-
-fn wall_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl Connector for BusinessImpactConnector {

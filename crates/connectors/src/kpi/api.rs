@@ -59,6 +59,49 @@ pub struct AtRiskView {
     pub stage_services: Vec<ServiceStatus>,
     /// Median stage duration of healthy orders (ns), if learned.
     pub typical_stage_ns: Option<f64>,
+    /// The slowed stage named as (part of) the cause.
+    pub cause_stage: Option<String>,
+    /// The cause in words: "backlog in stage paid: 1,840 orders, throughput 35 % of normal since 03:10; no
+    /// IT cause found".
+    pub cause_text: String,
+    /// What to do about this order: "expedite: must leave stage paid by 2026-01-05T14:20:00Z (…)".
+    pub action: String,
+}
+
+/// The flow of one stage and, when it is slowed, what to do about it (see the `flow` module).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StageView {
+    pub stage: String,
+    /// Orders in the stage now.
+    pub backlog: u64,
+    /// Speed of the stage relative to normal (`1` normal).
+    pub rate: f64,
+    /// Exits per hour over the test window: what the orders in it normally do, and what they did.
+    pub normal_per_hour: f64,
+    pub observed_per_hour: f64,
+    pub slowed_since: Option<u64>,
+    /// The cause in words, when slowed.
+    pub cause_text: Option<String>,
+    pub action: Option<StageAction>,
+}
+
+/// The recommended action for a slowed stage.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StageAction {
+    /// Completions per hour the stage must reach so that every order that still can leaves it in time for its
+    /// deadline (served closest deadline first), and how many more than now that is.
+    pub needed_per_hour: f64,
+    pub extra_per_hour: f64,
+    /// Orders already too late to make their deadline however fast the stage works.
+    pub already_late: u64,
+    /// Orders to expedite first: closest deadline first among those that can still make it.
+    pub expedite_first: Vec<String>,
+    /// Expected compliance of the orders in the stage without the action (`1 − mean P(miss)`) and with it
+    /// (the share that can still make it).
+    pub compliance_without: f64,
+    pub compliance_with: f64,
+    /// In words.
+    pub text: String,
 }
 
 /// One KPI's figures as of the last evaluation.
@@ -85,6 +128,8 @@ pub struct KpiView {
     pub recall: Option<f64>,
     pub lead_median_s: Option<f64>,
     pub breaches_by_cause: Vec<(String, u64)>,
+    /// The flow of each stage of the KPI (from its start stage to the one before its goal).
+    pub stages: Vec<StageView>,
 }
 
 /// What the API serves, refreshed by the engine at every evaluation.
@@ -146,7 +191,10 @@ pub fn at_risk_json(a: &AtRiskView) -> Json {
             "service": a.cause_service,
             "issue": a.cause_issue,
             "from_order_spans": a.cause_from_order_spans,
+            "stage": a.cause_stage,
+            "text": a.cause_text,
         },
+        "action": a.action,
         "explanation": {
             "stage": a.stage,
             "stuck_for_s": secs(a.stage_age_ns),
@@ -172,6 +220,28 @@ pub fn at_risk_json(a: &AtRiskView) -> Json {
     })
 }
 
+/// One stage's flow and action as JSON.
+pub fn stage_json(s: &StageView) -> Json {
+    json!({
+        "stage": s.stage,
+        "backlog": s.backlog,
+        "throughput_ratio": s.rate,
+        "normal_per_hour": s.normal_per_hour,
+        "observed_per_hour": s.observed_per_hour,
+        "slowed_since": s.slowed_since.map(rfc3339),
+        "cause": s.cause_text,
+        "action": s.action.as_ref().map(|a| json!({
+            "needed_per_hour": a.needed_per_hour,
+            "extra_per_hour": a.extra_per_hour,
+            "already_late": a.already_late,
+            "expedite_first": a.expedite_first,
+            "compliance_without": a.compliance_without,
+            "compliance_with": a.compliance_with,
+            "text": a.text,
+        })),
+    })
+}
+
 /// One KPI's figures as JSON (without its at-risk list).
 pub fn kpi_json(v: &KpiView) -> Json {
     let [tp, fp, fneg, tn] = v.scores;
@@ -186,6 +256,7 @@ pub fn kpi_json(v: &KpiView) -> Json {
         "open_by_stage": v.open_by_stage.iter().map(|(s, n)| (s.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "at_risk": causes_json(v),
         "breaches_by_cause": v.breaches_by_cause.iter().map(|(s, n)| (s.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "stages": v.stages.iter().map(stage_json).collect::<Vec<_>>(),
         "prediction": {
             "threshold": v.threshold,
             "true_positives": tp,
@@ -344,6 +415,9 @@ mod tests {
             }],
             stage_services: Vec::new(),
             typical_stage_ns: Some(1e12),
+            cause_stage: None,
+            cause_text: "shipping latency".into(),
+            action: "expedite".into(),
         };
         Arc::new(Mutex::new(Book {
             as_of: Some(1_735_700_000_000_000_000),

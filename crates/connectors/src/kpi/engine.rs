@@ -16,11 +16,12 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
-use super::api::{AtRiskView, Book, EvidenceView, KpiView};
+use super::api::{AtRiskView, Book, EvidenceView, KpiView, StageAction, StageView};
 use super::config::{DimensionConfig, OrderKpiConfig};
+use super::flow::StageFlow;
 use super::health::{Health, Issue};
 use super::model::{Condition, Model};
-use super::sketch::{LogHistogram, Scale};
+use super::sketch::{LogHistogram, Scale, TimeChange};
 
 fn ns(d: bizpilot_core::config::Duration) -> u64 {
     u64::try_from(d.get().as_nanos()).unwrap_or(u64::MAX)
@@ -195,6 +196,17 @@ impl Compiled {
     }
 }
 
+/// One prediction, kept for the evaluation's calibration figures when asked for
+/// ([`Engine::record_predictions`]): the probability of missing the deadline given to an open order at an
+/// evaluation on a whole hour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub kpi: usize,
+    pub order_id: Box<str>,
+    pub time: u64,
+    pub probability: f32,
+}
+
 /// Why an order's KPI ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Outcome {
@@ -237,6 +249,8 @@ pub struct Resolution {
     pub flag_cause: Option<String>,
     /// The service of that cause.
     pub flag_service: Option<String>,
+    /// The slowed stage named as (part of) the cause when it was first flagged.
+    pub flag_cause_stage: Option<String>,
     /// Every service whose failed or slow spans the explanation listed when it was first flagged.
     pub flag_services: Vec<String>,
     /// Stage and probability when first flagged.
@@ -252,6 +266,8 @@ pub struct Cause {
     pub issue: Option<Issue>,
     /// From the order's own spans (`true`) or from the service's health (`false`).
     pub own: bool,
+    /// The order's stage, when that stage is slowed for everybody (a cohort cause, see [`super::flow`]).
+    pub stage: Option<u8>,
 }
 
 impl Cause {
@@ -259,6 +275,7 @@ impl Cause {
         service: None,
         issue: None,
         own: false,
+        stage: None,
     };
 }
 
@@ -269,6 +286,8 @@ pub struct Evidence {
     pub spans: u32,
     pub errors: u32,
     pub slow: u32,
+    /// End time of the latest failed or slow span (0: none).
+    pub last_bad: u64,
     /// Trace ids of failed or slow spans (at most [`MAX_EXAMPLE_TRACES`]).
     pub traces: Vec<[u8; 16]>,
 }
@@ -306,6 +325,11 @@ struct Order {
     cond: Condition,
     /// Series of its dimension values.
     sid: u32,
+    /// Stage clock (ns of normal work in the current stage, see [`super::flow`]) as of `clock_at`.
+    clock: f64,
+    clock_at: u64,
+    /// The latest stage that was slowed for everybody while this order was in it (it ate the order's slack).
+    hit: Option<u8>,
 }
 
 impl Order {
@@ -450,6 +474,8 @@ pub struct Engine {
     pub(super) health: Health,
     stage_service_ids: Vec<Vec<u16>>,
     model: Model,
+    pub(super) flows: Vec<StageFlow>,
+    predictions: Option<Vec<Prediction>>,
     orders: HashMap<Box<str>, Order>,
     orphans: HashMap<Box<str>, Orphan>,
     orphan_queue: VecDeque<(u64, Box<str>)>,
@@ -538,6 +564,8 @@ impl Engine {
         Engine {
             health,
             stage_service_ids,
+            flows: vec![StageFlow::default(); c.stages.len()],
+            predictions: None,
             model,
             orders: HashMap::new(),
             orphans: HashMap::new(),
@@ -568,6 +596,16 @@ impl Engine {
     }
 
     /// Keeps every [`Resolution`] for [`Engine::take_resolutions`] (evaluation and tests).
+    pub fn record_predictions(&mut self) {
+        self.predictions.get_or_insert_with(Vec::new);
+    }
+
+    /// The predictions recorded since the last call (see [`Prediction`]).
+    pub fn take_predictions(&mut self) -> Vec<Prediction> {
+        self.predictions.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Keeps every [`Resolution`] for [`Engine::take_resolutions`] (for evaluations).
     pub fn record_resolutions(&mut self) {
         self.resolutions.get_or_insert_with(Vec::new);
     }
@@ -911,6 +949,9 @@ impl Engine {
                 kpis: vec![KpiState::default(); self.c.kpis.len()].into_boxed_slice(),
                 cond: Condition::Healthy,
                 sid: OVERFLOW,
+                clock: 0.0,
+                clock_at: time,
+                hit: None,
             };
             self.orders.insert(id.clone(), o);
             self.peak_open = self.peak_open.max(self.orders.len());
@@ -939,9 +980,18 @@ impl Engine {
                 let entered = o.entered();
                 if entered != 0 && time >= entered {
                     let c = self.condition(&o, prev);
-                    self.model.stage_exit(prev, c, time - entered);
+                    let rate = self.flows.get(prev).map_or(1.0, |f| f.rate);
+                    let clock = o.clock + time.saturating_sub(o.clock_at) as f64 * rate;
+                    self.model.stage_exit(prev, c, clock as u64);
+                    if let Some(f) = self.flows.get_mut(prev)
+                        && self.last_tick.is_some_and(|t| entered <= t)
+                    {
+                        f.observed += 1.0;
+                    }
                 }
                 o.stage = j;
+                o.clock = 0.0;
+                o.clock_at = time;
             } else {
                 self.stats.events_out_of_order += 1;
             }
@@ -1027,6 +1077,7 @@ impl Engine {
                     spans: 0,
                     errors: 0,
                     slow: 0,
+                    last_bad: 0,
                     traces: Vec::new(),
                 });
                 let last = evidence.len() - 1;
@@ -1037,6 +1088,9 @@ impl Engine {
         e.spans += 1;
         e.errors += u32::from(s.error);
         e.slow += u32::from(slow);
+        if s.error || slow {
+            e.last_bad = e.last_bad.max(end);
+        }
         if (s.error || slow) && e.traces.len() < MAX_EXAMPLE_TRACES && !e.traces.contains(&s.trace_id) {
             e.traces.push(s.trace_id);
         }
@@ -1050,13 +1104,23 @@ impl Engine {
     }
 
     fn cause(&self, o: &Order) -> Cause {
-        cause_of(&self.health, &self.stage_service_ids, o)
+        let slowed = self.flows.get(o.stage).is_some_and(StageFlow::slowed);
+        cause_of(&self.health, &self.stage_service_ids, o, slowed, &self.medians())
     }
 
-    /// `shipping latency`, `payment errors`, or `none` (no IT signal).
+    fn medians(&self) -> Vec<f64> {
+        medians_of(&self.model, self.c.stages.len())
+    }
+
+    /// `shipping latency`, `payment errors`, `paid stage slowdown` (a stage slowed for everybody, no IT
+    /// service involved), or `none` (no cause found).
     pub fn cause_label(&self, c: &Cause) -> String {
-        match (c.service, c.issue) {
-            (Some(s), Some(i)) => format!("{} {}", self.health.name(s), i.as_str()),
+        match (c.service, c.issue, c.stage) {
+            (Some(s), Some(i), _) => format!("{} {}", self.health.name(s), i.as_str()),
+            (_, _, Some(st)) => format!(
+                "{} stage slowdown",
+                self.c.stages.get(usize::from(st)).map_or("?", String::as_str)
+            ),
             _ => "none".into(),
         }
     }
@@ -1136,6 +1200,9 @@ impl Engine {
                 flagged_at,
                 flag_cause: flag_cause.map(|c| self.cause_label(&c)),
                 flag_service: flag_cause.and_then(|c| self.cause_service(&c)),
+                flag_cause_stage: flag_cause
+                    .and_then(|c| c.stage)
+                    .and_then(|s| self.c.stages.get(usize::from(s)).cloned()),
                 flag_services: flag_services.iter().map(|s| self.health.name(*s).to_string()).collect(),
                 flag_stage: flag_stage.and_then(|s| self.c.stages.get(usize::from(s)).cloned()),
                 flag_probability: flag_p,
@@ -1152,6 +1219,23 @@ impl Engine {
 
     fn evaluate(&mut self, b: u64) {
         self.model.begin(b);
+        // Pass 0: the stages' flow over the interval that ends now (see [`super::flow`]).
+        if let Some(last) = self.last_tick {
+            let interval = b.saturating_sub(last).max(1);
+            // The learned durations need a full deadline of data before a stage can be judged.
+            let warm = self
+                .first_tick
+                .is_some_and(|f| b.saturating_sub(f) >= self.c.kpis.iter().map(|k| k.deadline).max().unwrap_or(0));
+            for f in &mut self.flows {
+                f.close_interval(b, interval);
+                if !warm {
+                    f.assume_normal();
+                }
+            }
+        }
+        for f in &mut self.flows {
+            f.backlog = 0;
+        }
         // Pass 1: expiry, deadlines, conditions and the open orders' ages (censored observations).
         let mut expired: Vec<Box<str>> = Vec::new();
         let mut breached: Vec<(Box<str>, usize)> = Vec::new();
@@ -1161,17 +1245,27 @@ impl Engine {
                 model,
                 health,
                 stage_service_ids,
+                flows,
                 c,
                 ..
             } = self;
             for (id, o) in orders.iter_mut() {
+                let rate = flows.get(o.stage).map_or(1.0, |f| f.rate);
+                o.clock += b.saturating_sub(o.clock_at) as f64 * rate;
+                o.clock_at = o.clock_at.max(b);
                 if b.saturating_sub(o.first_seen) > c.max_order_age {
                     expired.push(id.clone());
                     continue;
                 }
+                if let Some(f) = flows.get_mut(o.stage) {
+                    f.backlog += 1;
+                    if f.slowed() {
+                        o.hit = u8::try_from(o.stage).ok();
+                    }
+                }
                 let cond = condition_of(health, stage_service_ids, o, o.stage);
                 o.cond = cond;
-                model.open_in_stage(o.stage, cond, b.saturating_sub(o.entered()));
+                model.open_in_stage(o.stage, cond, o.clock as u64);
                 for (k, kp) in c.kpis.iter().enumerate() {
                     let Some(st) = o.kpis.get(k) else { continue };
                     if st.goal {
@@ -1202,8 +1296,7 @@ impl Engine {
         for id in expired {
             if let Some(mut o) = self.orders.remove(&id) {
                 self.stats.orders_expired += 1;
-                let age = b.saturating_sub(o.entered());
-                self.model.stage_censored(o.stage, o.cond, age);
+                self.model.stage_censored(o.stage, o.cond, o.clock as u64);
                 for k in 0..self.c.kpis.len() {
                     let (from, to) = (self.c.kpis[k].from, self.c.kpis[k].to);
                     if !o.kpis[k].goal {
@@ -1225,17 +1318,53 @@ impl Engine {
 
         // Pass 2: predictions.
         let mut flagged: Vec<(usize, Box<str>, f32)> = Vec::new();
+        let hourly = b.is_multiple_of(3_600_000_000_000);
         {
             let Engine {
                 orders,
                 model,
                 health,
                 stage_service_ids,
+                flows,
+                predictions,
                 c,
                 ..
             } = self;
+            let interval = c.eval as f64;
+            let changes: Vec<TimeChange> = flows.iter().map(|f| f.time_change(b)).collect();
+            let mixtures: Vec<Vec<TimeChange>> = flows.iter().map(|f| f.time_changes(b)).collect();
+            // First come, first served: the entry times of the orders in each slowed stage, for "backlog ahead".
+            let mut queues: Vec<Vec<u64>> = vec![Vec::new(); flows.len()];
+            for o in orders.values() {
+                if let Some(q) = queues.get_mut(o.stage)
+                    && flows.get(o.stage).is_some_and(StageFlow::queueing)
+                {
+                    q.push(o.entered());
+                }
+            }
+            for q in &mut queues {
+                q.sort_unstable();
+            }
+            let medians = medians_of(model, c.stages.len());
+            let slowed: Vec<bool> = flows.iter().map(StageFlow::slowed).collect();
+            let mut expected = vec![0.0; flows.len()];
             for (id, o) in orders.iter_mut() {
-                let age = b.saturating_sub(o.entered());
+                let age = o.clock;
+                let mixture = mixtures.get(o.stage).map_or(&[TimeChange::NORMAL][..], |v| &v[..]);
+                let waits = queues.get(o.stage).filter(|q| !q.is_empty()).and_then(|q| {
+                    flows
+                        .get(o.stage)?
+                        .queue_waits(q.partition_point(|e| *e < o.entered()), b)
+                });
+                let stage_slowed = slowed.get(o.stage).copied().unwrap_or(false);
+                if let Some(x) = model.exit_probability(o.stage, o.cond, age, interval)
+                    && let Some(e) = expected.get_mut(o.stage)
+                {
+                    *e += x;
+                }
+                // Stages after this one that are slowed now delay the order too, if it gets there before they
+                // recover (it is taken to get there after the typical duration of its current stage).
+                let typical = model.median_duration(o.stage, o.cond).unwrap_or(0.0);
                 for (k, kp) in c.kpis.iter().enumerate() {
                     let start = o.reached.get(kp.from).copied().unwrap_or(0);
                     let Some(st) = o.kpis.get(k) else { continue };
@@ -1246,11 +1375,34 @@ impl Engine {
                     if deadline <= b {
                         continue;
                     }
-                    let p = model
-                        .miss(k, o.stage, kp.to, o.cond, age, deadline - b)
-                        .map(|p| p as f32);
+                    let later: f64 = changes
+                        .iter()
+                        .enumerate()
+                        .filter(|(m, _)| *m > o.stage && *m < kp.to)
+                        .map(|(_, t)| StageFlow::extra_delay_of(t, typical))
+                        .sum();
+                    let left = (deadline - b).saturating_sub(later as u64);
+                    let ps: Option<Vec<f64>> = match &waits {
+                        Some(w) => w
+                            .iter()
+                            .map(|w| model.miss_after_wait(k, o.stage, kp.to, *w, left))
+                            .collect(),
+                        None => mixture
+                            .iter()
+                            .map(|tc| model.miss_changed(k, o.stage, kp.to, o.cond, age, left, *tc))
+                            .collect(),
+                    };
+                    let p = ps.map(|v| (v.iter().sum::<f64>() / v.len().max(1) as f64) as f32);
+                    if hourly && let (Some(v), Some(p)) = (predictions.as_mut(), p) {
+                        v.push(Prediction {
+                            kpi: k,
+                            order_id: id.clone(),
+                            time: b,
+                            probability: p,
+                        });
+                    }
                     let at_risk = p.is_some_and(|p| f64::from(p) >= c.threshold);
-                    let cause = at_risk.then(|| cause_of(health, stage_service_ids, o));
+                    let cause = at_risk.then(|| cause_of(health, stage_service_ids, o, stage_slowed, &medians));
                     let services: Vec<u16> = if at_risk && st.flagged_at.is_none() {
                         o.evidence.iter().filter(|e| e.bad() > 0).map(|e| e.service).collect()
                     } else {
@@ -1273,6 +1425,9 @@ impl Engine {
                         flagged.push((k, id.clone(), p.unwrap_or(1.0)));
                     }
                 }
+            }
+            for (f, e) in flows.iter_mut().zip(expected) {
+                f.expected_next += e;
             }
         }
         flagged.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.total_cmp(&a.2)).then_with(|| a.1.cmp(&b.1)));
@@ -1358,7 +1513,158 @@ impl Engine {
             evidence: self.evidence_views(o),
             stage_services: services.iter().map(|s| self.health.status(*s)).collect(),
             typical_stage_ns: self.model.median_duration(o.stage, Condition::Healthy),
+            cause_stage: cause.stage.and_then(|s| self.c.stages.get(usize::from(s)).cloned()),
+            cause_text: self.cause_text(&cause),
+            action: self.order_action(k, o, &cause, now),
         }
+    }
+
+    /// "backlog in stage paid: 1,840 orders, throughput 35 % of normal since 2026-01-05T03:10:00Z".
+    fn stage_cause_text(&self, stage: usize) -> Option<String> {
+        let f = self.flows.get(stage)?;
+        let since = f.slowed_since?;
+        Some(format!(
+            "backlog in stage {}: {} orders, throughput {:.0} % of normal since {}",
+            self.c.stages.get(stage).map_or("?", String::as_str),
+            thousands(f.backlog),
+            100.0 * f.rate,
+            super::output::rfc3339(since)
+        ))
+    }
+
+    /// The cause in words: the slowed stage, then the service (or "no IT cause found").
+    fn cause_text(&self, c: &Cause) -> String {
+        let stage = c.stage.map(|s| {
+            let s = usize::from(s);
+            self.stage_cause_text(s).unwrap_or_else(|| {
+                format!(
+                    "stage {} was slowed while this order was in it",
+                    self.c.stages.get(s).map_or("?", String::as_str)
+                )
+            })
+        });
+        let service = match (c.service, c.issue) {
+            (Some(s), Some(i)) => format!(
+                "{} {} ({})",
+                self.health.name(s),
+                i.as_str(),
+                if c.own {
+                    "on this order's own spans in its stage"
+                } else {
+                    "service-wide, now"
+                }
+            ),
+            _ => "no IT cause found".to_string(),
+        };
+        match stage {
+            Some(t) => format!("{t}; {service}"),
+            None => service,
+        }
+    }
+
+    /// The latest time order `o` can leave its stage and still make KPI `k`'s deadline (the typical remaining
+    /// time after that stage taken off the deadline).
+    fn latest_exit(&self, k: usize, o: &Order) -> u64 {
+        let kp = &self.c.kpis[k];
+        let deadline = o.reached[kp.from].saturating_add(kp.deadline);
+        let rest = if o.stage + 1 >= kp.to {
+            0.0
+        } else {
+            self.model.median_remaining(k, o.stage + 1).unwrap_or(0.0)
+        };
+        deadline.saturating_sub(rest as u64)
+    }
+
+    /// What to do about an at-risk order.
+    fn order_action(&self, k: usize, o: &Order, c: &Cause, now: u64) -> String {
+        let stage = self.c.stages.get(o.stage).map_or("?", String::as_str);
+        let fix = match (c.service, c.issue) {
+            (Some(s), Some(i)) => format!("fix {} {}; ", self.health.name(s), i.as_str()),
+            _ => String::new(),
+        };
+        let latest = self.latest_exit(k, o);
+        if latest <= now {
+            return format!(
+                "{fix}too late for the usual pace: expedite past stage {stage} at once (fastest shipping) or tell the customer"
+            );
+        }
+        let flow = match self.flows.get(o.stage) {
+            Some(f) if f.slowed() => format!(
+                "; stage {stage} works at {:.0} % of normal: add capacity (see the stage's action)",
+                100.0 * f.rate
+            ),
+            _ => String::new(),
+        };
+        format!(
+            "{fix}expedite: must leave stage {stage} by {} to make its deadline{flow}",
+            super::output::rfc3339(latest)
+        )
+    }
+
+    /// The flow and the recommended action of each stage of KPI `k` (see [`StageView`]).
+    pub(super) fn stage_views(&self, k: usize, b: u64) -> Vec<StageView> {
+        let kp = &self.c.kpis[k];
+        (kp.from..kp.to)
+            .filter_map(|s| {
+                let f = self.flows.get(s)?;
+                let name = self.c.stages.get(s)?.clone();
+                let action = f.slowed().then(|| {
+                    let mut orders: Vec<(u64, f64, &str)> = self
+                        .orders
+                        .iter()
+                        .filter(|(_, o)| o.stage == s && o.kpis.get(k).is_some_and(|st| !st.goal && !st.resolved))
+                        .map(|(id, o)| {
+                            let p = o.kpis.get(k).and_then(|st| st.p).map_or(0.0, f64::from);
+                            (self.latest_exit(k, o), p, &**id)
+                        })
+                        .collect();
+                    orders.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(b.2)));
+                    let n = orders.len().max(1) as f64;
+                    let late = orders.iter().filter(|x| x.0 <= b).count();
+                    let mut needed: f64 = 0.0;
+                    for (j, (x, _, _)) in orders.iter().filter(|x| x.0 > b).enumerate() {
+                        let hours = (x - b) as f64 / 3.6e12;
+                        needed = needed.max((j + 1) as f64 / hours.max(0.25));
+                    }
+                    let extra = (needed - f.observed_per_hour).max(0.0);
+                    let without = 1.0 - orders.iter().map(|x| x.1).sum::<f64>() / n;
+                    let with = (orders.len() - late) as f64 / n;
+                    let expedite: Vec<String> = orders
+                        .iter()
+                        .filter(|x| x.0 > b)
+                        .take(10)
+                        .map(|x| x.2.to_string())
+                        .collect();
+                    StageAction {
+                        needed_per_hour: needed,
+                        extra_per_hour: extra,
+                        already_late: late as u64,
+                        text: format!(
+                            "stage {name}: complete {needed:.0} orders per hour ({extra:.0} more than now, normal {:.0}) \
+                             closest deadline first to clear {} orders before their deadlines; expected compliance of \
+                             these orders {:.0} % with the action, {:.0} % without; {late} cannot make it any more",
+                            f.normal_per_hour,
+                            thousands(orders.len() as u64),
+                            100.0 * with,
+                            100.0 * without
+                        ),
+                        expedite_first: expedite,
+                        compliance_without: without,
+                        compliance_with: with,
+                    }
+                });
+                Some(StageView {
+                    stage: name,
+                    backlog: f.backlog,
+                    rate: f.rate,
+                    normal_per_hour: f.normal_per_hour,
+                    observed_per_hour: f.observed_per_hour,
+                    slowed_since: f.slowed_since,
+                    cause_text: self.stage_cause_text(s),
+                    action,
+                })
+            })
+            .collect()
     }
 
     fn refresh_book(&mut self, b: u64) {
@@ -1419,6 +1725,7 @@ impl Engine {
                 recall: f.recall(),
                 lead_median_s: f.lead_median(),
                 breaches_by_cause: f.breaches_by_cause.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                stages: self.stage_views(k, b),
             });
         }
         let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
@@ -1468,6 +1775,13 @@ impl Engine {
     }
 }
 
+/// Median (clock) duration of each stage, healthy orders (infinite while not learned).
+fn medians_of(model: &Model, stages: usize) -> Vec<f64> {
+    (0..stages)
+        .map(|s| model.median_duration(s, Condition::Healthy).unwrap_or(f64::INFINITY))
+        .collect()
+}
+
 /// The condition of `o` in `stage` (see "The model" in the module doc of [`super`]).
 fn condition_of(health: &Health, stage_services: &[Vec<u16>], o: &Order, stage: usize) -> Condition {
     let Some(services) = stage_services.get(stage) else {
@@ -1488,26 +1802,53 @@ fn condition_of(health: &Health, stage_services: &[Vec<u16>], o: &Order, stage: 
     Condition::Healthy
 }
 
-/// The cause of `o`'s risk (see "The model" in the module doc of [`super`]).
-fn cause_of(health: &Health, stage_services: &[Vec<u16>], o: &Order) -> Cause {
+/// How long before an order entered its stage a failed or slow span of the stage's services still counts as
+/// overlapping the order's current delay (the span that sent it into the stage, e.g. `ShipOrder` at checkout).
+pub const EVIDENCE_OVERLAP_NS: u64 = 3_600_000_000_000;
+
+/// The cause of `o`'s risk (see "The model" in the module doc of [`super`]): a service is named only when its
+/// failures or slowness overlap the order's current delay in path (it serves the order's current stage) and
+/// time (the order's own failed/slow span of it at most [`EVIDENCE_OVERLAP_NS`] before entering the stage or
+/// later, or the service unhealthy now); the stage is named when it is slowed for everybody (`slowed`).
+fn cause_of(health: &Health, stage_services: &[Vec<u16>], o: &Order, slowed: bool, medians: &[f64]) -> Cause {
     let services = stage_services.get(o.stage).map_or(&[][..], |v| &v[..]);
+    let stage = if slowed { u8::try_from(o.stage).ok() } else { o.hit };
     let own = |e: &Evidence| Cause {
         service: Some(e.service),
         issue: Some(if e.errors > 0 { Issue::Errors } else { Issue::Latency }),
         own: true,
+        stage,
     };
+    let since = o.entered().saturating_sub(EVIDENCE_OVERLAP_NS);
     for s in services {
-        if let Some(e) = o.evidence.iter().find(|e| e.service == *s && e.bad() > 0) {
+        if let Some(e) = o
+            .evidence
+            .iter()
+            .find(|e| e.service == *s && e.bad() > 0 && e.last_bad >= since)
+        {
             return own(e);
         }
     }
-    if let Some(e) = o
-        .evidence
-        .iter()
-        .filter(|e| e.bad() > 0)
-        .max_by_key(|e| (e.bad(), std::cmp::Reverse(e.service)))
-    {
-        return own(e);
+    // An earlier stage the order waited unusually long in (≥ 1 h and ≥ 4 × its median), with failed or slow
+    // spans of this order of a service serving it during that wait: that trouble is part of the delay.
+    for m in (0..o.stage).rev() {
+        let (start, end) = (
+            o.reached[m],
+            o.reached[(m + 1)..=o.stage].iter().copied().find(|t| *t != 0),
+        );
+        let (Some(end), true) = (end, start != 0) else { continue };
+        let waited = end.saturating_sub(start);
+        let typical = medians.get(m).copied().unwrap_or(f64::INFINITY);
+        if waited < EVIDENCE_OVERLAP_NS || (waited as f64) < 4.0 * typical {
+            continue;
+        }
+        for s in stage_services.get(m).map_or(&[][..], |v| &v[..]) {
+            if let Some(e) = o.evidence.iter().find(|e| {
+                e.service == *s && e.bad() > 0 && e.last_bad + EVIDENCE_OVERLAP_NS >= start && e.last_bad <= end
+            }) {
+                return own(e);
+            }
+        }
     }
     for s in services {
         if let Some(issue) = health.issue(*s) {
@@ -1515,10 +1856,11 @@ fn cause_of(health: &Health, stage_services: &[Vec<u16>], o: &Order) -> Cause {
                 service: Some(*s),
                 issue: Some(issue),
                 own: false,
+                stage,
             };
         }
     }
-    Cause::NONE
+    Cause { stage, ..Cause::NONE }
 }
 
 /// Counts behind the open-order and at-risk gauges.
@@ -1539,4 +1881,17 @@ impl Engine {
             now,
         )
     }
+}
+
+/// `1840` → `1,840`.
+fn thousands(n: u64) -> String {
+    let d = n.to_string();
+    let mut out = String::with_capacity(d.len() + d.len() / 3);
+    for (i, ch) in d.chars().enumerate() {
+        if i > 0 && (d.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
 }

@@ -36,16 +36,26 @@
 //!
 //! # The model
 //!
-//! At an evaluation at time `t`, an open order in stage `s`, reached at `e`, with KPI deadline `D`, has age
-//! `a = t − e` and time left `L = D − t`. Its probability of missing the deadline is
+//! At an evaluation at time `t`, an open order in stage `s` with KPI deadline `D` has the **clock age** `a`
+//! (its time in the stage measured in normal work: real time × the stage's current speed `r`, see [`flow`];
+//! `a = t − e` while the stage works normally) and time left `L = D − t`. Its probability of missing the
+//! deadline is
 //!
 //! ```text
-//! P(miss) = P(T[s,c] − a + R[s+1] > L  |  T[s,c] > a)
-//!         = Σ_k m_k · S_R(L − (x_k − a)) / S_T(a)
+//! P(miss) = P(g(T[s,c] − a) + R[s+1] > L'  |  T[s,c] > a)
+//!         = Σ_k m_k · S_R(L' − g(x_k − a)) / S_T(a)
+//! g(τ)    = τ / r            while τ < r·W       (the stage keeps working at r for W more)
+//!         = W + τ − r·W      after               (then normally)
+//! W       = max(time the stage has been slowed, 1 h);   L' = L − Σ_{later stages m slowed} max(0, W_m(1 − r_m) − median T[s])
 //! ```
 //!
-//! - `T[s,c]` is the **stage duration** of `s` (from reaching `s` to reaching a later stage) learned from past
-//!   orders in **condition** `c`. `c` is *degraded* when a span carrying this order's key, of a service serving
+//! (`r = 1`: `g(τ) = τ`, the plain semi-Markov model). The stage's speed `r` comes from a Poisson test of the
+//! exits its orders made over the last 30 minutes against the exits their learned durations expected (see
+//! [`flow`]): a stage that slows down for everybody raises every order in it at once, hours before their
+//! ages alone would.
+//!
+//! - `T[s,c]` is the **stage duration** of `s` (from reaching `s` to reaching a later stage, in clock time)
+//!   learned from past orders in **condition** `c`. `c` is *degraded* when a span carrying this order's key, of a service serving
 //!   `s` (`stage_services`), failed (status ERROR) or was slow (see [`health`]); or, when no span of those
 //!   services carried its key, when one of them is unhealthy right now (its error rate or slow-span share over
 //!   `health.window`). Otherwise `c` is *healthy*. A condition with fewer than `prediction.min_samples`
@@ -66,10 +76,24 @@
 //!   flags most orders when `P` just reaches the threshold, so about `1 − threshold` of the flags are false
 //!   alarms: the default `0.93` keeps precision above 0.9 with a margin for model error. Lower it for earlier,
 //!   less certain warnings.
-//! - **Cause** of an at-risk order: (1) a service of its current stage with failed (`errors`) or slow
-//!   (`latency`) spans of this order; else (2) the service with the most failed or slow spans of this order
-//!   (payment failures that delayed an order now waiting for shipping); else (3) an unhealthy service of its
-//!   stage (service-wide); else `none`. Labels read `shipping latency`, `payment errors`.
+//! - **Cause** of an at-risk order. The **stage** is named when it is slowed for everybody (a cohort cause:
+//!   "backlog in stage paid: 1,840 orders, throughput 35 % of normal since …"), with or without an IT signal,
+//!   or when an earlier stage was slowed while the order was in it (the backlog ate its slack).
+//!   A **service** is named only when its trouble overlaps the order's current delay in path and time: (1) a
+//!   service of its current stage with failed (`errors`) or slow (`latency`) spans of this order that ended at
+//!   most 1 h before the order entered the stage or later; else (2) a service of an earlier stage the order
+//!   waited unusually long in (≥ 1 h and ≥ 4 × that stage's median), with failed or slow spans of this order
+//!   during that wait (a payment failure that kept it 10 h in `placed`); else (3) a service of its stage
+//!   unhealthy now (service-wide). A card decline retried within minutes is not blamed for a delivery delay a day later.
+//!   Labels read `shipping latency`, `payment errors`, `paid stage slowdown` (stage only), or `none` ("no IT
+//!   cause found").
+//! - **Action.** Every at-risk order carries one (`kpi.action`): fix the named service, and "expedite: must
+//!   leave stage paid by 14:20" (its deadline minus the median remaining time after the stage), or "too late
+//!   for the usual pace". Every slowed stage carries one (API `stages[].action`, metric
+//!   `kpi.stage.action.extra_per_hour`): the completions per hour that clear its orders before their deadlines
+//!   served closest deadline first (`max_j j / (x_j − t)` over its orders sorted by latest exit time `x_j`),
+//!   how many more than now, which orders first, and the expected compliance of its orders without the action
+//!   (`1 − mean P(miss)`) and with it (the share that can still make it).
 //! - **Scoring.** When a KPI resolves, its prediction is scored: flagged before the deadline and breached is a
 //!   true positive (lead time = deadline − first flag), flagged and in time a false positive, not flagged and
 //!   breached a false negative, else a true negative. Precision = TP / (TP + FP), recall = TP / (TP + FN).
@@ -95,6 +119,9 @@
 //! | `kpi.prediction.recall` | `kpi_prediction_recall_ratio` | gauge | `kpi` |
 //! | `kpi.prediction.lead_time` (s) | `kpi_prediction_lead_time_seconds` | histogram | `kpi` |
 //! | `kpi.prediction.lead_time.median` (s) | `kpi_prediction_lead_time_median_seconds` | gauge | `kpi` |
+//! | `kpi.stage.throughput.ratio` | `kpi_stage_throughput_ratio` | gauge | `stage` |
+//! | `kpi.stage.backlog` | `kpi_stage_backlog` | gauge | `stage` |
+//! | `kpi.stage.action.extra_per_hour` | `kpi_stage_action_extra_per_hour` | gauge | `kpi`, `stage` (slowed stages) |
 //! | `kpi.metric.overflowed_points` | `kpi_metric_overflowed_points_total` | counter | — |
 //!
 //! Dimensions come from event attributes or from a `lookup` extension keyed by an event attribute; each
@@ -106,7 +133,7 @@
 //! One record per order when it is first flagged: `event.name` = `kpi.at_risk`, attributes `kpi.name`,
 //! `order.id`, `kpi.probability`, `kpi.threshold`, `kpi.stage`, `kpi.stage.entered_unix_nano`,
 //! `kpi.stage.age_s`, `kpi.deadline_unix_nano`, `kpi.time_left_s`, `kpi.condition`, `kpi.cause`,
-//! `kpi.cause.service`, `kpi.cause.issue`, the dimensions, and `kpi.evidence` (per service: `service`, `spans`,
+//! `kpi.cause.service`, `kpi.cause.issue`, `kpi.cause.stage`, `kpi.cause.text`, `kpi.action`, the dimensions, and `kpi.evidence` (per service: `service`, `spans`,
 //! `errors`, `slow`, `trace_ids`); the record's trace id is an example trace of the cause; its time is the
 //! evaluation's. The HTTP API (`/api/v1/kpi/{name}/at-risk`) is described in [`api`].
 //!
@@ -183,6 +210,7 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod flow;
 pub mod health;
 pub mod model;
 pub mod output;

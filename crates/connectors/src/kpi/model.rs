@@ -6,7 +6,7 @@
 //! censored observations (orders that left the state unfinished, by `max_order_age`); at every evaluation the
 //! orders still open are added as censored at their current age, and a Kaplan–Meier survival is estimated.
 
-use super::sketch::{LogHistogram, Scale, Survival, miss_probability};
+use super::sketch::{LogHistogram, Scale, Survival, TimeChange, miss_probability_changed};
 
 /// Whether the IT services serving an order's stage were in trouble for that order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -192,18 +192,61 @@ impl Model {
     /// the goal `goal` (a later stage) more than `left` ns from now; `None` while the distributions needed
     /// are not learned.
     pub fn miss(&self, kpi: usize, stage: usize, goal: usize, c: Condition, age: u64, left: u64) -> Option<f64> {
+        self.miss_changed(kpi, stage, goal, c, age as f64, left, TimeChange::NORMAL)
+    }
+
+    /// [`Model::miss`] with the stage's clock changed by `tc` (`age` is the order's clock age in the stage).
+    #[allow(clippy::too_many_arguments)]
+    pub fn miss_changed(
+        &self,
+        kpi: usize,
+        stage: usize,
+        goal: usize,
+        c: Condition,
+        age: f64,
+        left: u64,
+        tc: TimeChange,
+    ) -> Option<f64> {
         let t = self.dur_survival.get(stage)?[c as usize].as_ref()?;
         let rest = if stage + 1 >= goal {
             None
         } else {
             Some(self.rem_survival.get(kpi)?.get(stage + 1)?.as_ref()?)
         };
-        Some(miss_probability(t, age as f64, left as f64, rest))
+        Some(miss_probability_changed(t, age, left as f64, rest, tc))
+    }
+
+    /// The probability of missing the deadline `left` ns from now for an order that will leave `stage` after
+    /// `wait` ns (a queueing estimate): `S_R(left − wait)` of the next stage's remaining time (a step at 0 when
+    /// the next stage is the goal).
+    pub fn miss_after_wait(&self, kpi: usize, stage: usize, goal: usize, wait: f64, left: u64) -> Option<f64> {
+        let y = left as f64 - wait;
+        if stage + 1 >= goal {
+            return Some(if y < 0.0 { 1.0 } else { 0.0 });
+        }
+        let r = self.rem_survival.get(kpi)?.get(stage + 1)?.as_ref()?;
+        Some(if y <= 0.0 { 1.0 } else { r.at(y) })
+    }
+
+    /// The probability that an order `age` ns (clock) into `stage` leaves it within the next `dt` ns of normal
+    /// work: `1 − S(age + dt) / S(age)` (`1` beyond every observation); `None` while not learned.
+    pub fn exit_probability(&self, stage: usize, c: Condition, age: f64, dt: f64) -> Option<f64> {
+        let t = self.dur_survival.get(stage)?[c as usize].as_ref()?;
+        let sa = t.at(age);
+        if sa <= 1e-12 {
+            return Some(1.0);
+        }
+        Some((1.0 - t.at(age + dt) / sa).clamp(0.0, 1.0))
     }
 
     /// The median stage duration learned for (`stage`, `c`), ns.
     pub fn median_duration(&self, stage: usize, c: Condition) -> Option<f64> {
         self.dur_survival.get(stage)?[c as usize].as_ref().map(Survival::median)
+    }
+
+    /// The median time from reaching `stage` to reaching KPI `kpi`'s goal, ns (`0` for the goal's own stage).
+    pub fn median_remaining(&self, kpi: usize, stage: usize) -> Option<f64> {
+        self.rem_survival.get(kpi)?.get(stage)?.as_ref().map(Survival::median)
     }
 
     /// Figures of the stage-duration distribution (`stage`, `c`).

@@ -38,6 +38,9 @@ pub mod names {
     pub const LEAD_TIME: &str = "kpi.prediction.lead_time";
     pub const LEAD_TIME_MEDIAN: &str = "kpi.prediction.lead_time.median";
     pub const OVERFLOWED: &str = "kpi.metric.overflowed_points";
+    pub const STAGE_THROUGHPUT: &str = "kpi.stage.throughput.ratio";
+    pub const STAGE_BACKLOG: &str = "kpi.stage.backlog";
+    pub const STAGE_EXTRA: &str = "kpi.stage.action.extra_per_hour";
 }
 
 /// `1h30m` style, for messages.
@@ -87,6 +90,11 @@ pub fn at_risk_log(a: &AtRiskView, kpi: &str, threshold: f64, now: u64) -> LogRe
     if let Some(i) = a.cause_issue {
         at.push(kv_str("kpi.cause.issue", i));
     }
+    if let Some(s) = &a.cause_stage {
+        at.push(kv_str("kpi.cause.stage", s.clone()));
+    }
+    at.push(kv_str("kpi.cause.text", a.cause_text.clone()));
+    at.push(kv_str("kpi.action", a.action.clone()));
     for (k, v) in &a.dims {
         at.push(kv_str(k, v.clone()));
     }
@@ -326,6 +334,21 @@ impl Engine {
             a.push(kv_str("cause", cause.clone()));
             risk.push(p.int(a, *n));
         }
+        let (mut flow_ratio, mut flow_backlog, mut flow_extra) = (Vec::new(), Vec::new(), Vec::new());
+        let last = self.c.stages.len().saturating_sub(1);
+        for (s, f) in self.flows.iter().enumerate().take(last) {
+            let a = || vec![kv_str("stage", self.c.stages[s].clone())];
+            flow_ratio.push(p.double(a(), f.rate));
+            flow_backlog.push(p.int(a(), f.backlog));
+        }
+        for (k, kp) in self.c.kpis.iter().enumerate() {
+            for v in self.stage_views(k, now) {
+                if let Some(act) = v.action {
+                    let a = vec![kv_str("kpi", kp.name.as_str()), kv_str("stage", v.stage)];
+                    flow_extra.push(p.double(a, act.extra_per_hour));
+                }
+            }
+        }
         let mut metrics = Vec::new();
         let mut add = |m: Metric, empty: bool| {
             if !empty {
@@ -445,6 +468,36 @@ impl Engine {
                 "Median lead time of correctly flagged breaches.",
                 "s",
                 lead_median,
+            ),
+            e,
+        );
+        let e = flow_ratio.is_empty();
+        add(
+            gauge(
+                names::STAGE_THROUGHPUT,
+                "Speed of each stage relative to what its orders normally do (1 normal, below: slowed).",
+                "1",
+                flow_ratio,
+            ),
+            e,
+        );
+        let e = flow_backlog.is_empty();
+        add(
+            gauge(
+                names::STAGE_BACKLOG,
+                "Open orders in each stage.",
+                "{order}",
+                flow_backlog,
+            ),
+            e,
+        );
+        let e = flow_extra.is_empty();
+        add(
+            gauge(
+                names::STAGE_EXTRA,
+                "Recommended action for a slowed stage: more completions per hour needed to clear its backlog before the deadlines.",
+                "{order}/h",
+                flow_extra,
             ),
             e,
         );

@@ -287,21 +287,61 @@ impl Survival {
     }
 }
 
+/// A change of a stage's clock: the stage works at `rate` × its normal speed for the next `span` ns, then at
+/// its normal speed again. A residual of `τ` ns of normal (clock) time takes `real(τ)` ns of real time:
+/// `τ / rate` while `τ < rate·span`, else `span + τ − rate·span`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeChange {
+    pub rate: f64,
+    pub span: f64,
+}
+
+impl TimeChange {
+    /// The stage works normally.
+    pub const NORMAL: TimeChange = TimeChange { rate: 1.0, span: 0.0 };
+
+    /// Real time needed for `tau` ns of clock time.
+    pub fn real(&self, tau: f64) -> f64 {
+        let r = self.rate.max(0.0);
+        if tau < r * self.span {
+            tau / r
+        } else {
+            self.span + tau - r * self.span
+        }
+    }
+
+    /// Clock time done in `y` ns of real time (the inverse of [`TimeChange::real`]).
+    pub fn clock(&self, y: f64) -> f64 {
+        let r = self.rate.max(0.0);
+        if y < self.span {
+            y * r
+        } else {
+            r * self.span + (y - self.span)
+        }
+    }
+}
+
 /// `P(T − age + R > left | T > age)`: the probability that an order that has been `age` in its stage (stage
 /// duration `t`) and has `left` until its deadline misses it, when the rest of its way takes `R` (`rest`;
 /// `None` when the next stage is the goal, `R = 0`). `T` and `R` are taken independent (a semi-Markov
 /// model). When `S_T(age) = 0` (the order is older than anything seen), its residual time is taken as 0.
 pub fn miss_probability(t: &Survival, age: f64, left: f64, rest: Option<&Survival>) -> f64 {
+    miss_probability_changed(t, age, left, rest, TimeChange::NORMAL)
+}
+
+/// [`miss_probability`] with the stage's clock changed by `tc`: `age` is the clock age; a residual `τ` of the
+/// stage duration takes `tc.real(τ)` of real time.
+pub fn miss_probability_changed(t: &Survival, age: f64, left: f64, rest: Option<&Survival>, tc: TimeChange) -> f64 {
     if left.is_nan() || left <= 0.0 {
         return 1.0;
     }
     let sa = t.at(age);
     let r_at = |y: f64| rest.map_or(if y < 0.0 { 1.0 } else { 0.0 }, |r| r.at(y));
     if sa <= 1e-12 {
-        return r_at(left);
+        return r_at(left - tc.real(0.0));
     }
     let Some(r) = rest else {
-        return (t.at(age + left) / sa).clamp(0.0, 1.0);
+        return (t.at(age + tc.clock(left)) / sa).clamp(0.0, 1.0);
     };
     let mut acc = 0.0;
     let mut lo = age.max(0.0);
@@ -313,7 +353,7 @@ pub fn miss_probability(t: &Survival, age: f64, left: f64, rest: Option<&Surviva
         };
         let mass = (s_lo - s_hi).max(0.0);
         if mass > 0.0 {
-            let y = left - (Scale::middle(lo, hi) - age);
+            let y = left - tc.real(Scale::middle(lo, hi) - age);
             if y <= 0.0 {
                 // From here on every exit comes after the deadline.
                 acc += s_lo;

@@ -1,0 +1,225 @@
+//! Stage flow: is a stage working at its normal speed right now, for everybody in it?
+//!
+//! At every evaluation the engine asks the learned stage durations how many of the orders now in stage `s`
+//! should leave it within the next evaluation interval at normal speed (the **expected** exits,
+//! `E = Σ_orders 1 − S(c + Δ) / S(c)`, `c` the order's clock age, `Δ` the interval), and counts at the next
+//! evaluation how many of those orders did leave (the **observed** exits, `O`; orders that entered and left
+//! within one interval are not counted on either side). Over the last `window` intervals, a one-sided Poisson
+//! test ([`crate::stats::rate`]) compares `O` with `E`: when `O` is significantly low (`P(X ≤ O | E) < α`)
+//! and `O/E ≤ 0.7`, the stage is **slowed** and works at the rate `r = O/E`; significantly high and
+//! `O/E ≥ 1.3` (a backlog being cleared) it works at `r = min(O/E, 4)`; otherwise `r = 1`. Because `E` comes
+//! from the orders actually in the stage and their ages, a quiet night or a busy Monday is not an anomaly:
+//! only a stage that lets its orders go slower than their own history says is.
+//!
+//! Each order carries a **stage clock**: its age in the stage measured in normal work, advanced by
+//! `r × elapsed` at each evaluation. The stage durations are learned in clock time, so a backlog does not
+//! teach the model that the stage is always slow, and a stalled order does not look "about to leave" only
+//! because it is old. For the prediction, the stage is assumed to keep working at `r` for the next
+//! `D = max(time slowed so far, 1 h)` (an ongoing slowdown is expected to last about as long again as it has
+//! lasted), then normally: see [`super::sketch::TimeChange`].
+
+use std::collections::VecDeque;
+
+use super::sketch::TimeChange;
+use crate::stats::rate::{RateVerdict, rate_test};
+
+/// Significance of the rate test (one-sided, per evaluation).
+pub const ALPHA: f64 = 1e-4;
+/// Smallest relative change of the rate that counts.
+pub const MIN_CHANGE: f64 = 0.3;
+/// Expected exits over the window needed to judge a stage.
+pub const MIN_EXPECTED: f64 = 10.0;
+/// Intervals in the test's window.
+pub const WINDOW: usize = 6;
+/// Shortest assumed remaining duration of a slowdown.
+pub const MIN_SPAN_NS: u64 = 3_600_000_000_000;
+
+/// The flow of one stage.
+#[derive(Debug, Clone)]
+pub struct StageFlow {
+    history: VecDeque<(f64, f64)>,
+    /// Exits expected over the current interval (sum over the orders in the stage at its start).
+    pub expected_next: f64,
+    /// Exits observed since the last evaluation of orders that were in the stage then.
+    pub observed: f64,
+    /// Speed of the stage's clock: `1` normal, `< 1` slowed, `> 1` catching up.
+    pub rate: f64,
+    /// First evaluation of the current slowdown.
+    pub slowed_since: Option<u64>,
+    /// Exits per hour over the window: expected (normal) and observed.
+    pub normal_per_hour: f64,
+    pub observed_per_hour: f64,
+    /// Orders in the stage at the last evaluation.
+    pub backlog: u64,
+}
+
+impl Default for StageFlow {
+    fn default() -> Self {
+        StageFlow {
+            history: VecDeque::with_capacity(WINDOW + 1),
+            expected_next: 0.0,
+            observed: 0.0,
+            rate: 1.0,
+            slowed_since: None,
+            normal_per_hour: 0.0,
+            observed_per_hour: 0.0,
+            backlog: 0,
+        }
+    }
+}
+
+impl StageFlow {
+    /// Closes the interval ending at `now` (of length `interval` ns) and decides the stage's rate.
+    pub fn close_interval(&mut self, now: u64, interval: u64) {
+        self.history.push_back((self.observed, self.expected_next));
+        while self.history.len() > WINDOW {
+            self.history.pop_front();
+        }
+        self.observed = 0.0;
+        self.expected_next = 0.0;
+        let (o, e) = self.history.iter().fold((0.0, 0.0), |(a, b), (o, e)| (a + o, b + e));
+        let hours = (self.history.len() as f64 * interval as f64 / 3.6e12).max(1e-9);
+        self.normal_per_hour = e / hours;
+        self.observed_per_hour = o / hours;
+        match rate_test(o, e, ALPHA, MIN_CHANGE, MIN_EXPECTED) {
+            RateVerdict::Low(r) => {
+                self.rate = r.max(0.0);
+                self.slowed_since.get_or_insert(now);
+            }
+            RateVerdict::High(r) => {
+                self.rate = r.min(4.0);
+                self.slowed_since = None;
+            }
+            RateVerdict::Normal => {
+                self.rate = 1.0;
+                self.slowed_since = None;
+            }
+        }
+    }
+
+    /// Back to normal (no judgement yet: the model is still warming up).
+    pub fn assume_normal(&mut self) {
+        self.rate = 1.0;
+        self.slowed_since = None;
+    }
+
+    /// The clock changes assumed for predictions made at `now`, each equally likely: one (`NORMAL`) unless
+    /// the stage is slowed; then the slowdown's remaining length `W` is uncertain — with `m = max(time slowed
+    /// so far, 1 h)`, `P(W > x) = m / (m + x)` (it lasts as long again as it has lasted, at the median) — and
+    /// is taken at its quantiles 0.1, 0.3, 0.5, 0.7, 0.9 (`W_q = m·q / (1 − q)`).
+    pub fn time_changes(&self, now: u64) -> Vec<TimeChange> {
+        if self.rate >= 1.0 || self.slowed_since.is_none() {
+            return vec![self.time_change(now)];
+        }
+        let m = self.time_change(now).span;
+        [0.1, 0.3, 0.5, 0.7, 0.9]
+            .iter()
+            .map(|q| TimeChange {
+                rate: self.rate,
+                span: m * q / (1.0 - q),
+            })
+            .collect()
+    }
+
+    /// Whether orders in the stage are predicted as a queue ([`StageFlow::queue_waits`]): slowed but still
+    /// working (`0.1 ≤ r < 1`).
+    pub fn queueing(&self) -> bool {
+        self.slowed() && self.rate >= 0.1 && self.rate < 1.0 && self.observed_per_hour > 0.0
+    }
+
+    /// Waits (ns) of an order with `ahead` orders before it in the stage, served first come first served:
+    /// "backlog ahead / current throughput" while the slowdown lasts (`c_s` = observed exits per hour), then
+    /// at the normal pace (`c_n` = expected exits per hour): for each equally likely remaining length `W` of
+    /// the slowdown (as in [`StageFlow::time_changes`]), `ahead / c_s` if `ahead ≤ c_s·W`, else
+    /// `W + (ahead − c_s·W) / c_n`. `None` unless [`StageFlow::queueing`].
+    pub fn queue_waits(&self, ahead: usize, now: u64) -> Option<Vec<f64>> {
+        if !self.queueing() {
+            return None;
+        }
+        let h = 3.6e12;
+        let (cs, cn) = (
+            self.observed_per_hour / h,
+            self.normal_per_hour.max(self.observed_per_hour) / h,
+        );
+        let n = ahead as f64;
+        Some(
+            self.time_changes(now)
+                .iter()
+                .map(|tc| {
+                    let w = tc.span;
+                    if n <= cs * w { n / cs } else { w + (n - cs * w) / cn }
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether the stage is slowed now.
+    pub fn slowed(&self) -> bool {
+        self.slowed_since.is_some()
+    }
+
+    /// The clock change assumed for predictions made at `now`.
+    pub fn time_change(&self, now: u64) -> TimeChange {
+        if (self.rate - 1.0).abs() < 1e-9 {
+            return TimeChange::NORMAL;
+        }
+        let lasted = self.slowed_since.map_or(0, |s| now.saturating_sub(s));
+        TimeChange {
+            rate: self.rate,
+            span: lasted.max(MIN_SPAN_NS) as f64,
+        }
+    }
+
+    /// Extra delay (ns) the current slowdown adds to an order that reaches the stage in `eta` ns.
+    pub fn extra_delay(&self, now: u64, eta: f64) -> f64 {
+        Self::extra_delay_of(&self.time_change(now), eta)
+    }
+
+    /// [`StageFlow::extra_delay`] for a clock change `tc`: `max(0, D·(1 − r) − eta)` while slowed.
+    pub fn extra_delay_of(tc: &TimeChange, eta: f64) -> f64 {
+        if tc.rate >= 1.0 {
+            return 0.0;
+        }
+        (tc.span * (1.0 - tc.rate) - eta.max(0.0)).max(0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M5: u64 = 300_000_000_000;
+
+    #[test]
+    fn a_stalled_stage_is_slowed_and_recovers() {
+        let mut f = StageFlow::default();
+        let mut now = 0;
+        for _ in 0..WINDOW {
+            now += M5;
+            f.expected_next = 20.0;
+            f.observed = 19.0;
+            f.close_interval(now, M5);
+        }
+        assert_eq!(f.rate, 1.0);
+        assert!(!f.slowed());
+        for _ in 0..3 {
+            now += M5;
+            f.expected_next = 20.0;
+            f.observed = 0.0;
+            f.close_interval(now, M5);
+        }
+        assert!(f.slowed());
+        assert!(f.rate < 0.6, "{}", f.rate);
+        let tc = f.time_change(now);
+        assert!(tc.span >= MIN_SPAN_NS as f64);
+        assert!(f.extra_delay(now, 0.0) > 0.0);
+        for _ in 0..WINDOW {
+            now += M5;
+            f.expected_next = 20.0;
+            f.observed = 60.0;
+            f.close_interval(now, M5);
+        }
+        assert!(!f.slowed());
+        assert!(f.rate > 1.3);
+    }
+}

@@ -1,0 +1,147 @@
+//! `bizpilot test` over every shipped pipeline (pipelines/<name>.yaml with pipelines/tests/<name>.test.yaml),
+//! and the failures it must report: a broken enrichment rule, a wrong money figure, a malformed test file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs `bizpilot test` from the workspace root (the lookup table path of business-join.yaml is relative to it).
+fn bizpilot_test(args: &[&str]) -> (Output, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bizpilot"))
+        .arg("test")
+        .args(args)
+        .current_dir(root())
+        // The key the sidecar tests' expected hashes were computed with.
+        .env("BIZPILOT_HASH_KEY", "bizpilot-test-key")
+        .env_remove("BIZPILOT_CUSTOMERS_FILE")
+        .output()
+        .expect("run bizpilot test");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out, stdout)
+}
+
+/// `N passed, M failed` from the last line.
+fn summary(stdout: &str) -> (usize, usize) {
+    let last = stdout.lines().last().unwrap_or_default();
+    let nums: Vec<usize> = last
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    assert!(
+        last.ends_with(" failed") && nums.len() == 2,
+        "no summary line in:\n{stdout}"
+    );
+    (nums[0], nums[1])
+}
+
+#[test]
+fn every_shipped_pipeline_passes_its_tests() {
+    let mut pipelines: Vec<PathBuf> = std::fs::read_dir(root().join("pipelines"))
+        .expect("pipelines/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    pipelines.sort();
+    assert!(pipelines.len() >= 7, "pipelines: {pipelines:?}");
+    for p in pipelines {
+        let name = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        let tests = root().join("pipelines/tests").join(format!("{name}.test.yaml"));
+        assert!(
+            tests.exists(),
+            "pipelines/{name}.yaml has no tests: add pipelines/tests/{name}.test.yaml"
+        );
+        let config = format!("pipelines/{name}.yaml");
+        let (out, stdout) = bizpilot_test(&["--config", &config]);
+        let (passed, failed) = summary(&stdout);
+        assert!(
+            out.status.success() && failed == 0 && passed > 0,
+            "bizpilot test --config {config}: {passed} passed, {failed} failed\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn demo_with(replace: &str, with: &str) -> tempfile::TempDir {
+    let shipped = std::fs::read_to_string(root().join("pipelines/opentelemetry-demo.yaml")).expect("demo pipeline");
+    assert!(
+        shipped.contains(replace),
+        "the demo pipeline no longer has `{replace}`: update this test"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("broken.yaml"), shipped.replacen(replace, with, 1)).expect("write");
+    dir
+}
+
+#[test]
+fn a_broken_rule_fails_with_a_diff_naming_the_rule() {
+    let dir = demo_with(
+        "copy: {from: user.id, to: business.customer.id}",
+        "copy: {from: user.uid, to: business.customer.id}",
+    );
+    let config = dir.path().join("broken.yaml");
+    let (out, stdout) = bizpilot_test(&[
+        "--config",
+        config.to_str().unwrap_or_default(),
+        "pipelines/tests/opentelemetry-demo.test.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let (_, failed) = summary(&stdout);
+    assert!(failed >= 1, "{stdout}");
+    for want in [
+        "test a successful PlaceOrder gets its business context and counts as revenue ... FAILED",
+        "expected business.customer.id = \"c-1\" after enrich/opentelemetry-demo, got nothing (absent)",
+        "rule: enrich/opentelemetry-demo rules[2]: {copy: {from: user.uid, to: business.customer.id}}",
+        "user.id: \"c-1\"",
+    ] {
+        assert!(stdout.contains(want), "missing `{want}` in:\n{stdout}");
+    }
+}
+
+#[test]
+fn a_wrong_money_figure_fails_to_the_cent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shipped =
+        std::fs::read_to_string(root().join("pipelines/tests/opentelemetry-demo.test.yaml")).expect("demo tests");
+    let wrong = r#"          - name: business.revenue
+            attributes: {operation: checkout, currency: EUR}
+            value: "123.45""#;
+    assert!(shipped.contains(wrong), "the demo tests changed: update this test");
+    let tests = dir.path().join("wrong.test.yaml");
+    std::fs::write(&tests, shipped.replacen(wrong, &wrong.replace("123.45", "123.44"), 1)).expect("write");
+    let (out, stdout) = bizpilot_test(&[
+        "--config",
+        "pipelines/opentelemetry-demo.yaml",
+        tests.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let (passed, failed) = summary(&stdout);
+    assert_eq!(failed, 1, "{stdout}");
+    assert!(passed >= 1, "{stdout}");
+    let want = "expected business.revenue{currency=EUR,customer.tier=unknown,operation=checkout} = 123.44 after business_impact, got 123.45";
+    assert!(stdout.contains(want), "missing `{want}` in:\n{stdout}");
+    assert!(
+        stdout.contains("rule: business_impact operations[0]: {name: checkout, span_name: "),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_malformed_test_file_is_an_error_naming_the_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tests = dir.path().join("bad.test.yaml");
+    std::fs::write(
+        &tests,
+        "tests:\n  - name: x\n    inputs: []\n    outputs:\n      - extract_from: batch\n        spanz: []\n",
+    )
+    .expect("write");
+    let (out, stdout) = bizpilot_test(&["--config", "pipelines/sidecar.yaml", tests.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("bad.test.yaml: tests[0].outputs[0]: unknown field `spanz`"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("0 passed, 1 failed\n"), "{stdout}");
+}
