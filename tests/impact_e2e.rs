@@ -661,3 +661,117 @@ connectors:
         "resident memory grew from {rss_half} KiB to {rss_full} KiB"
     );
 }
+
+/// A non-loopback IPv4 address of this machine (the `host LOCAL` entries of `/proc/net/fib_trie`).
+fn non_loopback_ipv4() -> Option<std::net::IpAddr> {
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").ok()?;
+    let lines: Vec<&str> = trie.lines().collect();
+    lines.windows(2).find_map(|w| {
+        let ip: std::net::Ipv4Addr = w[0].trim().trim_start_matches("|-- ").parse().ok()?;
+        (w[1].contains("host LOCAL") && !ip.is_loopback()).then_some(std::net::IpAddr::V4(ip))
+    })
+}
+
+/// With the embedded default pipeline nothing that names a customer is reachable from another host
+/// without credentials, while the probes answer from anywhere.
+#[test]
+fn default_pipeline_keeps_the_data_api_off_the_network_and_probes_answer() {
+    use common::{http_get, http_request};
+    use std::net::ToSocketAddrs;
+
+    // 1. The default: the embedded pipeline's admin address, with nothing in the environment, binds
+    //    loopback only; its health_check listens everywhere.
+    let out = std::process::Command::new(common::bin())
+        .arg("default-config")
+        .output()
+        .unwrap();
+    let cfg: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let address = cfg["service"]["telemetry"]["metrics"]["address"].as_str().unwrap();
+    let default = address
+        .strip_prefix("${env:BIZPILOT_ADMIN_ENDPOINT:-")
+        .and_then(|r| r.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("admin address {address}"));
+    let resolved: Vec<SocketAddr> = default.to_socket_addrs().unwrap().collect();
+    assert!(
+        !resolved.is_empty() && resolved.iter().all(|a| a.ip().is_loopback()),
+        "the default admin address {default} resolves to {resolved:?}"
+    );
+    let exts: Vec<&str> = cfg["service"]["extensions"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(exts.contains(&"health_check"), "{exts:?}");
+
+    // 2. Live, in the worst case: the admin server moved to every interface by the environment (as the
+    //    Kubernetes manifests do for Prometheus to scrape /metrics), asked from a non-loopback address.
+    let Some(ip) = non_loopback_ipv4() else {
+        eprintln!("no non-loopback IPv4 address on this machine: the live half of this test cannot run");
+        return;
+    };
+    let (admin_port, health_port) = (free_port(), free_port());
+    let local_admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let remote_admin = SocketAddr::new(ip, admin_port);
+    let remote_health = SocketAddr::new(ip, health_port);
+    let ports = Ports::new();
+    let mut env = ports.env();
+    env.retain(|(k, _)| k != "BIZPILOT_ADMIN_ENDPOINT");
+    env.push(("BIZPILOT_ADMIN_ENDPOINT".into(), format!("0.0.0.0:{admin_port}")));
+    env.push(("BIZPILOT_HEALTH_ENDPOINT".into(), format!("0.0.0.0:{health_port}")));
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    {
+        // No --config: the embedded default pipeline.
+        let bp = Bizpilot::start_with(&[], local_admin, tempfile::tempdir().unwrap(), &env_refs);
+        for path in ["/api/v1/impact?operation=checkout", "/api/v1/incidents"] {
+            let (status, body) = http_get(remote_admin, path).unwrap();
+            assert_eq!(status, 403, "{path} from {ip}: {body}\n{}", bp.logs());
+            assert!(body.contains("loopback"), "{body}");
+            let (status, body) = http_get(local_admin, path).unwrap();
+            assert_eq!(status, 200, "{path} from loopback: {body}");
+        }
+        let (status, body) = http_get(remote_admin, "/metrics").unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("bizpilot_admin_refused_total"),
+            "the refusals are counted"
+        );
+        let (status, body) = http_get(remote_health, "/").unwrap();
+        assert_eq!(status, 200, "health_check from {ip}: {body}");
+        assert!(body.contains("Server available"), "{body}");
+    }
+
+    // 3. With credentials configured, other hosts read the data API with the token, and only with it.
+    let dir = tempfile::tempdir().unwrap();
+    let over = dir.path().join("auth.yaml");
+    std::fs::write(
+        &over,
+        "service:\n  telemetry:\n    metrics:\n      auth:\n        bearer_token: ${env:TEST_ADMIN_TOKEN}\n",
+    )
+    .unwrap();
+    let preset = workspace_root().join("pipelines/opentelemetry-demo.yaml");
+    // Fresh ports for the second process.
+    let admin_port = free_port();
+    let local_admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let remote_admin = SocketAddr::new(ip, admin_port);
+    let mut env = Ports::new().env();
+    env.retain(|(k, _)| k != "BIZPILOT_ADMIN_ENDPOINT");
+    env.push(("BIZPILOT_ADMIN_ENDPOINT".into(), format!("0.0.0.0:{admin_port}")));
+    env.push(("TEST_ADMIN_TOKEN".into(), "s3cret-admin".into()));
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let bp = Bizpilot::start_with(&[preset.as_path(), over.as_path()], local_admin, dir, &env_refs);
+    let path = "/api/v1/impact?operation=checkout";
+    let (status, _) = http_get(remote_admin, path).unwrap();
+    assert_eq!(status, 401, "{}", bp.logs());
+    let (status, _) = http_request(remote_admin, "GET", path, &[("authorization", "Bearer wrong")], &[]).unwrap();
+    assert_eq!(status, 401);
+    let (status, body) = http_request(
+        remote_admin,
+        "GET",
+        path,
+        &[("authorization", "Bearer s3cret-admin")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+}

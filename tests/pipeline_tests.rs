@@ -140,7 +140,7 @@ fn a_malformed_test_file_is_an_error_naming_the_place() {
     let (out, stdout) = bizpilot_test(&["--config", "pipelines/sidecar.yaml", tests.to_str().unwrap_or_default()]);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.contains("bad.test.yaml: tests[0].outputs[0]: unknown field `spanz`"),
+        stdout.contains("bad.test.yaml: tests[0].outputs[0]: unknown field `spanz`, expected one of `extract_from`, `spans`, `logs`, `metrics` at line 6 column 9"),
         "{stdout}"
     );
     assert!(stdout.ends_with("0 passed, 1 failed\n"), "{stdout}");

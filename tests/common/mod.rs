@@ -3,6 +3,8 @@
 //! binary run as a child process (started with a config file, stopped by PID).
 #![allow(dead_code)]
 
+pub mod demo;
+
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
@@ -248,6 +250,9 @@ impl Bizpilot {
         for c in configs {
             cmd.arg("--config").arg(c);
         }
+        // The shipped pipelines' health_check extension listens on :13133 unless moved: tests run in
+        // parallel, so each process gets its own port (a test may still set its own).
+        cmd.env("BIZPILOT_HEALTH_ENDPOINT", format!("127.0.0.1:{}", free_port()));
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -1,12 +1,26 @@
-//! The admin server: self-telemetry in Prometheus text format on `/metrics`,
-//! liveness on `/healthz` and readiness on `/readyz`
-//! (`service.telemetry.metrics.address`, default `0.0.0.0:8888`).
+//! The admin server (`service.telemetry.metrics.address`, default `localhost:8888`):
+//!
+//! | route | what | who may read it |
+//! |---|---|---|
+//! | `/metrics` | self-telemetry in Prometheus text format | anyone who reaches the address |
+//! | `/healthz`, `/readyz` | liveness, readiness | anyone who reaches the address |
+//! | `/api/v1/...` | the data API components register (impact records name customers) | loopback peers; others only with `authorization: Bearer <service.telemetry.metrics.auth.bearer_token>` |
+//!
+//! The default address is loopback, as the Collector's endpoints are. A manifest that moves the
+//! address to `0.0.0.0` (for Prometheus to scrape `/metrics`) still keeps the data API from other
+//! hosts unless it configures a token; Kubernetes probes use the `health_check` extension
+//! (`:13133`) or `/healthz` / `/readyz`.
+//!
+//! Routes are built in [`router`]: open routes in `open`, routes whose answers name customers in
+//! `data` (they go through [`data_guard`]). Add new routes to the matching group.
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bizpilot_core::auth::BearerToken;
 use bizpilot_core::{ApiRegistry, ApiResponse};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
@@ -19,6 +33,8 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     pub ready: Arc<AtomicBool>,
     pub api: ApiRegistry,
+    /// `service.telemetry.metrics.auth.bearer_token`: what non-loopback peers of the data API must send.
+    pub token: Option<BearerToken>,
 }
 
 fn parse_query(q: Option<String>) -> Vec<(String, String)> {
@@ -86,18 +102,65 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     }
 }
 
+/// Who may read the data routes: loopback peers, and others that send the configured bearer token.
+/// Without a token, other peers get 403 (and a hint), with one, 401 when they lack it.
+async fn data_guard(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    match &s.token {
+        Some(t) if t.accepts(authorization) => next.run(req).await,
+        _ if peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback() => next.run(req).await,
+        Some(_) => {
+            metrics::counter!("bizpilot_admin_refused_total", "reason" => "unauthenticated").increment(1);
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                axum::Json(serde_json::json!({"error": "missing or wrong bearer token"})),
+            )
+                .into_response()
+        }
+        None => {
+            metrics::counter!("bizpilot_admin_refused_total", "reason" => "not_loopback").increment(1);
+            (
+                StatusCode::FORBIDDEN,
+                axum::Json(serde_json::json!({
+                    "error": "the data API answers only loopback peers unless service.telemetry.metrics.auth.bearer_token is set"
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The admin routes: `open` ones for everyone who reaches the address, `data` ones behind [`data_guard`].
+pub fn router(state: AdminState) -> Router {
+    let open = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    let data = Router::new()
+        .route("/api/v1/{*path}", get(api))
+        .route_layer(middleware::from_fn_with_state(state.clone(), data_guard));
+    open.merge(data).with_state(state)
+}
+
 /// Binds the admin address and serves until `shutdown` is cancelled.
 pub async fn serve(address: &str, state: AdminState, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("service.telemetry.metrics.address: cannot bind {address}: {e}"))?;
     let local = listener.local_addr()?;
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/api/v1/{*path}", get(api))
-        .with_state(state.clone());
+    if !local.ip().is_loopback() && state.token.is_none() {
+        tracing::info!(
+            address = %local,
+            "admin server on a non-loopback address without service.telemetry.metrics.auth: /api/v1 answers loopback peers only"
+        );
+    }
+    let app = router(state.clone());
     // Histogram summaries need periodic upkeep.
     let upkeep = state.metrics.clone();
     let stop = shutdown.clone();
@@ -111,7 +174,7 @@ pub async fn serve(address: &str, state: AdminState, shutdown: CancellationToken
         }
     });
     tokio::spawn(async move {
-        let r = axum::serve(listener, app)
+        let r = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(e) = r {

@@ -1,6 +1,7 @@
 //! The `bizpilot` binary.
 
 mod admin;
+mod plan;
 mod replay;
 mod unit_test;
 
@@ -57,6 +58,23 @@ enum Command {
         /// No progress bar on stderr.
         #[arg(long)]
         no_progress: bool,
+    },
+    /// Capacity plan of the config's `capacity_planner` connector, from recorded spans.
+    Plan {
+        #[arg(long = "config", short = 'c', value_name = "FILE", required = true)]
+        config: Vec<PathBuf>,
+        /// Recordings (as for replay).
+        #[arg(long = "input", short = 'i', value_name = "FILE", num_args = 1.., required = true)]
+        input: Vec<PathBuf>,
+        /// Print the plan as JSON (the shape of GET /api/v1/plan).
+        #[arg(long)]
+        json: bool,
+        /// Only this campaign.
+        #[arg(long)]
+        campaign: Option<String>,
+        /// The connector id, when the config has several capacity_planner connectors.
+        #[arg(long)]
+        connector: Option<String>,
     },
     /// Run pipeline unit tests: inputs in OTLP/JSON, expected attributes, metrics and records (see docs/pipeline-tests.md).
     Test {
@@ -168,6 +186,12 @@ async fn run(files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
                 metrics,
                 ready: ready.clone(),
                 api: api.clone(),
+                token: cfg
+                    .telemetry
+                    .metrics
+                    .auth
+                    .as_ref()
+                    .map(|a| bizpilot_core::auth::BearerToken::new(&a.bearer_token)),
             },
             admin_stop.clone(),
         )
@@ -265,6 +289,13 @@ fn main() -> ExitCode {
             order,
             no_progress,
         } => replay::main(config, input, order, !no_progress),
+        Command::Plan {
+            config,
+            input,
+            json,
+            campaign,
+            connector,
+        } => plan::main(config, input, json, campaign, connector),
         Command::Test { config, tests } => unit_test::main(config, tests),
         Command::Run { config } => {
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -189,17 +189,10 @@ fn parse_file(path: &Path) -> Result<TestFile, TestError> {
         path: path.display().to_string(),
         source,
     })?;
-    let de = serde_yaml::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let at = e.path().to_string();
-        TestError::Parse {
-            path: path.display().to_string(),
-            message: if at == "." {
-                e.into_inner().to_string()
-            } else {
-                format!("{at}: {}", e.into_inner())
-            },
-        }
+    // serde_yaml's messages name the path inside the file and the line already.
+    serde_yaml::from_str(&text).map_err(|e| TestError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string(),
     })
 }
 
@@ -572,6 +565,11 @@ fn rewire(base: &Config, case: &TestCase, shared: &Shared) -> Result<Rewired, Te
     cfg.components.retain(|(k, id, _)| {
         !(*k == ComponentKind::Receiver || (*k == ComponentKind::Exporter && !KEPT_EXPORTERS.contains(&id.type_name())))
     });
+    // Extensions that only listen (the probes' health_check) would open a port: no network here.
+    let listens = |id: &ComponentId| id.type_name() == bizpilot_extensions::health_check::TYPE;
+    cfg.extensions.retain(|id| !listens(id));
+    cfg.components
+        .retain(|(k, id, _)| !(*k == ComponentKind::Extension && listens(id)));
     for new in replaced.values() {
         let kind = if new.type_name() == INJECT {
             ComponentKind::Receiver

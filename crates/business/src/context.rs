@@ -91,6 +91,30 @@ impl OrderContext {
         self.customer_id.value.as_deref()
     }
 
+    /// Gives the order a customer and tier that no event stated (from its trace's spans); an
+    /// event's own values are kept. Returns whether the customer was filled in.
+    pub fn fill_customer(&mut self, customer: Option<&str>, tier: Option<&str>) -> bool {
+        let t = self.last_event_unix_nano;
+        if self.customer_tier.value.is_none()
+            && let Some(tier) = tier
+        {
+            self.customer_tier = Timed {
+                value: Some(tier.to_string()),
+                time: t,
+            };
+        }
+        match customer {
+            Some(c) if self.customer_id.value.is_none() => {
+                self.customer_id = Timed {
+                    value: Some(c.to_string()),
+                    time: t,
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The customer's tier if an event about this order stated one.
     pub fn customer_tier(&self) -> Option<&str> {
         self.customer_tier.value.as_deref()
@@ -123,6 +147,15 @@ impl OrderContext {
     pub fn status(&self) -> Option<(EventKind, &str)> {
         self.status.value.as_ref().map(|(k, n)| (*k, n.as_str()))
     }
+}
+
+/// What the spans and events of one trace said about its customer and order (the join of an
+/// event without a customer, such as the OpenTelemetry Demo's `OrderResult`, to its trace).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceLink {
+    pub customer_id: Option<String>,
+    pub customer_tier: Option<String>,
+    pub order_id: Option<String>,
 }
 
 /// A customer as known from events.

@@ -23,8 +23,8 @@ pub mod hash;
 pub mod lookup;
 pub mod state;
 
-pub use context::{CustomerContext, OrderContext, OrderSummary};
+pub use context::{CustomerContext, OrderContext, OrderSummary, TraceLink};
 pub use event::{BusinessEvent, EventError, EventKind, EventMapping, LineItem};
 pub use hash::{HashKeyError, KeyedHasher};
 pub use lookup::{Lookup, LookupError, LookupStats, LookupTable, LookupValue, ReloadOutcome, Row, TableFormat};
-pub use state::{Applied, BusinessState, KeyedStore, StateConfig, StoreStats};
+pub use state::{Applied, BusinessState, KeyedStore, StateConfig, StoreStats, trace_key};

@@ -17,7 +17,16 @@
 //! - **Counters**: hits, misses, updates, evictions and expirations, both as
 //!   [`StoreStats`] and as `metrics` counters
 //!   `bizpilot_business_state_{hits,misses,updates,evictions,expirations}_total{extension,store}`
-//!   with gauge `bizpilot_business_state_entries{extension,store}` (`store` is `orders` or `customers`).
+//!   with gauge `bizpilot_business_state_entries{extension,store}` (`store` is `orders`, `customers`
+//!   or `traces`).
+//!
+//! **Trace links** (store `traces`, trace id in lower-case hex → [`TraceLink`]) join a business
+//! event that names no customer (the OpenTelemetry Demo's `OrderResult`) to the customer of the
+//! trace its `traceparent` names, in either arrival order: a span records its trace's customer and
+//! tier ([`BusinessState::link_span`], called by the enrich processor), an event records its
+//! trace's order ([`BusinessState::apply_traced`]); whichever comes second completes the order.
+//! Joins are counted in `bizpilot_business_state_trace_joins_total{extension,first}` (`first` =
+//! `span` or `event`); an event still without a customer is a miss of the `traces` store.
 //! - **Arrivals**: [`KeyedStore::subscribe`] gives every key written from then on, so a
 //!   component waiting for a key (the enrich processor's join window) learns
 //!   when it appears instead of polling. A subscriber that lags is told so
@@ -34,7 +43,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::context::{CustomerContext, OrderContext};
+use crate::context::{CustomerContext, OrderContext, TraceLink};
 use crate::event::BusinessEvent;
 
 /// Keys buffered for a subscriber that has not read them yet.
@@ -372,6 +381,21 @@ impl<V: Clone + Send + Sync + 'static> KeyedStore<V> {
     }
 }
 
+/// The key of a trace in the `traces` store: its id in lower-case hex; `None` for an id that is not
+/// 16 bytes or is all zero (no trace).
+pub fn trace_key(trace_id: &[u8]) -> Option<String> {
+    if trace_id.len() != 16 || trace_id.iter().all(|b| *b == 0) {
+        return None;
+    }
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(32);
+    for b in trace_id {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    Some(s)
+}
+
 /// Bounds of a [`BusinessState`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateConfig {
@@ -379,6 +403,10 @@ pub struct StateConfig {
     pub max_customers: usize,
     /// How long a key lives after its last update; `None` = until evicted.
     pub ttl: Option<Duration>,
+    /// Most trace links held (trace id → customer, tier, order).
+    pub max_traces: usize,
+    /// How long a trace link lives after its last update; `None` = until evicted.
+    pub trace_ttl: Option<Duration>,
 }
 
 impl Default for StateConfig {
@@ -387,6 +415,8 @@ impl Default for StateConfig {
             max_orders: 100_000,
             max_customers: 100_000,
             ttl: Some(Duration::from_secs(3600)),
+            max_traces: 100_000,
+            trace_ttl: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -403,15 +433,107 @@ pub struct Applied {
 pub struct BusinessState {
     pub orders: KeyedStore<OrderContext>,
     pub customers: KeyedStore<CustomerContext>,
+    /// Trace id (lower-case hex) → what the trace said about its customer and order.
+    pub traces: KeyedStore<TraceLink>,
+    joins_span_first: Counter,
+    joins_event_first: Counter,
+    join_counts: [AtomicU64; 2],
 }
 
 impl BusinessState {
     /// `name` labels the metrics (the extension id).
     pub fn new(name: &str, cfg: StateConfig) -> Self {
+        let joins = |first: &'static str| counter!("bizpilot_business_state_trace_joins_total", "extension" => name.to_string(), "first" => first);
         BusinessState {
             orders: KeyedStore::new(name, "orders", cfg.max_orders, cfg.ttl),
             customers: KeyedStore::new(name, "customers", cfg.max_customers, cfg.ttl),
+            traces: KeyedStore::new(name, "traces", cfg.max_traces.max(1), cfg.trace_ttl),
+            joins_span_first: joins("span"),
+            joins_event_first: joins("event"),
+            join_counts: [AtomicU64::new(0), AtomicU64::new(0)],
         }
+    }
+
+    /// Orders completed by a trace link so far: `(span first, event first)`.
+    pub fn trace_joins(&self) -> (u64, u64) {
+        (
+            self.join_counts[0].load(Ordering::Relaxed),
+            self.join_counts[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// A span of trace `trace_id` (lower-case hex) names its customer and/or tier. Remembered for
+    /// events of the same trace that come later; an order an event of this trace named earlier
+    /// gets them now (if it has none). Costs one read when the link already knows them.
+    pub fn link_span(&self, trace_id: &str, customer: Option<&str>, tier: Option<&str>) {
+        if trace_id.is_empty() || (customer.is_none() && tier.is_none()) {
+            return;
+        }
+        if let Some(l) = self.traces.peek(trace_id)
+            && (customer.is_none() || l.customer_id.is_some())
+            && (tier.is_none() || l.customer_tier.is_some())
+        {
+            return;
+        }
+        let link = self.traces.update(trace_id, TraceLink::default, |l| {
+            if l.customer_id.is_none() {
+                l.customer_id = customer.map(str::to_string);
+            }
+            if l.customer_tier.is_none() {
+                l.customer_tier = tier.map(str::to_string);
+            }
+        });
+        if let Some(order) = link.order_id.as_deref()
+            && self.orders.contains(order)
+        {
+            let mut filled = false;
+            self.orders.update(
+                order,
+                || OrderContext::new(order),
+                |o| {
+                    filled = o.fill_customer(link.customer_id.as_deref(), link.customer_tier.as_deref());
+                },
+            );
+            if filled {
+                self.joins_event_first.increment(1);
+                self.join_counts[1].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// [`BusinessState::apply`] for an event of trace `trace_id` (lower-case hex; empty = none):
+    /// a customer or tier the event lacks is taken from the trace's spans seen so far, and the
+    /// event's order is remembered as the trace's (for spans of the trace still to come).
+    pub fn apply_traced(&self, ev: &mut BusinessEvent, trace_id: &str) -> Applied {
+        if !trace_id.is_empty() && (ev.customer_id.is_none() || ev.customer_tier.is_none()) {
+            let had_customer = ev.customer_id.is_some();
+            if let Some(l) = self.traces.get(trace_id) {
+                if ev.customer_id.is_none() {
+                    ev.customer_id.clone_from(&l.customer_id);
+                }
+                if ev.customer_tier.is_none() {
+                    ev.customer_tier.clone_from(&l.customer_tier);
+                }
+            }
+            if !had_customer && ev.customer_id.is_some() {
+                self.joins_span_first.increment(1);
+                self.join_counts[0].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // The trace's order: for spans still to come, and for readers that have only the trace
+        // (the impact records of a failed operation of the trace).
+        if !trace_id.is_empty()
+            && let Some(order) = ev.order_id.as_deref()
+            && self
+                .traces
+                .peek(trace_id)
+                .is_none_or(|l| l.order_id.as_deref() != Some(order))
+        {
+            self.traces.update(trace_id, TraceLink::default, |l| {
+                l.order_id = Some(order.to_string());
+            });
+        }
+        self.apply(ev)
     }
 
     /// Folds an event into the order (if it names one) and the customer (if it names one).
@@ -433,6 +555,12 @@ impl BusinessState {
         self.orders.get(id)
     }
 
+    /// The order an event of trace `trace_id` (lower-case hex) named, without counting a hit or miss.
+    pub fn order_of_trace(&self, trace_id: &str) -> Option<Arc<OrderContext>> {
+        let link = self.traces.peek(trace_id)?;
+        self.orders.peek(link.order_id.as_deref()?)
+    }
+
     /// The customer `id`, counting a hit or miss.
     pub fn customer(&self, id: &str) -> Option<Arc<CustomerContext>> {
         self.customers.get(id)
@@ -440,7 +568,7 @@ impl BusinessState {
 
     /// Removes expired orders and customers.
     pub fn purge_expired(&self) -> u64 {
-        self.orders.purge_expired() + self.customers.purge_expired()
+        self.orders.purge_expired() + self.customers.purge_expired() + self.traces.purge_expired()
     }
 }
 
@@ -507,6 +635,81 @@ mod tests {
         let mut rx = s.subscribe();
         s.update("x", || 0, |_| {});
         assert_eq!(&*rx.recv().await.unwrap(), "x");
+    }
+
+    fn order_result(order: &str) -> BusinessEvent {
+        let mut ev = BusinessEvent::new("order.placed", 10);
+        ev.order_id = Some(order.into());
+        ev.amount = Some(bizpilot_core::Money::parse("EUR 12.34", None).unwrap());
+        ev
+    }
+
+    #[test]
+    fn trace_links_join_in_both_arrival_orders() {
+        let st = BusinessState::new("business_state", StateConfig::default());
+        // Span first: PlaceOrder (customer), then charge (tier), then the OrderResult.
+        st.link_span("t1", Some("u1"), None);
+        st.link_span("t1", None, Some("gold"));
+        let mut ev = order_result("o1");
+        st.apply_traced(&mut ev, "t1");
+        assert_eq!(ev.customer_id.as_deref(), Some("u1"));
+        let o = st.order("o1").unwrap();
+        assert_eq!((o.customer_id(), o.customer_tier()), (Some("u1"), Some("gold")));
+        assert_eq!(o.value().unwrap().to_string(), "EUR 12.34");
+        assert_eq!(st.customer("u1").unwrap().tier(), Some("gold"));
+        // Event first: the OrderResult, then charge (tier only), then PlaceOrder (customer).
+        let mut ev = order_result("o2");
+        st.apply_traced(&mut ev, "t2");
+        assert_eq!(st.order("o2").unwrap().customer_id(), None);
+        st.link_span("t2", None, Some("silver"));
+        assert_eq!(st.order("o2").unwrap().customer_tier(), Some("silver"));
+        assert_eq!(st.order("o2").unwrap().customer_id(), None);
+        st.link_span("t2", Some("u2"), None);
+        let o = st.order("o2").unwrap();
+        assert_eq!((o.customer_id(), o.customer_tier()), (Some("u2"), Some("silver")));
+        assert_eq!(o.events, 1, "a link is not an event");
+        // A later span of a known trace changes nothing and writes nothing.
+        let updates = st.traces.stats().updates;
+        st.link_span("t2", Some("u2"), Some("silver"));
+        assert_eq!(st.traces.stats().updates, updates);
+        // An event's own customer is kept; an event without a trace is a plain apply.
+        st.link_span("t3", Some("span-user"), None);
+        let mut ev = order_result("o3");
+        ev.customer_id = Some("event-user".into());
+        st.apply_traced(&mut ev, "t3");
+        assert_eq!(st.order("o3").unwrap().customer_id(), Some("event-user"));
+        let mut ev = order_result("o4");
+        st.apply_traced(&mut ev, "");
+        assert_eq!(st.order("o4").unwrap().customer_id(), None);
+        assert_eq!(st.trace_joins(), (1, 1));
+    }
+
+    #[test]
+    fn trace_keys() {
+        let id: Vec<u8> = (0..16).map(|i| i * 17).collect();
+        assert_eq!(trace_key(&id).unwrap(), "00112233445566778899aabbccddeeff");
+        assert_eq!(trace_key(&[0; 16]), None);
+        assert_eq!(trace_key(&[1; 8]), None);
+    }
+
+    #[test]
+    fn trace_links_are_bounded() {
+        let st = BusinessState::new(
+            "business_state",
+            StateConfig {
+                max_traces: 2,
+                ..StateConfig::default()
+            },
+        );
+        for t in ["a", "b", "c"] {
+            st.link_span(t, Some("u"), None);
+        }
+        assert_eq!(st.traces.len(), 2);
+        assert_eq!(st.traces.stats().evictions, 1);
+        let mut ev = order_result("o");
+        st.apply_traced(&mut ev, "a");
+        assert_eq!(ev.customer_id, None, "the evicted trace is a miss");
+        assert_eq!(st.traces.stats().misses, 1);
     }
 
     #[test]

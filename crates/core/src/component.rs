@@ -481,6 +481,9 @@ pub struct ConnectorContext {
 pub struct ExtensionContext {
     pub id: ComponentId,
     pub shutdown: CancellationToken,
+    /// The service's readiness: false while components start and once shutdown begins, true in
+    /// between (what the `health_check` extension reports).
+    pub ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub trait Receiver: Send + 'static {

@@ -159,6 +159,7 @@ impl RunningService {
                 .start(ExtensionContext {
                     id: id.clone(),
                     shutdown: self.extension_shutdown.clone(),
+                    ready: self.ready.clone(),
                 })
                 .map_err(|e| start_err(ComponentKind::Extension, id, e))?;
             extensions.insert(id.clone(), ext.shared());

@@ -3,8 +3,10 @@
 #![forbid(unsafe_code)]
 
 pub mod ack;
+pub mod auth;
 pub mod component;
 pub mod config;
+pub mod fuzz;
 pub mod graph;
 pub mod money;
 pub mod pdata;

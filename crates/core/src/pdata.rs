@@ -138,6 +138,10 @@ impl<M: OtlpMessage> Otlp<M> {
         M: serde::de::DeserializeOwned,
     {
         let msg: M = serde_json::from_slice(json).map_err(|e| DataError::Json(e.to_string()))?;
+        // The rules protobuf input is held to (id lengths, AnyValue nesting) hold for JSON too:
+        // the same walk, over the message's encoding.
+        wire::validate_and_count(M::schema(), &msg.encode_to_vec())
+            .map_err(|e| DataError::Json(format!("{}: {}", e.at, e.reason)))?;
         Ok(Self::from_message(msg))
     }
 
@@ -777,5 +781,57 @@ mod tests {
         let mut got = seen.lock().unwrap().clone();
         got.sort_by_key(|x| x.0);
         assert_eq!(got, vec![(1, Delivery::Failed), (2, Delivery::Failed)]);
+    }
+
+    /// OTLP/JSON of one span with `trace_id`/`span_id` given as hex strings.
+    fn json_span(trace_id: &str, span_id: &str) -> String {
+        format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"{trace_id}","spanId":"{span_id}","name":"s"}}]}}]}}]}}"#
+        )
+    }
+
+    #[test]
+    fn json_ids_of_the_wrong_length_are_refused_naming_the_field() {
+        let ok = Otlp::<ExportTraceServiceRequest>::from_json(json_span(&"ab".repeat(16), &"cd".repeat(8)).as_bytes());
+        assert_eq!(ok.unwrap().items(), 1);
+        for (trace, span, field) in [
+            ("ab".repeat(15), "cd".repeat(8), "Span.trace_id"), // 30 hex characters
+            ("ab".repeat(17), "cd".repeat(8), "Span.trace_id"), // 34
+            ("ab".repeat(16), "cd".repeat(7), "Span.span_id"),
+            ("ab".repeat(16), "cd".repeat(9), "Span.span_id"),
+        ] {
+            let e = Otlp::<ExportTraceServiceRequest>::from_json(json_span(&trace, &span).as_bytes()).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(field) && msg.contains("hex characters"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn json_any_value_nesting_limit_matches_protobuf() {
+        use crate::wire::{MAX_ANY_VALUE_DEPTH, tests::nested};
+        use opentelemetry_proto::tonic::common::v1::KeyValue;
+        for kvlist in [true, false] {
+            let req = |levels| {
+                let mut r = traces(1, "s");
+                r.resource_spans[0].scope_spans[0].spans[0].attributes = vec![KeyValue {
+                    key: "deep".into(),
+                    value: Some(nested(levels, kvlist)),
+                    ..Default::default()
+                }];
+                r
+            };
+            for (levels, ok) in [(MAX_ANY_VALUE_DEPTH, true), (MAX_ANY_VALUE_DEPTH + 1, false)] {
+                let r = req(levels);
+                let json = serde_json::to_vec(&r).unwrap();
+                let from_json = Otlp::<ExportTraceServiceRequest>::from_json(&json);
+                let from_pb = Otlp::<ExportTraceServiceRequest>::from_bytes(Bytes::from(r.encode_to_vec()));
+                assert_eq!(from_json.is_ok(), ok, "JSON, {levels} levels, kvlist={kvlist}");
+                assert_eq!(from_pb.is_ok(), ok, "protobuf, {levels} levels, kvlist={kvlist}");
+                if !ok {
+                    let msg = from_json.unwrap_err().to_string();
+                    assert!(msg.contains("AnyValue nested deeper than"), "{msg}");
+                }
+            }
+        }
     }
 }

@@ -19,6 +19,8 @@ pub(crate) enum Kind {
     Str,
     /// Opaque bytes.
     Bytes,
+    /// A trace id (16 bytes) or span id (8 bytes): empty (absent) or exactly that long.
+    Id(IdKind),
     /// varint (int32/int64/uint32/uint64/bool/enum/sint*).
     Varint,
     /// fixed64/sfixed64/double.
@@ -29,6 +31,29 @@ pub(crate) enum Kind {
     PackedFixed64,
     /// repeated packed varint (also accepted unpacked).
     PackedVarint,
+}
+
+/// The two OTLP id types and the lengths the specification gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdKind {
+    Trace,
+    Span,
+}
+
+impl IdKind {
+    fn len(self) -> usize {
+        match self {
+            IdKind::Trace => 16,
+            IdKind::Span => 8,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            IdKind::Trace => "a trace id must be 16 bytes (32 hex characters in OTLP/JSON) or empty",
+            IdKind::Span => "a span id must be 8 bytes (16 hex characters in OTLP/JSON) or empty",
+        }
+    }
 }
 
 /// A field of a message schema.
@@ -158,8 +183,8 @@ static SPAN_EVENT: Schema = Schema::new(
 static SPAN_LINK: Schema = Schema::new(
     "Span.Link",
     &[
-        f(1, "trace_id", Bytes),
-        f(2, "span_id", Bytes),
+        f(1, "trace_id", Id(IdKind::Trace)),
+        f(2, "span_id", Id(IdKind::Span)),
         f(3, "trace_state", Str),
         f(4, "attributes", Msg(&KEY_VALUE)),
         f(5, "dropped_attributes_count", Varint),
@@ -170,10 +195,10 @@ static STATUS: Schema = Schema::new("Status", &[f(2, "message", Str), f(3, "code
 pub(crate) static SPAN: Schema = Schema::new(
     "Span",
     &[
-        f(1, "trace_id", Bytes),
-        f(2, "span_id", Bytes),
+        f(1, "trace_id", Id(IdKind::Trace)),
+        f(2, "span_id", Id(IdKind::Span)),
         f(3, "trace_state", Str),
-        f(4, "parent_span_id", Bytes),
+        f(4, "parent_span_id", Id(IdKind::Span)),
         f(16, "flags", Fixed32),
         f(5, "name", Str),
         f(6, "kind", Varint),
@@ -222,8 +247,8 @@ static LOG_RECORD: Schema = Schema::new(
         f(6, "attributes", Msg(&KEY_VALUE)),
         f(7, "dropped_attributes_count", Varint),
         f(8, "flags", Fixed32),
-        f(9, "trace_id", Bytes),
-        f(10, "span_id", Bytes),
+        f(9, "trace_id", Id(IdKind::Trace)),
+        f(10, "span_id", Id(IdKind::Span)),
         f(12, "event_name", Str),
     ],
 );
@@ -257,8 +282,8 @@ static EXEMPLAR: Schema = Schema::new(
         f(2, "time_unix_nano", Fixed64),
         f(3, "as_double", Fixed64),
         f(6, "as_int", Fixed64),
-        f(4, "span_id", Bytes),
-        f(5, "trace_id", Bytes),
+        f(4, "span_id", Id(IdKind::Span)),
+        f(5, "trace_id", Id(IdKind::Trace)),
     ],
 );
 static NUMBER_POINT: Schema = Schema::new(
@@ -388,8 +413,20 @@ pub(crate) static METRICS_REQUEST: Schema = Schema::new(
     &[f(1, "resource_metrics", Msg(&RESOURCE_METRICS))],
 );
 
-/// Deepest nesting the walk accepts (prost's own recursion limit is 100).
-pub const MAX_DEPTH: usize = 64;
+/// Deepest message nesting the walk accepts: below prost's recursion limit (100), so that a
+/// later decode of bytes the walk accepted cannot fail. [`MAX_ANY_VALUE_DEPTH`] binds first.
+pub const MAX_DEPTH: usize = 90;
+
+/// Deepest `AnyValue` nesting accepted, counted in `AnyValue` levels (an attribute's value is
+/// level 1; a value inside its `array_value` or `kvlist_value` level 2; arrays and kvlists
+/// alike), the same for protobuf and OTLP/JSON (JSON input is checked by this walk too).
+///
+/// 25 is the deepest every decoder on the way handles wherever an `AnyValue` sits. The deepest
+/// place is an exemplar's filtered attribute: 25 kvlist levels there are 80 protobuf message
+/// levels (prost refuses beyond 100) and 113 JSON levels (serde_json refuses beyond 128). A
+/// request one level deeper is refused whole (400 / `INVALID_ARGUMENT`) naming the field.
+pub const MAX_ANY_VALUE_DEPTH: usize = 25;
+const ANY_VALUE_TOO_DEEP: &str = "AnyValue nested deeper than 25 levels (arrays and kvlists alike)";
 
 /// Why bytes are not a valid OTLP message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -428,7 +465,14 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn walk(&mut self, schema: &'static Schema, start: usize, end: usize, depth: usize) -> Result<(), WireError> {
+    fn walk(
+        &mut self,
+        schema: &'static Schema,
+        start: usize,
+        end: usize,
+        depth: usize,
+        any_depth: usize,
+    ) -> Result<(), WireError> {
         if depth > MAX_DEPTH {
             return Err(self.err(start, schema, None, "nesting too deep"));
         }
@@ -492,7 +536,11 @@ impl<'a> Walker<'a> {
                                 if fd.counted {
                                     self.items += 1;
                                 }
-                                self.walk(inner, body, pos, depth + 1)?;
+                                let any_depth = any_depth + usize::from(std::ptr::eq(inner, &ANY_VALUE));
+                                if any_depth > MAX_ANY_VALUE_DEPTH {
+                                    return Err(self.err(tag_at, schema, name, ANY_VALUE_TOO_DEEP));
+                                }
+                                self.walk(inner, body, pos, depth + 1, any_depth)?;
                             }
                             Str => {
                                 if std::str::from_utf8(&self.buf[body..pos]).is_err() {
@@ -500,6 +548,11 @@ impl<'a> Walker<'a> {
                                 }
                             }
                             Bytes => {}
+                            Id(kind) => {
+                                if len != 0 && len != kind.len() {
+                                    return Err(self.err(tag_at, schema, name, kind.reason()));
+                                }
+                            }
                             PackedFixed64 => {
                                 if len % 8 != 0 {
                                     return Err(self.err(
@@ -570,12 +623,12 @@ pub(crate) fn read_varint(buf: &[u8], pos: &mut usize, end: usize) -> Option<u64
 /// Validates `buf` as the message described by `schema` and returns the number of counted items.
 pub(crate) fn validate_and_count(schema: &'static Schema, buf: &[u8]) -> Result<usize, WireError> {
     let mut w = Walker { buf, items: 0 };
-    w.walk(schema, 0, buf.len(), 0)?;
+    w.walk(schema, 0, buf.len(), 0, 0)?;
     Ok(w.items)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -670,5 +723,158 @@ mod tests {
                 assert!(ExportTraceServiceRequest::decode(b.as_slice()).is_ok(), "{b:?}");
             }
         }
+    }
+
+    /// An `AnyValue` nested `levels` deep (level 1 is the value itself), through kvlists or arrays.
+    pub(crate) fn nested(levels: usize, kvlist: bool) -> AnyValue {
+        use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+        let mut v = AnyValue {
+            value: Some(any_value::Value::StringValue("leaf".into())),
+        };
+        for _ in 1..levels {
+            v = AnyValue {
+                value: Some(if kvlist {
+                    any_value::Value::KvlistValue(KeyValueList {
+                        values: vec![KeyValue {
+                            key: "k".into(),
+                            value: Some(v),
+                            ..Default::default()
+                        }],
+                    })
+                } else {
+                    any_value::Value::ArrayValue(ArrayValue { values: vec![v] })
+                }),
+            };
+        }
+        v
+    }
+
+    fn with_attribute(value: AnyValue) -> ExportTraceServiceRequest {
+        let mut r = request(&[1]);
+        r.resource_spans[0].scope_spans[0].spans[0].attributes[0].value = Some(value);
+        r
+    }
+
+    #[test]
+    fn any_value_nesting_limit_is_the_same_for_arrays_and_kvlists() {
+        for kvlist in [true, false] {
+            let at = with_attribute(nested(MAX_ANY_VALUE_DEPTH, kvlist)).encode_to_vec();
+            assert_eq!(validate_and_count(&TRACES_REQUEST, &at), Ok(1), "kvlist={kvlist}");
+            assert!(ExportTraceServiceRequest::decode(at.as_slice()).is_ok());
+            let over = with_attribute(nested(MAX_ANY_VALUE_DEPTH + 1, kvlist)).encode_to_vec();
+            let e = validate_and_count(&TRACES_REQUEST, &over).unwrap_err();
+            assert_eq!(e.reason, ANY_VALUE_TOO_DEEP, "kvlist={kvlist}");
+            assert!(e.at == "KeyValue.value" || e.at == "ArrayValue.values", "{e}");
+        }
+        assert!(ANY_VALUE_TOO_DEEP.contains(&format!(" {MAX_ANY_VALUE_DEPTH} levels")));
+    }
+
+    #[test]
+    fn deepest_accepted_any_value_decodes_wherever_it_sits() {
+        // The deepest place for an AnyValue: an exemplar's filtered attribute. At the limit, prost
+        // still decodes it and serde_json still reads its OTLP/JSON.
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::metrics::v1::{
+            Exemplar, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric,
+        };
+        let req = |levels| ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "m".into(),
+                        data: Some(metric::Data::Sum(Sum {
+                            data_points: vec![NumberDataPoint {
+                                exemplars: vec![Exemplar {
+                                    filtered_attributes: vec![KeyValue {
+                                        key: "k".into(),
+                                        value: Some(nested(levels, true)),
+                                        ..Default::default()
+                                    }],
+                                    ..Default::default()
+                                }],
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let at = req(MAX_ANY_VALUE_DEPTH);
+        let bytes = at.encode_to_vec();
+        assert_eq!(validate_and_count(&METRICS_REQUEST, &bytes), Ok(1));
+        assert_eq!(ExportMetricsServiceRequest::decode(bytes.as_slice()).unwrap(), at);
+        let json = serde_json::to_vec(&at).unwrap();
+        let back: ExportMetricsServiceRequest = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, at);
+        let over = req(MAX_ANY_VALUE_DEPTH + 1).encode_to_vec();
+        assert!(validate_and_count(&METRICS_REQUEST, &over).is_err());
+    }
+
+    #[test]
+    fn ids_of_the_wrong_length_are_refused_naming_the_field() {
+        use opentelemetry_proto::tonic::trace::v1::span::Link;
+        let check = |edit: &dyn Fn(&mut Span), at: &str, ok: bool| {
+            let mut r = request(&[1]);
+            edit(&mut r.resource_spans[0].scope_spans[0].spans[0]);
+            let got = validate_and_count(&TRACES_REQUEST, &r.encode_to_vec());
+            if ok {
+                assert_eq!(got, Ok(1), "{at}");
+            } else {
+                let e = got.unwrap_err();
+                assert_eq!(e.at, at, "{e}");
+                assert!(e.reason.contains("must be"), "{e}");
+            }
+        };
+        check(&|s| s.trace_id = vec![1; 15], "Span.trace_id", false);
+        check(&|s| s.trace_id = vec![1; 17], "Span.trace_id", false);
+        check(&|s| s.trace_id = vec![], "Span.trace_id", true);
+        check(&|s| s.span_id = vec![2; 7], "Span.span_id", false);
+        check(&|s| s.span_id = vec![2; 16], "Span.span_id", false);
+        check(&|s| s.parent_span_id = vec![3; 9], "Span.parent_span_id", false);
+        check(&|s| s.parent_span_id = vec![3; 8], "Span.parent_span_id", true);
+        let link = |t: usize, sp: usize| Link {
+            trace_id: vec![4; t],
+            span_id: vec![5; sp],
+            ..Default::default()
+        };
+        check(&|s| s.links = vec![link(16, 8)], "Span.Link.trace_id", true);
+        check(&|s| s.links = vec![link(15, 8)], "Span.Link.trace_id", false);
+        check(&|s| s.links = vec![link(16, 9)], "Span.Link.span_id", false);
+    }
+
+    #[test]
+    fn log_and_exemplar_ids_are_checked_too() {
+        use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+        use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+        let logs = |t: usize, sp: usize| {
+            ExportLogsServiceRequest {
+                resource_logs: vec![ResourceLogs {
+                    scope_logs: vec![ScopeLogs {
+                        log_records: vec![LogRecord {
+                            trace_id: vec![1; t],
+                            span_id: vec![2; sp],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            }
+            .encode_to_vec()
+        };
+        assert_eq!(validate_and_count(&LOGS_REQUEST, &logs(16, 8)), Ok(1));
+        assert_eq!(validate_and_count(&LOGS_REQUEST, &logs(0, 0)), Ok(1));
+        assert_eq!(
+            validate_and_count(&LOGS_REQUEST, &logs(15, 8)).unwrap_err().at,
+            "LogRecord.trace_id"
+        );
+        assert_eq!(
+            validate_and_count(&LOGS_REQUEST, &logs(16, 4)).unwrap_err().at,
+            "LogRecord.span_id"
+        );
     }
 }

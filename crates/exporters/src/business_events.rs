@@ -6,7 +6,11 @@
 //! A log record is a business event when its `event_name` (or its `event.name`
 //! attribute) names one; its fields are read as described in
 //! [`bizpilot_business::event`] (attribute names configurable under `mapping`).
-//! Each event updates its order (by order id) and its customer (by customer id).
+//! Each event updates its order (by order id) and its customer (by customer id). An event with a
+//! trace context (`trace_id`, e.g. from a Kafka `traceparent` header) that names no customer or
+//! tier takes them from the spans of its trace (the state's trace links, written by an `enrich`
+//! processor with `join.link_traces: true`), in either arrival order: this is how the
+//! OpenTelemetry Demo's `OrderResult` gets its customer (`docs/order-result-join.md`).
 //! Records that are not events are ignored, and events that cannot be read
 //! (an amount that is not money, say) are skipped; both are counted, neither
 //! fails the batch (redelivering it would not help).
@@ -99,8 +103,11 @@ pub fn apply_logs(state: &BusinessState, mapping: &EventMapping, req: &ExportLog
         .flat_map(|s| &s.log_records)
     {
         match mapping.parse(rec) {
-            Ok(Some(ev)) => {
-                state.apply(&ev);
+            Ok(Some(mut ev)) => {
+                match bizpilot_business::trace_key(&rec.trace_id) {
+                    Some(trace) => state.apply_traced(&mut ev, &trace),
+                    None => state.apply(&ev),
+                };
                 c.applied += 1;
             }
             Ok(None) => c.ignored += 1,

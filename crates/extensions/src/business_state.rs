@@ -13,6 +13,8 @@
 //! | `max_orders` | `100000` | most orders held; beyond it the least recently updated order is evicted |
 //! | `max_customers` | `100000` | most customers held, likewise |
 //! | `ttl` | `1h` | an order or customer not updated for this long is dropped; `0` keeps keys until evicted |
+//! | `max_traces` | `100000` | most trace links held (trace id → customer, tier, order: the join of events without a customer, such as the OpenTelemetry Demo's `OrderResult`, to their trace; see `docs/order-result-join.md`) |
+//! | `trace_ttl` | `5m` | a trace link not updated for this long is dropped (`0` = until evicted); keep it above the longest delay between a trace's spans and its events |
 //! | `purge_interval` | `1s` | how often expired keys are removed in the background (reads ignore expired keys at once) |
 //!
 //! ```yaml
@@ -25,9 +27,10 @@
 //!   extensions: [business_state]
 //! ```
 //!
-//! Self-telemetry (labels `extension`, `store` = `orders` | `customers`):
+//! Self-telemetry (labels `extension`, `store` = `orders` | `customers` | `traces`):
 //! `bizpilot_business_state_{hits,misses,updates,evictions,expirations}_total` and the gauge
-//! `bizpilot_business_state_entries`.
+//! `bizpilot_business_state_entries`; `bizpilot_business_state_trace_joins_total{extension,first}`
+//! counts orders given a customer by their trace (`first` = `span` or `event`, whichever came first).
 
 use serde::Deserialize;
 use std::any::Any;
@@ -50,6 +53,8 @@ pub struct BusinessStateConfig {
     pub max_orders: usize,
     pub max_customers: usize,
     pub ttl: Duration,
+    pub max_traces: usize,
+    pub trace_ttl: Duration,
     pub purge_interval: Duration,
 }
 
@@ -59,6 +64,8 @@ impl Default for BusinessStateConfig {
             max_orders: 100_000,
             max_customers: 100_000,
             ttl: Duration::from_secs(3600),
+            max_traces: 100_000,
+            trace_ttl: Duration::from_secs(300),
             purge_interval: Duration::from_secs(1),
         }
     }
@@ -69,6 +76,9 @@ impl ComponentConfig for BusinessStateConfig {
         let mut errs = Vec::new();
         if self.max_orders == 0 {
             errs.push(FieldError::new("max_orders", "must be at least 1"));
+        }
+        if self.max_traces == 0 {
+            errs.push(FieldError::new("max_traces", "must be at least 1"));
         }
         if self.max_customers == 0 {
             errs.push(FieldError::new("max_customers", "must be at least 1"));
@@ -86,6 +96,8 @@ impl BusinessStateConfig {
             max_orders: self.max_orders,
             max_customers: self.max_customers,
             ttl: (!self.ttl.is_zero()).then(|| self.ttl.get()),
+            max_traces: self.max_traces,
+            trace_ttl: (!self.trace_ttl.is_zero()).then(|| self.trace_ttl.get()),
         }
     }
 }
@@ -134,7 +146,7 @@ impl Extension for BusinessStateExtension {
         let state = self.state.clone();
         let every = self.purge_interval;
         Ok(Running::spawn(async move {
-            if state.orders.ttl().is_none() {
+            if state.orders.ttl().is_none() && state.traces.ttl().is_none() {
                 return Ok(());
             }
             let mut tick = tokio::time::interval(every);

@@ -3,13 +3,16 @@
 //!
 //! - [`business_state`]: the keyed business state (orders, customers) written by the
 //!   `business_events` exporter and read by the `enrich` processor;
-//! - [`lookup`]: a reference table from a CSV/JSON/YAML file, reloaded when it changes.
+//! - [`lookup`]: a reference table from a CSV/JSON/YAML file, reloaded when it changes;
+//! - [`health_check`]: the HTTP liveness/readiness endpoint for probes (`:13133`).
 #![forbid(unsafe_code)]
 
 pub mod business_state;
+pub mod health_check;
 pub mod lookup;
 
 pub use business_state::{BusinessStateConfig, BusinessStateExtension, BusinessStateExtensionFactory};
+pub use health_check::{HealthCheckConfig, HealthCheckExtension, HealthCheckExtensionFactory};
 pub use lookup::{LookupConfig, LookupExtension, LookupExtensionFactory};
 
 use bizpilot_core::Registry;
@@ -18,6 +21,7 @@ use bizpilot_core::Registry;
 pub fn register(r: &mut Registry) {
     r.extension(BusinessStateExtensionFactory);
     r.extension(LookupExtensionFactory);
+    r.extension(HealthCheckExtensionFactory);
 }
 
 #[cfg(test)]
@@ -31,6 +35,14 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     fn start(yaml: &str, id: &str) -> (Extensions, bizpilot_core::Running, CancellationToken) {
+        start_with(yaml, id, Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+
+    fn start_with(
+        yaml: &str,
+        id: &str,
+        ready: Arc<std::sync::atomic::AtomicBool>,
+    ) -> (Extensions, bizpilot_core::Running, CancellationToken) {
         let mut r = Registry::new();
         register(&mut r);
         let id: ComponentId = id.parse().unwrap();
@@ -53,6 +65,7 @@ mod tests {
             .start(ExtensionContext {
                 id: id.clone(),
                 shutdown: shutdown.clone(),
+                ready,
             })
             .unwrap();
         let mut exts = Extensions::default();
@@ -162,5 +175,65 @@ mod tests {
             panic!("must fail")
         };
         assert!(e.to_string().contains("bad.yaml:2"), "{e}");
+    }
+
+    /// One HTTP/1.0 GET; returns the status code and body.
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(format!("GET {path} HTTP/1.0\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        let status = out.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn health_check_follows_readiness() {
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (exts, mut running, shutdown) = start_with(
+            "{endpoint: '127.0.0.1:0', path: /health}",
+            "health_check",
+            ready.clone(),
+        );
+        let id: ComponentId = "health_check".parse().unwrap();
+        let addr = exts.get::<HealthCheckExtension>(&id).unwrap().local_addr().unwrap();
+        let (status, body) = get(addr, "/health").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("Server not available"), "{body}");
+        ready.store(true, std::sync::atomic::Ordering::Release);
+        let (status, body) = get(addr, "/health").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("Server available"), "{body}");
+        assert_eq!(get(addr, "/").await.0, 404);
+        assert_eq!(get(addr, "/api/v1/impact").await.0, 404);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), running.join())
+            .await
+            .expect("stops on shutdown")
+            .unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening");
+    }
+
+    #[test]
+    fn health_check_config() {
+        let mut r = Registry::new();
+        register(&mut r);
+        let check = |yaml: &str| {
+            let raw: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+            r.get(ComponentKind::Extension, "health_check").unwrap().check(&raw)
+        };
+        assert!(check("null").is_ok());
+        assert!(check("{endpoint: '0.0.0.0:13133', path: /healthz}").is_ok());
+        let errs = check("{endpoint: 'http://0.0.0.0:13133', path: healthz}").unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["endpoint", "path"], "{errs:?}");
+        assert!(check("{endpoint: '0.0.0.0:13133', check_collector_pipeline: {}}").is_err());
     }
 }

@@ -17,6 +17,7 @@ pub mod business;
 pub mod client;
 pub mod codec;
 pub mod exporter;
+pub mod fuzz;
 pub mod offsets;
 pub mod otel_demo;
 pub mod pb;

@@ -278,6 +278,7 @@ fn join_setup(w: &Workload, ttl: Duration) -> (Extensions, Arc<BusinessState>, t
             max_orders: 100_000,
             max_customers: 100_000,
             ttl: Some(ttl),
+            ..StateConfig::default()
         },
     ));
     let dir = tempfile::tempdir().unwrap();
@@ -472,6 +473,7 @@ fn far_more_keys_than_the_bound_never_exceed_it() {
             max_orders: 100,
             max_customers: 50,
             ttl: None,
+            ..StateConfig::default()
         },
     );
     let mut orders = HashSet::new();

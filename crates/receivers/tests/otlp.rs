@@ -1286,3 +1286,102 @@ async fn early_refusals_do_not_reset_a_client_still_sending() {
     h.assert_empty(Signal::Traces);
     h.stop().await;
 }
+
+/// An `AnyValue` nested `levels` deep through kvlists (level 1 is the value itself).
+fn nested_value(levels: usize) -> proto::common::v1::AnyValue {
+    use proto::common::v1::{AnyValue, KeyValue, KeyValueList, any_value};
+    let mut v = AnyValue {
+        value: Some(any_value::Value::StringValue("leaf".into())),
+    };
+    for _ in 1..levels {
+        v = AnyValue {
+            value: Some(any_value::Value::KvlistValue(KeyValueList {
+                values: vec![KeyValue {
+                    key: "k".into(),
+                    value: Some(v),
+                    ..Default::default()
+                }],
+            })),
+        };
+    }
+    v
+}
+
+/// Ids of the wrong length (a 15- or 17-byte trace id, 30 or 34 hex characters in JSON; a 7- or
+/// 9-byte span id) and AnyValues one level deeper than the limit are refused whole, with 400 /
+/// INVALID_ARGUMENT naming the field, over HTTP (protobuf and JSON) and gRPC; nothing is forwarded.
+/// At the limit and with the right lengths the same requests pass.
+#[tokio::test]
+async fn ids_of_the_wrong_length_and_too_deep_values_are_refused_on_every_transport() {
+    let mut h = start(BOTH);
+    let c = http_client();
+    let limit = bizpilot_core::wire::MAX_ANY_VALUE_DEPTH;
+    let with = |edit: &dyn Fn(&mut proto::trace::v1::Span)| {
+        let mut r = traces(1, "checkout");
+        edit(&mut r.resource_spans[0].scope_spans[0].spans[0]);
+        r
+    };
+    let deep = |levels: usize| {
+        move |s: &mut proto::trace::v1::Span| {
+            s.attributes.push(proto::common::v1::KeyValue {
+                key: "deep".into(),
+                value: Some(nested_value(levels)),
+                ..Default::default()
+            })
+        }
+    };
+    let bad: Vec<(ExportTraceServiceRequest, &str)> = vec![
+        (with(&|s| s.trace_id = vec![7; 15]), "Span.trace_id"),
+        (with(&|s| s.trace_id = vec![7; 17]), "Span.trace_id"),
+        (with(&|s| s.span_id = vec![7; 7]), "Span.span_id"),
+        (with(&|s| s.parent_span_id = vec![7; 9]), "Span.parent_span_id"),
+        (with(&deep(limit + 1)), "AnyValue nested deeper than"),
+    ];
+    for (req, field) in &bad {
+        let pb = req.encode_to_vec();
+        let r = post(&c, &h.url("/v1/traces"), PB, pb.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{field}");
+        let s = r.status_body();
+        assert_eq!(s.code, rpc::code::INVALID_ARGUMENT);
+        assert!(s.message.contains(field), "protobuf {field}: {}", s.message);
+
+        let json = serde_json::to_vec(req).unwrap();
+        if field.starts_with("Span.trace_id") {
+            let hex_len = if req.resource_spans[0].scope_spans[0].spans[0].trace_id.len() == 15 {
+                30
+            } else {
+                34
+            };
+            assert!(
+                String::from_utf8_lossy(&json).contains(&format!("\"{}\"", "07".repeat(hex_len / 2))),
+                "the JSON carries a {hex_len}-character trace id"
+            );
+        }
+        let r = post(&c, &h.url("/v1/traces"), JSON, json).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{field}");
+        let s = r.status_body();
+        assert_eq!(s.code, rpc::code::INVALID_ARGUMENT);
+        assert!(s.message.contains(field), "JSON {field}: {}", s.message);
+
+        let e = grpc_raw(h.grpc(), TRACE_EXPORT, pb.into()).await.expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(e.message().contains(field), "gRPC {field}: {}", e.message());
+    }
+    h.assert_empty(Signal::Traces);
+
+    // The same requests with valid ids, and values exactly at the limit, pass on every transport.
+    let good = [with(&|s| s.parent_span_id = vec![]), with(&deep(limit))];
+    for req in &good {
+        let r = post(&c, &h.url("/v1/traces"), PB, req.encode_to_vec()).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(decoded_traces(h.next(Signal::Traces).await), *req);
+        let r = post(&c, &h.url("/v1/traces"), JSON, serde_json::to_vec(req).unwrap()).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(decoded_traces(h.next(Signal::Traces).await), *req);
+        grpc_raw(h.grpc(), TRACE_EXPORT, req.encode_to_vec().into())
+            .await
+            .expect("accepted");
+        assert_eq!(decoded_traces(h.next(Signal::Traces).await), *req);
+    }
+    h.stop().await;
+}

@@ -4,16 +4,18 @@
 //!
 //! | trace | spans |
 //! |---|---|
-//! | checkout attempt | frontend `POST /api/checkout` → checkout `oteldemo.CheckoutService/PlaceOrder` → { cart `oteldemo.CartService/GetCart`, payment `oteldemo.PaymentService/Charge`, shipping `oteldemo.ShippingService/ShipOrder`, email `oteldemo.EmailService/SendOrderConfirmation` } (the last two only when the charge succeeded) |
+//! | checkout attempt | frontend `POST /api/checkout` → checkout `oteldemo.CheckoutService/PlaceOrder` → { cart `oteldemo.CartService/GetCart`, payment `grpc.oteldemo.PaymentService/Charge`, shipping `oteldemo.ShippingService/ShipOrder`, email `oteldemo.EmailService/SendOrderConfirmation` } (the last two only when the charge succeeded) |
 //! | browse | frontend `GET /api/products/{productId}` → product-catalog `oteldemo.ProductCatalogService/GetProduct` |
 //! | add to cart | frontend `POST /api/cart` → cart `oteldemo.CartService/AddItem` |
 //!
-//! Business attributes (with `attribute_prefix: app`, `demo.` becomes `app.` and `user.id` becomes `app.user.id`):
+//! Business attributes (with `attribute_prefix: app`, the names of the demo's `app.*` generation, pinned to demo 2.2.0:
+//! `demo.` becomes `app.`, `user.id` `app.user.id`, `demo.user_context.selected_currency` `app.user.currency` and
+//! `demo.user_context.loyalty_level` `app.loyalty.level`):
 //!
 //! | span | business attributes |
 //! |---|---|
 //! | `POST /api/checkout` | `user.id`, `demo.user_context.loyalty_level`, `session.id` |
-//! | `PlaceOrder` | `user.id`, `demo.user_context.loyalty_level`, `demo.user.currency`, `demo.order.id`, `demo.order.items.count`; on success also `demo.order.amount`, `demo.shipping.amount`, `demo.shipping.tracking.id` |
+//! | `PlaceOrder` | `user.id`, `demo.user_context.loyalty_level`, `demo.user_context.selected_currency`, `demo.order.id`, `demo.order.items.count`; on success also `demo.order.amount`, `demo.shipping.amount`, `demo.shipping.tracking.id` |
 //! | `GetCart` | `user.id`, `demo.cart.items.count` |
 //! | `Charge` | `user.id`, `demo.user_context.loyalty_level`, `demo.order.id`, `demo.payment.amount` (string), `demo.payment.card_type`, `demo.payment.card_valid`, `demo.payment.charged`; on success `demo.payment.transaction.id` |
 //! | `ShipOrder` | `demo.order.id`, `demo.shipping.amount`, `demo.shipping.tracking.id` |
@@ -54,7 +56,9 @@ pub mod names {
     pub const FRONTEND_CHECKOUT: &str = "POST /api/checkout";
     pub const PLACE_ORDER: &str = "oteldemo.CheckoutService/PlaceOrder";
     pub const GET_CART: &str = "oteldemo.CartService/GetCart";
-    pub const CHARGE: &str = "oteldemo.PaymentService/Charge";
+    /// The payment service's gRPC server span: the demo's Node instrumentation names it `grpc.<service>/<method>`
+    /// (demo 3.0.0 src/payment/index.js); `oteldemo.PaymentService/Charge` is the checkout service's client span.
+    pub const CHARGE: &str = "grpc.oteldemo.PaymentService/Charge";
     pub const SHIP_ORDER: &str = "oteldemo.ShippingService/ShipOrder";
     pub const SEND_ORDER_CONFIRMATION: &str = "oteldemo.EmailService/SendOrderConfirmation";
     pub const FRONTEND_PRODUCT: &str = "GET /api/products/{productId}";
@@ -303,8 +307,15 @@ impl Keys {
                 AttributePrefix::Demo => "user.id",
                 AttributePrefix::App => "app.user.id",
             }),
-            loyalty: k("user_context.loyalty_level"),
-            user_currency: k("user.currency"),
+            // demo 3.0.0 src/payment/charge.js and src/checkout/main.go; 2.2.0 `app.loyalty.level`, `app.user.currency`.
+            loyalty: match prefix {
+                AttributePrefix::Demo => Key::new("demo.user_context.loyalty_level"),
+                AttributePrefix::App => Key::new("app.loyalty.level"),
+            },
+            user_currency: match prefix {
+                AttributePrefix::Demo => Key::new("demo.user_context.selected_currency"),
+                AttributePrefix::App => Key::new("app.user.currency"),
+            },
             order_id: k("order.id"),
             order_amount: k("order.amount"),
             order_items_count: k("order.items.count"),

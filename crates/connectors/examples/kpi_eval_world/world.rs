@@ -271,7 +271,7 @@ fn span(rng: &mut Rng, name: &str, id: &str, start: u64, dur: u64, error: bool) 
 
 /// Generates the world.
 pub fn generate(sc: &Scenario) -> World {
-    let mut rng = Rng::new(sc.seed ^ 0x5eed_0f_1d3e);
+    let mut rng = Rng::new(sc.seed ^ 0x005e_ed0f_1d3e);
     let end = START + (sc.days * 24.0 * HOUR as f64) as u64;
     let (bl0, bl1) = (sc.at(sc.backlog_start), sc.at(sc.backlog_start + sc.backlog_hours));
     let (cd0, cd1) = (sc.at(sc.carrier_start), sc.at(sc.carrier_start + sc.carrier_hours));

@@ -313,6 +313,8 @@ pub struct BusinessImpactConfig {
     pub incident: IncidentConfig,
     pub impact: ImpactConfig,
     pub goals: Vec<GoalConfig>,
+    /// Trace-aware operations: missing business context from other spans of the same trace ([`super::trace`]).
+    pub trace_context: super::trace::TraceContextConfig,
 }
 
 /// Bucket bounds (seconds) of the duration histogram: the OpenTelemetry semantic conventions' advice for
@@ -353,6 +355,7 @@ impl Default for BusinessImpactConfig {
             incident: IncidentConfig::default(),
             impact: ImpactConfig::default(),
             goals: Vec::new(),
+            trace_context: super::trace::TraceContextConfig::default(),
         }
     }
 }
@@ -625,6 +628,17 @@ impl ComponentConfig for BusinessImpactConfig {
             }
             if g.target.0.is_zero() || g.target.0.is_negative() {
                 e.push(FieldError::new(format!("{p}.target"), "must be greater than 0"));
+            }
+        }
+        if self.trace_context.enabled && self.trace_context.max_traces == 0 {
+            e.push(FieldError::new("trace_context.max_traces", "must be at least 1"));
+        }
+        for (j, a) in self.trace_context.attributes.iter().enumerate() {
+            if a.trim().is_empty() {
+                e.push(FieldError::new(
+                    format!("trace_context.attributes[{j}]"),
+                    "empty attribute name",
+                ));
             }
         }
         e

@@ -34,7 +34,26 @@ use super::output;
 use super::read::{ResRead, SpanRead};
 use super::series::{MoneyKind, SeriesTable};
 use super::sketch::Distinct;
+use super::trace::{self, TraceContext, TraceContextConfig};
 use crate::stats::baseline::LogScale;
+
+/// The attributes a trace's record keeps by default: those the connector reads.
+fn trace_keys(cfg: &BusinessImpactConfig, ops: &[OpSpec]) -> Vec<String> {
+    let mut keys = vec![
+        cfg.business_key.clone(),
+        cfg.tier_attribute.clone(),
+        cfg.order_attribute.clone(),
+        cfg.items_attribute.clone(),
+    ];
+    keys.extend(cfg.customer_attribute.clone());
+    for o in ops {
+        keys.push(o.key.clone());
+        keys.push(o.value.attribute.clone());
+        keys.push(o.value.currency_attribute.clone());
+    }
+    keys.extend(cfg.dimensions.iter().map(|d| d.parts().1));
+    keys
+}
 
 fn ns(d: bizpilot_core::config::Duration) -> u64 {
     u64::try_from(d.get().as_nanos()).unwrap_or(u64::MAX / 4)
@@ -174,6 +193,8 @@ pub struct Compiled {
     max_records: usize,
     max_incidents: usize,
     windows_retained: usize,
+    /// `trace_context` and the attributes its records keep.
+    trace: Option<(TraceContextConfig, Vec<String>)>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -228,6 +249,14 @@ impl Compiled {
             })
             .collect();
         let interval = ns(cfg.incident.evaluation_interval).max(1);
+        let trace = cfg.trace_context.enabled.then(|| {
+            let keys = if cfg.trace_context.attributes.is_empty() {
+                trace_keys(cfg, &ops)
+            } else {
+                cfg.trace_context.attributes.clone()
+            };
+            (cfg.trace_context.clone(), keys)
+        });
         let inc = &cfg.incident;
         let baseline = BaselineParams {
             interval_ns: interval,
@@ -280,6 +309,7 @@ impl Compiled {
             max_records: cfg.impact.max_records,
             max_incidents: cfg.incident.max_retained,
             windows_retained: cfg.impact.windows_retained,
+            trace,
         })
     }
 
@@ -390,7 +420,7 @@ fn span_key(trace: &[u8], span: &[u8]) -> SpanId {
     id
 }
 
-fn id16(b: &[u8]) -> [u8; 16] {
+pub(super) fn id16(b: &[u8]) -> [u8; 16] {
     let mut out = [0u8; 16];
     for (d, s) in out.iter_mut().zip(b) {
         *d = *s;
@@ -398,7 +428,7 @@ fn id16(b: &[u8]) -> [u8; 16] {
     out
 }
 
-fn id8(b: &[u8]) -> [u8; 8] {
+pub(super) fn id8(b: &[u8]) -> [u8; 8] {
     let mut out = [0u8; 8];
     for (d, s) in out.iter_mut().zip(b) {
         *d = *s;
@@ -424,6 +454,8 @@ struct PendingOp {
     series: u32,
     /// (service, span name, status message) of a failure.
     failure: Option<Box<Cause>>,
+    /// With `trace_context`: what the span had, completed from its trace at finalization.
+    unresolved: Option<Box<trace::Unresolved>>,
     /// The value counted in the provisional figures, and whether it counted as at risk there.
     prov_value: Option<Money>,
     prov_risk: bool,
@@ -644,6 +676,7 @@ pub struct Engine {
     now_ns: u64,
     stats: Stats,
     dirty: bool,
+    trace: Option<TraceContext>,
 }
 
 fn lock(b: &Mutex<Book>) -> MutexGuard<'_, Book> {
@@ -661,6 +694,7 @@ fn add_totals(t: &mut MoneyTotals, m: Option<Money>) {
 impl Engine {
     pub fn new(c: Compiled, connector: &str) -> Self {
         let n = c.ops.len();
+        let c_trace = c.trace.clone();
         let book = Arc::new(Mutex::new(Book::new(
             c.operation_names(),
             c.max_records,
@@ -722,6 +756,7 @@ impl Engine {
             now_ns: 0,
             stats: Stats::new(connector),
             dirty: true,
+            trace: c_trace.map(|(cfg, keys)| TraceContext::new(&cfg, keys, connector)),
         }
     }
 
@@ -732,6 +767,11 @@ impl Engine {
 
     pub fn compiled(&self) -> &Compiled {
         &self.c
+    }
+
+    /// Counters of `trace_context` (when enabled).
+    pub fn trace_stats(&self) -> Option<&trace::TraceStats> {
+        self.trace.as_ref().map(|t| &t.stats)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -861,6 +901,9 @@ impl Engine {
                 },
             );
         }
+        if let Some(tc) = self.trace.as_mut() {
+            tc.observe(span, t);
+        }
         self.ingest_span(span, res, service, t);
     }
 
@@ -901,12 +944,26 @@ impl Engine {
             }
             let success = !spec.failed(span, res);
             let a = span;
-            let key = attr_string(a, res, &spec.key);
+            // With trace_context, the value, its currency and the dimensions are resolved at finalization.
+            let unresolved = self.trace.is_some().then(|| {
+                Box::new(trace::Unresolved {
+                    trace: id16(span.trace_id()),
+                    value: attr(a, res, &spec.value.attribute).map(|v| v.to_value()),
+                    currency: attr_string(a, res, &spec.value.currency_attribute),
+                    dims: self.c.dims.iter().map(|(_, src, _)| attr_string(a, res, src)).collect(),
+                })
+            });
+            let mut key = attr_string(a, res, &spec.key);
+            if key.is_none()
+                && let (Some(tc), Some(u)) = (self.trace.as_ref(), unresolved.as_ref())
+            {
+                key = tc.text(&u.trace, &spec.key);
+            }
             let customer = match &self.c.customer_attr {
                 Some(k) => attr_string(a, res, k),
                 None => key.clone(),
             };
-            let value = match attr(a, res, &spec.value.attribute) {
+            let value = match attr(a, res, &spec.value.attribute).filter(|_| unresolved.is_none()) {
                 Some(v) => match amount::money_from_ref(&v, Self::currency_of(&spec.value, a, res)) {
                     Ok(m) => Some(m),
                     Err(_) => {
@@ -926,7 +983,11 @@ impl Engine {
                         .unwrap_or_default()
                 })
                 .collect();
-            let series = self.series.resolve(i, dims);
+            let series = if unresolved.is_some() {
+                0
+            } else {
+                self.series.resolve(i, dims)
+            };
             let failure = (!success).then(|| {
                 Box::new(Cause {
                     service: service.to_string(),
@@ -936,7 +997,11 @@ impl Engine {
             });
             let duration_s = span.end_time().saturating_sub(span.start_time()) as f64 / 1e9;
             let order = attr_string(a, res, &self.c.order_attr);
-            let prov_value = value.or_else(|| {
+            let now = unresolved
+                .as_ref()
+                .and_then(|u| Self::trace_money(self.trace.as_ref(), spec, u))
+                .and_then(Result::ok);
+            let prov_value = value.or(now).or_else(|| {
                 if spec.value.from_state {
                     self.state_value(order.as_deref(), spec.value.default_currency)
                 } else {
@@ -980,6 +1045,7 @@ impl Engine {
                 value,
                 series,
                 failure,
+                unresolved,
                 prov_value,
                 prov_risk,
             })));
@@ -1052,6 +1118,9 @@ impl Engine {
         }
         self.causes
             .expire(target.saturating_sub(self.c.lateness.max(self.c.thresholds.interval_ns)));
+        if let Some(tc) = self.trace.as_mut() {
+            tc.expire(target);
+        }
         self.dirty = true;
     }
 
@@ -1175,6 +1244,73 @@ impl Engine {
         total
     }
 
+    /// Completes `op` from its trace's record (`trace_context`): what its span lacked.
+    fn resolve_from_trace(&mut self, op: &mut PendingOp, u: trace::Unresolved) {
+        let Some(tc) = self.trace.as_mut() else { return };
+        tc.finalizing(&u.trace);
+        let tc = &*tc;
+        let spec = &self.c.ops[op.op];
+        let t = &u.trace;
+        let fill = |f: &mut Option<Box<str>>, key: &str| {
+            if f.is_none() {
+                *f = tc.text(t, key);
+            }
+        };
+        fill(&mut op.key, &spec.key);
+        match &self.c.customer_attr {
+            Some(k) => fill(&mut op.customer, k),
+            None => op.customer = op.key.clone(),
+        }
+        fill(&mut op.tier, &self.c.tier_attr);
+        fill(&mut op.order, &self.c.order_attr);
+        if op.items.is_none() {
+            op.items = tc.get(t, &self.c.items_attr).and_then(|v| v.as_i64());
+        }
+        let value = Self::trace_money(Some(tc), spec, &u);
+        let dims: Box<[Box<str>]> = self
+            .c
+            .dims
+            .iter()
+            .zip(u.dims)
+            .map(|((_, src, default), own)| {
+                own.or_else(|| tc.text(t, src))
+                    .or_else(|| default.as_deref().map(Box::from))
+                    .unwrap_or_default()
+            })
+            .collect();
+        op.value = match value {
+            Some(Ok(m)) => Some(m),
+            Some(Err(_)) => {
+                self.stats.invalid_value.add(1);
+                None
+            }
+            None => None,
+        };
+        op.series = self.series.resolve(op.op, dims);
+    }
+
+    /// The money value of an operation with `trace_context`: the span's value, else the trace's, in the span's
+    /// currency, else the trace's, else the default.
+    fn trace_money(
+        tc: Option<&TraceContext>,
+        spec: &OpSpec,
+        u: &trace::Unresolved,
+    ) -> Option<Result<Money, bizpilot_core::MoneyError>> {
+        let t = &u.trace;
+        let currency = u
+            .currency
+            .clone()
+            .or_else(|| tc.and_then(|tc| tc.text(t, &spec.value.currency_attribute)))
+            .and_then(|s| Currency::new(&s).ok())
+            .or(spec.value.default_currency);
+        let raw = u
+            .value
+            .as_ref()
+            .map(ValueRef::from_value)
+            .or_else(|| tc.and_then(|tc| tc.get(t, &spec.value.attribute)));
+        raw.map(|v| amount::money_from_ref(&v, currency))
+    }
+
     /// Takes a pending operation out of the provisional figures.
     fn unprovision(&mut self, op: &PendingOp) {
         let prov = &mut self.ops[op.op].prov;
@@ -1204,9 +1340,13 @@ impl Engine {
         }
     }
 
-    fn finalize(&mut self, op: PendingOp) {
-        let i = op.op;
+    fn finalize(&mut self, mut op: PendingOp) {
+        // The provisional figures counted what was known at arrival: take that out before completing.
         self.unprovision(&op);
+        if let Some(u) = op.unresolved.take() {
+            self.resolve_from_trace(&mut op, *u);
+        }
+        let i = op.op;
         self.stats.operations.add(1);
         let value = op.value.or_else(|| {
             if self.c.ops[i].value.from_state {
@@ -1456,8 +1596,11 @@ impl Engine {
         {
             ep.records.push(id);
         }
+        // The order by its id, else the order a business event of the same trace named (its
+        // trace link: a `traceparent` on the event), for the record's items and tier.
         let order_ctx = match (&self.c.state, &f.order) {
             (Some(s), Some(o)) => s.orders.peek(o),
+            (Some(s), None) => bizpilot_business::trace_key(&f.trace).and_then(|t| s.order_of_trace(&t)),
             _ => None,
         };
         let currency = f.value.map(|v| v.currency());
@@ -1495,10 +1638,14 @@ impl Engine {
             key: f.key.clone(),
             customer,
             tier,
-            cart_value: f.value,
+            cart_value: f.value.or_else(|| order_ctx.as_ref().and_then(|o| o.value())),
             items,
             item_count,
-            order_id: f.order.as_deref().map(str::to_string),
+            order_id: f
+                .order
+                .as_deref()
+                .map(str::to_string)
+                .or_else(|| order_ctx.as_ref().map(|o| o.order_id.clone())),
             failure: f.failure.clone(),
             root_cause: f.root.clone(),
             trace_id: f.trace,

@@ -159,6 +159,10 @@
 //! | `impact.max_records` | `100000` | impact records kept for the API (oldest go first) |
 //! | `impact.windows_retained` | `48` | closed affected-customer windows kept for the API |
 //! | `goals[]` | `[]` | `{name, operation, target: "USD 1000000", period: 1h}` |
+//! | `trace_context.enabled` | `false` | an operation takes what its span lacks (value, currency, customer, tier, order, items, dimensions) from other spans of its trace ([`trace`]) |
+//! | `trace_context.wait` | `30s` | how long a trace's record is kept after its newest span, behind the watermark |
+//! | `trace_context.max_traces` | `100000` | most trace records held (the oldest are evicted, counted) |
+//! | `trace_context.attributes` | what the connector reads | the attributes a trace's record keeps |
 //!
 //! ```yaml
 //! connectors:
@@ -194,7 +198,8 @@
 //! `forced`), `bizpilot_connector_business_impact_dropped_spans_total{reason}` (`duplicate`, `late`),
 //! `bizpilot_connector_business_impact_missing_total{field}` (`business_key`, `value`, `invalid_value`),
 //! `bizpilot_connector_business_impact_evictions_total{what}` (`business_key`, `span_id`),
-//! `bizpilot_connector_business_impact_overflowed_points_total`, and the gauge
+//! `bizpilot_connector_business_impact_overflowed_points_total`,
+//! `bizpilot_connector_business_impact_trace_context_total{event}` (`incomplete`, `evicted`, `late`), and the gauge
 //! `bizpilot_connector_business_impact_pending_spans`.
 
 pub mod api;
@@ -206,6 +211,7 @@ pub mod output;
 mod read;
 pub mod series;
 pub mod sketch;
+pub mod trace;
 
 pub use config::BusinessImpactConfig;
 pub use engine::{Compiled, Engine};

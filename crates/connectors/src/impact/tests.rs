@@ -42,7 +42,7 @@ operations:
     service: checkout
     span_name: oteldemo.CheckoutService/PlaceOrder
   - name: payment
-    span_name: oteldemo.PaymentService/Charge
+    span_name: grpc.oteldemo.PaymentService/Charge
 business_key: user.id
 tier_attribute: demo.user_context.loyalty_level
 order_attribute: demo.order.id
@@ -102,6 +102,7 @@ fn outage_engine(work: &bizpilot_shopgen::Workload, path: Path) -> Engine {
             max_orders: 1_000_000,
             max_customers: 1_000_000,
             ttl: None,
+            ..StateConfig::default()
         },
     ));
     let mapping = EventMapping::default();
@@ -402,7 +403,7 @@ async fn the_connector_emits_cumulative_metrics_and_records_and_serves_its_api()
     .unwrap();
     let yaml = r#"
 operations:
-  - {name: payment, span_name: oteldemo.PaymentService/Charge}
+  - {name: payment, span_name: grpc.oteldemo.PaymentService/Charge}
 business_key: user.id
 tier_attribute: demo.user_context.loyalty_level
 value: {attribute: demo.payment.amount, default_currency: USD}

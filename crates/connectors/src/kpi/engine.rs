@@ -1105,7 +1105,14 @@ impl Engine {
 
     fn cause(&self, o: &Order) -> Cause {
         let slowed = self.flows.get(o.stage).is_some_and(StageFlow::slowed);
-        cause_of(&self.health, &self.stage_service_ids, o, slowed, &self.medians())
+        cause_of(
+            &self.health,
+            &self.stage_service_ids,
+            o,
+            slowed,
+            &self.medians(),
+            long_wait(&self.c.kpis),
+        )
     }
 
     fn medians(&self) -> Vec<f64> {
@@ -1347,7 +1354,9 @@ impl Engine {
             }
             let medians = medians_of(model, c.stages.len());
             let slowed: Vec<bool> = flows.iter().map(StageFlow::slowed).collect();
-            let mut expected = vec![0.0; flows.len()];
+            // Summed in fixed point (1e-9 of an order): integer sums do not depend on the map's order, so a
+            // replay gives what the live run gave to the last bit.
+            let mut expected = vec![0u64; flows.len()];
             for (id, o) in orders.iter_mut() {
                 let age = o.clock;
                 let mixture = mixtures.get(o.stage).map_or(&[TimeChange::NORMAL][..], |v| &v[..]);
@@ -1360,7 +1369,7 @@ impl Engine {
                 if let Some(x) = model.exit_probability(o.stage, o.cond, age, interval)
                     && let Some(e) = expected.get_mut(o.stage)
                 {
-                    *e += x;
+                    *e += (x * 1e9).round() as u64;
                 }
                 // Stages after this one that are slowed now delay the order too, if it gets there before they
                 // recover (it is taken to get there after the typical duration of its current stage).
@@ -1402,7 +1411,8 @@ impl Engine {
                         });
                     }
                     let at_risk = p.is_some_and(|p| f64::from(p) >= c.threshold);
-                    let cause = at_risk.then(|| cause_of(health, stage_service_ids, o, stage_slowed, &medians));
+                    let cause = at_risk
+                        .then(|| cause_of(health, stage_service_ids, o, stage_slowed, &medians, long_wait(&c.kpis)));
                     let services: Vec<u16> = if at_risk && st.flagged_at.is_none() {
                         o.evidence.iter().filter(|e| e.bad() > 0).map(|e| e.service).collect()
                     } else {
@@ -1427,7 +1437,7 @@ impl Engine {
                 }
             }
             for (f, e) in flows.iter_mut().zip(expected) {
-                f.expected_next += e;
+                f.expected_next += e as f64 / 1e9;
             }
         }
         flagged.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.total_cmp(&a.2)).then_with(|| a.1.cmp(&b.1)));
@@ -1775,6 +1785,12 @@ impl Engine {
     }
 }
 
+/// A wait in a stage long enough for failures during it to count as the order's delay: 1/24 of the shortest
+/// KPI deadline (1 h for 24 h).
+fn long_wait(kpis: &[Kpi]) -> u64 {
+    kpis.iter().map(|k| k.deadline).min().unwrap_or(0) / 24
+}
+
 /// Median (clock) duration of each stage, healthy orders (infinite while not learned).
 fn medians_of(model: &Model, stages: usize) -> Vec<f64> {
     (0..stages)
@@ -1810,7 +1826,14 @@ pub const EVIDENCE_OVERLAP_NS: u64 = 3_600_000_000_000;
 /// failures or slowness overlap the order's current delay in path (it serves the order's current stage) and
 /// time (the order's own failed/slow span of it at most [`EVIDENCE_OVERLAP_NS`] before entering the stage or
 /// later, or the service unhealthy now); the stage is named when it is slowed for everybody (`slowed`).
-fn cause_of(health: &Health, stage_services: &[Vec<u16>], o: &Order, slowed: bool, medians: &[f64]) -> Cause {
+fn cause_of(
+    health: &Health,
+    stage_services: &[Vec<u16>],
+    o: &Order,
+    slowed: bool,
+    medians: &[f64],
+    long_wait: u64,
+) -> Cause {
     let services = stage_services.get(o.stage).map_or(&[][..], |v| &v[..]);
     let stage = if slowed { u8::try_from(o.stage).ok() } else { o.hit };
     let own = |e: &Evidence| Cause {
@@ -1829,7 +1852,7 @@ fn cause_of(health: &Health, stage_services: &[Vec<u16>], o: &Order, slowed: boo
             return own(e);
         }
     }
-    // An earlier stage the order waited unusually long in (≥ 1 h and ≥ 4 × its median), with failed or slow
+    // An earlier stage the order waited unusually long in (≥ `long_wait` and ≥ 4 × its median), with failed or slow
     // spans of this order of a service serving it during that wait: that trouble is part of the delay.
     for m in (0..o.stage).rev() {
         let (start, end) = (
@@ -1839,7 +1862,7 @@ fn cause_of(health: &Health, stage_services: &[Vec<u16>], o: &Order, slowed: boo
         let (Some(end), true) = (end, start != 0) else { continue };
         let waited = end.saturating_sub(start);
         let typical = medians.get(m).copied().unwrap_or(f64::INFINITY);
-        if waited < EVIDENCE_OVERLAP_NS || (waited as f64) < 4.0 * typical {
+        if waited < long_wait || (waited as f64) < 4.0 * typical {
             continue;
         }
         for s in stage_services.get(m).map_or(&[][..], |v| &v[..]) {
@@ -1888,7 +1911,7 @@ fn thousands(n: u64) -> String {
     let d = n.to_string();
     let mut out = String::with_capacity(d.len() + d.len() / 3);
     for (i, ch) in d.chars().enumerate() {
-        if i > 0 && (d.len() - i) % 3 == 0 {
+        if i > 0 && (d.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

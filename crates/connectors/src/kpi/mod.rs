@@ -82,7 +82,7 @@
 //!   A **service** is named only when its trouble overlaps the order's current delay in path and time: (1) a
 //!   service of its current stage with failed (`errors`) or slow (`latency`) spans of this order that ended at
 //!   most 1 h before the order entered the stage or later; else (2) a service of an earlier stage the order
-//!   waited unusually long in (≥ 1 h and ≥ 4 × that stage's median), with failed or slow spans of this order
+//!   waited unusually long in (≥ 1/24 of the deadline, 1 h for 24 h, and ≥ 4 × that stage's median), with failed or slow spans of this order
 //!   during that wait (a payment failure that kept it 10 h in `placed`); else (3) a service of its stage
 //!   unhealthy now (service-wide). A card decline retried within minutes is not blamed for a delivery delay a day later.
 //!   Labels read `shipping latency`, `payment errors`, `paid stage slowdown` (stage only), or `none` ("no IT

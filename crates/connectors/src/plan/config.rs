@@ -94,8 +94,18 @@ pub struct CampaignConfig {
     /// Orders per hour to plan for (sets the rate of `orders_step`).
     pub orders_per_hour: Option<f64>,
     /// Revenue per hour to plan for (`"USD 1000000"`): orders per hour at today's average order value.
-    pub revenue_per_hour: Option<Money>,
+    pub revenue_per_hour: Option<String>,
     pub window: WindowConfig,
+}
+
+impl CampaignConfig {
+    /// `revenue_per_hour` as exact money (`"USD 1000000"`, `"1000000 USD"`).
+    pub fn revenue(&self) -> Option<Result<Money, String>> {
+        self.revenue_per_hour.as_ref().map(|r| {
+            Money::parse(r.trim_end_matches(" per hour").trim_end_matches("/h"), None)
+                .map_err(|e| format!("{r:?}: {e} (write e.g. \"USD 1000000\")"))
+        })
+    }
 }
 
 /// Per-service limits and replicas.
@@ -310,10 +320,12 @@ impl ComponentConfig for CapacityPlannerConfig {
                     "must be a positive number",
                 ));
             }
-            if let Some(r) = &c.revenue_per_hour
-                && (r.is_negative() || r.is_zero())
-            {
-                e.push(FieldError::new(format!("{p}.revenue_per_hour"), "must be positive"));
+            match c.revenue() {
+                Some(Ok(r)) if r.is_negative() || r.is_zero() => {
+                    e.push(FieldError::new(format!("{p}.revenue_per_hour"), "must be positive"))
+                }
+                Some(Err(m)) => e.push(FieldError::new(format!("{p}.revenue_per_hour"), m)),
+                _ => {}
             }
             if c.orders_per_hour.is_some() && c.revenue_per_hour.is_some() {
                 e.push(FieldError::new(

@@ -271,7 +271,8 @@ fn multipliers(c: &CampaignConfig, cfg: &CapacityPlannerConfig, o: &Observed, or
             .map(|s| s.0 as f64 / o.seconds.max(1e-9) * 3600.0)
             .unwrap_or(0.0)
     };
-    let target = match (c.orders_per_hour, &c.revenue_per_hour, orders) {
+    let revenue = c.revenue().and_then(Result::ok);
+    let target = match (c.orders_per_hour, &revenue, orders) {
         (Some(x), _, Some(_)) => Some(x),
         (None, Some(r), Some(_)) => {
             let total = o.order_value.get(r.currency());

@@ -81,6 +81,17 @@ fn bad_campaigns_name_the_path() {
         "{e:?}"
     );
     assert!(errors("{}").iter().any(|m| m.starts_with("steps:")));
+    let e = errors(&format!("{STEPS}campaigns:\n  - {{name: m, revenue_per_hour: lots}}\n"));
+    assert!(
+        e.iter().any(|m| m.starts_with("campaigns[0].revenue_per_hour:")),
+        "{e:?}"
+    );
+    assert!(
+        errors(&format!(
+            "{STEPS}campaigns:\n  - {{name: m, revenue_per_hour: USD 1000000}}\n"
+        ))
+        .is_empty()
+    );
 }
 
 fn span(trace: u8, id: u8, parent: u8, name: &str, start_s: u64, dur_ms: u64) -> Span {
@@ -189,4 +200,53 @@ fn model_counts_fan_out_and_concurrency() {
     let r = bizpilot_core::ApiHandler::handle(&api, "plan", &[("campaign".into(), "nope".into())]).expect("answers");
     assert_eq!(r.status, 404);
     assert!(bizpilot_core::ApiHandler::handle(&api, "impact", &[]).is_none());
+}
+
+/// Without limits, capacity comes from observed saturation: latency growing with load as in an M/M/1
+/// queue (W = 1/(μ − λ), μ = 20/s) gives back μ from the fit of 1/W against the rate.
+#[test]
+fn capacity_from_observed_saturation() {
+    let c = cfg(&format!(
+        "{STEPS}campaigns:\n  - {{name: sale, traffic: \"+50%\"}}\ntrace_timeout: 1h\n"
+    ));
+    let mut m = Model::new(Settings::new(&c).expect("settings"));
+    let base = 60_000u64 * 1_000_000_000;
+    let mut spans = Vec::new();
+    let mut n: u32 = 0;
+    for minute in 0..8u64 {
+        let rate = 2 * (minute + 1); // 2, 4, … 16 calls/s
+        let w = 1.0 / (20.0 - rate as f64);
+        for i in 0..rate * 60 {
+            n += 1;
+            let start = base + minute * 60_000_000_000 + i * 60_000_000_000 / (rate * 60);
+            spans.push(Span {
+                trace_id: n.to_be_bytes().repeat(4),
+                span_id: n.to_be_bytes().repeat(2),
+                name: "GET /api/products".into(),
+                kind: SpanKind::Server as i32,
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + (w * 1e9) as u64,
+                ..Default::default()
+            });
+        }
+    }
+    // One more span to close the last minute.
+    let mut last = spans.last().cloned().expect("spans");
+    last.start_time_unix_nano = base + 8 * 60_000_000_000;
+    last.end_time_unix_nano = last.start_time_unix_nano + 1_000_000;
+    last.trace_id = vec![9; 16];
+    spans.push(last);
+    m.ingest(&mut request("frontend", "frontend-0", spans));
+    m.flush();
+    let plan = planner::plan("p", &c, &m.observed());
+    let f = &plan.campaigns[0].services[0];
+    assert_eq!(f.replicas_now, Some(1));
+    let cap = f.capacity_per_replica.value().expect("a capacity");
+    assert!((cap - 20.0).abs() < 0.5, "{cap} {:?}", f.capacity_per_replica);
+    assert!(
+        f.capacity_source.starts_with("observed saturation"),
+        "{}",
+        f.capacity_source
+    );
+    assert_eq!(f.load.points.len(), 8);
 }

@@ -48,14 +48,32 @@ pub enum LogEncoding {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsTelemetry {
-    /// Address of the admin server with `/metrics`, `/healthz` and `/readyz`; empty disables it.
+    /// Address of the admin server with `/metrics`, `/healthz`, `/readyz` and the data API
+    /// `/api/v1/...`; empty disables it. Loopback by default, like the Collector's endpoints: the
+    /// data API lists customers.
     pub address: String,
+    /// Credentials the data API (`/api/v1/...`) requires from peers that are not on loopback.
+    /// Without them, the data API answers only loopback peers (403 otherwise); `/metrics`,
+    /// `/healthz` and `/readyz` stay open.
+    pub auth: Option<AdminAuth>,
 }
+
+/// `service.telemetry.metrics.auth`: a static bearer token.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminAuth {
+    /// Requests must send `authorization: Bearer <bearer_token>`.
+    pub bearer_token: String,
+}
+
+/// The admin server's default address (loopback only).
+pub const DEFAULT_ADMIN_ADDRESS: &str = "localhost:8888";
 
 impl Default for MetricsTelemetry {
     fn default() -> Self {
         Self {
-            address: "0.0.0.0:8888".into(),
+            address: DEFAULT_ADMIN_ADDRESS.into(),
+            auth: None,
         }
     }
 }
@@ -284,6 +302,14 @@ pub fn validate(raw: &RawConfig, registry: &Registry) -> (Option<Config>, Vec<Di
         c.error(
             "service.telemetry.logs.level",
             format!("invalid level {:?}", service.telemetry.logs.level),
+        );
+    }
+    if let Some(auth) = &service.telemetry.metrics.auth
+        && auth.bearer_token.trim().is_empty()
+    {
+        c.error(
+            "service.telemetry.metrics.auth.bearer_token",
+            "required when auth is set (e.g. ${env:BIZPILOT_ADMIN_TOKEN})",
         );
     }
     if !service.telemetry.metrics.address.is_empty()

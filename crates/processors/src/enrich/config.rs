@@ -181,6 +181,9 @@ pub struct JoinConfig {
     /// Most spans waiting at once; beyond it spans go on at once (counted).
     pub max_held_spans: usize,
     pub attributes: JoinAttributes,
+    /// Record each trace's customer and tier in the state, for business events of the same trace
+    /// that name no customer (the OpenTelemetry Demo's `OrderResult`).
+    pub link_traces: bool,
 }
 
 impl Default for JoinConfig {
@@ -192,6 +195,7 @@ impl Default for JoinConfig {
             window: Duration::default(),
             max_held_spans: 10_000,
             attributes: JoinAttributes::default(),
+            link_traces: false,
         }
     }
 }

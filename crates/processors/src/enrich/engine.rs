@@ -43,6 +43,8 @@ pub trait Item {
     fn name(&self) -> &str;
     fn attributes(&self) -> &[KeyValue];
     fn attributes_mut(&mut self) -> &mut Vec<KeyValue>;
+    /// The trace id (empty when none).
+    fn trace_id(&self) -> &[u8];
 }
 
 impl Item for Span {
@@ -55,6 +57,9 @@ impl Item for Span {
     fn attributes_mut(&mut self) -> &mut Vec<KeyValue> {
         &mut self.attributes
     }
+    fn trace_id(&self) -> &[u8] {
+        &self.trace_id
+    }
 }
 
 impl Item for LogRecord {
@@ -66,6 +71,9 @@ impl Item for LogRecord {
     }
     fn attributes_mut(&mut self) -> &mut Vec<KeyValue> {
         &mut self.attributes
+    }
+    fn trace_id(&self) -> &[u8] {
+        &self.trace_id
     }
 }
 
@@ -470,6 +478,7 @@ struct StateJoin {
     order_key: Key,
     customer_key: Key,
     to: JoinKeys,
+    link_traces: bool,
 }
 
 /// Adds a string attribute unless `key` is present (or not named).
@@ -488,9 +497,11 @@ impl StateJoin {
         customer_key: &str,
         to: &JoinAttributes,
         vocab: &mut Vocab,
+        link_traces: bool,
     ) -> Self {
         StateJoin {
             state,
+            link_traces,
             order_key: vocab.key(order_key),
             customer_key: vocab.key(customer_key),
             to: JoinKeys {
@@ -566,7 +577,22 @@ impl StateJoin {
                 }
             }
         }
+        if self.link_traces {
+            self.link_trace(a);
+        }
         out
+    }
+
+    /// Records the item's customer and tier as its trace's (see `join.link_traces`).
+    fn link_trace<T: Target>(&self, a: &T) {
+        let customer = a.get(&self.customer_key).as_ref().and_then(target::text);
+        let tier = a.get(&self.to.customer_tier).as_ref().and_then(target::text);
+        if customer.is_none() && tier.is_none() {
+            return;
+        }
+        if let Some(trace) = bizpilot_business::trace_key(a.trace_id()) {
+            self.state.link_span(&trace, customer.as_deref(), tier.as_deref());
+        }
     }
 }
 
@@ -826,6 +852,7 @@ impl Engine {
                 &cfg.join.customer_key,
                 &cfg.join.attributes,
                 &mut vocab,
+                cfg.join.link_traces,
             )),
             None => None,
         };

@@ -63,6 +63,7 @@
 //! | `join.customer_key` | `business.customer.id` | attribute holding the customer id |
 //! | `join.window` | `0s` | how long a span may wait for its order; `0` = never wait |
 //! | `join.max_held_spans` | `10000` | most spans waiting at once |
+//! | `join.link_traces` | `false` | record each trace's customer and tier (after the rules and the join: `join.customer_key`, `join.attributes.customer_tier`) in the state's trace links, so that a business event of the same trace that names no customer (the OpenTelemetry Demo's `OrderResult`, by its `traceparent`) gets them, in either arrival order (`docs/order-result-join.md`) |
 //! | `join.attributes.customer_id` | `business.customer.id` | where the order's customer goes (empty: not written) |
 //! | `join.attributes.customer_tier` | `business.customer.tier` | the customer's tier |
 //! | `join.attributes.order_value` | `business.order.value` | the order value, exact decimal string |
@@ -84,7 +85,7 @@
 //!       - copy: {from: user.id, to: business.customer.id}
 //!       - copy: {from: demo.user_context.loyalty_level, to: business.customer.tier}
 //!       - when: {span_name: oteldemo.CheckoutService/PlaceOrder}
-//!         parse_money: {from: demo.order.amount, currency_from: demo.user.currency, default_currency: USD}
+//!         parse_money: {from: demo.order.amount, currency_from: demo.user_context.selected_currency, default_currency: USD}
 //!       - after_join: true
 //!         classify:
 //!           from: business.order.value

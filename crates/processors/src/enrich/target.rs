@@ -165,6 +165,8 @@ fn put_str_field(out: &mut Vec<u8>, s: &str) {
 pub(crate) trait Target {
     /// The span name; for a log record, its event name.
     fn name(&self) -> &str;
+    /// The trace id (empty when none).
+    fn trace_id(&self) -> &[u8];
     /// The value of `k` (first occurrence; `None` when absent or without a value).
     fn get(&self, k: &Key) -> Option<ValueRef<'_>>;
     /// Whether `k` is present, with or without a value.
@@ -186,6 +188,9 @@ pub(crate) struct Decoded<'x, I: Item>(pub &'x mut I);
 impl<I: Item> Target for Decoded<'_, I> {
     fn name(&self) -> &str {
         self.0.name()
+    }
+    fn trace_id(&self) -> &[u8] {
+        self.0.trace_id()
     }
     fn get(&self, k: &Key) -> Option<ValueRef<'_>> {
         attrs::get(self.0.attributes(), &k.name).map(ValueRef::from_value)
@@ -267,10 +272,13 @@ impl Scratch {
         self.arena.clear();
         let base = raw.as_ptr() as usize;
         let mut name = "";
+        let mut trace_id: &[u8] = &[];
         for (tag, w, _) in Fields::new(raw) {
             let (9, Wire::Bytes(kv)) = (tag, w) else {
-                if let (5, Wire::Bytes(b)) = (tag, w) {
-                    name = std::str::from_utf8(b).unwrap_or("");
+                match (tag, w) {
+                    (5, Wire::Bytes(b)) => name = std::str::from_utf8(b).unwrap_or(""),
+                    (1, Wire::Bytes(b)) => trace_id = b,
+                    _ => {}
                 }
                 continue;
             };
@@ -292,6 +300,7 @@ impl Scratch {
         Overlay {
             vocab,
             name,
+            trace_id,
             raw,
             s: self,
         }
@@ -302,6 +311,7 @@ impl Scratch {
 pub(crate) struct Overlay<'s> {
     vocab: &'s Vocab,
     name: &'s str,
+    trace_id: &'s [u8],
     raw: &'s [u8],
     s: &'s mut Scratch,
 }
@@ -392,6 +402,9 @@ impl Overlay<'_> {
 impl Target for Overlay<'_> {
     fn name(&self) -> &str {
         self.name
+    }
+    fn trace_id(&self) -> &[u8] {
+        self.trace_id
     }
     fn get(&self, k: &Key) -> Option<ValueRef<'_>> {
         let src = self.source(k)?;

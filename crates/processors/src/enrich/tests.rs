@@ -110,7 +110,7 @@ rules:
   - copy: {from: user.id, to: business.customer.id}
   - rename: {from: demo.user_context.loyalty_level, to: business.customer.tier}
   - when: {service: checkout, span_name: oteldemo.CheckoutService/PlaceOrder}
-    parse_money: {from: demo.order.amount, currency_from: demo.user.currency, default_currency: USD}
+    parse_money: {from: demo.order.amount, currency_from: demo.user_context.selected_currency, default_currency: USD}
   - when: {span_name_regex: '^oteldemo\.PaymentService/', exists: [demo.payment.amount]}
     parse_money: {from: demo.payment.amount, default_currency: USD, to: business.payment.value, currency_to: ""}
   - when: {attributes: {demo.payment.charged: true}}
@@ -136,7 +136,7 @@ rules:
                     kv_str("user.id", "c-1"),
                     kv_str("demo.user_context.loyalty_level", "gold"),
                     kv_f64("demo.order.amount", 1234.5),
-                    kv_str("demo.user.currency", "EUR"),
+                    kv_str("demo.user_context.selected_currency", "EUR"),
                     kv_str("session.id", "s"),
                 ],
             ),

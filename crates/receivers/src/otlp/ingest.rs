@@ -124,39 +124,18 @@ impl LogLimit {
 }
 
 /// A static bearer token that requests must present.
-pub(crate) struct BearerAuth {
-    token: Vec<u8>,
-}
+pub(crate) struct BearerAuth(bizpilot_core::auth::BearerToken);
 
 impl BearerAuth {
     pub(crate) fn new(token: &str) -> Self {
-        Self {
-            token: token.trim().as_bytes().to_vec(),
-        }
+        Self(bizpilot_core::auth::BearerToken::new(token))
     }
 
     /// Whether `headers` carry `authorization: Bearer <token>`.
     pub(crate) fn check(&self, headers: &http::HeaderMap) -> bool {
-        let Some(v) = headers.get(http::header::AUTHORIZATION) else {
-            return false;
-        };
-        let v = v.as_bytes();
-        let Some((scheme, rest)) = v.split_first_chunk::<7>() else {
-            return false;
-        };
-        if !scheme.eq_ignore_ascii_case(b"bearer ") {
-            return false;
-        }
-        constant_time_eq(rest.trim_ascii(), &self.token)
+        self.0
+            .accepts(headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()))
     }
-}
-
-/// Compares without leaking where the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

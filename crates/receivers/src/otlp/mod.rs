@@ -28,6 +28,23 @@
 //!
 //! At least one protocol must be enabled.
 //!
+//! **What is refused.** A request is accepted or refused whole (gRPC `INVALID_ARGUMENT`, HTTP
+//! 400 with a `google.rpc.Status` in the request's format whose message names the field and
+//! what is wrong with it; `bizpilot_receiver_bad_requests_total{reason="malformed"}` counts it):
+//! protobuf that prost could not decode (truncation, wrong wire types, invalid UTF-8), JSON that
+//! is not OTLP/JSON, and, in both encodings alike (JSON input goes through the protobuf walk
+//! too):
+//! - a trace id that is not 16 bytes or a span id that is not 8 bytes (32 and 16 hex
+//!   characters in OTLP/JSON; so a 15-byte trace id, or 30 or 34 hex characters), in spans
+//!   (`Span.trace_id`, `Span.span_id`, `Span.parent_span_id`), links, log records and
+//!   exemplars. Empty ids are accepted (absent, e.g. the parent of a root span). The OTLP
+//!   specification makes such ids invalid; the Collector's pdata refuses them the same way
+//!   ("invalid length for ID"), so the client learns of its bug instead of losing spans
+//!   silently to a partial success nobody reads;
+//! - an `AnyValue` nested deeper than `bizpilot_core::wire::MAX_ANY_VALUE_DEPTH` (25) levels,
+//!   counting arrays and kvlists alike (an attribute's value is level 1): the deepest that
+//!   prost's recursion limit and serde_json's depth limit let every placement decode.
+//!
 //! ```yaml
 //! receivers:
 //!   otlp:

@@ -82,6 +82,8 @@ env:
     value: {{ printf "%s:%v" $listen .Values.ports.otlpHttp | quote }}
   - name: BIZPILOT_ADMIN_ENDPOINT
     value: {{ printf "0.0.0.0:%v" .Values.ports.admin | quote }}
+  - name: BIZPILOT_HEALTH_ENDPOINT
+    value: {{ printf "0.0.0.0:%v" .Values.ports.health | quote }}
 {{- if $sidecar }}
   - name: BIZPILOT_GATEWAY_ENDPOINT
     value: {{ .Values.sidecar.gatewayEndpoint | quote }}
@@ -114,13 +116,16 @@ ports:
   - name: {{ ternary "bizpilot-admin" "admin" $sidecar }}
     containerPort: {{ .Values.ports.admin }}
     protocol: TCP
-{{- $admin := .Values.ports.admin -}}
+  - name: {{ ternary "bizpilot-health" "health" $sidecar }}
+    containerPort: {{ .Values.ports.health }}
+    protocol: TCP
+{{- $health := .Values.ports.health -}}
 {{- range $field, $probe := dict "startupProbe" .Values.probes.startup "livenessProbe" .Values.probes.liveness "readinessProbe" .Values.probes.readiness }}
 {{- if and $probe $probe.enabled }}
 {{ $field }}:
   httpGet:
     path: {{ $probe.path }}
-    port: {{ $admin }}
+    port: {{ $health }}
   {{- with omit $probe "enabled" "path" }}
   {{- toYaml . | nindent 2 }}
   {{- end }}

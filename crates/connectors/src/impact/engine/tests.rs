@@ -666,6 +666,7 @@ fn a_cart_without_a_value_is_priced_from_its_line_items_on() {
             max_orders: 100,
             max_customers: 100,
             ttl: None,
+            ..StateConfig::default()
         },
     ));
     // The order's event has line items but neither an amount nor prices for every item.
@@ -910,4 +911,53 @@ fn a_latency_degradation_opens_a_latency_incident() {
     assert_eq!(incidents[0].start, 1300 * S);
     assert_eq!(incidents[0].end, Some(1360 * S));
     assert_eq!(b.records().count(), 0, "nobody failed");
+}
+
+#[test]
+fn a_failed_operation_lists_the_order_a_business_event_of_its_trace_names() {
+    both_paths(a_failed_operation_lists_the_order_a_business_event_of_its_trace_names_on);
+}
+
+fn a_failed_operation_lists_the_order_a_business_event_of_its_trace_names_on() {
+    use bizpilot_business::{BusinessEvent, BusinessState, StateConfig, trace_key};
+    let state = Arc::new(BusinessState::new("business_state", StateConfig::default()));
+    // A business event published with the failed checkout's `traceparent` names its order and cart.
+    let trace: u128 = 0x0123_4567_89ab_cdef_0011_2233_4455_6677;
+    let mut ev = BusinessEvent::new("payment.failed", 1);
+    ev.order_id = Some("o-9".into());
+    ev.amount = Some(usd("25.50"));
+    ev.items = vec![LineItem {
+        sku: "SKU-9".into(),
+        quantity: 2,
+        unit_price: Some(usd("12.75")),
+    }];
+    state.apply_traced(&mut ev, &trace_key(&trace.to_be_bytes()).unwrap());
+    // The failed span itself names no order and no value (as the demo's failed PlaceOrder).
+    let cfg = config(
+        r#"{allowed_lateness: 1s, value: {attribute: absent, default_currency: USD, from_state: false},
+            incident: {window: 10s, evaluation_interval: 10s, open_threshold: 0.5, close_threshold: 0.2, min_operations: 1}}"#,
+    );
+    let mut e = Engine::new(Compiled::new(&cfg, Some(state), None, None).unwrap(), "t");
+    feed(&mut e, &request(&[op_span(trace, 1000 * S, "c1", false, "")]));
+    // Another trace without any event: its record has no order.
+    feed(&mut e, &request(&[op_span(7, 1001 * S, "c2", false, "")]));
+    feed(&mut e, &request(&[op_span(8, 1030 * S, "c3", true, "")]));
+    e.flush();
+    let b = e.book();
+    let b = b.lock().unwrap();
+    let by_customer: HashMap<&str, &ImpactRecord> =
+        b.records().map(|r| (r.customer.as_deref().unwrap_or(""), r)).collect();
+    let r = by_customer["c1"];
+    assert_eq!(r.order_id.as_deref(), Some("o-9"));
+    assert_eq!(r.cart_value, Some(usd("25.50")));
+    let items: Vec<(&str, i64, Option<Money>)> = r
+        .items
+        .iter()
+        .map(|i| (i.sku.as_str(), i.quantity, i.unit_price))
+        .collect();
+    assert_eq!(items, vec![("SKU-9", 2, Some(usd("12.75")))]);
+    assert_eq!(r.item_count, Some(1));
+    let other = by_customer["c2"];
+    assert_eq!((other.order_id.as_deref(), other.cart_value), (None, None));
+    assert!(other.items.is_empty());
 }
