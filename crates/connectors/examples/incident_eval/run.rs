@@ -157,7 +157,9 @@ pub fn replay(cfg: &BusinessImpactConfig, world: &World) -> Outcome {
 pub struct Detection {
     /// Seconds from the first affected checkout to the incident's open (event time).
     pub ttd_s: f64,
-    /// Incident start − true start, incident end − true end (seconds; end None while open).
+    /// Incident start − true start, incident end − true end (seconds; end None while open). The true end is
+    /// the later of the injection's end and the end time of the last checkout it affected (a 2-second
+    /// checkout that started inside a slowdown ends after it, and event time is the spans' end).
     pub start_err_s: f64,
     pub end_err_s: Option<f64>,
 }
@@ -191,7 +193,7 @@ pub fn score(world: &World, out: &Outcome) -> Scored {
             Detection {
                 ttd_s: s(f.detected as i128 - t.first_hit.unwrap_or(t.start) as i128),
                 start_err_s: s(f.start as i128 - t.start as i128),
-                end_err_s: f.end.map(|e| s(e as i128 - t.end as i128)),
+                end_err_s: f.end.map(|e| s(e as i128 - t.end.max(t.last_hit.unwrap_or(0)) as i128)),
             }
         }));
     }

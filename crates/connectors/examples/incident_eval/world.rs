@@ -121,8 +121,9 @@ pub struct TrueIncident {
     pub start: u64,
     pub end: u64,
     pub fault: Fault,
-    /// End time of the first checkout it failed or slowed (None: none fell in it).
+    /// End times of the first and the last checkout it failed or slowed (None: none fell in it).
     pub first_hit: Option<u64>,
+    pub last_hit: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -197,19 +198,21 @@ impl World {
             .iter()
             .map(|i| {
                 let (s, e) = (at(i.start_s), at(i.start_s + i.len_s));
-                let first_hit = out
-                    .iter()
-                    .filter(|c| c.end >= s && c.end < e + SEC)
-                    .find(|c| match i.fault {
-                        Fault::Failures(_) => c.failed,
-                        Fault::Slow(_) => true,
-                    })
-                    .map(|c| c.end);
+                // Affected: started inside the injection and failed (or, slowed: every one).
+                let hits = || {
+                    out.iter()
+                        .filter(move |c| (s..e).contains(&(c.end - c.duration)))
+                        .filter(|c| match i.fault {
+                            Fault::Failures(_) => c.failed,
+                            Fault::Slow(_) => true,
+                        })
+                };
                 TrueIncident {
                     start: s,
                     end: e,
                     fault: i.fault,
-                    first_hit,
+                    first_hit: hits().map(|c| c.end).min(),
+                    last_hit: hits().map(|c| c.end).max(),
                 }
             })
             .collect();

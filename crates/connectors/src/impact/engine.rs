@@ -270,6 +270,7 @@ impl Compiled {
             prior_weight: inc.baseline_prior_operations,
             floor: inc.min_baseline,
             alpha: inc.interval_alpha,
+            normal_alpha: 0.2,
             close_intervals: inc.close_intervals,
         };
         Ok(Compiled {

@@ -246,9 +246,10 @@ pub struct BaselineParams {
     pub prior_rate: f64,
     pub prior_weight: f64,
     pub floor: f64,
-    /// An interval is *bad* when `P(X ≥ failed | n, p0) ≤ alpha`.
+    /// An interval is *bad* when `P(X ≥ failed | n, p0) ≤ alpha`, *normal* when it is `> normal_alpha`.
     pub alpha: f64,
-    /// Consecutive intervals with operations and not bad that close an incident.
+    pub normal_alpha: f64,
+    /// Consecutive normal intervals that close an incident.
     pub close_intervals: u32,
 }
 
@@ -269,8 +270,9 @@ struct OpenRun {
 /// - **Open** at the first boundary after the CUSUM reached `h`; the start is dated back to the first
 ///   interval of the run of *bad* intervals (significantly above the baseline; empty intervals neutral)
 ///   ending at the boundary.
-/// - **Close** after `close_intervals` consecutive intervals with operations that are not bad; the end is
-///   the end of the last bad interval.
+/// - **Close** after `close_intervals` consecutive *normal* intervals (with operations, and failures quite
+///   plausible at the baseline: `P(X ≥ f | n, p0) > normal_alpha`); the end is the end of the last bad
+///   interval. Intervals neither bad nor normal extend nothing and interrupt the run of normal ones.
 /// - **Baseline**: learned from every evaluated interval while no incident is open, each interval's failures
 ///   capped at the alternative rate `p1` (an outage before detection moves it by at most its share of
 ///   the half-life times `p1 − p0`), never while one is open.
@@ -402,8 +404,10 @@ impl BaselineDetector {
                     if bad {
                         o.last_bad_end = e;
                         o.good_run = 0;
-                    } else {
+                    } else if binomial::upper_tail(n, f, self.p0) > self.p.normal_alpha {
                         o.good_run += 1;
+                    } else {
+                        o.good_run = 0;
                     }
                 }
                 if o.good_run >= self.p.close_intervals.max(1) {
@@ -609,6 +613,7 @@ mod tests {
             prior_weight: 200.0,
             floor: 0.001,
             alpha: 0.01,
+            normal_alpha: 0.2,
             close_intervals: 2,
         })
     }

@@ -414,7 +414,6 @@ fn incidents_open_close_and_list_each_affected_customer_once_on() {
     drop(b);
     // Logs: one impact record per customer, one open, updates, one closed.
     let logs = e.take_logs();
-    let _by_event = |n: &str| logs.iter().filter(|l| l.event_name == n).count();
     // Created at the first failure (before the incident was detected), logged again when it named them.
     let logged: std::collections::BTreeSet<&str> = logs
         .iter()
@@ -826,6 +825,28 @@ fn provisional_figures_cover_what_the_watermark_holds_back() {
     );
     let s = e.book().lock().unwrap().operations[0].provisional.clone();
     assert_eq!((s.operations, s.failed, s.affected_customers), (61, 10, 10));
+    // Separate gauges in the metrics; the final counters count only what is final.
+    let m = e.metrics(1, 2);
+    let metrics = &m.resource_metrics[0].scope_metrics[0].metrics;
+    let gauge_sum = |name: &str| -> f64 {
+        metrics
+            .iter()
+            .filter(|x| x.name == name)
+            .flat_map(|x| match &x.data {
+                Some(Data::Gauge(g)) => g.data_points.clone(),
+                _ => Vec::new(),
+            })
+            .map(|p| match p.value {
+                Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i)) => i as f64,
+                Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d)) => d,
+                None => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(gauge_sum("business.operations.provisional"), 61.0);
+    assert_eq!(gauge_sum("business.affected_customers.provisional"), 10.0);
+    assert_eq!(gauge_sum("business.revenue.at_risk.provisional"), 100.0);
+    assert_eq!(gauge_sum("business.revenue.provisional"), 510.0);
     e.flush();
     let p = e.provisional(0).unwrap();
     assert_eq!((p.operations, p.failed, p.affected_customers()), (0, 0, 0));
