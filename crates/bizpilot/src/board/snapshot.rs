@@ -206,8 +206,10 @@ pub struct Health {
     pub memory: Vec<MemoryHealth>,
 }
 
-/// One sample line: name, labels, value.
-fn sample(line: &str) -> Option<(&str, Vec<(&str, &str)>, f64)> {
+/// One sample line of the Prometheus text: name, labels, value.
+type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
+fn sample(line: &str) -> Option<Sample<'_>> {
     if line.starts_with('#') || line.is_empty() {
         return None;
     }
