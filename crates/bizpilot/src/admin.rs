@@ -111,10 +111,15 @@ async fn data_guard(
     req: Request,
     next: Next,
 ) -> Response {
-    let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let authorized = s
+        .token
+        .as_ref()
+        .is_some_and(|t| t.accepts(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes())));
+    let loopback = peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback();
+    if authorized || loopback {
+        return next.run(req).await;
+    }
     match &s.token {
-        Some(t) if t.accepts(authorization) => next.run(req).await,
-        _ if peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback() => next.run(req).await,
         Some(_) => {
             metrics::counter!("bizpilot_admin_refused_total", "reason" => "unauthenticated").increment(1);
             (
