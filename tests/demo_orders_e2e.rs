@@ -138,7 +138,7 @@ fn request(service: &str, spans: Vec<Span>) -> ResourceSpans {
 
 impl Checkout {
     fn new(rng: &mut Lcg, i: usize, fail: bool) -> Checkout {
-        let currency = if i % 2 == 0 { "EUR" } else { "USD" };
+        let currency = if i.is_multiple_of(2) { "EUR" } else { "USD" };
         let tier = ["platinum", "gold", "silver", "bronze"][rng.below(4) as usize];
         let order = (!fail).then(|| {
             let lines = (0..1 + rng.below(3))
