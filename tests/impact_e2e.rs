@@ -308,8 +308,9 @@ service:
         assert_eq!(items, want_items);
     }
 
-    // The same records as OTLP log records: one `business.impact` per listed customer, the incident's transitions.
-    let checkout_records = |r: &common::Received| -> Vec<(String, String)> {
+    // The same records as OTLP log records: a `business.impact` for every listed customer (logged when the customer
+    // fails, and logged again naming the incident once one covers the failure), the incident's transitions.
+    let checkout_records = |r: &common::Received| -> Vec<(String, String, String)> {
         r.logs
             .iter()
             .flat_map(|l| &l.resource_logs)
@@ -333,7 +334,17 @@ service:
                         _ => String::new(),
                     })
                     .unwrap_or_default();
-                (l.event_name.clone(), state)
+                let customer = l
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key == "business.customer.id")
+                    .and_then(|kv| kv.value.as_ref().and_then(|v| v.value.as_ref()))
+                    .map(|v| match v {
+                        any_value::Value::StringValue(s) => s.clone(),
+                        _ => String::new(),
+                    })
+                    .unwrap_or_default();
+                (l.event_name.clone(), state, customer)
             })
             .collect()
     };
@@ -341,16 +352,31 @@ service:
     rt.block_on(downstream.wait_for(Duration::from_secs(30), "impact records", |r| {
         checkout_records(r)
             .iter()
-            .filter(|(e, _)| e == "business.impact")
-            .count()
+            .filter(|(e, _, _)| e == "business.impact")
+            .map(|(_, _, c)| c.clone())
+            .collect::<HashSet<_>>()
+            .len()
             >= n
     }));
     let records = downstream.received(checkout_records);
-    assert_eq!(records.iter().filter(|(e, _)| e == "business.impact").count(), n);
+    let logged: Vec<&str> = records
+        .iter()
+        .filter(|(e, _, _)| e == "business.impact")
+        .map(|(_, _, c)| c.as_str())
+        .collect();
+    let logged_customers: HashSet<&str> = logged.iter().copied().collect();
+    let listed: HashSet<&str> = truth
+        .impact
+        .impact_list
+        .iter()
+        .map(|r| r.customer_id.as_str())
+        .collect();
+    assert_eq!(logged_customers, listed, "the customers of the logged impact records");
+    assert!(logged.len() <= 2 * n, "{} records for {n} customers", logged.len());
     let states: Vec<&str> = records
         .iter()
-        .filter(|(e, _)| e == "business.incident")
-        .map(|(_, s)| s.as_str())
+        .filter(|(e, _, _)| e == "business.incident")
+        .map(|(_, s, _)| s.as_str())
         .collect();
     assert_eq!(
         states.iter().filter(|s| **s == "open").count(),
