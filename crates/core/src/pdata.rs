@@ -114,8 +114,21 @@ impl<M: OtlpMessage> fmt::Debug for Otlp<M> {
 
 impl<M: OtlpMessage> Otlp<M> {
     /// Validates protobuf bytes (without decoding them) and wraps them.
+    ///
+    /// Bytes in which a singular message field occurs twice (valid protobuf, merged by a decoder;
+    /// no exporter we know writes it) are decoded here, so that the zero-copy views used later
+    /// never read them differently from a decoder.
     pub fn from_bytes(bytes: Bytes) -> Result<Self, WireError> {
-        let items = wire::validate_and_count(M::schema(), &bytes)?;
+        let v = wire::validate(M::schema(), &bytes)?;
+        if v.non_canonical {
+            let msg = M::decode(bytes).map_err(|_| WireError {
+                offset: 0,
+                at: M::SIGNAL.as_str().to_string(),
+                reason: "the decoder refused bytes the walk accepted",
+            })?;
+            return Ok(Self::from_message(msg));
+        }
+        let items = v.items;
         Ok(Self {
             bytes: Some(bytes),
             msg: None,
@@ -703,6 +716,52 @@ mod tests {
     use crate::ack::Delivery;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
     use std::sync::{Arc, Mutex};
+
+    /// A `ResourceSpans` carrying its `resource` twice is valid protobuf: a decoder merges the two
+    /// (attributes of both). `from_bytes` decodes such bytes, so the views see both attributes too.
+    #[test]
+    fn repeated_singular_message_is_read_as_a_decoder_reads_it() {
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        let kv = |k: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("v".into())),
+            }),
+            ..Default::default()
+        };
+        let rs = |attr: &str, spans: usize| ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv(attr)],
+                ..Default::default()
+            }),
+            scope_spans: traces(spans, "s").resource_spans.remove(0).scope_spans,
+            ..Default::default()
+        };
+        // Concatenating two encodings of one ResourceSpans gives one message with every field twice.
+        let mut body = rs("service.name", 1).encode_to_vec();
+        body.extend(rs("tenant", 2).encode_to_vec());
+        let mut req = Vec::new();
+        prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut req);
+        prost::encoding::encode_varint(body.len() as u64, &mut req);
+        req.extend(&body);
+
+        let v = wire::validate(&wire::TRACES_REQUEST, &req).unwrap();
+        assert!(v.non_canonical);
+        let decoded = ExportTraceServiceRequest::decode(&req[..]).unwrap();
+        assert_eq!(decoded.resource_spans[0].resource.as_ref().unwrap().attributes.len(), 2);
+
+        let mut t = Traces::from_bytes(Bytes::from(req)).unwrap();
+        assert_eq!(t.items(), 3);
+        let mut seen = Vec::new();
+        t.for_each_span(|r, _| seen.push(r.attributes().iter().count()));
+        assert_eq!(seen, vec![2, 2, 2]);
+
+        // Canonical bytes stay encoded (zero-copy).
+        let canonical = traces(2, "c").encode_to_vec();
+        assert!(!wire::validate(&wire::TRACES_REQUEST, &canonical).unwrap().non_canonical);
+        assert!(Traces::from_bytes(Bytes::from(canonical)).unwrap().decoded().is_none());
+    }
 
     fn traces(n: usize, name: &str) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {

@@ -15,6 +15,11 @@ use std::fmt;
 pub(crate) enum Kind {
     /// A nested message, validated recursively.
     Msg(&'static Schema),
+    /// A singular nested message (or a oneof member). Protobuf merges repeated occurrences of
+    /// such a field, which a zero-copy view cannot do: the walk reports the request as not
+    /// canonical and [`crate::pdata::Otlp::from_bytes`] decodes it, so that every later reading
+    /// sees what a decoder sees.
+    One(&'static Schema),
     /// A UTF-8 string.
     Str,
     /// Opaque bytes.
@@ -127,8 +132,8 @@ pub(crate) static ANY_VALUE: Schema = Schema::new(
         f(2, "bool_value", Varint),
         f(3, "int_value", Varint),
         f(4, "double_value", Fixed64),
-        f(5, "array_value", Msg(&ARRAY_VALUE)),
-        f(6, "kvlist_value", Msg(&KEY_VALUE_LIST)),
+        f(5, "array_value", One(&ARRAY_VALUE)),
+        f(6, "kvlist_value", One(&KEY_VALUE_LIST)),
         f(7, "bytes_value", Bytes),
         f(8, "string_value_strindex", Varint),
     ],
@@ -139,7 +144,7 @@ pub(crate) static KEY_VALUE: Schema = Schema::new(
     "KeyValue",
     &[
         f(1, "key", Str),
-        f(2, "value", Msg(&ANY_VALUE)),
+        f(2, "value", One(&ANY_VALUE)),
         f(3, "key_strindex", Varint),
     ],
 );
@@ -210,13 +215,13 @@ pub(crate) static SPAN: Schema = Schema::new(
         f(12, "dropped_events_count", Varint),
         f(13, "links", Msg(&SPAN_LINK)),
         f(14, "dropped_links_count", Varint),
-        f(15, "status", Msg(&STATUS)),
+        f(15, "status", One(&STATUS)),
     ],
 );
 static SCOPE_SPANS: Schema = Schema::new(
     "ScopeSpans",
     &[
-        f(1, "scope", Msg(&SCOPE)),
+        f(1, "scope", One(&SCOPE)),
         counted(2, "spans", Msg(&SPAN)),
         f(3, "schema_url", Str),
     ],
@@ -224,7 +229,7 @@ static SCOPE_SPANS: Schema = Schema::new(
 static RESOURCE_SPANS: Schema = Schema::new(
     "ResourceSpans",
     &[
-        f(1, "resource", Msg(&RESOURCE)),
+        f(1, "resource", One(&RESOURCE)),
         f(2, "scope_spans", Msg(&SCOPE_SPANS)),
         f(3, "schema_url", Str),
     ],
@@ -243,7 +248,7 @@ static LOG_RECORD: Schema = Schema::new(
         f(11, "observed_time_unix_nano", Fixed64),
         f(2, "severity_number", Varint),
         f(3, "severity_text", Str),
-        f(5, "body", Msg(&ANY_VALUE)),
+        f(5, "body", One(&ANY_VALUE)),
         f(6, "attributes", Msg(&KEY_VALUE)),
         f(7, "dropped_attributes_count", Varint),
         f(8, "flags", Fixed32),
@@ -255,7 +260,7 @@ static LOG_RECORD: Schema = Schema::new(
 static SCOPE_LOGS: Schema = Schema::new(
     "ScopeLogs",
     &[
-        f(1, "scope", Msg(&SCOPE)),
+        f(1, "scope", One(&SCOPE)),
         counted(2, "log_records", Msg(&LOG_RECORD)),
         f(3, "schema_url", Str),
     ],
@@ -263,7 +268,7 @@ static SCOPE_LOGS: Schema = Schema::new(
 static RESOURCE_LOGS: Schema = Schema::new(
     "ResourceLogs",
     &[
-        f(1, "resource", Msg(&RESOURCE)),
+        f(1, "resource", One(&RESOURCE)),
         f(2, "scope_logs", Msg(&SCOPE_LOGS)),
         f(3, "schema_url", Str),
     ],
@@ -328,8 +333,8 @@ static EXP_HISTOGRAM_POINT: Schema = Schema::new(
         f(5, "sum", Fixed64),
         f(6, "scale", Varint),
         f(7, "zero_count", Fixed64),
-        f(8, "positive", Msg(&EXP_BUCKETS)),
-        f(9, "negative", Msg(&EXP_BUCKETS)),
+        f(8, "positive", One(&EXP_BUCKETS)),
+        f(9, "negative", One(&EXP_BUCKETS)),
         f(10, "flags", Varint),
         f(11, "exemplars", Msg(&EXEMPLAR)),
         f(12, "min", Fixed64),
@@ -383,18 +388,18 @@ static METRIC: Schema = Schema::new(
         f(1, "name", Str),
         f(2, "description", Str),
         f(3, "unit", Str),
-        f(5, "gauge", Msg(&GAUGE)),
-        f(7, "sum", Msg(&SUM)),
-        f(9, "histogram", Msg(&HISTOGRAM)),
-        f(10, "exponential_histogram", Msg(&EXP_HISTOGRAM)),
-        f(11, "summary", Msg(&SUMMARY)),
+        f(5, "gauge", One(&GAUGE)),
+        f(7, "sum", One(&SUM)),
+        f(9, "histogram", One(&HISTOGRAM)),
+        f(10, "exponential_histogram", One(&EXP_HISTOGRAM)),
+        f(11, "summary", One(&SUMMARY)),
         f(12, "metadata", Msg(&KEY_VALUE)),
     ],
 );
 static SCOPE_METRICS: Schema = Schema::new(
     "ScopeMetrics",
     &[
-        f(1, "scope", Msg(&SCOPE)),
+        f(1, "scope", One(&SCOPE)),
         f(2, "metrics", Msg(&METRIC)),
         f(3, "schema_url", Str),
     ],
@@ -402,7 +407,7 @@ static SCOPE_METRICS: Schema = Schema::new(
 static RESOURCE_METRICS: Schema = Schema::new(
     "ResourceMetrics",
     &[
-        f(1, "resource", Msg(&RESOURCE)),
+        f(1, "resource", One(&RESOURCE)),
         f(2, "scope_metrics", Msg(&SCOPE_METRICS)),
         f(3, "schema_url", Str),
     ],
@@ -451,6 +456,8 @@ impl fmt::Display for WireError {
 struct Walker<'a> {
     buf: &'a [u8],
     items: usize,
+    /// A singular message field occurred twice in one message (or two members of `Metric.data`).
+    non_canonical: bool,
 }
 
 impl<'a> Walker<'a> {
@@ -477,6 +484,8 @@ impl<'a> Walker<'a> {
             return Err(self.err(start, schema, None, "nesting too deep"));
         }
         let mut pos = start;
+        // Singular message fields seen in this message, by field number (all below 32).
+        let mut seen_one: u32 = 0;
         while pos < end {
             let tag_at = pos;
             let key = read_varint(self.buf, &mut pos, end)
@@ -532,7 +541,17 @@ impl<'a> Walker<'a> {
                     pos += len;
                     if let Some(fd) = field {
                         match fd.kind {
-                            Msg(inner) => {
+                            Msg(inner) | One(inner) => {
+                                if let One(_) = fd.kind {
+                                    let bit = 1u32 << (fd.tag % 32);
+                                    // `Metric.data` is a oneof: protobuf keeps the last member, the
+                                    // walk has counted the points of both.
+                                    let other_member = std::ptr::eq(schema, &METRIC) && seen_one & !bit != 0;
+                                    if seen_one & bit != 0 || other_member {
+                                        self.non_canonical = true;
+                                    }
+                                    seen_one |= bit;
+                                }
                                 if fd.counted {
                                     self.items += 1;
                                 }
@@ -622,9 +641,32 @@ pub(crate) fn read_varint(buf: &[u8], pos: &mut usize, end: usize) -> Option<u64
 
 /// Validates `buf` as the message described by `schema` and returns the number of counted items.
 pub(crate) fn validate_and_count(schema: &'static Schema, buf: &[u8]) -> Result<usize, WireError> {
-    let mut w = Walker { buf, items: 0 };
+    validate(schema, buf).map(|v| v.items)
+}
+
+/// What the validating walk found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Validated {
+    /// Spans, data points or log records.
+    pub items: usize,
+    /// A singular message field occurs more than once in some message (valid protobuf: a decoder
+    /// merges the occurrences). Zero-copy views read such bytes differently from a decoder, so
+    /// the caller decodes them.
+    pub non_canonical: bool,
+}
+
+/// Validates `buf` as the message described by `schema`.
+pub(crate) fn validate(schema: &'static Schema, buf: &[u8]) -> Result<Validated, WireError> {
+    let mut w = Walker {
+        buf,
+        items: 0,
+        non_canonical: false,
+    };
     w.walk(schema, 0, buf.len(), 0, 0)?;
-    Ok(w.items)
+    Ok(Validated {
+        items: w.items,
+        non_canonical: w.non_canonical,
+    })
 }
 
 #[cfg(test)]
