@@ -10,8 +10,17 @@ the load generator and its sink on the other (taskset -c 0), and measures:
   * peak RSS (VmHWM from /proc/<pid>/status),
   * p50/p99 added latency at a fixed rate (default 50,000 spans/s), measured by the sink from the generator's
     send stamps,
-  * overload at 5x the sustained rate: peak RSS against the memory limiter's bound, and whether every refusal
-    was retryable (gRPC UNAVAILABLE / RESOURCE_EXHAUSTED) and nothing failed otherwise.
+  * overload at 5x the sustained rate, offered open loop (every request leaves at its scheduled time whether or
+    not earlier ones were answered, at most --overload-inflight in flight): peak RSS against the memory limiter's
+    bound, the refusals, and whether every refusal was retryable (gRPC UNAVAILABLE / RESOURCE_EXHAUSTED) and
+    nothing failed otherwise.
+
+--memory runs the embedded default pipeline (`bizpilot run` without --config, pipelines/opentelemetry-demo.yaml)
+instead: a fresh collector per rate (--memory-rates, default 50,000 and 400,000 spans/s) for --memory-duration
+seconds each, its RSS sampled every second (peak, trajectory), its CPU-s per million spans, and the business_impact
+connector's pending operations from its self-telemetry; then 5x its maximum rate, open loop. The generator sends
+fresh trace and span ids on every lap of its ring, as real traffic has, and (--realtime) a workload whose event
+time advances as fast as the wall clock, so the connector holds `allowed_lateness` worth of operations.
 
 Scenarios (configs in benches/pipelines/): forward (gzip 1, and gzip 6), business, ingest, the decode-only
 ceiling, and Rotel (pip package `rotel`, pinned) forwarding with gzip to the same sink.
@@ -21,6 +30,7 @@ with PASS/MISS per target.
     python3 benches/harness.py                 # everything, 3 runs each
     python3 benches/harness.py --quick         # 1 short run each (checks the harness works)
     python3 benches/harness.py --scenarios forward,rotel --runs 3 --wait-quiet 600
+    python3 benches/harness.py --memory --memory-duration 600   # the default pipeline's memory, 10 min per rate
 """
 
 import argparse
@@ -325,19 +335,8 @@ def one_run(name, sc, args):
             res["peak_rss_mib"] = round(status_kib(coll.pid, "VmHWM") / 1024, 1)
         # 3. Overload: 5x the sustained rate.
         if "overload" in sc["phases"] and res["max"]["spans_per_sec"] > 0:
-            rate = 5 * res["max"]["spans_per_sec"]
-            s, _ = loadgen(grpc, args.overload_duration,
-                           ["--rate", str(rate), "--connections", "4", "--inflight", "8", "--max-retries", "5"],
-                           sc["logs"], stamp=False)
-            acked += s["acknowledged_spans"]
-            res["overload"] = {
-                "target_spans_per_sec": rate,
-                "offered_spans_per_sec": round(s["sent_spans"] / s["elapsed_s"]) if s["elapsed_s"] else 0,
-                "acknowledged_spans_per_sec": s["spans_per_sec"],
-                "refused": s["refused"], "refused_by_status": s["refused_by_status"], "errors": s["errors"],
-                "error_samples": s["error_samples"], "dropped_spans": s["dropped_spans"],
-                "peak_rss_mib": round(status_kib(coll.pid, "VmHWM") / 1024, 1),
-            }
+            res["overload"] = overload(grpc, 5 * res["max"]["spans_per_sec"], args, sc["logs"], coll.pid)
+            acked += res["overload"].pop("acknowledged_spans")
         sampler.stop.set()
         res["load_after"] = loadavg()
     finally:
@@ -351,6 +350,162 @@ def one_run(name, sc, args):
         res["delivered_spans"], res["acknowledged_spans"] = got, acked
         res["lost_spans"] = acked - got
     return res
+
+
+def overload(grpc, rate, args, logs, pid):
+    """Offers `rate` spans/s open loop (independent of the answers) for --overload-duration seconds."""
+    s, _ = loadgen(grpc, args.overload_duration,
+                   ["--rate", str(rate), "--open-loop", str(args.overload_inflight), "--connections", "4",
+                    "--max-retries", "5"], logs, stamp=False)
+    ol = s.get("open_loop") or {}
+    offered = s["sent_spans"] + ol.get("unsent_spans", 0)
+    return {
+        "target_spans_per_sec": rate,
+        "offered_spans_per_sec": round(offered / s["elapsed_s"]) if s["elapsed_s"] else 0,
+        "sent_spans_per_sec": round(s["sent_spans"] / s["elapsed_s"]) if s["elapsed_s"] else 0,
+        "acknowledged_spans_per_sec": s["spans_per_sec"], "acknowledged_spans": s["acknowledged_spans"],
+        "unsent_spans": ol.get("unsent_spans"), "peak_inflight": ol.get("peak_inflight"),
+        "refused": s["refused"], "refused_by_status": s["refused_by_status"], "errors": s["errors"],
+        "error_samples": s["error_samples"], "dropped_spans": s["dropped_spans"],
+        "peak_rss_mib": round(status_kib(pid, "VmHWM") / 1024, 1),
+    }
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's resident set every second: [(seconds since start, MiB)]."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.samples, self.stop, self.t0 = pid, [], threading.Event(), time.time()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                self.samples.append((round(time.time() - self.t0, 1), round(status_kib(self.pid, "VmRSS") / 1024, 1)))
+            except OSError:
+                return
+            self.stop.wait(1.0)
+
+
+def scrape(port, prefix):
+    """Self-telemetry lines of the collector's admin endpoint starting with `prefix`: {series: value}."""
+    try:
+        _, body = http("GET", "http://127.0.0.1:%d/metrics" % port)
+    except Exception:
+        return {}
+    out = {}
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith(prefix):
+            k, _, v = line.rpartition(" ")
+            try:
+                out[k] = float(v)
+            except ValueError:
+                pass
+    return out
+
+
+def memory_phase(rate, seconds, args, overload_after=None):
+    """A fresh embedded-default-pipeline collector on core 1 fed `rate` spans/s (closed loop, as fast as it
+    goes without a rate) from core 0; returns its RSS trajectory, peak, CPU and the connector's state."""
+    ports = {k: free_port() for k in ("grpc", "http", "admin", "prom", "health")}
+    env = dict(os.environ, BIZPILOT_OTLP_GRPC_ENDPOINT="127.0.0.1:%d" % ports["grpc"],
+               BIZPILOT_OTLP_HTTP_ENDPOINT="127.0.0.1:%d" % ports["http"],
+               BIZPILOT_ADMIN_ENDPOINT="127.0.0.1:%d" % ports["admin"],
+               BIZPILOT_PROMETHEUS_ENDPOINT="127.0.0.1:%d" % ports["prom"],
+               BIZPILOT_HEALTH_ENDPOINT="127.0.0.1:%d" % ports["health"])
+    tmp = tempfile.mkdtemp(prefix="bench-memory-")
+    coll_log = open(os.path.join(tmp, "collector.log"), "w")
+    coll = start([BIZPILOT, "run"], 1, env=env, out=coll_log, err=coll_log)
+    grpc = "127.0.0.1:%d" % ports["grpc"]
+    res = {"rate": rate, "seconds": seconds, "load_before": loadavg()}
+    try:
+        if not wait_port(ports["grpc"]):
+            raise RuntimeError("collector did not start (see %s)" % tmp)
+        time.sleep(0.5)
+        cpu, rss = Sampler(coll.pid), RssSampler(coll.pid)
+        cpu.start()
+        rss.start()
+        extra = ["--connections", "4", "--inflight", "4", "--max-retries", "5"]
+        if rate:
+            # Event time follows the wall clock (as live traffic's does), so the connector holds what it would
+            # hold in production: `allowed_lateness` worth of operations.
+            extra = ["--rate", str(rate), "--realtime", "--ring-spans", str(min(1 << 20, max(1 << 16, rate * 10)))
+                     ] + extra
+        s, ticks = loadgen(grpc, seconds, extra, True, stamp=False)
+        st = steady(ticks, cpu, min(args.warmup, seconds / 4), args.cooldown)
+        res.update(achieved_spans_per_sec=s["spans_per_sec"], acknowledged_spans=s["acknowledged_spans"],
+                   refused=s["refused"], errors=s["errors"], dropped_spans=s["dropped_spans"],
+                   cpu_s_per_million_spans=get(st, "cpu_s_per_million_spans"),
+                   cpu_utilisation=get(st, "cpu_utilisation"),
+                   request_latency_ms=s["request_latency_ms"])
+        res["impact"] = scrape(ports["admin"], "bizpilot_connector_business_impact")
+        res["peak_rss_mib"] = round(status_kib(coll.pid, "VmHWM") / 1024, 1)
+        res["final_rss_mib"] = round(status_kib(coll.pid, "VmRSS") / 1024, 1)
+        if overload_after:
+            res["overload"] = overload(grpc, overload_after * s["spans_per_sec"], args, True, coll.pid)
+            res["overload"]["limiter_refusals"] = scrape(ports["admin"], "bizpilot_processor_memory_limiter")
+        rss.stop.set()
+        cpu.stop.set()
+        res["rss_mib"] = rss.samples
+        res["load_after"] = loadavg()
+    finally:
+        stop(coll)
+    return res
+
+
+def memory_main(args):
+    """--memory: the embedded default pipeline's memory at fixed rates and at 5x overload."""
+    report = {"machine": machine(), "started": datetime.datetime.now().isoformat(timespec="seconds"),
+              "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]), "phases": []}
+    rates = [int(r) for r in args.memory_rates.split(",") if r]
+    for rate in rates:
+        log("default pipeline at %s spans/s for %ss (load %.2f)" % (fmt(rate), args.memory_duration, loadavg()[0]))
+        r = memory_phase(rate, args.memory_duration, args)
+        log("  achieved %s spans/s, peak RSS %s MiB, final %s MiB, %s CPU-s/M" % (
+            fmt(r.get("achieved_spans_per_sec")), r.get("peak_rss_mib"), r.get("final_rss_mib"),
+            r.get("cpu_s_per_million_spans")))
+        report["phases"].append(r)
+    if not args.no_overload:
+        log("default pipeline: maximum rate for %ss, then 5x it open loop for %ss" % (
+            args.duration, args.overload_duration))
+        r = memory_phase(None, args.duration, args, overload_after=5)
+        log("  max %s spans/s, overload: %s" % (fmt(r.get("achieved_spans_per_sec")), r.get("overload")))
+        report["phases"].append(r)
+    L = ["| phase | offered | achieved spans/s | CPU-s / M spans | peak RSS | RSS at the end | pending ops | "
+         "RSS trajectory (MiB, every ~10 % of the run) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in report["phases"]:
+        traj = r.get("rss_mib") or []
+        step = max(1, len(traj) // 10)
+        pend = [v for k, v in (r.get("impact") or {}).items() if "pending_spans" in k]
+        L.append("| %s | %s | %s | %s | %s MiB | %s MiB | %s | %s |" % (
+            "fixed rate" if r["rate"] else "maximum (closed loop)", fmt(r["rate"]) if r["rate"] else "max",
+            fmt(r.get("achieved_spans_per_sec")), fmt(r.get("cpu_s_per_million_spans"), "", 2),
+            r.get("peak_rss_mib"), r.get("final_rss_mib"), fmt(pend[0]) if pend else "n/a",
+            " ".join(str(m) for _, m in traj[::step])))
+        ov = r.get("overload")
+        if ov:
+            L.append("| 5× overload, open loop | %s | %s | — | %s MiB | — | — | refused %s %s, unsent %s, errors %s, "
+                     "peak in flight %s |" % (
+                         fmt(ov["offered_spans_per_sec"]), fmt(ov["acknowledged_spans_per_sec"]),
+                         ov["peak_rss_mib"], fmt(ov["refused"]), ov["refused_by_status"] or "", fmt(ov["unsent_spans"]),
+                         fmt(ov["errors"]), fmt(ov["peak_inflight"])))
+    lo = [x for r in report["phases"] for x in (r.get("load_before"), r.get("load_after")) if x]
+    L.append("")
+    L.append("Load average (1 min) during the runs: %s." % ", ".join("%.2f" % x[0] for x in lo))
+    save(args.out, "memory-", "memory-latest", report, "\n".join(L) + "\n")
+
+
+def save(out, prefix, latest, report, md):
+    """Writes the report as JSON and markdown, stamped and as `latest`, and prints the markdown."""
+    os.makedirs(out, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for base in (prefix + stamp, latest):
+        with open(os.path.join(out, base + ".json"), "w") as f:
+            json.dump(report, f, indent=2)
+        with open(os.path.join(out, base + ".md"), "w") as f:
+            f.write(md)
+    print(md)
+    log("results in %s (%s%s.{md,json}, %s.{md,json})" % (out, prefix, stamp, latest))
 
 
 def median(vals):
@@ -542,6 +697,13 @@ def main():
     ap.add_argument("--batch-size", type=int, default=512, help="spans per request the generator sends")
     ap.add_argument("--latency-duration", type=float, default=12)
     ap.add_argument("--overload-duration", type=float, default=10)
+    ap.add_argument("--overload-inflight", type=int, default=2048,
+                    help="most requests in flight in the open-loop overload phase")
+    ap.add_argument("--memory", action="store_true",
+                    help="the embedded default pipeline's memory at fixed rates and at 5x overload (see above)")
+    ap.add_argument("--memory-rates", default="50000,400000", help="spans/s, comma-separated (--memory)")
+    ap.add_argument("--memory-duration", type=float, default=60, help="seconds per rate (--memory)")
+    ap.add_argument("--no-overload", action="store_true", help="--memory without the overload phase")
     ap.add_argument("--quick", action="store_true", help="1 short run per scenario (checks the harness)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--wait-quiet", type=float, default=0,
@@ -581,6 +743,9 @@ def main():
             ap.error("unknown scenario %r" % n)
     if not args.no_build:
         build()
+    if args.memory:
+        memory_main(args)
+        return
     notes = []
     global ROTEL_EXE
     ROTEL_EXE = None
@@ -640,16 +805,7 @@ def main():
     report["targets"] = targets(report["summary"])
     report["criterion_ns_per_span"] = criterion_figures()
     report["command"] = " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
-    os.makedirs(args.out, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    md = markdown(report)
-    for base in ("run-" + stamp, "latest"):
-        with open(os.path.join(args.out, base + ".json"), "w") as f:
-            json.dump(report, f, indent=2)
-        with open(os.path.join(args.out, base + ".md"), "w") as f:
-            f.write(md)
-    print(md)
-    log("results in %s (run-%s.{md,json}, latest.{md,json})" % (args.out, stamp))
+    save(args.out, "run-", "latest", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -109,6 +109,11 @@ impl Money {
         }
     }
 
+    /// From an amount in nano-units of `currency` (what [`Money::nanos`] returns).
+    pub const fn from_nanos(nanos: i128, currency: Currency) -> Self {
+        Money { nanos, currency }
+    }
+
     /// From `google.type.Money`-style units and nanos (the OpenTelemetry Demo's `Money`).
     pub fn from_units_nanos(units: i64, nanos: i32, currency: Currency) -> Result<Self, MoneyError> {
         if nanos.unsigned_abs() >= 1_000_000_000 || (units > 0 && nanos < 0) || (units < 0 && nanos > 0) {

@@ -110,6 +110,17 @@ struct SendArgs {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// With --rate: shape the workload so that its event time advances as fast as the wall clock, as live
+    /// traffic's does: the shop's checkout rate (and customers) are scaled so that it emits --rate spans per
+    /// simulated second, and its first minute (the warm-up) is left out. Without it, event time advances by
+    /// the ring's simulated period on every lap, however fast the laps go.
+    #[arg(long)]
+    realtime: bool,
+    /// Open loop (with --rate): every request leaves at its scheduled time whether or not earlier ones were
+    /// answered, as independent clients do, at most N in flight (a request due while N are in flight is not sent,
+    /// counted as `unsent_spans`). Without it: closed loop, --connections × --inflight requests at most.
+    #[arg(long, value_name = "N")]
+    open_loop: Option<usize>,
 
     // --- the workload (shopgen) ---
     /// Base shop config (YAML, shopgen's `ShopConfig`); the flags below override it.
@@ -288,16 +299,38 @@ fn run_send(a: SendArgs) -> anyhow::Result<()> {
     if whole && a.spans.is_some() {
         anyhow::bail!("--spans cannot be combined with --truth-file (the whole workload is sent)");
     }
+    if a.realtime && (whole || a.rate.is_none()) {
+        anyhow::bail!("--realtime needs --rate and no --truth-file");
+    }
     let t = std::time::Instant::now();
-    let spec = workload::Spec {
+    let mut spec = workload::Spec {
         shop,
         batch_size: a.batch_size.max(1),
         logs: !a.no_logs,
         ring_spans: a.ring_spans.max(1),
         whole,
         stamp: a.stamp_every > 0,
+        skip_ns: if a.realtime { 60_000_000_000 } else { 0 },
     };
-    let (ring, truth) = workload::build(&spec)?;
+    let (mut ring, mut truth) = workload::build(&spec)?;
+    if let (true, Some(rate)) = (a.realtime, a.rate) {
+        // Spans per simulated second at the configured checkout rate, then the shop scaled to `rate` of them.
+        let per_sim_s = ring.spans as f64 / (ring.period_ns as f64 / 1e9);
+        let factor = rate / per_sim_s.max(1e-9);
+        spec.shop.orders_per_sec *= factor;
+        spec.shop.customers = (f64::from(spec.shop.customers) * factor.max(1.0)).min(f64::from(u32::MAX)) as u32;
+        (ring, truth) = workload::build(&spec)?;
+        // Each lap is shifted by its duration at `rate`, so event time follows the send schedule exactly.
+        ring.period_ns = (ring.spans as f64 / rate * 1e9).max(1.0) as u64;
+        eprintln!(
+            "bizpilot-loadgen: realtime: {:.1} checkout sessions/s, {} customers; a lap of the ring is {:.2} s of \
+             event time ({:.0} spans per second of event time)",
+            spec.shop.orders_per_sec,
+            spec.shop.customers,
+            ring.period_ns as f64 / 1e9,
+            ring.spans as f64 / (ring.period_ns as f64 / 1e9)
+        );
+    }
     eprintln!(
         "bizpilot-loadgen: {} requests ({} spans, {} log records, {:.1} MB) generated in {:.2}s",
         ring.requests.len(),
@@ -337,6 +370,7 @@ fn run_send(a: SendArgs) -> anyhow::Result<()> {
         retry_max: a.retry_max.get(),
         progress: a.progress || (long && std::io::stderr().is_terminal()),
         stats_interval: a.stats_interval.map(Duration::get).filter(|d| !d.is_zero()),
+        open_loop: a.open_loop,
     };
     let rt = runtime(a.threads)?;
     let mut summary = rt.block_on(send::run(Arc::new(ring), cfg))?;

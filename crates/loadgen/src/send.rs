@@ -56,6 +56,10 @@ pub struct SendConfig {
     pub retry_max: Duration,
     pub progress: bool,
     pub stats_interval: Option<Duration>,
+    /// Open loop: every request leaves at its scheduled time whether or not earlier ones were answered (needs
+    /// `rate`), at most this many in flight; a request due while that many are in flight is not sent and counted
+    /// (`unsent_spans`). `None`: closed loop, `connections` × `inflight` workers.
+    pub open_loop: Option<usize>,
 }
 
 #[derive(Default)]
@@ -70,6 +74,8 @@ struct Counters {
     retries: AtomicU64,
     dropped_spans: AtomicU64,
     dropped_logs: AtomicU64,
+    unsent_spans: AtomicU64,
+    max_inflight: AtomicU64,
 }
 
 struct Shared {
@@ -110,6 +116,9 @@ pub struct Summary {
     pub error_samples: Vec<String>,
     pub dropped_spans: u64,
     pub dropped_log_records: u64,
+    /// Open loop: the in-flight cap, spans due while it was reached (not sent), most requests in flight at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_loop: Option<OpenLoop>,
     /// Acknowledged spans per second over the whole run.
     pub spans_per_sec: f64,
     /// Export request latency (send → response) of acknowledged attempts.
@@ -119,6 +128,14 @@ pub struct Summary {
     pub ring_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truth_file: Option<String>,
+}
+
+/// What the open-loop sender did beyond the closed loop's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenLoop {
+    pub max_inflight: usize,
+    pub unsent_spans: u64,
+    pub peak_inflight: u64,
 }
 
 enum Outcome {
@@ -194,12 +211,17 @@ pub async fn run(ring: Arc<Ring>, cfg: SendConfig) -> anyhow::Result<Summary> {
     let connections = shared.cfg.connections.max(1);
     let inflight = shared.cfg.inflight.max(1);
     let mut handles = Vec::new();
-    for c in 0..connections {
-        let client = build_client(grpc, inflight);
-        for i in 0..inflight {
-            let s = shared.clone();
-            let client = client.clone();
-            handles.push(tokio::spawn(worker(s, client, (c * inflight + i) as u64)));
+    if let (Some(cap), Some(_)) = (shared.cfg.open_loop, shared.cfg.rate) {
+        let clients = (0..connections).map(|_| build_client(grpc, inflight)).collect();
+        handles.push(tokio::spawn(open_loop(shared.clone(), clients, cap.max(1))));
+    } else {
+        for c in 0..connections {
+            let client = build_client(grpc, inflight);
+            for i in 0..inflight {
+                let s = shared.clone();
+                let client = client.clone();
+                handles.push(tokio::spawn(worker(s, client, (c * inflight + i) as u64)));
+            }
         }
     }
     let done = Arc::new(AtomicBool::new(false));
@@ -236,6 +258,11 @@ pub async fn run(ring: Arc<Ring>, cfg: SendConfig) -> anyhow::Result<Summary> {
         error_samples: shared.error_samples.lock().map(|m| m.clone()).unwrap_or_default(),
         dropped_spans: get(&c.dropped_spans),
         dropped_log_records: get(&c.dropped_logs),
+        open_loop: cfg.open_loop.filter(|_| cfg.rate.is_some()).map(|cap| OpenLoop {
+            max_inflight: cap,
+            unsent_spans: get(&c.unsent_spans),
+            peak_inflight: get(&c.max_inflight),
+        }),
         spans_per_sec: (ack as f64 / elapsed.as_secs_f64().max(1e-9)).round(),
         request_latency_ms: stats::percentiles(&mut latencies),
         ring_requests: shared.ring.requests.len(),
@@ -245,29 +272,91 @@ pub async fn run(ring: Arc<Ring>, cfg: SendConfig) -> anyhow::Result<Summary> {
     })
 }
 
+/// The request due next, and when: `None` when the run is over.
+fn next_request(s: &Shared) -> Option<(u64, Option<Instant>)> {
+    let cfg = &s.cfg;
+    let n = s.ring.requests.len() as u64;
+    let idx = s.next.fetch_add(1, Ordering::Relaxed);
+    if cfg.once && idx >= n {
+        return None;
+    }
+    let before = s.ring.spans_before(idx);
+    if cfg.max_spans.is_some_and(|m| before >= m) {
+        return None;
+    }
+    let due = cfg.rate.map(|r| s.start + Duration::from_secs_f64(before as f64 / r));
+    if !cfg.once && due.unwrap_or_else(Instant::now) >= s.deadline {
+        return None;
+    }
+    Some((idx, due))
+}
+
+/// A closed-loop worker: one request at a time, each sent when due (or at once without a rate) and answered
+/// before the next.
 async fn worker(s: Arc<Shared>, client: HttpClient, seed: u64) -> Vec<u64> {
     let mut lat = Vec::new();
     let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while let Some((idx, due)) = next_request(&s) {
+        if let Some(d) = due {
+            tokio::time::sleep_until(d).await;
+        }
+        deliver(&s, &client, idx, &mut rng, &mut lat).await;
+    }
+    lat
+}
+
+/// The open loop: each request leaves at its due time in its own task, whatever happened to the earlier ones
+/// (as independent clients do), over `clients` in turn, at most `cap` in flight.
+async fn open_loop(s: Arc<Shared>, clients: Vec<HttpClient>, cap: usize) -> Vec<u64> {
+    let inflight = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut turn = 0usize;
+    while let Some((idx, due)) = next_request(&s) {
+        if let Some(d) = due {
+            tokio::time::sleep_until(d).await;
+        }
+        while let Some(done) = tasks.try_join_next() {
+            drop(done);
+        }
+        let req = &s.ring.requests[(idx % s.ring.requests.len() as u64) as usize];
+        if inflight.load(Ordering::Relaxed) >= cap as u64 {
+            if matches!(req.kind, Kind::Traces) {
+                s.counters
+                    .unsent_spans
+                    .fetch_add(u64::from(req.items), Ordering::Relaxed);
+            }
+            continue;
+        }
+        let now = inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        s.counters.max_inflight.fetch_max(now, Ordering::Relaxed);
+        let Some(client) = clients.get(turn % clients.len().max(1)).cloned() else {
+            break;
+        };
+        turn += 1;
+        let (s2, n) = (s.clone(), inflight.clone());
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            let mut rng = idx.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            deliver(&s2, &client, idx, &mut rng, &mut lat).await;
+            n.fetch_sub(1, Ordering::Relaxed);
+            lat
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        lat.extend(r.unwrap_or_default());
+    }
+    lat
+}
+
+/// Sends request `idx` of the ring, retrying retryable refusals and failures with backoff; records the
+/// latency of the acknowledged attempt in `lat`.
+async fn deliver(s: &Shared, client: &HttpClient, idx: u64, rng: &mut u64, lat: &mut Vec<u64>) {
     let ring = &s.ring;
     let cfg = &s.cfg;
     let n = ring.requests.len() as u64;
     let grpc = cfg.protocol == Protocol::Grpc;
-    loop {
-        let idx = s.next.fetch_add(1, Ordering::Relaxed);
-        if cfg.once && idx >= n {
-            break;
-        }
-        let before = ring.spans_before(idx);
-        if cfg.max_spans.is_some_and(|m| before >= m) {
-            break;
-        }
-        let due = cfg.rate.map(|r| s.start + Duration::from_secs_f64(before as f64 / r));
-        if !cfg.once && due.unwrap_or_else(Instant::now) >= s.deadline {
-            break;
-        }
-        if let Some(d) = due {
-            tokio::time::sleep_until(d).await;
-        }
+    {
         let req = &ring.requests[(idx % n) as usize];
         let lap = if cfg.fresh_ids { idx / n } else { 0 };
         let stamp = cfg.stamp_every > 0 && idx.is_multiple_of(cfg.stamp_every) && req.has_stamp();
@@ -293,7 +382,7 @@ async fn worker(s: Arc<Shared>, client: HttpClient, seed: u64) -> Vec<u64> {
         loop {
             let body = req.body(lap, ring.period_ns, stamp.then(now_unix_nanos), cfg.gzip, grpc);
             let t0 = Instant::now();
-            let wait = match send_once(&client, uri, grpc, cfg.gzip.is_some(), body, cfg.timeout).await {
+            let wait = match send_once(client, uri, grpc, cfg.gzip.is_some(), body, cfg.timeout).await {
                 Outcome::Ok => {
                     lat.push(t0.elapsed().as_nanos() as u64);
                     ack.fetch_add(items, Ordering::Relaxed);
@@ -326,17 +415,16 @@ async fn worker(s: Arc<Shared>, client: HttpClient, seed: u64) -> Vec<u64> {
                 }
             };
             // Full jitter on the upper half, as the OpenTelemetry SDKs do.
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let f = 0.5 + (rng >> 11) as f64 / (1u64 << 53) as f64 * 0.5;
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            let f = 0.5 + (*rng >> 11) as f64 / (1u64 << 53) as f64 * 0.5;
             tokio::time::sleep(wait.mul_f64(f)).await;
             s.counters.retries.fetch_add(1, Ordering::Relaxed);
             attempt += 1;
             backoff = (backoff * 2).min(cfg.retry_max);
         }
     }
-    lat
 }
 
 async fn send_once(

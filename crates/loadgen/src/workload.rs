@@ -166,6 +166,9 @@ pub struct Spec {
     pub whole: bool,
     /// Add the send-time stamp resource attribute to each trace request.
     pub stamp: bool,
+    /// Leave out what arrives in the first this many nanoseconds of simulated time (the shop's warm-up, while
+    /// sessions have only started browsing); ignored with `whole`.
+    pub skip_ns: u64,
 }
 
 /// The requests, in arrival order, and what laps need.
@@ -205,7 +208,12 @@ pub fn build(spec: &Spec) -> anyhow::Result<(Ring, Option<GroundTruth>)> {
     let mut requests = Vec::new();
     let mut spans = 0u64;
     let (mut tmin, mut tmax) = (u64::MAX, 0u64);
+    let mut first: Option<u64> = None;
     for e in stream.by_ref() {
+        let base = *first.get_or_insert(e.arrival_unix_nano);
+        if !spec.whole && e.arrival_unix_nano < base.saturating_add(spec.skip_ns) {
+            continue;
+        }
         match &e.kind {
             EmissionKind::Trace(t) => {
                 spans += t.spans.len() as u64;
@@ -442,6 +450,7 @@ mod tests {
             ring_spans: 4096,
             whole: false,
             stamp,
+            skip_ns: 0,
         }
     }
 

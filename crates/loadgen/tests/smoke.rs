@@ -1,5 +1,5 @@
 //! Keeps the load tools working, without timing anything: the generator against the sink over gRPC, over HTTP
-//! with gzip and in truth-file mode, with the sink refusing some requests so that retries are exercised; every
+//! with gzip, open loop and in truth-file mode, with the sink refusing some requests so that retries are exercised; every
 //! span sent must arrive exactly once and both JSON summaries must parse.
 
 use serde_json::Value;
@@ -59,6 +59,26 @@ fn generator_and_sink_agree() {
         "the sink refuses every 7th request: {grpc}"
     );
     assert_eq!(grpc["refused"], grpc["retries"]);
+    // Open loop: every request leaves on schedule in its own task (the cap is never reached at this rate).
+    let open = send(
+        &addr,
+        &[
+            "--rate",
+            "4000",
+            "--duration",
+            "1s",
+            "--open-loop",
+            "64",
+            "--retry-initial",
+            "5ms",
+        ],
+    );
+    assert_eq!(open["open_loop"]["unsent_spans"], 0, "{open}");
+    assert!(open["open_loop"]["peak_inflight"].as_u64().unwrap() >= 1, "{open}");
+    assert!(
+        grpc.get("open_loop").is_none(),
+        "closed loop has no open-loop figures: {grpc}"
+    );
     let http = send(
         &addr,
         &[
@@ -104,7 +124,12 @@ fn generator_and_sink_agree() {
     assert!(sink.wait().unwrap().success());
     let s: Value = serde_json::from_str(out.trim()).expect("sink summary is JSON");
     assert_eq!(s["mode"], "sink");
-    let sum = |k: &str| -> u64 { [&grpc, &http, &truth_run].iter().map(|v| v[k].as_u64().unwrap()).sum() };
+    let sum = |k: &str| -> u64 {
+        [&grpc, &open, &http, &truth_run]
+            .iter()
+            .map(|v| v[k].as_u64().unwrap())
+            .sum()
+    };
     assert_eq!(s["spans"].as_u64().unwrap(), sum("acknowledged_spans"), "{s}");
     assert_eq!(
         s["log_records"].as_u64().unwrap(),

@@ -11,7 +11,10 @@
 //! duplicate while its id is remembered: from arrival until its event time is `dedup_window` behind the
 //! watermark (at most `dedup_max_spans` ids).
 
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+// The engine's tests (`engine/tests.rs`) use it through `super::*`.
+#[cfg(test)]
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bizpilot_business::attrs::{self, KeyValue};
@@ -32,6 +35,7 @@ use super::incident::{
     BaselineDetector, BaselineParams, Detector, Evaluation, ThresholdDetector, Thresholds, Transition,
 };
 use super::output;
+use super::pending::{OpRec, Packed, SpanIds};
 use super::read::{ResRead, SpanRead};
 use super::series::{MoneyKind, SeriesTable};
 use super::sketch::Distinct;
@@ -408,19 +412,6 @@ impl Stats {
     }
 }
 
-type SpanId = [u8; 24];
-
-fn span_key(trace: &[u8], span: &[u8]) -> SpanId {
-    let mut id = [0u8; 24];
-    for (d, s) in id.iter_mut().zip(trace.iter().take(16)) {
-        *d = *s;
-    }
-    for (d, s) in id[16..].iter_mut().zip(span.iter().take(8)) {
-        *d = *s;
-    }
-    id
-}
-
 pub(super) fn id16(b: &[u8]) -> [u8; 16] {
     let mut out = [0u8; 16];
     for (d, s) in out.iter_mut().zip(b) {
@@ -437,32 +428,8 @@ pub(super) fn id8(b: &[u8]) -> [u8; 8] {
     out
 }
 
-/// A matched span waiting for the watermark.
-#[derive(Debug)]
-struct PendingOp {
-    time: u64,
-    seq: u64,
-    op: usize,
-    success: bool,
-    duration_s: f64,
-    id: SpanId,
-    key: Option<Box<str>>,
-    customer: Option<Box<str>>,
-    tier: Option<Box<str>>,
-    order: Option<Box<str>>,
-    items: Option<i64>,
-    value: Option<Money>,
-    series: u32,
-    /// (service, span name, status message) of a failure.
-    failure: Option<Box<Cause>>,
-    /// With `trace_context`: what the span had, completed from its trace at finalization.
-    unresolved: Option<Box<trace::Unresolved>>,
-    /// The value counted in the provisional figures, and whether it counted as at risk there.
-    prov_value: Option<Money>,
-    prov_risk: bool,
-}
-
-struct Pending(Box<PendingOp>);
+/// A pending operation in the heap, ordered by (event time, arrival).
+struct Pending(Packed);
 
 impl PartialEq for Pending {
     fn eq(&self, o: &Self) -> bool {
@@ -480,14 +447,6 @@ impl Ord for Pending {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         (o.0.time, o.0.seq).cmp(&(self.0.time, self.0.seq))
     }
-}
-
-/// Span ids seen, for dropping duplicates.
-#[derive(Debug, Default)]
-struct Dedup {
-    seen: HashSet<SpanId>,
-    /// Finalized ids in event-time order (finalization order), for expiry.
-    finalized: VecDeque<(u64, SpanId)>,
 }
 
 /// An ERROR span, kept to find the root cause of a failure in the same trace.
@@ -681,7 +640,7 @@ pub struct Engine {
     max_event: u64,
     seq: u64,
     pending: BinaryHeap<Pending>,
-    dedup: Dedup,
+    dedup: SpanIds,
     pub(super) series: SeriesTable,
     pub(super) ops: Vec<OpState>,
     pub(super) goals: Vec<GoalState>,
@@ -714,6 +673,7 @@ impl Engine {
     pub fn new(c: Compiled, connector: &str) -> Self {
         let n = c.ops.len();
         let c_trace = c.trace.clone();
+        let dedup = SpanIds::new(c.dedup_window);
         let book = Arc::new(Mutex::new(Book::new(
             c.operation_names(),
             c.max_records,
@@ -762,7 +722,7 @@ impl Engine {
             max_event: 0,
             seq: 0,
             pending: BinaryHeap::new(),
-            dedup: Dedup::default(),
+            dedup,
             ops,
             goals,
             causes: RootCauses::default(),
@@ -813,7 +773,12 @@ impl Engine {
 
     /// Span ids currently remembered for duplicate detection.
     pub fn remembered_span_ids(&self) -> usize {
-        self.dedup.seen.len()
+        self.dedup.len()
+    }
+
+    /// Bytes held by the pending operations' records (their fixed parts and variable parts).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.iter().map(|p| p.0.bytes()).sum()
     }
 
     /// Business keys with an active episode, over all operations.
@@ -948,10 +913,14 @@ impl Engine {
             if !spec.matches(span, res, service) {
                 continue;
             }
-            let id = span_key(span.trace_id(), span.span_id());
+            let (trace_id, span_id) = (id16(span.trace_id()), id8(span.span_id()));
+            let hash = self.dedup.hash(&trace_id, &span_id);
             if !checked {
                 checked = true;
-                if self.dedup.seen.contains(&id) {
+                // Older than the watermark: dropped either way; remembered ids only say why.
+                if self.dedup.is_pending(hash)
+                    || (t < self.watermark && self.dedup.was_finalized(t, hash, self.watermark))
+                {
                     self.stats.duplicates.add(1);
                     return;
                 }
@@ -959,7 +928,7 @@ impl Engine {
                     self.stats.late.add(1);
                     return;
                 }
-                self.dedup.seen.insert(id);
+                self.dedup.insert_pending(hash);
             }
             let success = !spec.failed(span, res);
             let a = span;
@@ -1014,7 +983,7 @@ impl Engine {
                     status_message: span.status_message().to_string(),
                 })
             });
-            let duration_s = span.end_time().saturating_sub(span.start_time()) as f64 / 1e9;
+            let duration_ns = span.end_time().saturating_sub(span.start_time());
             let order = attr_string(a, res, &self.c.order_attr);
             let now = unresolved
                 .as_ref()
@@ -1049,13 +1018,15 @@ impl Engine {
                 }
             }
             self.seq += 1;
-            self.pending.push(Pending(Box::new(PendingOp {
+            self.pending.push(Pending(Packed::pack(OpRec {
                 time: t,
                 seq: self.seq,
                 op: i,
                 success,
-                duration_s,
-                id,
+                duration_ns,
+                trace: trace_id,
+                span: span_id,
+                hash,
                 key,
                 customer,
                 tier: attr_string(a, res, &self.c.tier_attr),
@@ -1118,23 +1089,13 @@ impl Engine {
         while self.pending.peek().is_some_and(|p| p.0.time < target) {
             let Some(Pending(op)) = self.pending.pop() else { break };
             self.advance_time(op.time);
-            self.finalize(*op);
+            self.finalize(op.unpack());
         }
         self.advance_time(target);
         self.watermark = target;
         // Span ids: forget those well behind the watermark, and the oldest beyond the bound.
-        let horizon = target.saturating_sub(self.c.dedup_window);
-        while let Some(&(t, id)) = self.dedup.finalized.front() {
-            let over = self.dedup.seen.len() > self.c.dedup_max;
-            if t >= horizon && !over {
-                break;
-            }
-            self.dedup.finalized.pop_front();
-            self.dedup.seen.remove(&id);
-            if over && t >= horizon {
-                self.stats.evicted_span_ids.add(1);
-            }
-        }
+        let evicted = self.dedup.expire(target, self.c.dedup_max);
+        self.stats.evicted_span_ids.add(evicted);
         self.causes
             .expire(target.saturating_sub(self.c.lateness.max(self.c.thresholds.interval_ns)));
         if let Some(tc) = self.trace.as_mut() {
@@ -1264,7 +1225,7 @@ impl Engine {
     }
 
     /// Completes `op` from its trace's record (`trace_context`): what its span lacked.
-    fn resolve_from_trace(&mut self, op: &mut PendingOp, u: trace::Unresolved) {
+    fn resolve_from_trace(&mut self, op: &mut OpRec, u: trace::Unresolved) {
         let Some(tc) = self.trace.as_mut() else { return };
         tc.finalizing(&u.trace);
         let tc = &*tc;
@@ -1331,7 +1292,7 @@ impl Engine {
     }
 
     /// Takes a pending operation out of the provisional figures.
-    fn unprovision(&mut self, op: &PendingOp) {
+    fn unprovision(&mut self, op: &OpRec) {
         let prov = &mut self.ops[op.op].prov;
         prov.operations = prov.operations.saturating_sub(1);
         let sub = |t: &mut MoneyTotals, v: Option<Money>| {
@@ -1359,7 +1320,7 @@ impl Engine {
         }
     }
 
-    fn finalize(&mut self, mut op: PendingOp) {
+    fn finalize(&mut self, mut op: OpRec) {
         // The provisional figures counted what was known at arrival: take that out before completing.
         self.unprovision(&op);
         if let Some(u) = op.unresolved.take() {
@@ -1383,13 +1344,13 @@ impl Engine {
         // Without a business key, an operation is its own key: never de-duplicated, never recovered.
         let key: Box<str> = match &op.key {
             Some(k) => k.clone(),
-            None => format!("\u{0}{}", output::hex(&op.id)).into(),
+            None => format!("\u{0}{}", output::hex(&op.id())).into(),
         };
         let before = self.series.overflowed().get(i).copied().unwrap_or(0);
-        self.series.count(op.series, op.success, op.duration_s);
+        self.series.count(op.series, op.success, op.duration_s());
         let after = self.series.overflowed().get(i).copied().unwrap_or(0);
         self.stats.overflowed_points.add(after - before);
-        self.dedup.finalized.push_back((op.time, op.id));
+        self.dedup.finalize(op.time, op.hash);
         let window = self.c.window;
         let retry_window = self.c.retry_window;
         let st = &mut self.ops[i];
@@ -1406,18 +1367,18 @@ impl Engine {
         if !retry {
             st.detector.record(op.time, !op.success);
         }
-        if op.success && self.c.latency_factor > 0.0 && op.duration_s > 0.0 {
+        if op.success && self.c.latency_factor > 0.0 && op.duration_s() > 0.0 {
             let learned = st.durations.count() >= self.c.latency_min_samples;
             let slow = learned
                 && st
                     .durations
                     .typical()
-                    .is_some_and(|t| op.duration_s > self.c.latency_factor * t);
+                    .is_some_and(|t| op.duration_s() > self.c.latency_factor * t);
             if learned {
                 st.latency.record(op.time, slow);
             }
             if !slow && st.latency_incident.is_none() {
-                st.durations.learn(op.duration_s);
+                st.durations.learn(op.duration_s());
             }
         }
         // The active episode of the key, unless it has expired (it is then lost).
@@ -1522,14 +1483,14 @@ impl Engine {
             order: op.order,
             items: op.items,
             value,
-            trace: id16(&op.id[..16]),
-            span: id8(&op.id[16..]),
+            trace: op.trace,
+            span: op.span,
             failure: op.failure.map(|b| *b).unwrap_or_else(|| Cause {
                 service: String::new(),
                 span_name: String::new(),
                 status_message: String::new(),
             }),
-            root: self.causes.root(&id16(&op.id[..16])),
+            root: self.causes.root(&op.trace),
             episode: epi,
         };
         match self.ops[i].incident {

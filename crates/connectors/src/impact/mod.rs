@@ -20,7 +20,15 @@
 //!   or by `idle_timeout` of wall time when the input pauses. Keep both above any hold upstream (the `enrich`
 //!   processor's `join.window`): a held span arrives that much later.
 //! - **Duplicates**: a span with a trace id and span id already seen counts once (ids are remembered until they
-//!   are `dedup_window` behind the watermark, at most `dedup_max_spans`).
+//!   are `dedup_window` behind the watermark, at most `dedup_max_spans`). Pending operations' ids are an exact
+//!   set of 64-bit keyed hashes; once finalized, an id only decides whether a re-sent span (older than the
+//!   watermark, so dropped either way) counts as `duplicate` or `late`, and is kept as 32 bits in buckets of
+//!   event time; a span re-sent with the same ids but another end time is judged by its own time.
+//! - **Memory**: per operation waiting for the watermark, one packed record (80 bytes and its variable part:
+//!   about 180 bytes in all for the OpenTelemetry Demo's checkout), never the span; 4 bytes per finalized span
+//!   id remembered. So about (operations/s × `allowed_lateness` × 200 bytes) + (min(operations/s ×
+//!   `dedup_window`, `dedup_max_spans`) × 4 bytes); `docs/impact-memory.md` has the figures per span/s and per
+//!   minute of lateness, and the measurements.
 //! - **Revenue at risk** (`dedup_window` = W): a failure of key K opens an *episode* `[t, t + W)` worth its
 //!   value, unless an episode of K is active (a customer retrying the same cart three times is one cart at
 //!   risk); a success of K within the episode ends it as **recovered** (`business.revenue.recovered`); an episode
@@ -127,11 +135,11 @@
 //! | `dimensions` | `[{name: customer.tier, attribute: business.customer.tier, default: unknown}]` | metric attributes: `attribute` or `{name, attribute, default}` (span, else resource attribute) |
 //! | `max_series` | `1000` | most (operation, dimensions) series; beyond: the overflow series |
 //! | `dedup_window` | `1h` | W: revenue-at-risk episodes, affected-customer windows, duplicate span memory |
-//! | `dedup_max_spans` | `1000000` | most span ids remembered for duplicate detection |
+//! | `dedup_max_spans` | `1000000` | most span ids remembered for duplicate detection (4 bytes per finalized id; the oldest go first, counted) |
 //! | `distinct_exact_limit` | `10000` | distinct customers counted exactly per window before the sketch |
 //! | `allowed_lateness` | `30s` | how far behind the newest span a span may end and still count |
 //! | `idle_timeout` | `allowed_lateness` | without new spans this long, everything seen is final |
-//! | `max_pending_spans` | `1000000` | most operations waiting for the watermark (beyond: the oldest are finalized early, counted) |
+//! | `max_pending_spans` | `1000000` | most operations waiting for the watermark, about 200 bytes each (beyond: the oldest are finalized early, counted) |
 //! | `max_keys` | `1000000` | most active revenue-at-risk episodes per operation |
 //! | `metrics_flush_interval` | `15s` | how often the cumulative metrics are emitted (and at shutdown) |
 //! | `duration_buckets` | `[0.005 … 10]` | histogram bounds in seconds |
@@ -208,6 +216,7 @@ pub mod config;
 pub mod engine;
 pub mod incident;
 pub mod output;
+mod pending;
 mod read;
 pub mod series;
 pub mod sketch;

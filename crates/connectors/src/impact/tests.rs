@@ -550,3 +550,42 @@ idle_timeout: 100ms
     assert_eq!(incident_states.first().map(String::as_str), Some("open"));
     assert_eq!(incident_states.last().map(String::as_str), Some("closed"));
 }
+
+/// What the engine holds per operation waiting for the watermark, on the generated shop (demo attributes,
+/// customer ids of 36 characters): everything pending (lateness longer than the run), then everything final.
+/// Prints the figures `docs/impact-memory.md` quotes (`-- --nocapture`).
+#[test]
+fn pending_operations_and_remembered_ids_are_compact() {
+    let work = Shop::generate(&shop_config()).unwrap();
+    for trace_context in [false, true] {
+        let mut raw: serde_yaml::Value = serde_yaml::from_str(IMPACT_CONFIG).unwrap();
+        raw["allowed_lateness"] = serde_yaml::from_str("2h").unwrap();
+        raw["dedup_window"] = serde_yaml::from_str("2h").unwrap();
+        if trace_context {
+            raw["trace_context"] = serde_yaml::from_str("{enabled: true}").unwrap();
+        }
+        let cfg: BusinessImpactConfig = parse_config(&raw).unwrap();
+        let mut e = Engine::new(Compiled::new(&cfg, None, None, None).unwrap(), "business_impact");
+        for req in work.trace_requests(200) {
+            feed(&mut e, &req, Path::Views);
+        }
+        let (n, bytes) = (e.pending(), e.pending_bytes());
+        assert!(n > 5_000, "{n} operations pending");
+        let per_op = bytes as f64 / n as f64;
+        println!(
+            "trace_context {trace_context}: {n} operations pending, {per_op:.1} bytes each (fixed part 80), {} ids \
+             remembered",
+            e.remembered_span_ids()
+        );
+        // The fixed part, two 36-character ids (customer, order), an amount and the lengths.
+        assert!(per_op < 200.0, "{per_op} bytes per pending operation");
+        assert_eq!(e.remembered_span_ids(), n);
+        e.flush();
+        assert_eq!((e.pending(), e.pending_bytes()), (0, 0));
+        assert_eq!(
+            e.remembered_span_ids(),
+            n,
+            "finalized ids stay remembered for dedup_window"
+        );
+    }
+}

@@ -89,7 +89,9 @@ struct Found {
 
 #[derive(Debug)]
 struct Rec {
-    vals: Box<[Option<Found>]>,
+    /// The attributes found, by their index in `keys` (only those found: a trace seen only through spans
+    /// without them, such as its root, costs no allocation).
+    vals: Vec<(u16, Found)>,
     root: bool,
     newest: u64,
     finalized: bool,
@@ -194,9 +196,8 @@ impl TraceContext {
             }
             self.order.push_back((trace, t));
         }
-        let n = self.keys.len();
         let rec = self.traces.entry(trace).or_insert_with(|| Rec {
-            vals: (0..n).map(|_| None).collect(),
+            vals: Vec::new(),
             root: false,
             newest: 0,
             finalized: false,
@@ -210,26 +211,29 @@ impl TraceContext {
         let start = span.start_time();
         let sid = id8(span.span_id());
         for (i, v) in found {
-            let slot = &mut rec.vals[i];
-            if slot.as_ref().is_none_or(|f| (start, sid) < (f.start, f.span)) {
-                *slot = Some(Found {
-                    start,
-                    span: sid,
-                    value: v,
-                });
+            let Ok(i) = u16::try_from(i) else { continue };
+            let new = Found {
+                start,
+                span: sid,
+                value: v,
+            };
+            match rec.vals.iter_mut().find(|(k, _)| *k == i) {
+                Some((_, f)) if (start, sid) < (f.start, f.span) => *f = new,
+                Some(_) => {}
+                None => rec.vals.push((i, new)),
             }
         }
     }
 
     /// The value of `key` in `trace`'s record.
     pub fn get(&self, trace: &[u8; 16], key: &str) -> Option<ValueRef<'_>> {
-        let i = self.keys.iter().position(|k| k == key)?;
+        let i = u16::try_from(self.keys.iter().position(|k| k == key)?).ok()?;
         self.traces
             .get(trace)?
             .vals
-            .get(i)?
-            .as_ref()
-            .map(|f| ValueRef::from_value(&f.value))
+            .iter()
+            .find(|(k, _)| *k == i)
+            .map(|(_, f)| ValueRef::from_value(&f.value))
     }
 
     /// The text of `key` in `trace`'s record.
