@@ -59,7 +59,8 @@ fn generator_and_sink_agree() {
         "the sink refuses every 7th request: {grpc}"
     );
     assert_eq!(grpc["refused"], grpc["retries"]);
-    // Open loop: every request leaves on schedule in its own task (the cap is never reached at this rate).
+    // Open loop: every request leaves on schedule in its own task (the cap is never reached at this rate); the
+    // workload shaped so that its event time follows the wall clock.
     let open = send(
         &addr,
         &[
@@ -69,6 +70,7 @@ fn generator_and_sink_agree() {
             "1s",
             "--open-loop",
             "64",
+            "--realtime",
             "--retry-initial",
             "5ms",
         ],
