@@ -426,7 +426,9 @@ def memory_phase(rate, seconds, args, overload_after=None):
         cpu.start()
         rss.start()
         extra = ["--connections", "4", "--inflight", "4", "--max-retries", "5"]
-        if rate:
+        if rate and args.no_realtime:
+            extra = ["--rate", str(rate)] + extra
+        elif rate:
             # Event time follows the wall clock (as live traffic's does), so the connector holds what it would
             # hold in production: `allowed_lateness` worth of operations.
             extra = ["--rate", str(rate), "--realtime", "--ring-spans", str(min(1 << 20, max(1 << 16, rate * 10)))
@@ -704,6 +706,10 @@ def main():
     ap.add_argument("--memory-rates", default="50000,400000", help="spans/s, comma-separated (--memory)")
     ap.add_argument("--memory-duration", type=float, default=60, help="seconds per rate (--memory)")
     ap.add_argument("--no-overload", action="store_true", help="--memory without the overload phase")
+    ap.add_argument("--no-realtime", action="store_true",
+                    help="--memory with the generator's ring replayed as is (event time advances by the ring's "
+                         "simulated period per lap, much faster than the wall clock)")
+    ap.add_argument("--bizpilot", metavar="PATH", help="the bizpilot binary to measure (default: the release build)")
     ap.add_argument("--quick", action="store_true", help="1 short run per scenario (checks the harness)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--wait-quiet", type=float, default=0,
@@ -741,6 +747,9 @@ def main():
     for n in names:
         if n not in SCENARIOS:
             ap.error("unknown scenario %r" % n)
+    if args.bizpilot:
+        global BIZPILOT
+        BIZPILOT = os.path.abspath(args.bizpilot)
     if not args.no_build:
         build()
     if args.memory:

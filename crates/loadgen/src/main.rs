@@ -318,7 +318,11 @@ fn run_send(a: SendArgs) -> anyhow::Result<()> {
         let per_sim_s = ring.spans as f64 / (ring.period_ns as f64 / 1e9);
         let factor = rate / per_sim_s.max(1e-9);
         spec.shop.orders_per_sec *= factor;
-        spec.shop.customers = (f64::from(spec.shop.customers) * factor.max(1.0)).min(f64::from(u32::MAX)) as u32;
+        // Customers well above sessions/s × session length (about 30 s), as shopgen asks.
+        spec.shop.customers = spec
+            .shop
+            .customers
+            .max((spec.shop.orders_per_sec * 100.0).min(f64::from(u32::MAX)) as u32);
         (ring, truth) = workload::build(&spec)?;
         // Each lap is shifted by its duration at `rate`, so event time follows the send schedule exactly.
         ring.period_ns = (ring.spans as f64 / rate * 1e9).max(1.0) as u64;

@@ -285,7 +285,8 @@ fn next_request(s: &Shared) -> Option<(u64, Option<Instant>)> {
         return None;
     }
     let due = cfg.rate.map(|r| s.start + Duration::from_secs_f64(before as f64 / r));
-    if !cfg.once && due.unwrap_or_else(Instant::now) >= s.deadline {
+    // Over at the deadline, also when behind the schedule (a receiver slower than the rate).
+    if !cfg.once && (due.unwrap_or_else(Instant::now) >= s.deadline || Instant::now() >= s.deadline) {
         return None;
     }
     Some((idx, due))
