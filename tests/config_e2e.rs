@@ -174,6 +174,10 @@ fn component_reference_is_generated_from_the_module_docs() {
             "receiver `kafka`: the OpenTelemetry Demo's `OrderResult`",
             "crates/kafka/src/otel_demo.rs",
         ),
+        (
+            "processors and connectors: the stage driver",
+            "crates/core/src/stage.rs",
+        ),
         ("processor `batch`", "crates/processors/src/batch.rs"),
         ("processor `memory_limiter`", "crates/processors/src/memory_limiter.rs"),
         ("processor `enrich`", "crates/processors/src/enrich/mod.rs"),

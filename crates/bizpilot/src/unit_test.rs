@@ -69,8 +69,8 @@ use bizpilot_core::pdata::proto::common::v1::{AnyValue, KeyValue, any_value::Val
 use bizpilot_core::pdata::proto::metrics::v1::{metric::Data, number_data_point::Value as NumV};
 use bizpilot_core::{
     Ack, Batch, ComponentError, ComponentId, ComponentInfo, ComponentKind, Config, CreateContext, Payload, Processor,
-    ProcessorContext, ProcessorFactory, Receiver, ReceiverContext, ReceiverFactory, ReceiverOutput, Running,
-    RunningService, Signal, Stability,
+    ProcessorFactory, Receiver, ReceiverContext, ReceiverFactory, ReceiverOutput, Running, RunningService, Signal,
+    Stability,
 };
 use serde::Deserialize;
 
@@ -461,7 +461,7 @@ impl Receiver for Inject {
 }
 
 struct TapFactory(Arc<Shared>);
-struct Tap(Arc<Shared>);
+struct Tap(Arc<Shared>, ComponentId);
 
 impl ProcessorFactory for TapFactory {
     type Config = NoConfig;
@@ -472,19 +472,18 @@ impl ProcessorFactory for TapFactory {
             "Records what passes (bizpilot test only).",
         )
     }
-    fn create(&self, _: NoConfig, _: &CreateContext<'_>) -> Result<Box<dyn Processor>, ComponentError> {
-        Ok(Box::new(Tap(self.0.clone())))
+    fn create(&self, _: NoConfig, ctx: &CreateContext<'_>) -> Result<Box<dyn Processor>, ComponentError> {
+        Ok(Box::new(Tap(self.0.clone(), ctx.id.clone())))
     }
 }
 
 impl Processor for Tap {
-    fn start(self: Box<Self>, ctx: ProcessorContext) -> Result<Running, ComponentError> {
-        let shared = self.0;
-        let id = ctx.id.clone();
-        Ok(bizpilot_core::spawn_transform(ctx, move |b| {
+    fn into_stage(self: Box<Self>) -> Box<dyn bizpilot_core::Stage> {
+        let Tap(shared, id) = *self;
+        bizpilot_core::stage::map(move |b| {
             shared.capture(&id, &b.payload);
             Some(b)
-        }))
+        })
     }
 }
 

@@ -118,7 +118,7 @@ fn start(cfg: &EnrichConfig, exts: &Extensions) -> Run {
     let engine = p.engine();
     let (tx, in_rx) = mpsc::channel(16);
     let (out_tx, mut out_rx) = mpsc::channel::<Batch>(16);
-    let running = Box::new(p)
+    let running = (Box::new(p) as Box<dyn Processor>)
         .start(ProcessorContext {
             id: ComponentId::new("enrich", None),
             pipeline: "traces".parse::<PipelineId>().unwrap(),

@@ -6,11 +6,13 @@ use crate::impact::book::ImpactRecord;
 use bizpilot_business::attrs;
 use bizpilot_business::{EventMapping, StateConfig};
 use bizpilot_core::component::{ApiRegistry, Output, ReceiverOutput, Target, parse_config};
-use bizpilot_core::{ComponentId, Currency, Extensions, Money, Traces};
+use bizpilot_core::{ComponentId, ConnectorContext, Currency, Extensions, Money, Traces};
 use bizpilot_shopgen::{Shop, ShopConfig};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::number_data_point;
 use std::collections::{BTreeMap, HashMap};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 const SEC: u64 = 1_000_000_000;
 

@@ -221,15 +221,12 @@ pub use config::OrderKpiConfig;
 pub use engine::{Compiled, Engine, Outcome, Resolution};
 
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-use crate::emit::{SendError, end_run, send};
 
 use bizpilot_business::Lookup;
+use bizpilot_core::stage::reason;
 use bizpilot_core::{
-    Batch, ComponentError, ComponentInfo, ComponentKind, Connector, ConnectorContext, ConnectorFactory, CreateContext,
-    Logs, Metrics, Output, Payload, Running, Signal, Stability,
+    Batch, ComponentError, ComponentInfo, ComponentKind, Connector, ConnectorFactory, CreateContext, Logs, Metrics,
+    Out, Payload, Signal, Stability, Stage, StageInfo,
 };
 
 /// The component type name.
@@ -285,22 +282,14 @@ pub struct OrderKpiConnector {
 }
 
 impl Connector for OrderKpiConnector {
-    fn start(self: Box<Self>, ctx: ConnectorContext) -> Result<Running, ComponentError> {
-        let ConnectorContext {
-            id,
-            input,
-            output,
-            abort,
-        } = ctx;
-        let id = id.to_string();
-        let task = Task {
-            telemetry: Telemetry::new(&id),
-            id,
+    fn into_stage(self: Box<Self>) -> Box<dyn Stage> {
+        Box::new(Task {
+            id: String::new(),
             engine: self.engine,
-            metrics: output.get(Signal::Metrics).cloned(),
-            logs: output.get(Signal::Logs).cloned(),
-        };
-        Ok(Running::spawn(task.run(input, abort)))
+            metrics: false,
+            logs: false,
+            telemetry: None,
+        })
     }
 }
 
@@ -372,72 +361,83 @@ impl Telemetry {
     }
 }
 
+/// The connector's stage: ingests order events (logs) and spans, and emits what each batch
+/// changed.
 struct Task {
     id: String,
     engine: Engine,
-    metrics: Option<Output>,
-    logs: Option<Output>,
-    telemetry: Telemetry,
+    /// Whether a metrics (logs) pipeline receives from the connector.
+    metrics: bool,
+    logs: bool,
+    telemetry: Option<Telemetry>,
 }
 
 impl Task {
-    async fn emit(&mut self, abort: &CancellationToken) -> Result<(), SendError> {
-        self.telemetry.publish(&self.engine);
+    fn emit(&mut self, out: &mut Out) {
+        if let Some(t) = &self.telemetry {
+            t.publish(&self.engine);
+        }
         let records = self.engine.take_logs();
-        if !records.is_empty() && self.logs.is_some() {
-            let payload = Payload::Logs(Logs::from_message(output::logs_request(records)));
-            send(&self.logs, payload, abort).await?;
+        if !records.is_empty() && self.logs {
+            out.send(Batch::new(Payload::Logs(Logs::from_message(output::logs_request(
+                records,
+            )))));
         }
         if let Some(req) = self.engine.take_metrics()
-            && self.metrics.is_some()
+            && self.metrics
         {
-            send(&self.metrics, Payload::Metrics(Metrics::from_message(req)), abort).await?;
+            out.send(Batch::new(Payload::Metrics(Metrics::from_message(req))));
         }
-        Ok(())
+    }
+}
+
+impl Stage for Task {
+    fn start(&mut self, info: &StageInfo) {
+        self.id = info.id.clone();
+        self.metrics = info.outputs.contains(&Signal::Metrics);
+        self.logs = info.outputs.contains(&Signal::Logs);
+        self.telemetry = Some(Telemetry::new(&info.id));
     }
 
-    async fn run(mut self, mut input: mpsc::Receiver<Batch>, abort: CancellationToken) -> Result<(), ComponentError> {
-        let result = loop {
-            tokio::select! {
-                biased;
-                _ = abort.cancelled() => break Err(SendError::Aborted),
-                b = input.recv() => match b {
-                    Some(mut batch) => {
-                        match &mut batch.payload {
-                            Payload::Logs(l) => match l.message() {
-                                Ok(req) => self.engine.ingest_logs(req),
-                                Err(e) => {
-                                    tracing::warn!(connector = %self.id, error = %e, "cannot decode logs; dropped");
-                                    batch.fail();
-                                }
-                            },
-                            Payload::Traces(t) => match t.message() {
-                                Ok(req) => self.engine.ingest_traces(req),
-                                Err(e) => {
-                                    tracing::warn!(connector = %self.id, error = %e, "cannot decode traces; dropped");
-                                    batch.fail();
-                                }
-                            },
-                            other => {
-                                tracing::warn!(connector = %self.id, signal = %other.signal(), "not logs or traces; dropped");
-                                batch.fail();
-                            }
-                        }
-                        // Aggregated: the batch is delivered when dropped.
-                        drop(batch);
-                        self.engine.advance();
-                        if let Err(e) = self.emit(&abort).await {
-                            break Err(e);
-                        }
-                    }
-                    None => {
-                        self.engine.finish();
-                        break self.emit(&abort).await;
-                    }
-                },
+    fn on_batch(&mut self, mut batch: Batch, out: &mut Out) {
+        let failed = match &mut batch.payload {
+            Payload::Logs(l) => match l.message() {
+                Ok(req) => {
+                    self.engine.ingest_logs(req);
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(connector = %self.id, error = %e, "cannot decode logs; dropped");
+                    Some(reason::ERROR)
+                }
+            },
+            Payload::Traces(t) => match t.message() {
+                Ok(req) => {
+                    self.engine.ingest_traces(req);
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(connector = %self.id, error = %e, "cannot decode traces; dropped");
+                    Some(reason::ERROR)
+                }
+            },
+            other => {
+                tracing::warn!(connector = %self.id, signal = %other.signal(), "not logs or traces; dropped");
+                Some(reason::UNSUPPORTED_SIGNAL)
             }
         };
-        end_run(&self.id, &mut input, result)
+        match failed {
+            Some(r) => out.fail(batch, r),
+            // Aggregated: the batch is delivered when dropped.
+            None => out.consume(batch),
+        }
+        self.engine.advance();
+        self.emit(out);
+    }
+
+    fn on_drain(&mut self, out: &mut Out) {
+        self.engine.finish();
+        self.emit(out);
     }
 }
 
