@@ -9,6 +9,7 @@ pub mod config;
 pub mod fuzz;
 pub mod graph;
 pub mod money;
+pub mod pb;
 pub mod pdata;
 pub mod rpc;
 pub mod stage;

@@ -11,7 +11,7 @@
 //! walk; on malformed input they never panic, they stop early and return what
 //! they read.
 
-use crate::wire::read_varint;
+use crate::pb::{len_field_size, put_len_field, put_varint, read_varint, varint_len};
 
 /// One protobuf field value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -444,35 +444,6 @@ pub fn decode_any_value(any_value: &[u8]) -> Option<AnyValueKind> {
 /// Appends the encoding of an `AnyValue` holding `v` (the body, without a tag or length) to `out`.
 pub fn encode_any_value(v: &AnyValueKind, out: &mut Vec<u8>) {
     v.encode(out);
-}
-
-// --- encoding helpers ---
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn varint_len(mut v: u64) -> usize {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
-    }
-    n
-}
-
-fn put_len_field(out: &mut Vec<u8>, tag: u32, body: &[u8]) {
-    put_varint(out, (u64::from(tag) << 3) | 2);
-    put_varint(out, body.len() as u64);
-    out.extend_from_slice(body);
-}
-
-fn len_field_size(tag: u32, body_len: usize) -> usize {
-    varint_len((u64::from(tag) << 3) | 2) + varint_len(body_len as u64) + body_len
 }
 
 /// Changes to one span's attributes, collected by a [`rewrite_spans`] callback.
