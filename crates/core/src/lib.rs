@@ -12,6 +12,7 @@ pub mod money;
 pub mod pb;
 pub mod pdata;
 pub mod rpc;
+pub mod span;
 pub mod stage;
 pub mod storage;
 pub mod telemetry;

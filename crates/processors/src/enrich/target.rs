@@ -184,7 +184,7 @@ impl<I: Item> Target for Decoded<'_, I> {
         self.0.trace_id()
     }
     fn get(&self, k: &Key) -> Option<ValueRef<'_>> {
-        attrs::get(self.0.attributes(), &k.name).map(ValueRef::from_value)
+        bizpilot_core::span::attr_of(self.0.attributes(), &k.name)
     }
     fn contains(&self, k: &Key) -> bool {
         attrs::contains(self.0.attributes(), &k.name)
