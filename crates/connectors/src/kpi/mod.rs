@@ -93,7 +93,11 @@
 //!   `kpi.stage.action.extra_per_hour`): the completions per hour that clear its orders before their deadlines
 //!   served closest deadline first (`max_j j / (x_j − t)` over its orders sorted by latest exit time `x_j`),
 //!   how many more than now, which orders first, and the expected compliance of its orders without the action
-//!   (`1 − mean P(miss)`) and with it (the share that can still make it).
+//!   (`1 − mean P(miss)`) and with it (the share that can still make it). *Which orders first*
+//!   (`stages[].action.expedite`, at most 10, with `behind` = how many): the orders that would miss their deadline
+//!   at the stage's current pace (closest deadline first, the j-th leaves after `j / throughput` hours) but can
+//!   still make it, highest order value first (the value the order's events stated, `events.amount`; orders
+//!   without one last), then closest deadline, each with the time it must leave the stage by.
 //! - **Scoring.** When a KPI resolves, its prediction is scored: flagged before the deadline and breached is a
 //!   true positive (lead time = deadline − first flag), flagged and in time a false positive, not flagged and
 //!   breached a false negative, else a true negative. Precision = TP / (TP + FP), recall = TP / (TP + FN).
@@ -133,7 +137,8 @@
 //! One record per order when it is first flagged: `event.name` = `kpi.at_risk`, attributes `kpi.name`,
 //! `order.id`, `kpi.probability`, `kpi.threshold`, `kpi.stage`, `kpi.stage.entered_unix_nano`,
 //! `kpi.stage.age_s`, `kpi.deadline_unix_nano`, `kpi.time_left_s`, `kpi.condition`, `kpi.cause`,
-//! `kpi.cause.service`, `kpi.cause.issue`, `kpi.cause.stage`, `kpi.cause.text`, `kpi.action`, the dimensions, and `kpi.evidence` (per service: `service`, `spans`,
+//! `kpi.cause.service`, `kpi.cause.issue`, `kpi.cause.stage`, `kpi.cause.text`, `kpi.action`, `kpi.order.value` and
+//! `kpi.order.currency` (when the order's events stated a value), the dimensions, and `kpi.evidence` (per service: `service`, `spans`,
 //! `errors`, `slow`, `trace_ids`); the record's trace id is an example trace of the cause; its time is the
 //! evaluation's. The HTTP API (`/api/v1/kpi/{name}/at-risk`) is described in [`api`].
 //!
