@@ -575,10 +575,8 @@ fn rewire(base: &Config, case: &TestCase, shared: &Shared) -> Result<Rewired, Te
     cfg.extensions.retain(|id| !stores(id));
     cfg.components
         .retain(|(k, id, _)| !(*k == ComponentKind::Extension && stores(id)));
-    for (k, _, v) in cfg.components.iter_mut() {
-        if *k == ComponentKind::Extension
-            && let Some(m) = v.as_mapping_mut()
-        {
+    for (_, _, v) in cfg.components.iter_mut() {
+        if let Some(m) = v.as_mapping_mut() {
             m.remove("storage");
         }
     }

@@ -11,7 +11,8 @@
 //!   ([`Stage::wake`]) in the same loop;
 //! - sending what the stage emitted, in order, waiting for room downstream (backpressure),
 //!   routed by signal for connectors; wake-ups keep being served while a send waits;
-//! - the end of the run: input closed → [`Stage::on_drain`] and everything emitted is sent;
+//! - the end of the run: input closed → [`Stage::finish`] (awaited), [`Stage::on_drain`], and everything
+//!   emitted is sent;
 //!   drain deadline (`abort`) or a closed downstream → [`Stage::on_abort`], then whatever the
 //!   stage still held or emitted is failed, and batches still queued at the input are failed
 //!   unread (their sources are told, through [`Ack`](crate::Ack), and may resend);
@@ -105,6 +106,13 @@ pub trait Stage: Send + 'static {
 
     /// The wake-up future completed.
     fn on_wake(&mut self, _out: &mut Out) {}
+
+    /// Asynchronous work to complete once the input has closed, before
+    /// [`on_drain`](Stage::on_drain) (`order_kpi`'s final checkpoint). The driver awaits it; the drain
+    /// deadline interrupts it.
+    fn finish(&mut self) -> Wake<'_> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// The input has closed (everything upstream stopped): emit what is still held.
     fn on_drain(&mut self, _out: &mut Out) {}
@@ -371,7 +379,14 @@ async fn drive(
                 }
                 stage.on_caught_up(&mut out);
             }
-            Event::Closed => stage.on_drain(&mut out),
+            Event::Closed => {
+                tokio::select! {
+                    biased;
+                    _ = abort.cancelled() => break Stop::Aborted,
+                    _ = stage.finish() => {}
+                }
+                stage.on_drain(&mut out);
+            }
             Event::Timer => stage.on_timer(&mut out),
             Event::Wake => stage.on_wake(&mut out),
         }
