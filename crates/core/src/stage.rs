@@ -833,4 +833,56 @@ mod tests {
             assert_eq!(counters.get("bizpilot_connector_sent_log_records_total", &c), 0);
         });
     }
+
+    /// Its `finish` waits for the test; `on_drain` then emits one span.
+    struct Finisher {
+        go: Option<oneshot::Receiver<()>>,
+        finished: bool,
+    }
+
+    impl Stage for Finisher {
+        fn on_batch(&mut self, batch: Batch, out: &mut Out) {
+            out.consume(batch);
+        }
+        fn finish(&mut self) -> Wake<'_> {
+            Box::pin(async {
+                if let Some(go) = self.go.take() {
+                    let _ = go.await;
+                }
+                self.finished = true;
+            })
+        }
+        fn on_drain(&mut self, out: &mut Out) {
+            assert!(self.finished, "on_drain before finish completed");
+            out.send(Batch::new(spans(1)));
+        }
+    }
+
+    #[test]
+    fn finish_is_awaited_before_the_drain() {
+        let counters = Counters::default();
+        with_counters(&counters, || async {
+            let (tx, rx) = mpsc::channel(4);
+            let (out, mut next) = output(4);
+            let (go_tx, go_rx) = oneshot::channel();
+            let stage = Finisher {
+                go: Some(go_rx),
+                finished: false,
+            };
+            let abort = CancellationToken::new();
+            let mut running = processor(Box::new(stage), rx, out, &abort);
+            tx.send(acked(2).0).await.unwrap();
+            drop(tx);
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            assert!(!running.is_finished(), "the run waits for finish");
+            assert!(next.try_recv().is_err(), "nothing drained yet");
+            go_tx.send(()).unwrap();
+            running.join().await.unwrap();
+            assert_eq!(next.recv().await.map(|b| b.items()), Some(1));
+            assert_eq!(counters.get("bizpilot_processor_consumed_spans_total", P), 2);
+            assert_eq!(counters.get("bizpilot_processor_sent_spans_total", P), 1);
+        });
+    }
 }
