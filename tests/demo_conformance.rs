@@ -379,6 +379,11 @@ fn sidecar_to_gateway_gives_the_truth_of_demo_traffic() {
     conformance(Generation::Current, 20, "sidecar");
 }
 
+#[test]
+fn sidecar_to_gateway_gives_the_truth_of_demo_2_2_0_app_traffic() {
+    conformance(Generation::App, 23, "sidecar");
+}
+
 // ---- sidecar-kafka → gateway-kafka, through a real Kafka-protocol broker (tansu) ----------------------------------
 
 /// Test settings over the shipped pipelines/gateway-kafka.yaml. The replay sends 25 minutes of event time (and a
