@@ -23,6 +23,9 @@ use super::health::{Health, Issue};
 use super::model::{Condition, Model};
 use super::sketch::{LogHistogram, Scale, TimeChange};
 
+mod snapshot;
+pub use snapshot::SnapshotError;
+
 fn ns(d: bizpilot_core::config::Duration) -> u64 {
     u64::try_from(d.get().as_nanos()).unwrap_or(u64::MAX)
 }
@@ -36,7 +39,7 @@ pub const MAX_SEEN_SPANS: usize = 64;
 pub const OVERFLOW: u32 = u32::MAX;
 
 /// What an event name means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mark {
     Stage(u8),
     Cancel,
@@ -260,7 +263,7 @@ pub struct Resolution {
 }
 
 /// The service behind an order's risk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Cause {
     pub service: Option<u16>,
     pub issue: Option<Issue>,
@@ -280,7 +283,7 @@ impl Cause {
 }
 
 /// Spans of one service that carried the order's key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Evidence {
     pub service: u16,
     pub spans: u32,
@@ -298,7 +301,7 @@ impl Evidence {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct KpiState {
     resolved: bool,
     goal: bool,
@@ -313,6 +316,7 @@ struct KpiState {
     cause: Option<Cause>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Order {
     /// Event time each stage was reached (0: not seen).
     reached: Box<[u64]>,
@@ -338,13 +342,14 @@ impl Order {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Orphan {
     created: u64,
     evidence: Vec<Evidence>,
     seen: Vec<u64>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct SpanRec {
     order: Option<Box<str>>,
     service: u16,
@@ -355,6 +360,7 @@ struct SpanRec {
     span_id: [u8; 8],
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 enum Item {
     Event {
         order: Box<str>,
@@ -368,7 +374,7 @@ const RANK_CANCEL: u16 = 1000;
 const RANK_SPAN: u16 = 2000;
 
 /// Counters of what the engine saw (self-telemetry).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     pub events: u64,
     pub events_ignored: u64,
@@ -387,6 +393,7 @@ pub struct Stats {
 }
 
 /// Cumulative figures of one KPI.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct KpiFigures {
     pub(super) by_series: BTreeMap<u32, [u64; 2]>,
     pub(super) breaches_by_cause: BTreeMap<String, u64>,
