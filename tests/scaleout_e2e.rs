@@ -72,6 +72,7 @@ service:
 
 /// tansu answers a fetch only with record batches that start at or after the requested offset, so a consumer that
 /// resumes inside a multi-record batch (after a rebalance) would skip the rest of it: one record per batch.
+///
 /// The shipped sidecar keys spans by trace id; this workload's failed checkouts get their value only from their
 /// order event, so it runs the documented order-affinity variant (spans keyed by order id, co-partitioned with the
 /// events; pipelines/sidecar-kafka.yaml).

@@ -18,7 +18,7 @@
 //! | `PlaceOrder` | `user.id`, `demo.user_context.selected_currency`, `demo.order.id`, `demo.order.items.count`; on success also `demo.order.amount`, `demo.shipping.amount`, `demo.shipping.tracking.id` |
 //! | `GetCart` | `user.id`, `demo.cart.items.count` |
 //! | `grpc.oteldemo.PaymentService/Charge` | `user.id`, `demo.order.id`, `demo.payment.amount` (string) |
-//! | `charge` | `demo.payment.card_type`, `demo.payment.card_valid`, `demo.user_context.loyalty_level` (the customer tier); on success `demo.payment.charged` |
+//! | `charge` | `demo.order.id`, `demo.payment.card_type`, `demo.payment.card_valid`, `demo.user_context.loyalty_level` (the customer tier); on success `demo.payment.charged` |
 //! | `ShipOrder` | `demo.order.id`, `demo.shipping.amount`, `demo.shipping.tracking.id` |
 //! | `SendOrderConfirmation` | `demo.order.id`, `demo.order.items.count` |
 //! | `GET /api/products/{productId}` | `user.id`, `session.id`, `demo.product.id` |
@@ -39,7 +39,8 @@
 //! and no ShipOrder or SendOrderConfirmation span; Charge lasts about the outage's timeout.
 //!
 //! Departures from the demo, so that every span on the checkout path carries a business key: `demo.order.id` is
-//! set on every attempt (failed ones too; retries of a cart reuse it) and also on Charge and ShipOrder.
+//! set on every attempt (failed ones too; retries of a cart reuse it) and also on Charge, `charge` and ShipOrder
+//! (so a topology keyed by order id keeps the tier of `charge` with its order).
 //! `demo.order.amount` and `demo.shipping.amount` are doubles as in the demo (or strings, see
 //! [`crate::config::MoneyAttributes`]); `demo.order.amount` = `demo.payment.amount` = the order value.
 //!
@@ -752,6 +753,7 @@ impl SpanFactory {
         let ci_start = charge_start + between(rng, 100 * US, 500 * US);
         let ci_end = (charge_end - between(rng, 50 * US, 300 * US)).max(ci_start + US);
         let mut b = self.begin(Kind::ChargeInternal, tid, &ids[6], Some(&ids[3]), ci_start, ci_end);
+        attr_str(&mut b, &k.order_id, inp.order_id);
         attr_str(&mut b, &k.payment_card_type, inp.card_type);
         attr_bool(&mut b, &k.payment_card_valid, true);
         attr_str(&mut b, &k.loyalty, tier);
@@ -764,7 +766,7 @@ impl SpanFactory {
             &mut out,
             Service::Payment,
             b,
-            (&ids[6], Kind::ChargeInternal, failed, KeyKind::None),
+            (&ids[6], Kind::ChargeInternal, failed, KeyKind::Order),
             rng,
         );
 
