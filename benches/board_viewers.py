@@ -6,11 +6,12 @@ server serves the board) pinned to core 1; the load generator, its sink and the 
 workload has a payment outage (by default 60 % of payments fail throughout), so the board has incidents and
 affected customers to show, as it would when people watch it.
 
-Viewers are real headless Chromium tabs (--browsers, one Debian `chromium` process on core 0 with a tab per
-viewer opened through the DevTools HTTP endpoint `PUT /json/new`; each loads `/`, `board.css`, `board.js` and
-keeps the page's `EventSource` on `GET /board/events` open) and/or plain server-sent-event clients
-(--viewers, threads reading `GET /board/events`). The bizpilot gauge `bizpilot_board_viewers` is read during
-every window to check that all of them are connected.
+Viewers are real headless Chromium pages (--browsers: Debian `chromium` processes on core 0, at most
+--tabs-per-browser pages each, opened through the DevTools HTTP endpoint `PUT /json/new`; each page loads `/`,
+`board.css`, `board.js` and keeps its `EventSource` on `GET /board/events` open) and/or plain server-sent-event
+clients (--viewers, threads reading `GET /board/events`). A browser opens at most 6 HTTP/1.1 connections per
+host, so one Chromium holds at most 6 live board pages; hence several processes. The bizpilot gauge
+`bizpilot_board_viewers` is read during every window to check that all viewers are connected.
 
 Each round measures bizpilot's CPU (utime + stime from /proc/PID/stat, i.e. the process's own CPU time, not
 wall time) over the steady window of a fixed-rate load (--rate spans/s), once without and once with the
@@ -18,8 +19,8 @@ viewers; the order alternates between rounds so that drift cancels. Reports per 
 percentage points of one core, and the median and range over the rounds. Standard library only; reuses
 harness.py (ports, pinning, sampling). Results: benches/results/board_viewers.json.
 
-    python3 benches/board_viewers.py                                   # 20 Chromium tabs, 50,000 spans/s, 5 rounds
-    python3 benches/board_viewers.py --browsers 0 --viewers 20         # 20 SSE clients instead
+    python3 benches/board_viewers.py                                   # 20 SSE clients + 1 Chromium page, 50,000 spans/s
+    python3 benches/board_viewers.py --browsers 20 --viewers 0         # 20 Chromium pages (4 processes)
     python3 benches/board_viewers.py --no-build --rounds 7 --seconds 20
 """
 
@@ -73,7 +74,8 @@ class Browser:
             raise RuntimeError("no chromium on PATH (Debian package `chromium`; see .ci/prereq-chromium.sh)")
         self.port = harness.free_port()
         self.profile = tempfile.mkdtemp(prefix="bench-board-chromium-")
-        self.proc = harness.start([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        # Niced: the browsers must not starve the load generator on the same core (the rate must hold).
+        self.proc = harness.start(["nice", "-n", "10", exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                                    "--remote-debugging-port=%d" % self.port, "--no-first-run",
                                    "--no-default-browser-check", "--disable-extensions",
                                    "--disable-background-networking", "--disable-component-update",
@@ -164,8 +166,10 @@ def measure(pid, grpc, admin, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--browsers", type=int, default=20, help="headless Chromium tabs on the board")
-    ap.add_argument("--viewers", type=int, default=0, help="plain SSE clients of /board/events")
+    ap.add_argument("--browsers", type=int, default=1, help="headless Chromium pages on the board")
+    ap.add_argument("--tabs-per-browser", type=int, default=5,
+                    help="pages per Chromium process (a browser keeps at most 6 connections per host)")
+    ap.add_argument("--viewers", type=int, default=20, help="plain SSE clients of /board/events")
     ap.add_argument("--rate", type=int, default=50_000)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--warmup", type=float, default=4)
@@ -197,15 +201,15 @@ def main():
     grpc = "127.0.0.1:%d" % ports["grpc"]
     board = "http://127.0.0.1:%d/board" % ports["admin"]
     want = args.browsers + args.viewers
-    browser = None
+    browsers = []
     rounds = []
     load = [harness.loadavg()]
     try:
         if not (harness.wait_port(ports["sink"]) and harness.wait_port(ports["grpc"])
                 and harness.wait_port(ports["admin"])):
             raise RuntimeError("bizpilot or the sink did not start (see %s)" % tmp)
-        if args.browsers:
-            browser = Browser()
+        for k in range(0, args.browsers, max(1, args.tabs_per_browser)):
+            browsers.append((Browser(), min(args.tabs_per_browser, args.browsers - k)))
         time.sleep(1)
         # Fill the board first (incidents, customers) so that both phases see the same kind of state.
         measure(coll.pid, grpc, ports["admin"], args)
@@ -219,16 +223,18 @@ def main():
                     viewers = [Viewer(ports["admin"], stop) for _ in range(args.viewers)]
                     for v in viewers:
                         v.start()
-                    if browser:
-                        browser.open(board, args.browsers)
+                    for b, n in browsers:
+                        b.open(board, n)
                     time.sleep(3)  # pages loaded, streams open
                 r[phase] = measure(coll.pid, grpc, ports["admin"], args)
                 elapsed = time.time() - t_open
                 if phase == "with":
                     stop.set()
-                    if browser:
-                        r["pages_open"] = len(browser.pages())
-                        browser.close_tabs()
+                    if browsers:
+                        r["board_pages_open"] = sum(1 for b, _ in browsers for p in b.pages()
+                                                    if p.get("url", "").startswith(board))
+                        for b, _ in browsers:
+                            b.close_tabs()
                     r["viewer_errors"] = [v.error for v in viewers if v.error]
                     if viewers:
                         r["sse_ticks_per_viewer_per_sec"] = round(statistics.median(v.ticks for v in viewers)
@@ -246,35 +252,44 @@ def main():
                            r["with"]["spans_per_sec"], sorted(set(r["with"]["viewers_seen"])), r["added_points"])
                         + "; board: %s" % r["board"])
     finally:
-        if browser:
-            browser.stop()
+        for b, _ in browsers:
+            b.stop()
         harness.stop(coll)
         harness.stop(sink)
-    a = statistics.median(r["without"]["cpu"] for r in rounds)
-    b = statistics.median(r["with"]["cpu"] for r in rounds)
-    diffs = [r["added_points"] for r in rounds]
+    # A round counts only when the generator held the rate in both phases (within 5 %): on a shared machine it
+    # sometimes cannot, and bizpilot's CPU then follows the rate, not the viewers.
+    for r in rounds:
+        r["valid"] = all(abs(r[p]["spans_per_sec"] - args.rate) <= 0.05 * args.rate for p in ("without", "with"))
+    valid = [r for r in rounds if r["valid"]] or rounds
+    a = statistics.median(r["without"]["cpu"] for r in valid)
+    b = statistics.median(r["with"]["cpu"] for r in valid)
+    diffs = [r["added_points"] for r in valid]
     counted = [v for r in rounds for v in r["with"]["viewers_seen"]]
     result = {
         "browsers": args.browsers, "sse_viewers": args.viewers, "rate": args.rate, "seconds": args.seconds,
         "payment_outage": args.payment_outage, "machine": harness.machine(), "loadavg": load, "rounds": rounds,
         "cpu_without": round(a, 4), "cpu_with": round(b, 4),
+        "rounds_valid": sum(1 for r in rounds if r["valid"]),
         "added_points_median": round(statistics.median(diffs), 2),
+        "added_points_all_rounds": [r["added_points"] for r in rounds],
         "added_points_min": min(diffs), "added_points_max": max(diffs),
         "added_percent_relative": round((b - a) / a * 100, 2) if a else None,
         "viewers_counted_by_bizpilot": [min(counted), max(counted)] if counted else None,
         "board_at_end": rounds[-1]["board"] if rounds else None,
-        "spans_per_sec_without": statistics.median(r["without"]["spans_per_sec"] for r in rounds),
-        "spans_per_sec_with": statistics.median(r["with"]["spans_per_sec"] for r in rounds),
+        "spans_per_sec_without": statistics.median(r["without"]["spans_per_sec"] for r in valid),
+        "spans_per_sec_with": statistics.median(r["with"]["spans_per_sec"] for r in valid),
     }
     os.makedirs(harness.RESULTS, exist_ok=True)
     with open(os.path.join(harness.RESULTS, "board_viewers.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
-    who = " + ".join(x for x in ("%d Chromium tabs" % args.browsers if args.browsers else "",
+    who = " + ".join(x for x in ("%d Chromium pages (%d processes)" % (args.browsers, len(browsers))
+                                 if args.browsers else "",
                                  "%d SSE clients" % args.viewers if args.viewers else "") if x)
     print("%s at %d spans/s: bizpilot %.1f %% of a core without, %.1f %% with; added %+.2f points of a core "
-          "(median of %d paired rounds, range %+.2f to %+.2f)"
-          % (who, args.rate, a * 100, b * 100, result["added_points_median"], len(rounds), min(diffs), max(diffs)))
+          "(median of %d paired rounds where the rate held, of %d; range %+.2f to %+.2f)"
+          % (who, args.rate, a * 100, b * 100, result["added_points_median"], len(diffs), len(rounds), min(diffs),
+             max(diffs)))
 
 
 if __name__ == "__main__":
