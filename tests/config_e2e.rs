@@ -199,6 +199,7 @@ fn component_reference_is_generated_from_the_module_docs() {
         ("extension `business_state`", "crates/extensions/src/business_state.rs"),
         ("extension `lookup`", "crates/extensions/src/lookup.rs"),
         ("extension `health_check`", "crates/extensions/src/health_check.rs"),
+        ("extension `file_storage`", "crates/extensions/src/file_storage.rs"),
     ];
     let mut doc = String::from(
         "# Component reference\n\n<!-- Generated from the module documentation of each component by \

@@ -570,6 +570,17 @@ fn rewire(base: &Config, case: &TestCase, shared: &Shared) -> Result<Rewired, Te
     cfg.extensions.retain(|id| !listens(id));
     cfg.components
         .retain(|(k, id, _)| !(*k == ComponentKind::Extension && listens(id)));
+    // Durable storage would carry state from one case into the next (and write files): every case starts from
+    // empty state in memory.
+    let stores = |id: &ComponentId| bizpilot_core::storage::STORAGE_EXTENSION_TYPES.contains(&id.type_name());
+    cfg.extensions.retain(|id| !stores(id));
+    cfg.components
+        .retain(|(k, id, _)| !(*k == ComponentKind::Extension && stores(id)));
+    for (_, _, v) in cfg.components.iter_mut() {
+        if let Some(m) = v.as_mapping_mut() {
+            m.remove("storage");
+        }
+    }
     for new in replaced.values() {
         let kind = if new.type_name() == INJECT {
             ComponentKind::Receiver
