@@ -174,6 +174,10 @@ fn component_reference_is_generated_from_the_module_docs() {
             "receiver `kafka`: the OpenTelemetry Demo's `OrderResult`",
             "crates/kafka/src/otel_demo.rs",
         ),
+        (
+            "processors and connectors: the stage driver",
+            "crates/core/src/stage.rs",
+        ),
         ("processor `batch`", "crates/processors/src/batch.rs"),
         ("processor `memory_limiter`", "crates/processors/src/memory_limiter.rs"),
         ("processor `enrich`", "crates/processors/src/enrich/mod.rs"),
@@ -199,6 +203,7 @@ fn component_reference_is_generated_from_the_module_docs() {
         ("extension `business_state`", "crates/extensions/src/business_state.rs"),
         ("extension `lookup`", "crates/extensions/src/lookup.rs"),
         ("extension `health_check`", "crates/extensions/src/health_check.rs"),
+        ("extension `file_storage`", "crates/extensions/src/file_storage.rs"),
     ];
     let mut doc = String::from(
         "# Component reference\n\n<!-- Generated from the module documentation of each component by \

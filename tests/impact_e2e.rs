@@ -8,7 +8,7 @@ mod common;
 use bizpilot_core::{Currency, Money};
 use bizpilot_shopgen::{Emission, Shop, ShopConfig, Workload, pack_events, pack_traces, spans::names};
 use common::{
-    Bizpilot, Downstream, Prometheus, free_port, json_get, metric_sum, otlp_post, promtool_check_metrics, rss_kib,
+    Bizpilot, Downstream, Prometheus, free_port, json_get, metric_sum, post_accepted, promtool_check_metrics, rss_kib,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -72,24 +72,14 @@ fn start(ports: &Ports, overlay: &str) -> Bizpilot {
     Bizpilot::start_with(&[preset.as_path(), over.as_path()], ports.admin, dir, &env)
 }
 
-fn post(addr: SocketAddr, path: &str, body: &[u8]) {
-    for attempt in 0..100 {
-        match otlp_post(addr, path, body) {
-            200 => return,
-            s if attempt < 99 && (s == 429 || s == 503 || s == 0) => std::thread::sleep(Duration::from_millis(50)),
-            s => panic!("POST {path} answered {s}"),
-        }
-    }
-}
-
 /// Sends emissions in arrival order, in chunks: each chunk's business events, then its traces.
 fn send(addr: SocketAddr, emissions: &[Emission]) {
     for chunk in emissions.chunks(300) {
         for req in pack_events(chunk.iter().filter_map(Emission::as_event), 10_000) {
-            post(addr, "/v1/logs", &req.encode_to_vec());
+            post_accepted(addr, "/v1/logs", &req.encode_to_vec());
         }
         for req in pack_traces(chunk.iter().filter_map(Emission::as_trace), 10_000) {
-            post(addr, "/v1/traces", &req.encode_to_vec());
+            post_accepted(addr, "/v1/traces", &req.encode_to_vec());
         }
     }
 }
@@ -632,7 +622,7 @@ connectors:
     );
     let send_range = |from: u64, to: u64| {
         for start in (from..to).step_by(1000) {
-            post(ports.http, "/v1/traces", &region_spans(start, 1000).encode_to_vec());
+            post_accepted(ports.http, "/v1/traces", &region_spans(start, 1000).encode_to_vec());
         }
     };
     let wait_total = |want: f64| {

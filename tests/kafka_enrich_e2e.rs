@@ -13,30 +13,15 @@ mod kafka_harness;
 use bizpilot_business::attrs;
 use bizpilot_core::{Currency, Money};
 use bizpilot_shopgen::{Emission, Shop, ShopConfig, pack_traces};
-use common::{Downstream, free_addr, otlp_post, start_pipeline};
+use common::{Downstream, free_addr, hex, post_accepted, start_pipeline};
 use kafka_harness::{Msg, Tansu, create_topics, produce};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 fn get(sp: &Span, k: &str) -> Option<String> {
     attrs::get_string(&sp.attributes, k).map(|s| s.into_owned())
-}
-
-fn post(addr: SocketAddr, path: &str, body: &[u8]) {
-    for attempt in 0..100 {
-        match otlp_post(addr, path, body) {
-            200 => return,
-            s if attempt < 99 && (s == 429 || s == 503 || s == 0) => std::thread::sleep(Duration::from_millis(50)),
-            s => panic!("POST {path} answered {s}"),
-        }
-    }
 }
 
 #[test]
@@ -124,7 +109,7 @@ service:
                 .flat_map(|r| &r.scope_spans)
                 .map(|s| s.spans.len())
                 .sum::<usize>();
-            post(http, "/v1/traces", &req.encode_to_vec());
+            post_accepted(http, "/v1/traces", &req.encode_to_vec());
         }
     }
     assert_eq!(spans_sent as u64, truth.counts.span_emissions);

@@ -41,10 +41,18 @@ injections:
 
 /// Writes the customers table and the pipeline config (metrics also to a `prometheus` exporter on `prom`);
 /// returns the config's path.
-fn write_config(dir: &Path, customers: &str, http: SocketAddr, admin: SocketAddr, prom: SocketAddr) -> PathBuf {
+/// With `storage`, the connector checkpoints into a `file_storage` extension there every 300 ms.
+fn write_config(
+    dir: &Path,
+    customers: &str,
+    http: SocketAddr,
+    admin: SocketAddr,
+    prom: SocketAddr,
+    storage: Option<&Path>,
+) -> PathBuf {
     let csv = dir.join("customers.csv");
     std::fs::write(&csv, customers).unwrap();
-    let cfg = format!(
+    let mut cfg = format!(
         r#"
 receivers:
   otlp:
@@ -77,6 +85,23 @@ service:
 "#,
         csv = csv.display()
     );
+    if let Some(storage) = storage {
+        cfg = cfg.replace(
+            "  extensions: [lookup/customers]\n",
+            "  extensions: [file_storage, lookup/customers]\n",
+        );
+        cfg = cfg.replace(
+            "extensions:\n  lookup/customers:",
+            &format!(
+                "extensions:\n  file_storage: {{directory: \"{}\"}}\n  lookup/customers:",
+                storage.display()
+            ),
+        );
+        cfg = cfg.replace(
+            "    allowed_lateness: 2m\n",
+            "    allowed_lateness: 2m\n    storage: file_storage\n    checkpoint_interval: 300ms\n",
+        );
+    }
     let path = dir.join("pipeline.yaml");
     std::fs::write(&path, cfg).unwrap();
     path
@@ -126,6 +151,15 @@ fn attr<'a>(p: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value
 }
 
 /// Waits until the connector has evaluated everything posted (its `as_of` stops moving).
+/// The sum of the `kpi.orders.resolved` points of `outcome`.
+fn resolved_count(resolved: &[&serde_json::Value], outcome: &str) -> i64 {
+    resolved
+        .iter()
+        .filter(|p| attr(p, "outcome").and_then(|v| v["stringValue"].as_str()) == Some(outcome))
+        .map(|p| int(p))
+        .sum()
+}
+
 fn settle(admin: SocketAddr) {
     let mut last = serde_json::Value::Null;
     let mut same = 0;
@@ -151,7 +185,7 @@ fn replays_are_identical_and_agree_with_the_live_run() {
     let rec = dir.path().join("shop.otlprec");
     let (truth, customers) = kpi_record_shop(&shop(5), Duration::from_secs(5), &rec);
     let (http, admin, prom) = (addr(), addr(), addr());
-    let cfg = write_config(dir.path(), &customers, http, admin, prom);
+    let cfg = write_config(dir.path(), &customers, http, admin, prom, None);
 
     // Two replays: byte-identical outputs.
     let (st, out1, err1) = kpi_run_replay(&cfg, &[&rec], &[]);
@@ -173,13 +207,7 @@ fn replays_are_identical_and_agree_with_the_live_run() {
 
     // The KPI figures are the ground truth's, exactly.
     let resolved = metric_points(&replayed_final, "kpi.orders.resolved");
-    let count = |outcome: &str| -> i64 {
-        resolved
-            .iter()
-            .filter(|p| attr(p, "outcome").and_then(|v| v["stringValue"].as_str()) == Some(outcome))
-            .map(|p| int(p))
-            .sum()
-    };
+    let count = |outcome: &str| resolved_count(&resolved, outcome);
     let k = &truth.kpi.summary;
     assert_eq!(count("in_time") as u64, k.fulfilled_in_time);
     assert_eq!(count("breached") as u64, k.breached);
@@ -268,10 +296,63 @@ fn replays_are_identical_and_agree_with_the_live_run() {
     assert_eq!(live_final, replayed_final, "the same final metrics");
 }
 
+/// The live run of the test above, killed with `SIGKILL` half way (after a checkpoint) and started again on the same
+/// storage: the second process restores the open orders and the learned model and, fed the rest, ends with exactly
+/// the ground truth's KPI figures — as if the kill had not happened.
+#[test]
+fn a_live_run_killed_half_way_and_restarted_ends_with_the_ground_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("shop.otlprec");
+    let (truth, customers) = kpi_record_shop(&shop(7), Duration::from_secs(5), &rec);
+    let (http, admin, prom) = (addr(), addr(), addr());
+    let storage = dir.path().join("storage");
+    let cfg = write_config(dir.path(), &customers, http, admin, prom, Some(&storage));
+    let all = recording::read(&rec).unwrap();
+    let cut = all.partition_point(|r| r.time < truth.start_unix_nano + 4 * 3_600_000_000_000);
+
+    let mut first = Bizpilot::start_with(&[cfg.as_path()], admin, tempfile::tempdir().unwrap(), &[]);
+    kpi_post_records(http, &all[..cut]);
+    settle(admin);
+    let (_, before) = json_get(admin, "/api/v1/kpi/fulfilled_2h/at-risk?limit=1");
+    // Two checkpoints after the connector settled: the second holds everything posted.
+    let n = first.metric_sum("bizpilot_connector_order_kpi_checkpoints_total", &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while first.metric_sum("bizpilot_connector_order_kpi_checkpoints_total", &[]) < n + 2.0 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint\n{}", first.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10));
+
+    let mut second = Bizpilot::start_with(&[cfg.as_path()], admin, tempfile::tempdir().unwrap(), &[]);
+    let restored = second.metric_sum("bizpilot_connector_order_kpi_restored_orders", &[]);
+    assert!(restored > 10.0, "restored {restored} open orders\n{}", second.logs());
+    let (_, after) = json_get(admin, "/api/v1/kpi/fulfilled_2h/at-risk?limit=1");
+    assert_eq!(
+        after["total"], before["total"],
+        "the same orders at risk right after the restart"
+    );
+    kpi_post_records(http, &all[cut..]);
+    second.signal("TERM");
+    assert!(
+        second.wait_exit(Duration::from_secs(120)).success(),
+        "{}",
+        second.logs()
+    );
+    let stdout = std::fs::read_to_string(second.dir.path().join("stdout.log")).unwrap();
+    let (_, last) = outputs(&stdout);
+    let resolved = metric_points(&last, "kpi.orders.resolved");
+    let count = |outcome: &str| resolved_count(&resolved, outcome);
+    let k = &truth.kpi.summary;
+    assert!(k.breached > 50, "{k:?}");
+    assert_eq!(count("in_time") as u64, k.fulfilled_in_time);
+    assert_eq!(count("breached") as u64, k.breached);
+}
+
 #[test]
 fn json_lines_recordings_and_bad_input() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "customer_id,tier,region\n", addr(), addr(), addr());
+    let cfg = write_config(dir.path(), "customer_id,tier,region\n", addr(), addr(), addr(), None);
     // One order, placed and delivered late, as OTLP/JSON lines (delivered line first: replay sorts them).
     let jsonl = dir.path().join("events.jsonl");
     let ev = |name: &str, t: u64| {

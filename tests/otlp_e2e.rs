@@ -565,3 +565,147 @@ async fn sigterm_drains_everything_accepted_then_exits_zero() {
     assert!(status.success(), "exit status {status}\n{}", bp.logs());
     assert_eq!(downstream.received(|r| r.span_count()), sent, "{}", bp.logs());
 }
+
+/// Every processor and connector the binary registers runs on the core stage driver and reports its standard
+/// counters (docs/instrumentation.md): the test runs one pipeline chain holding every registered processor and
+/// connector type (from `bizpilot components`, so a new type fails it until it is added), sends spans over OTLP,
+/// and checks on `/metrics` that each stage accepted them all and passed them on (processors, `forward`) or
+/// absorbed them (the aggregating connectors), with nothing dropped or refused.
+#[test]
+fn every_processor_and_connector_reports_the_stage_counters() {
+    let listed = std::process::Command::new(common::bin())
+        .arg("components")
+        .output()
+        .expect("bizpilot components");
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    let types = |kind: &str| -> Vec<String> {
+        listed
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(kind)).then(|| w.next().unwrap_or_default().to_string())
+            })
+            .collect()
+    };
+    let (processors, connectors) = (types("processor"), types("connector"));
+    let in_chain = ["memory_limiter", "redaction", "enrich", "batch"];
+    let passing = ["forward"];
+    let absorbing = ["business_impact", "order_kpi", "capacity_planner"];
+    let mut want_p: Vec<&str> = in_chain.to_vec();
+    want_p.sort_unstable();
+    let mut want_c: Vec<&str> = passing.iter().chain(&absorbing).copied().collect();
+    want_c.sort_unstable();
+    assert_eq!(
+        processors, want_p,
+        "a processor type is missing from this test's pipeline"
+    );
+    assert_eq!(
+        connectors, want_c,
+        "a connector type is missing from this test's pipeline"
+    );
+
+    let http = free_port();
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let cfg = format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      http: {{endpoint: "127.0.0.1:{http}"}}
+processors:
+  memory_limiter: {{check_interval: 1s, limit_mib: 8192}}
+  redaction: {{}}
+  enrich:
+    rules:
+      - set: {{key: business.channel, value: web}}
+  batch: {{timeout: 50ms}}
+connectors:
+  forward:
+  business_impact:
+    operations:
+      - {{name: checkout, span_name: stage-0}}
+  order_kpi:
+    stages:
+      - {{name: placed, events: [order.placed]}}
+      - {{name: paid, events: [order.paid]}}
+      - {{name: shipped, events: [order.shipped]}}
+      - {{name: delivered, events: [order.delivered]}}
+    kpis:
+      - {{name: fulfilled_24h, from: placed, to: delivered, deadline: 24h}}
+  capacity_planner:
+    steps:
+      - {{name: checkout, service: raw, span_name: stage-0}}
+    orders_step: checkout
+exporters:
+  debug: {{}}
+service:
+  telemetry: {{metrics: {{address: "{admin}"}}}}
+  pipelines:
+    traces/in: {{receivers: [otlp], processors: [{chain}], exporters: [forward]}}
+    traces/out: {{receivers: [forward], exporters: [business_impact, order_kpi, capacity_planner, debug]}}
+    metrics/out: {{receivers: [business_impact, order_kpi, capacity_planner], exporters: [debug]}}
+"#,
+        chain = in_chain.join(", ")
+    );
+    let bp = Bizpilot::start(&cfg, admin);
+    let addr = SocketAddr::from(([127, 0, 0, 1], http));
+    let mut sent = 0;
+    for (i, n) in [1usize, 50, 7, 120].into_iter().enumerate() {
+        let body = trace_request(&format!("stage{i}"), n).encode_to_vec();
+        assert_eq!(common::otlp_post(addr, "/v1/traces", &body), 200);
+        sent += n;
+    }
+    let sent = sent as f64;
+    let get = |m: &str, labels: &[&str]| bp.metric_sum(m, labels);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = absorbing.iter().all(|c| {
+            get(
+                "bizpilot_connector_consumed_spans_total",
+                &[&format!("connector=\"{c}\"")],
+            ) >= sent
+        });
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spans did not reach every connector\n{}",
+            bp.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = bp.metrics();
+    for p in in_chain {
+        let l = [format!("processor=\"{p}\""), "pipeline=\"traces/in\"".to_string()];
+        let l: Vec<&str> = l.iter().map(String::as_str).collect();
+        for (what, want) in [
+            ("accepted", sent),
+            ("sent", sent),
+            ("consumed", 0.0),
+            ("dropped", 0.0),
+            ("refused", 0.0),
+        ] {
+            let name = format!("bizpilot_processor_{what}_spans_total");
+            assert_eq!(common::metric_sum(&metrics, &name, &l), want, "{p} {what}\n{metrics}");
+        }
+    }
+    for c in passing.iter().chain(&absorbing) {
+        let l = format!("connector=\"{c}\"");
+        let (passed, absorbed) = if passing.contains(c) { (sent, 0.0) } else { (0.0, sent) };
+        for (what, want) in [
+            ("accepted", sent),
+            ("sent", passed),
+            ("consumed", absorbed),
+            ("dropped", 0.0),
+            ("refused", 0.0),
+        ] {
+            let name = format!("bizpilot_connector_{what}_spans_total");
+            assert_eq!(
+                common::metric_sum(&metrics, &name, &[&l]),
+                want,
+                "{c} {what}\n{metrics}"
+            );
+        }
+    }
+}

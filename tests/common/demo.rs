@@ -841,6 +841,12 @@ impl DemoTraffic {
 
     /// The ground truth of `operation` (`checkout` or `payment`), from the attempts alone.
     pub fn truth(&self, operation: &str) -> OpTruth {
+        self.truth_of(operation, |_| true)
+    }
+
+    /// The ground truth of `operation` over the attempts that `keep` selects (e.g. the traces one of several
+    /// gateways consumed): the same definitions applied to that share alone.
+    pub fn truth_of(&self, operation: &str, keep: impl Fn(&Attempt) -> bool) -> OpTruth {
         let w = self.config.window_ns;
         let time = |a: &Attempt| {
             if operation == "payment" {
@@ -849,7 +855,7 @@ impl DemoTraffic {
                 a.place_order_end
             }
         };
-        let mut ops: Vec<&Attempt> = self.attempts.iter().collect();
+        let mut ops: Vec<&Attempt> = self.attempts.iter().filter(|a| keep(a)).collect();
         ops.sort_by_key(|a| time(a));
         let mut t = OpTruth::default();
         // customer → (episode end, cents, tier, currency)

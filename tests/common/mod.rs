@@ -253,6 +253,8 @@ impl Bizpilot {
         // The shipped pipelines' health_check extension listens on :13133 unless moved: tests run in
         // parallel, so each process gets its own port (a test may still set its own).
         cmd.env("BIZPILOT_HEALTH_ENDPOINT", format!("127.0.0.1:{}", free_port()));
+        // Likewise the shipped pipelines' durable state (`file_storage`): one directory per process unless set.
+        cmd.env("BIZPILOT_STORAGE_DIR", dir.path().join("storage"));
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -481,6 +483,23 @@ impl opentelemetry_http::HttpClient for BlockingHttp {
 // `prometheus`, installed by .ci/prereq-prometheus.sh) with promtool.
 
 /// POSTs an OTLP/HTTP protobuf body (`path` = `/v1/traces`, `/v1/logs`, …); returns the HTTP status.
+/// POSTs an OTLP/HTTP protobuf body until it is accepted (200), waiting out 429/503 and refused connections for up
+/// to about 5 s; any other answer fails the test.
+pub fn post_accepted(addr: SocketAddr, path: &str, body: &[u8]) {
+    for attempt in 0..100 {
+        match otlp_post(addr, path, body) {
+            200 => return,
+            s if attempt < 99 && (s == 429 || s == 503 || s == 0) => std::thread::sleep(Duration::from_millis(50)),
+            s => panic!("POST {path} answered {s}"),
+        }
+    }
+}
+
+/// Lower-case hex of an id.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 pub fn otlp_post(addr: SocketAddr, path: &str, body: &[u8]) -> u16 {
     http_request(addr, "POST", path, &[("Content-Type", "application/x-protobuf")], body)
         .map(|(s, _)| s)

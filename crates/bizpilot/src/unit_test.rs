@@ -69,8 +69,8 @@ use bizpilot_core::pdata::proto::common::v1::{AnyValue, KeyValue, any_value::Val
 use bizpilot_core::pdata::proto::metrics::v1::{metric::Data, number_data_point::Value as NumV};
 use bizpilot_core::{
     Ack, Batch, ComponentError, ComponentId, ComponentInfo, ComponentKind, Config, CreateContext, Payload, Processor,
-    ProcessorContext, ProcessorFactory, Receiver, ReceiverContext, ReceiverFactory, ReceiverOutput, Running,
-    RunningService, Signal, Stability,
+    ProcessorFactory, Receiver, ReceiverContext, ReceiverFactory, ReceiverOutput, Running, RunningService, Signal,
+    Stability,
 };
 use serde::Deserialize;
 
@@ -461,7 +461,7 @@ impl Receiver for Inject {
 }
 
 struct TapFactory(Arc<Shared>);
-struct Tap(Arc<Shared>);
+struct Tap(Arc<Shared>, ComponentId);
 
 impl ProcessorFactory for TapFactory {
     type Config = NoConfig;
@@ -472,19 +472,18 @@ impl ProcessorFactory for TapFactory {
             "Records what passes (bizpilot test only).",
         )
     }
-    fn create(&self, _: NoConfig, _: &CreateContext<'_>) -> Result<Box<dyn Processor>, ComponentError> {
-        Ok(Box::new(Tap(self.0.clone())))
+    fn create(&self, _: NoConfig, ctx: &CreateContext<'_>) -> Result<Box<dyn Processor>, ComponentError> {
+        Ok(Box::new(Tap(self.0.clone(), ctx.id.clone())))
     }
 }
 
 impl Processor for Tap {
-    fn start(self: Box<Self>, ctx: ProcessorContext) -> Result<Running, ComponentError> {
-        let shared = self.0;
-        let id = ctx.id.clone();
-        Ok(bizpilot_core::spawn_transform(ctx, move |b| {
+    fn into_stage(self: Box<Self>) -> Box<dyn bizpilot_core::Stage> {
+        let Tap(shared, id) = *self;
+        bizpilot_core::stage::map(move |b| {
             shared.capture(&id, &b.payload);
             Some(b)
-        }))
+        })
     }
 }
 
@@ -570,6 +569,17 @@ fn rewire(base: &Config, case: &TestCase, shared: &Shared) -> Result<Rewired, Te
     cfg.extensions.retain(|id| !listens(id));
     cfg.components
         .retain(|(k, id, _)| !(*k == ComponentKind::Extension && listens(id)));
+    // Durable storage would carry state from one case into the next (and write files): every case starts from
+    // empty state in memory.
+    let stores = |id: &ComponentId| bizpilot_core::storage::STORAGE_EXTENSION_TYPES.contains(&id.type_name());
+    cfg.extensions.retain(|id| !stores(id));
+    cfg.components
+        .retain(|(k, id, _)| !(*k == ComponentKind::Extension && stores(id)));
+    for (_, _, v) in cfg.components.iter_mut() {
+        if let Some(m) = v.as_mapping_mut() {
+            m.remove("storage");
+        }
+    }
     for new in replaced.values() {
         let kind = if new.type_name() == INJECT {
             ComponentKind::Receiver

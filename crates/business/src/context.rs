@@ -10,12 +10,12 @@
 //! the sum of the latest line items (if all are priced) stands in.
 
 use bizpilot_core::Money;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{BusinessEvent, EventKind, LineItem};
 
 /// A field with the event time of the value it holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Timed<T> {
     value: Option<T>,
     time: u64,
@@ -39,7 +39,7 @@ impl<T> Timed<T> {
 }
 
 /// An order as known from its events.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderContext {
     pub order_id: String,
     customer_id: Timed<String>,
@@ -151,7 +151,7 @@ impl OrderContext {
 
 /// What the spans and events of one trace said about its customer and order (the join of an
 /// event without a customer, such as the OpenTelemetry Demo's `OrderResult`, to its trace).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceLink {
     pub customer_id: Option<String>,
     pub customer_tier: Option<String>,
@@ -159,7 +159,7 @@ pub struct TraceLink {
 }
 
 /// A customer as known from events.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerContext {
     pub customer_id: String,
     tier: Timed<String>,

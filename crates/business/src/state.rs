@@ -35,9 +35,9 @@
 //! Time is `tokio::time::Instant`, so tests can pause and advance it.
 
 use metrics::{Counter, Gauge, counter, gauge};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -109,7 +109,13 @@ struct Shard<V> {
     order: BTreeMap<u64, Arc<str>>,
     next_seq: u64,
     cap: usize,
+    /// Keys written or removed since the last checkpoint (only while changes are tracked).
+    dirty: HashSet<Arc<str>>,
 }
+
+/// A key written or removed since the last checkpoint: its value and time since its last update, or
+/// `None` when it is gone.
+pub type Change<V> = (Arc<str>, Option<(Arc<V>, Duration)>);
 
 /// A bounded, sharded map from a string key to a shared value, with TTL and counters.
 pub struct KeyedStore<V> {
@@ -121,6 +127,8 @@ pub struct KeyedStore<V> {
     len: AtomicUsize,
     counters: Counters,
     changes: broadcast::Sender<Arc<str>>,
+    /// Whether writes are remembered for [`KeyedStore::take_changes`] (checkpointing).
+    tracking: AtomicBool,
 }
 
 impl<V> std::fmt::Debug for KeyedStore<V> {
@@ -170,6 +178,7 @@ impl<V: Clone + Send + Sync + 'static> KeyedStore<V> {
                     order: BTreeMap::new(),
                     next_seq: 0,
                     cap: base + usize::from(i < extra),
+                    dirty: HashSet::new(),
                 })
             })
             .collect();
@@ -190,6 +199,7 @@ impl<V: Clone + Send + Sync + 'static> KeyedStore<V> {
                 entries: gauge!("bizpilot_business_state_entries", "extension" => extension.to_string(), "store" => store),
             },
             changes,
+            tracking: AtomicBool::new(false),
         }
     }
 
@@ -251,6 +261,9 @@ impl<V: Clone + Send + Sync + 'static> KeyedStore<V> {
             let key = entry.remove();
             if sh.map.remove(&key).is_some() {
                 n += 1;
+                if self.tracking.load(Ordering::Relaxed) {
+                    sh.dirty.insert(key);
+                }
             }
         }
         n
@@ -297,14 +310,12 @@ impl<V: Clone + Send + Sync + 'static> KeyedStore<V> {
                 }
             };
             sh.order.insert(seq, key_arc.clone());
-            let mut evicted = 0u64;
-            while sh.map.len() > sh.cap {
-                let Some((_, old)) = sh.order.pop_first() else { break };
-                if sh.map.remove(&old).is_some() {
-                    evicted += 1;
-                    delta -= 1;
-                }
+            let tracking = self.tracking.load(Ordering::Relaxed);
+            if tracking {
+                sh.dirty.insert(key_arc.clone());
             }
+            let evicted = Self::evict_over_cap(sh, tracking);
+            delta -= evicted as isize;
             (value, key_arc, expired, evicted, delta)
         };
         self.adjust_len(delta);
@@ -333,10 +344,96 @@ impl<V: Clone + Send + Sync + 'static> KeyedStore<V> {
             let mut sh = write(self.shard(key));
             let slot = sh.map.remove(key)?;
             sh.order.remove(&slot.seq);
+            if self.tracking.load(Ordering::Relaxed) {
+                sh.dirty.insert(slot.key.clone());
+            }
             slot
         };
         self.adjust_len(-1);
         Some(slot.value)
+    }
+
+    /// Evicts the least recently updated keys of a shard over its capacity; returns how many.
+    fn evict_over_cap(sh: &mut Shard<V>, tracking: bool) -> u64 {
+        let mut evicted = 0u64;
+        while sh.map.len() > sh.cap {
+            let Some((_, old)) = sh.order.pop_first() else { break };
+            if sh.map.remove(&old).is_some() {
+                evicted += 1;
+                if tracking {
+                    sh.dirty.insert(old);
+                }
+            }
+        }
+        evicted
+    }
+
+    /// From now on, remember every key written or removed, for [`KeyedStore::take_changes`].
+    pub fn track_changes(&self) {
+        self.tracking.store(true, Ordering::Relaxed);
+    }
+
+    /// The keys written or removed since the last call (or since [`KeyedStore::track_changes`]):
+    /// each with its value and the time since its last update, or `None` if it is gone.
+    pub fn take_changes(&self) -> Vec<Change<V>> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            let mut guard = write(s);
+            let sh = &mut *guard;
+            for key in std::mem::take(&mut sh.dirty) {
+                let cur = sh
+                    .map
+                    .get(&key)
+                    .filter(|slot| self.live(slot, Some(now)))
+                    .map(|slot| (slot.value.clone(), now.saturating_duration_since(slot.updated)));
+                out.push((key, cur));
+            }
+        }
+        out
+    }
+
+    /// Marks keys as changed again (a checkpoint that took them failed to commit).
+    pub fn requeue_changes(&self, keys: impl IntoIterator<Item = Arc<str>>) {
+        for key in keys {
+            write(self.shard(&key)).dirty.insert(key);
+        }
+    }
+
+    /// Puts back a key restored from a checkpoint, last updated `age` ago. Call in order of
+    /// last update (oldest first) so that eviction order is kept; a key older than the TTL is
+    /// skipped. Not counted as an update and not announced to subscribers.
+    pub fn restore(&self, key: &str, value: V, age: Duration) -> bool {
+        if self.ttl.is_some_and(|ttl| age >= ttl) {
+            return false;
+        }
+        let now = Instant::now();
+        let updated = now.checked_sub(age).unwrap_or(now);
+        let tracking = self.tracking.load(Ordering::Relaxed);
+        let delta = {
+            let mut guard = write(self.shard(key));
+            let sh = &mut *guard;
+            let seq = sh.next_seq;
+            sh.next_seq += 1;
+            let k: Arc<str> = Arc::from(key);
+            let mut delta: isize = 1;
+            if let Some(old) = sh.map.insert(
+                k.clone(),
+                Slot {
+                    key: k.clone(),
+                    value: Arc::new(value),
+                    seq,
+                    updated,
+                },
+            ) {
+                sh.order.remove(&old.seq);
+                delta = 0;
+            }
+            sh.order.insert(seq, k);
+            delta - Self::evict_over_cap(sh, tracking) as isize
+        };
+        self.adjust_len(delta);
+        true
     }
 
     /// Removes every expired key; returns how many.

@@ -22,12 +22,10 @@
 
 use serde::Deserialize;
 use std::collections::BTreeSet;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use bizpilot_core::{
-    Batch, ComponentConfig, ComponentError, ComponentInfo, ComponentKind, Connector, ConnectorContext,
-    ConnectorFactory, CreateContext, ReceiverOutput, Running, Signal, Stability,
+    Batch, ComponentConfig, ComponentError, ComponentInfo, ComponentKind, Connector, ConnectorFactory, CreateContext,
+    Out, Signal, Stability, Stage,
 };
 
 /// The component type name.
@@ -79,71 +77,15 @@ impl ConnectorFactory for ForwardConnectorFactory {
 pub struct ForwardConnector;
 
 impl Connector for ForwardConnector {
-    fn start(self: Box<Self>, ctx: ConnectorContext) -> Result<Running, ComponentError> {
-        let ConnectorContext {
-            id,
-            mut input,
-            output,
-            abort,
-        } = ctx;
-        Ok(Running::spawn(async move {
-            forward(&id.to_string(), &mut input, &output, &abort).await
-        }))
+    fn into_stage(self: Box<Self>) -> Box<dyn Stage> {
+        self
     }
 }
 
-/// Passes batches to the output of their signal until `input` closes.
-async fn forward(
-    id: &str,
-    input: &mut mpsc::Receiver<Batch>,
-    output: &ReceiverOutput,
-    abort: &CancellationToken,
-) -> Result<(), ComponentError> {
-    loop {
-        let received = tokio::select! {
-            biased;
-            _ = abort.cancelled() => None,
-            b = input.recv() => match b {
-                Some(b) => Some(b),
-                None => return Ok(()),
-            },
-        };
-        let Some(batch) = received else {
-            fail_queued(input);
-            return Ok(());
-        };
-        let signal = batch.signal();
-        let Some(out) = output.get(signal) else {
-            tracing::warn!(connector = id, %signal, items = batch.items(), "no pipeline receives this signal from the connector; dropping");
-            batch.fail();
-            continue;
-        };
-        // Kept to report failure if the batch cannot be handed on.
-        let acks = batch.acks.clone();
-        let sent = tokio::select! {
-            biased;
-            r = out.send(batch) => r.map_err(|_| true),
-            _ = abort.cancelled() => Err(false),
-        };
-        if let Err(closed) = sent {
-            for a in &acks {
-                a.fail();
-            }
-            fail_queued(input);
-            return if closed {
-                Err(ComponentError::Other(format!("a pipeline fed by {id} has shut down")))
-            } else {
-                tracing::warn!(connector = id, "drain deadline passed; undelivered data failed");
-                Ok(())
-            };
-        }
-    }
-}
-
-fn fail_queued(input: &mut mpsc::Receiver<Batch>) {
-    input.close();
-    while let Ok(b) = input.try_recv() {
-        b.fail();
+/// Passes every batch to the pipelines of its signal (the driver routes by signal).
+impl Stage for ForwardConnector {
+    fn on_batch(&mut self, batch: Batch, out: &mut Out) {
+        out.send(batch);
     }
 }
 
@@ -152,9 +94,11 @@ mod tests {
     use super::*;
     use bizpilot_core::ack::{Ack, Delivery};
     use bizpilot_core::component::{Output, Target, parse_config};
-    use bizpilot_core::{Extensions, Logs, Payload, Traces};
+    use bizpilot_core::{ConnectorContext, Extensions, Logs, Payload, ReceiverOutput, Running, Traces};
     use std::collections::HashMap;
     use std::time::Duration;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
 
     fn target(name: &str, cap: usize) -> (Output, mpsc::Receiver<Batch>) {
         let (tx, rx) = mpsc::channel(cap);
@@ -183,7 +127,8 @@ mod tests {
     fn start(outputs: HashMap<Signal, Output>) -> Harness {
         let (tx, rx) = mpsc::channel(4);
         let abort = CancellationToken::new();
-        let running = Box::new(ForwardConnector)
+        let connector: Box<dyn Connector> = Box::new(ForwardConnector);
+        let running = connector
             .start(ConnectorContext {
                 id: "forward".parse().unwrap(),
                 input: rx,

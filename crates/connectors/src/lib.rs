@@ -7,8 +7,8 @@ pub mod kpi;
 pub mod plan;
 pub mod stats;
 
-mod emit;
 mod otlp_out;
+mod tick;
 
 use bizpilot_core::Registry;
 

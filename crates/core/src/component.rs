@@ -2,8 +2,10 @@
 //!
 //! Every component family has a factory trait with a typed config
 //! ([`ComponentConfig`]: serde defaults plus [`ComponentConfig::validate`]) and
-//! a runtime trait whose `start` binds what it needs, spawns its task and
-//! returns a [`Running`] handle. Data moves between components over bounded
+//! a runtime trait. Receivers, exporters and extensions `start`: they bind what
+//! they need, spawn their task and return a [`Running`] handle. Processors and
+//! connectors have no loop of their own: they turn into a [`Stage`] that the
+//! stage driver ([`crate::stage`]) runs, with the standard counters. Data moves between components over bounded
 //! channels of [`Batch`]es; a full channel makes the sender wait, so
 //! backpressure travels from the slowest exporter back to the receivers,
 //! which then refuse with a retryable error.
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ComponentId, PipelineId};
 use crate::pdata::{Batch, Signal};
+use crate::stage::Stage;
 
 /// The five component families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -497,7 +500,16 @@ pub trait Processor: Send + 'static {
     fn admission(&self) -> Option<Arc<dyn Admission>> {
         None
     }
-    fn start(self: Box<Self>, ctx: ProcessorContext) -> Result<Running, ComponentError>;
+    /// The stage the core driver runs for this processor ([`crate::stage`]): a processor
+    /// has no run loop of its own.
+    fn into_stage(self: Box<Self>) -> Box<dyn Stage>;
+}
+
+impl dyn Processor {
+    /// Starts the processor: the stage driver runs its stage until the input closes.
+    pub fn start(self: Box<Self>, ctx: ProcessorContext) -> Result<Running, ComponentError> {
+        Ok(crate::stage::run_processor(ctx, self.into_stage()))
+    }
 }
 
 pub trait Exporter: Send + 'static {
@@ -505,7 +517,16 @@ pub trait Exporter: Send + 'static {
 }
 
 pub trait Connector: Send + 'static {
-    fn start(self: Box<Self>, ctx: ConnectorContext) -> Result<Running, ComponentError>;
+    /// The stage the core driver runs for this connector ([`crate::stage`]): a connector
+    /// has no run loop of its own.
+    fn into_stage(self: Box<Self>) -> Box<dyn Stage>;
+}
+
+impl dyn Connector {
+    /// Starts the connector: the stage driver runs its stage until the input closes.
+    pub fn start(self: Box<Self>, ctx: ConnectorContext) -> Result<Running, ComponentError> {
+        Ok(crate::stage::run_connector(ctx, self.into_stage()))
+    }
 }
 
 pub trait Extension: Send + Sync + 'static {
@@ -656,23 +677,4 @@ impl Registry {
         v.sort_unstable();
         v
     }
-}
-
-/// Reads batches from `input` until it closes, passing each through `f` and sending
-/// what it returns. For processors that transform one batch at a time.
-pub fn spawn_transform<F>(ctx: ProcessorContext, mut f: F) -> Running
-where
-    F: FnMut(Batch) -> Option<Batch> + Send + 'static,
-{
-    let ProcessorContext { mut input, output, .. } = ctx;
-    Running::spawn(async move {
-        while let Some(b) = input.recv().await {
-            if let Some(out) = f(b)
-                && output.send(out).await.is_err()
-            {
-                break;
-            }
-        }
-        Ok(())
-    })
 }

@@ -143,7 +143,10 @@ impl RunningService {
     async fn start_all(&mut self, config: &Config, registry: &Registry, api: ApiRegistry) -> Result<(), StartError> {
         // 1. Extensions.
         let mut extensions = Extensions::with_api(api);
-        for id in &config.extensions {
+        // Storage extensions first: other extensions restore their state from them in `create`.
+        let mut order: Vec<&ComponentId> = config.extensions.iter().collect();
+        order.sort_by_key(|id| !crate::storage::STORAGE_EXTENSION_TYPES.contains(&id.type_name()));
+        for id in order {
             let ctx = CreateContext {
                 id,
                 pipeline: None,

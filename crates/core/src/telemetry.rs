@@ -140,6 +140,21 @@ pub fn describe() {
             Unit::Count,
             format!("Number of {items} that could not be sent (dropped after retries or rejected permanently).")
         );
+        for kind in ["processor", "connector"] {
+            for (what, help) in [
+                ("accepted", "read from the stage's input"),
+                ("sent", "handed to the next stage or pipeline"),
+                ("consumed", "absorbed on purpose (aggregated, filtered; delivered)"),
+                ("dropped", "given up by the stage (their sources are told they failed)"),
+                ("refused", "left unread at the stage's input when its run ended early"),
+            ] {
+                describe_counter!(
+                    item_counter_name(kind, what, s),
+                    Unit::Count,
+                    format!("Number of {items} {help}; see docs/instrumentation.md.")
+                );
+            }
+        }
     }
     describe_counter!(
         "bizpilot_receiver_bad_requests_total",

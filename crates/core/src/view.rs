@@ -11,7 +11,7 @@
 //! walk; on malformed input they never panic, they stop early and return what
 //! they read.
 
-use crate::wire::read_varint;
+use crate::pb::{len_field_size, put_len_field, put_varint, read_varint, varint_len};
 
 /// One protobuf field value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -446,35 +446,6 @@ pub fn encode_any_value(v: &AnyValueKind, out: &mut Vec<u8>) {
     v.encode(out);
 }
 
-// --- encoding helpers ---
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn varint_len(mut v: u64) -> usize {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
-    }
-    n
-}
-
-fn put_len_field(out: &mut Vec<u8>, tag: u32, body: &[u8]) {
-    put_varint(out, (u64::from(tag) << 3) | 2);
-    put_varint(out, body.len() as u64);
-    out.extend_from_slice(body);
-}
-
-fn len_field_size(tag: u32, body_len: usize) -> usize {
-    varint_len((u64::from(tag) << 3) | 2) + varint_len(body_len as u64) + body_len
-}
-
 /// Changes to one span's attributes, collected by a [`rewrite_spans`] callback.
 ///
 /// Everything is written into buffers that the rewriter reuses from span to span: adding or removing
@@ -756,6 +727,101 @@ pub fn try_rewrite_span_bytes<'a>(
         }
     }
     ControlFlow::Continue(Some(out))
+}
+
+/// One request per trace id, split from an encoded traces request without decoding it (the Kafka
+/// exporter's `partition_traces_by_id`, as the Collector's `batchpersignal.SplitTraces`).
+///
+/// Returns `(trace id, encoded ExportTraceServiceRequest)` per distinct trace id, in order of first
+/// appearance. Each request keeps, for its spans, their `ResourceSpans` and `ScopeSpans` headers (every
+/// field but the span lists, copied byte for byte), and the spans in input order, each copied once. Spans
+/// whose trace id is empty or all zeros form one group under an empty id. `None` when the request holds
+/// one trace id only (or no span): the caller forwards its bytes as they are.
+pub fn split_by_trace_id(request: &[u8]) -> Option<Vec<(&[u8], Vec<u8>)>> {
+    use std::collections::HashMap;
+    // A span: (resource index, scope index, encoded span).
+    type Entry<'a> = (usize, usize, &'a [u8]);
+    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    let mut groups: Vec<(&[u8], Vec<Entry<'_>>)> = Vec::new();
+    // Header fields (raw, tag included) of each resource, and of each scope per resource.
+    let mut rs_heads: Vec<Vec<&[u8]>> = Vec::new();
+    let mut ss_heads: Vec<Vec<Vec<&[u8]>>> = Vec::new();
+    for (tag, w, _) in Fields::new(request) {
+        let (1, Wire::Bytes(rs)) = (tag, w) else { continue };
+        let ri = rs_heads.len();
+        let mut head = Vec::new();
+        let mut scopes = Vec::new();
+        for (t, w, range) in Fields::new(rs) {
+            let (2, Wire::Bytes(ss)) = (t, w) else {
+                head.push(rs.get(range).unwrap_or(&[]));
+                continue;
+            };
+            let si = scopes.len();
+            let mut shead = Vec::new();
+            for (t2, w2, r2) in Fields::new(ss) {
+                let (2, Wire::Bytes(span)) = (t2, w2) else {
+                    shead.push(ss.get(r2).unwrap_or(&[]));
+                    continue;
+                };
+                let mut id: &[u8] = &[];
+                for (t3, w3, _) in Fields::new(span) {
+                    if let (1, Wire::Bytes(b)) = (t3, w3) {
+                        id = b;
+                    }
+                }
+                if id.iter().all(|b| *b == 0) {
+                    id = &[];
+                }
+                let n = groups.len();
+                let g = *index.entry(id).or_insert(n);
+                if g == n {
+                    groups.push((id, Vec::new()));
+                }
+                if let Some((_, entries)) = groups.get_mut(g) {
+                    entries.push((ri, si, span));
+                }
+            }
+            scopes.push(shead);
+        }
+        rs_heads.push(head);
+        ss_heads.push(scopes);
+    }
+    if groups.len() <= 1 {
+        return None;
+    }
+    let empty: Vec<&[u8]> = Vec::new();
+    let mut out = Vec::with_capacity(groups.len());
+    let (mut rs_body, mut ss_body) = (Vec::new(), Vec::new());
+    for (id, entries) in groups {
+        let mut req = Vec::new();
+        let mut i = 0;
+        // Runs of the same resource, within them runs of the same scope (entries are in input order).
+        while let Some(&(ri, _, _)) = entries.get(i) {
+            rs_body.clear();
+            for f in rs_heads.get(ri).unwrap_or(&empty) {
+                rs_body.extend_from_slice(f);
+            }
+            while let Some(&(r, si, _)) = entries.get(i)
+                && r == ri
+            {
+                ss_body.clear();
+                for f in ss_heads.get(ri).and_then(|s| s.get(si)).unwrap_or(&empty) {
+                    ss_body.extend_from_slice(f);
+                }
+                while let Some(&(r2, s2, span)) = entries.get(i)
+                    && r2 == ri
+                    && s2 == si
+                {
+                    put_len_field(&mut ss_body, 2, span);
+                    i += 1;
+                }
+                put_len_field(&mut rs_body, 2, &ss_body);
+            }
+            put_len_field(&mut req, 1, &rs_body);
+        }
+        out.push((id, req));
+    }
+    Some(out)
 }
 
 /// The resource of an encoded `ResourceSpans` (the last one, as a decoder keeps).
@@ -1093,5 +1159,66 @@ mod tests {
             });
             let _ = rewrite_spans(b, |_, _, e| e.add_int("x", 1));
         }
+    }
+
+    /// The split equals filtering the decoded request by trace id (prost on both sides): every span once,
+    /// under its own resource and scope (headers kept), in input order; empty and zero ids together.
+    #[test]
+    fn split_by_trace_id_equals_filtering_the_decoded_request() {
+        let mut req = request();
+        // Interleave three traces across both resources and scopes, and give two spans no trace id.
+        let ids: [Vec<u8>; 4] = [vec![7; 16], vec![8; 16], vec![0; 16], Vec::new()];
+        let mut k = 0;
+        for rs in &mut req.resource_spans {
+            for ss in &mut rs.scope_spans {
+                ss.scope = Some(opentelemetry_proto::tonic::common::v1::InstrumentationScope {
+                    name: format!("scope-{k}"),
+                    ..Default::default()
+                });
+                for sp in &mut ss.spans {
+                    sp.trace_id = ids[[0, 1, 0, 2, 1, 3][k % 6]].clone();
+                    k += 1;
+                }
+            }
+        }
+        let bytes = req.encode_to_vec();
+        let split = split_by_trace_id(&bytes).expect("three trace ids");
+        let got: Vec<(Vec<u8>, ExportTraceServiceRequest)> = split
+            .iter()
+            .map(|(id, b)| (id.to_vec(), ExportTraceServiceRequest::decode(b.as_slice()).unwrap()))
+            .collect();
+        let want_ids: Vec<Vec<u8>> = vec![vec![7; 16], vec![8; 16], Vec::new()];
+        assert_eq!(got.iter().map(|g| g.0.clone()).collect::<Vec<_>>(), want_ids);
+        for (id, r) in &got {
+            let mut want = req.clone();
+            for rs in &mut want.resource_spans {
+                for ss in &mut rs.scope_spans {
+                    ss.spans
+                        .retain(|sp| sp.trace_id == *id || (id.is_empty() && sp.trace_id.iter().all(|b| *b == 0)));
+                }
+                rs.scope_spans.retain(|ss| !ss.spans.is_empty());
+            }
+            want.resource_spans.retain(|rs| !rs.scope_spans.is_empty());
+            assert_eq!(r, &want, "trace {id:?}");
+        }
+        let total: usize = got
+            .iter()
+            .flat_map(|(_, r)| &r.resource_spans)
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        assert_eq!(total, 6);
+        // One trace: nothing to split; malformed input never panics.
+        let one = ExportTraceServiceRequest {
+            resource_spans: vec![request().resource_spans[0].clone()],
+        };
+        let mut one = one;
+        for ss in &mut one.resource_spans[0].scope_spans {
+            for sp in &mut ss.spans {
+                sp.trace_id = vec![9; 16];
+            }
+        }
+        assert!(split_by_trace_id(&one.encode_to_vec()).is_none());
+        assert!(split_by_trace_id(&bytes[..bytes.len() / 2]).is_none_or(|v| !v.is_empty()));
     }
 }

@@ -10,6 +10,8 @@
 
 use std::fmt;
 
+use crate::pb::read_varint;
+
 /// How a field is encoded on the wire.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Kind {
@@ -605,37 +607,6 @@ impl<'a> Walker<'a> {
             return Err(self.err(end, schema, None, "field overruns its message"));
         }
         Ok(())
-    }
-}
-
-/// Reads a varint at `*pos`, not past `end`; `None` when truncated or longer than 10 bytes.
-#[inline]
-pub(crate) fn read_varint(buf: &[u8], pos: &mut usize, end: usize) -> Option<u64> {
-    // Most keys and lengths fit in one byte.
-    if *pos < end
-        && let Some(&b) = buf.get(*pos)
-        && b < 0x80
-    {
-        *pos += 1;
-        return Some(u64::from(b));
-    }
-    let mut value: u64 = 0;
-    let mut shift = 0u32;
-    loop {
-        if *pos >= end || shift > 63 {
-            return None;
-        }
-        let b = buf[*pos];
-        *pos += 1;
-        // The tenth byte may only carry the top bit of a u64.
-        if shift == 63 && b > 1 {
-            return None;
-        }
-        value |= u64::from(b & 0x7f) << shift;
-        if b < 0x80 {
-            return Some(value);
-        }
-        shift += 7;
     }
 }
 

@@ -16,9 +16,8 @@ use bizpilot_core::pdata::proto::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use bizpilot_core::pdata::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use bizpilot_core::{
     Ack, Admission, Batch, ComponentConfig, ComponentError, ComponentInfo, ComponentKind, Config, CreateContext,
-    Delivery, Exporter, ExporterContext, ExporterFactory, FieldError, Logs, Payload, Processor, ProcessorContext,
-    ProcessorFactory, Receiver, ReceiverContext, ReceiverFactory, Refusal, Registry, Running, RunningService, Signal,
-    Stability, Traces, spawn_transform,
+    Delivery, Exporter, ExporterContext, ExporterFactory, FieldError, Logs, Payload, Processor, ProcessorFactory,
+    Receiver, ReceiverContext, ReceiverFactory, Refusal, Registry, Running, RunningService, Signal, Stability, Traces,
 };
 
 // ---------------------------------------------------------------------------
@@ -223,8 +222,8 @@ impl Processor for PassThrough {
     fn admission(&self) -> Option<Arc<dyn Admission>> {
         self.0.clone()
     }
-    fn start(self: Box<Self>, ctx: ProcessorContext) -> Result<Running, ComponentError> {
-        Ok(spawn_transform(ctx, Some))
+    fn into_stage(self: Box<Self>) -> Box<dyn bizpilot_core::Stage> {
+        bizpilot_core::stage::map(Some)
     }
 }
 

@@ -16,21 +16,35 @@
 //! | `max_traces` | `100000` | most trace links held (trace id → customer, tier, order: the join of events without a customer, such as the OpenTelemetry Demo's `OrderResult`, to their trace; see `docs/order-result-join.md`) |
 //! | `trace_ttl` | `5m` | a trace link not updated for this long is dropped (`0` = until evicted); keep it above the longest delay between a trace's spans and its events |
 //! | `purge_interval` | `1s` | how often expired keys are removed in the background (reads ignore expired keys at once) |
+//! | `storage` | — | id of a storage extension (`file_storage`): the state is restored from it at start and checkpointed into it; none: memory only |
+//! | `checkpoint_interval` | `1s` | how often the keys changed since the last checkpoint are written (and once more at shutdown); a `SIGKILL` loses at most this much |
 //!
 //! ```yaml
 //! extensions:
+//!   file_storage:
+//!     directory: ${env:BIZPILOT_STORAGE_DIR:-bizpilot-data}
 //!   business_state:
 //!     max_orders: 200000
 //!     max_customers: 50000
 //!     ttl: 30m
+//!     storage: file_storage
 //! service:
-//!   extensions: [business_state]
+//!   extensions: [file_storage, business_state]
 //! ```
+//!
+//! With `storage`, the state is restored before any pipeline starts (readiness waits for it) and
+//! checkpointed incrementally (`bizpilot::business::checkpoint` describes the format); see
+//! `docs/durable-state.md`. A checkpoint of another format, or storage that cannot be opened,
+//! stops the start with an error naming the file.
 //!
 //! Self-telemetry (labels `extension`, `store` = `orders` | `customers` | `traces`):
 //! `bizpilot_business_state_{hits,misses,updates,evictions,expirations}_total` and the gauge
 //! `bizpilot_business_state_entries`; `bizpilot_business_state_trace_joins_total{extension,first}`
 //! counts orders given a customer by their trace (`first` = `span` or `event`, whichever came first).
+//! With `storage`: `bizpilot_business_state_checkpoints_total{extension}`,
+//! `bizpilot_business_state_checkpoint_errors_total{extension}`,
+//! `bizpilot_business_state_checkpointed_keys_total{extension}` and the gauges
+//! `bizpilot_business_state_restored_entries{extension}`, `bizpilot_business_state_restore_seconds{extension}`.
 
 use serde::Deserialize;
 use std::any::Any;
@@ -38,6 +52,7 @@ use std::sync::Arc;
 
 use bizpilot_business::{BusinessState, StateConfig};
 use bizpilot_core::config::Duration;
+use bizpilot_core::storage::{StorageClient, StorageHandle};
 use bizpilot_core::{
     ComponentConfig, ComponentError, ComponentInfo, ComponentKind, CreateContext, Extension, ExtensionContext,
     ExtensionFactory, FieldError, Running, Stability,
@@ -56,6 +71,8 @@ pub struct BusinessStateConfig {
     pub max_traces: usize,
     pub trace_ttl: Duration,
     pub purge_interval: Duration,
+    pub storage: Option<String>,
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for BusinessStateConfig {
@@ -67,6 +84,8 @@ impl Default for BusinessStateConfig {
             max_traces: 100_000,
             trace_ttl: Duration::from_secs(300),
             purge_interval: Duration::from_secs(1),
+            storage: None,
+            checkpoint_interval: Duration::from_secs(1),
         }
     }
 }
@@ -85,6 +104,17 @@ impl ComponentConfig for BusinessStateConfig {
         }
         if self.purge_interval.is_zero() {
             errs.push(FieldError::new("purge_interval", "must be greater than 0"));
+        }
+        if self.checkpoint_interval.is_zero() {
+            errs.push(FieldError::new("checkpoint_interval", "must be greater than 0"));
+        }
+        if let Some(s) = &self.storage
+            && s.parse::<bizpilot_core::ComponentId>().is_err()
+        {
+            errs.push(FieldError::new(
+                "storage",
+                "must be a component id such as file_storage",
+            ));
         }
         errs
     }
@@ -110,6 +140,39 @@ pub struct BusinessStateExtensionFactory;
 pub struct BusinessStateExtension {
     state: Arc<BusinessState>,
     purge_interval: std::time::Duration,
+    checkpoints: Option<Checkpoints>,
+}
+
+/// Where and how often the state is checkpointed.
+struct Checkpoints {
+    client: Arc<dyn StorageClient>,
+    every: std::time::Duration,
+    done: metrics::Counter,
+    errors: metrics::Counter,
+    keys: metrics::Counter,
+}
+
+impl Checkpoints {
+    /// One checkpoint, off the async workers (a commit waits for the disk).
+    async fn run(&self, state: &Arc<BusinessState>, id: &str) {
+        let (state, client) = (state.clone(), self.client.clone());
+        match tokio::task::spawn_blocking(move || state.checkpoint(&*client)).await {
+            Ok(Ok(n)) => {
+                if n > 0 {
+                    self.done.increment(1);
+                    self.keys.increment(n as u64);
+                }
+            }
+            Ok(Err(e)) => {
+                self.errors.increment(1);
+                tracing::warn!(extension = id, error = %e, "business state checkpoint failed; the changes are kept for the next one");
+            }
+            Err(e) => {
+                self.errors.increment(1);
+                tracing::warn!(extension = id, error = %e, "business state checkpoint task failed");
+            }
+        }
+    }
 }
 
 impl BusinessStateExtension {
@@ -134,9 +197,43 @@ impl ExtensionFactory for BusinessStateExtensionFactory {
     }
 
     fn create(&self, config: Self::Config, ctx: &CreateContext<'_>) -> Result<Arc<dyn Extension>, ComponentError> {
+        let id = ctx.id.to_string();
+        let state = Arc::new(BusinessState::new(&id, config.state_config()));
+        let mut checkpoints = None;
+        if let Some(storage) = &config.storage {
+            let sid: bizpilot_core::ComponentId = storage
+                .parse()
+                .map_err(|e| ComponentError::Config(format!("storage: {e}")))?;
+            let handle = ctx
+                .extensions
+                .get::<StorageHandle>(&sid)
+                .map_err(|e| ComponentError::Config(format!("storage: {e}")))?;
+            let client = handle.client(&id).map_err(|e| ComponentError::Other(e.to_string()))?;
+            let started = std::time::Instant::now();
+            let restored = state
+                .restore_from(&*client, &id)
+                .map_err(|e| ComponentError::Other(e.to_string()))?;
+            let took = started.elapsed();
+            metrics::gauge!("bizpilot_business_state_restored_entries", "extension" => id.clone())
+                .set((restored.orders + restored.customers + restored.traces) as f64);
+            metrics::gauge!("bizpilot_business_state_restore_seconds", "extension" => id.clone())
+                .set(took.as_secs_f64());
+            tracing::info!(extension = %id, storage = %sid, orders = restored.orders, customers = restored.customers,
+                traces = restored.traces, expired = restored.expired, unreadable = restored.unreadable,
+                seconds = took.as_secs_f64(), "business state restored");
+            state.track_changes();
+            checkpoints = Some(Checkpoints {
+                client,
+                every: config.checkpoint_interval.get(),
+                done: metrics::counter!("bizpilot_business_state_checkpoints_total", "extension" => id.clone()),
+                errors: metrics::counter!("bizpilot_business_state_checkpoint_errors_total", "extension" => id.clone()),
+                keys: metrics::counter!("bizpilot_business_state_checkpointed_keys_total", "extension" => id.clone()),
+            });
+        }
         Ok(Arc::new(BusinessStateExtension {
-            state: Arc::new(BusinessState::new(&ctx.id.to_string(), config.state_config())),
+            state,
             purge_interval: config.purge_interval.get(),
+            checkpoints,
         }))
     }
 }
@@ -145,19 +242,36 @@ impl Extension for BusinessStateExtension {
     fn start(self: Arc<Self>, ctx: ExtensionContext) -> Result<Running, ComponentError> {
         let state = self.state.clone();
         let every = self.purge_interval;
+        let this = self.clone();
         Ok(Running::spawn(async move {
-            if state.orders.ttl().is_none() && state.traces.ttl().is_none() {
+            let purge = state.orders.ttl().is_some() || state.traces.ttl().is_some();
+            if !purge && this.checkpoints.is_none() {
                 return Ok(());
             }
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let checkpoint_every = this.checkpoints.as_ref().map_or(every, |c| c.every);
+            let mut checkpoint_tick = tokio::time::interval(checkpoint_every);
+            checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let id = ctx.id.to_string();
             loop {
                 tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return Ok(()),
-                    _ = tick.tick() => {
+                    _ = ctx.shutdown.cancelled() => {
+                        // Extensions stop after the pipelines drained: this checkpoint has everything.
+                        if let Some(c) = &this.checkpoints {
+                            c.run(&state, &id).await;
+                        }
+                        return Ok(());
+                    }
+                    _ = tick.tick(), if purge => {
                         let n = state.purge_expired();
                         if n > 0 {
                             tracing::debug!(extension = %ctx.id, expired = n, "expired business state entries removed");
+                        }
+                    }
+                    _ = checkpoint_tick.tick(), if this.checkpoints.is_some() => {
+                        if let Some(c) = &this.checkpoints {
+                            c.run(&state, &id).await;
                         }
                     }
                 }

@@ -4,14 +4,18 @@
 //! - [`business_state`]: the keyed business state (orders, customers) written by the
 //!   `business_events` exporter and read by the `enrich` processor;
 //! - [`lookup`]: a reference table from a CSV/JSON/YAML file, reloaded when it changes;
-//! - [`health_check`]: the HTTP liveness/readiness endpoint for probes (`:13133`).
+//! - [`health_check`]: the HTTP liveness/readiness endpoint for probes (`:13133`);
+//! - [`file_storage`]: durable storage (a local redb file) in which stateful components
+//!   checkpoint their state and from which they restore it at start.
 #![forbid(unsafe_code)]
 
 pub mod business_state;
+pub mod file_storage;
 pub mod health_check;
 pub mod lookup;
 
 pub use business_state::{BusinessStateConfig, BusinessStateExtension, BusinessStateExtensionFactory};
+pub use file_storage::{FileStorageConfig, FileStorageExtension, FileStorageExtensionFactory};
 pub use health_check::{HealthCheckConfig, HealthCheckExtension, HealthCheckExtensionFactory};
 pub use lookup::{LookupConfig, LookupExtension, LookupExtensionFactory};
 
@@ -22,6 +26,7 @@ pub fn register(r: &mut Registry) {
     r.extension(BusinessStateExtensionFactory);
     r.extension(LookupExtensionFactory);
     r.extension(HealthCheckExtensionFactory);
+    r.extension(FileStorageExtensionFactory);
 }
 
 #[cfg(test)]

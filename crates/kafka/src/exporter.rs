@@ -22,7 +22,13 @@
 //! `bizpilot_kafka_exporter_messages_total{exporter,topic}`, client errors (broker down…) in
 //! `bizpilot_kafka_client_errors_total{component,error}`.
 //!
-//! Keys: `partition_by: trace_id` keys each message by its trace id (lower-case hex; data
+//! Keys: `partition_traces_by_id: true` (the Collector kafka exporter's setting, same meaning)
+//! puts all spans of a trace in one message keyed by its trace id (lower-case hex), so a trace
+//! never splits across partitions (and thus across the consumers of a group): a request is split
+//! per trace id on its encoded bytes (`bizpilot_core::view::split_by_trace_id`: headers and spans
+//! copied, nothing decoded), a request of a single trace is forwarded as it is, spans without a
+//! trace id go unkeyed; `partition_by` then keys only logs and metrics. `partition_by: trace_id`
+//! keys each message by its trace id (spans as above; logs by their record's trace id; data
 //! without one, and metrics, get no key); `partition_by: attribute:<key>` by that attribute of
 //! the span or log record, else of its resource (metrics: of the resource). The default
 //! partitioner is `murmur2_random`, the Java client's, so the same key lands in the same
@@ -41,6 +47,7 @@
 //! | `topic_from_attribute` | — | take the topic from this attribute of the record, else of its resource |
 //! | `encoding` | `otlp_proto` | `otlp_proto`, `otlp_json`, `business_json` (logs) |
 //! | `partition_by` | — | message key: `trace_id` or `attribute:<key>`; empty = no key |
+//! | `partition_traces_by_id` | `false` | spans: one message per trace, keyed by trace id (overrides `partition_by` for traces) |
 //! | `partitioner` | `murmur2_random` | librdkafka partitioner (`murmur2_random` is Java-compatible; `consistent_random` is librdkafka's default) |
 //! | `compression` | `none` | `none`, `gzip`, `snappy`, `lz4`, `zstd` |
 //! | `max_message_bytes` | `1MB` | largest message; bigger batches are split |
@@ -55,7 +62,7 @@
 //!   kafka/spans:
 //!     brokers: [kafka-1:9092]
 //!     traces_topic: shop.spans
-//!     partition_by: attribute:business.order.id
+//!     partition_traces_by_id: true
 //!     compression: zstd
 //!   kafka/events:
 //!     brokers: [kafka-1:9092]
@@ -136,6 +143,7 @@ pub struct KafkaExporterConfig {
     pub topic_from_attribute: String,
     pub encoding: ExporterEncoding,
     pub partition_by: String,
+    pub partition_traces_by_id: bool,
     pub partitioner: String,
     pub compression: Compression,
     pub max_message_bytes: ByteSize,
@@ -160,6 +168,7 @@ impl Default for KafkaExporterConfig {
             topic_from_attribute: String::new(),
             encoding: ExporterEncoding::default(),
             partition_by: String::new(),
+            partition_traces_by_id: false,
             partitioner: "murmur2_random".into(),
             compression: Compression::default(),
             max_message_bytes: ByteSize(1_000_000),
@@ -377,6 +386,7 @@ impl Exporter for KafkaExporter {
             plan: Plan {
                 encoding: cfg.encoding,
                 partition_by,
+                traces_by_id: cfg.partition_traces_by_id,
                 topic_attribute: cfg.topic_from_attribute.trim().to_string(),
                 topics,
                 max_bytes: cfg.max_message_bytes.as_usize(),
@@ -403,6 +413,8 @@ struct KafkaSender {
 pub struct Plan {
     pub encoding: ExporterEncoding,
     pub partition_by: PartitionBy,
+    /// `partition_traces_by_id`: spans are keyed by trace id whatever `partition_by` says.
+    pub traces_by_id: bool,
     pub topic_attribute: String,
     /// Default topic per signal (traces, metrics, logs).
     pub topics: [String; 3],
@@ -496,16 +508,67 @@ impl Plan {
         self.topics.get(i).cloned().unwrap_or_default()
     }
 
-    fn key_for(&self, trace_id: &[u8], item: &[KeyValue], resource: &[KeyValue]) -> Option<String> {
-        match &self.partition_by {
+    /// How messages of `signal` are keyed.
+    fn partition_of(&self, signal: Signal) -> &PartitionBy {
+        const TRACE_ID: &PartitionBy = &PartitionBy::TraceId;
+        if signal == Signal::Traces && self.traces_by_id {
+            TRACE_ID
+        } else {
+            &self.partition_by
+        }
+    }
+
+    fn key_for(&self, signal: Signal, trace_id: &[u8], item: &[KeyValue], resource: &[KeyValue]) -> Option<String> {
+        match self.partition_of(signal) {
             PartitionBy::None => None,
             PartitionBy::TraceId => (!trace_id.is_empty() && trace_id.iter().any(|b| *b != 0)).then(|| hex(trace_id)),
             PartitionBy::Attribute(k) => attr_text(item, k).or_else(|| attr_text(resource, k)),
         }
     }
 
-    fn needs_grouping(&self) -> bool {
-        self.partition_by != PartitionBy::None || !self.topic_attribute.is_empty()
+    fn needs_grouping(&self, signal: Signal) -> bool {
+        *self.partition_of(signal) != PartitionBy::None || !self.topic_attribute.is_empty()
+    }
+
+    /// Spans keyed by trace id (and no topic from attributes): one message per trace id, split from the
+    /// encoded request by [`bizpilot_core::view::split_by_trace_id`] without decoding it; a request of one
+    /// trace is forwarded as it is.
+    fn split_traces_by_id(&self, payload: &mut Payload) -> Result<Vec<OutMessage>, PlanError> {
+        let topic = self.topic_for(Signal::Traces, &[], &[]);
+        let bytes = payload.encoded();
+        let key = |id: &[u8]| (!id.is_empty()).then(|| hex(id));
+        let groups: Vec<(Option<String>, Bytes)> = match bizpilot_core::view::split_by_trace_id(&bytes) {
+            Some(parts) => parts.into_iter().map(|(id, b)| (key(id), Bytes::from(b))).collect(),
+            None => {
+                if payload.items() == 0 {
+                    return Ok(Vec::new());
+                }
+                let mut id: &[u8] = &[];
+                bizpilot_core::view::for_each_span(&bytes, |_, s| {
+                    if id.is_empty() && s.trace_id.iter().any(|b| *b != 0) {
+                        id = s.trace_id;
+                    }
+                });
+                vec![(key(id), bytes.clone())]
+            }
+        };
+        let mut out = Vec::with_capacity(groups.len());
+        for (key, value) in groups {
+            let part = Traces::from_bytes(value.clone()).map_err(|e| PlanError(e.to_string()))?;
+            let part = Payload::Traces(part);
+            if value.len() > self.max_bytes && part.items() > 1 {
+                self.encode_sized(topic.clone(), key, part, &mut out)?;
+                continue;
+            }
+            out.push(OutMessage {
+                topic: topic.clone(),
+                key,
+                value,
+                headers: Vec::new(),
+                part: Some(part),
+            });
+        }
+        Ok(out)
     }
 
     /// Turns a payload into messages.
@@ -514,7 +577,14 @@ impl Plan {
             return self.business_messages(payload);
         }
         let signal = payload.signal();
-        let groups: Vec<(GroupKey, Payload)> = if !self.needs_grouping() {
+        if signal == Signal::Traces
+            && *self.partition_of(signal) == PartitionBy::TraceId
+            && self.topic_attribute.is_empty()
+            && self.encoding == ExporterEncoding::OtlpProto
+        {
+            return self.split_traces_by_id(payload);
+        }
+        let groups: Vec<(GroupKey, Payload)> = if !self.needs_grouping(signal) {
             // One message holding the batch as it is (its cached encoding when it has one).
             let topic = self.topic_for(signal, &[], &[]);
             let value = self.encode(payload)?;
@@ -590,7 +660,7 @@ impl Plan {
                             let res = resource_attrs(&rs.resource);
                             let key = (
                                 self.topic_for(Signal::Traces, &span.attributes, res),
-                                self.key_for(&span.trace_id, &span.attributes, res),
+                                self.key_for(Signal::Traces, &span.trace_id, &span.attributes, res),
                             );
                             let slot = g.slot(key);
                             if slot.2 != Some((ri, si)) {
@@ -635,7 +705,7 @@ impl Plan {
                             let res = resource_attrs(&rl.resource);
                             let key = (
                                 self.topic_for(Signal::Logs, &rec.attributes, res),
-                                self.key_for(&rec.trace_id, &rec.attributes, res),
+                                self.key_for(Signal::Logs, &rec.trace_id, &rec.attributes, res),
                             );
                             let slot = g.slot(key);
                             if slot.2 != Some((ri, si)) {
@@ -675,7 +745,10 @@ impl Plan {
                 let mut g: Groups<_> = Groups::new();
                 for rm in msg.resource_metrics {
                     let res = resource_attrs(&rm.resource);
-                    let key = (self.topic_for(Signal::Metrics, &[], res), self.key_for(&[], &[], res));
+                    let key = (
+                        self.topic_for(Signal::Metrics, &[], res),
+                        self.key_for(Signal::Metrics, &[], &[], res),
+                    );
                     g.slot(key).1.push(rm);
                 }
                 g.groups
@@ -725,7 +798,7 @@ impl Plan {
                     }));
                     out.push(OutMessage {
                         topic: self.topic_for(Signal::Logs, &rec.attributes, res),
-                        key: self.key_for(&rec.trace_id, &rec.attributes, res),
+                        key: self.key_for(Signal::Logs, &rec.trace_id, &rec.attributes, res),
                         value: Bytes::from(value),
                         headers,
                         part: Some(part),
@@ -905,6 +978,7 @@ mod tests {
         Plan {
             encoding: c.encoding,
             partition_by: PartitionBy::parse(&c.partition_by).unwrap(),
+            traces_by_id: c.partition_traces_by_id,
             topic_attribute: c.topic_from_attribute.clone(),
             topics: Signal::ALL.map(|s| c.signal_topic(s)),
             max_bytes: c.max_message_bytes.as_usize(),
@@ -1032,6 +1106,36 @@ mod tests {
         let m = by_trace.messages(&mut payload).unwrap();
         assert_eq!(m[0].key.as_deref(), Some("abababababababababababababababab"));
         assert_eq!(m[1].key, None, "no trace id, no key");
+    }
+
+    #[test]
+    fn partition_traces_by_id_splits_encoded_requests_per_trace_without_decoding() {
+        let p = plan("partition_by: attribute:order.id\npartition_traces_by_id: true");
+        let bytes = spans(&[("o1", &[1; 16]), ("o2", &[2; 16]), ("o1", &[1; 16]), ("o3", &[0; 16])]).encoded();
+        let mut forwarded = Payload::Traces(Traces::from_bytes(bytes.clone()).unwrap());
+        let m = p.messages(&mut forwarded).unwrap();
+        let Payload::Traces(t) = &forwarded else { panic!() };
+        assert!(t.decoded().is_none(), "the request was not decoded");
+        let keys: Vec<Option<String>> = m.iter().map(|x| x.key.clone()).collect();
+        assert_eq!(
+            keys,
+            [Some("01".repeat(16)), Some("02".repeat(16)), None],
+            "keyed by trace, not order"
+        );
+        assert_eq!(names(m[0].part.as_ref().unwrap()), ["span-o1", "span-o1"]);
+        let decoded = ExportTraceServiceRequest::decode_from(&m[0].value);
+        assert_eq!(decoded.resource_spans.len(), 2, "each span keeps its own resource");
+        // One trace: the request's bytes, as they came.
+        let one = spans(&[("a", &[5; 16]), ("b", &[5; 16])]).encoded();
+        let m = p
+            .messages(&mut Payload::Traces(Traces::from_bytes(one.clone()).unwrap()))
+            .unwrap();
+        assert_eq!(
+            (m.len(), m[0].value.clone(), m[0].key.clone()),
+            (1, one, Some("05".repeat(16)))
+        );
+        // Logs still follow partition_by.
+        assert!(parse("partition_traces_by_id: true").unwrap().partition_traces_by_id);
     }
 
     trait DecodeFrom {

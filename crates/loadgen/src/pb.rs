@@ -14,17 +14,11 @@ pub enum Val<'a> {
     Bytes(&'a [u8], usize),
 }
 
+pub use bizpilot_core::pb::write_varint_fixed;
+
+/// Reads a varint at `*pos` (the core reader, bounded by the buffer).
 pub fn read_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(b & 0x7f) << shift;
-        if b < 0x80 {
-            return Some(v);
-        }
-    }
-    None
+    bizpilot_core::pb::read_varint(buf, pos, buf.len())
 }
 
 /// Iterates the fields of one message. `base` is the offset of `buf` in the outermost buffer, so that the
@@ -106,24 +100,6 @@ pub fn submessages(buf: &[u8], base: usize, field: u32) -> impl Iterator<Item = 
         Val::Bytes(b, at) if f == field => Some((b, at)),
         _ => None,
     })
-}
-
-/// Writes `v` as a varint of exactly `width` bytes (padding with continuation bytes) at `buf[at..]`.
-/// Returns false (and writes nothing) when `v` does not fit.
-pub fn write_varint_fixed(buf: &mut [u8], at: usize, width: usize, v: u64) -> bool {
-    if width == 0 || (width < 10 && v >> (7 * width) != 0) || buf.len() < at + width {
-        return false;
-    }
-    let mut x = v;
-    for i in 0..width {
-        let mut b = (x & 0x7f) as u8;
-        x >>= 7;
-        if i + 1 < width {
-            b |= 0x80;
-        }
-        buf[at + i] = b;
-    }
-    true
 }
 
 #[cfg(test)]

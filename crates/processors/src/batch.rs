@@ -30,15 +30,14 @@
 use metrics::{Counter, Histogram, Unit, counter, describe_counter, describe_histogram, histogram};
 use serde::Deserialize;
 use std::collections::VecDeque;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use bizpilot_core::config::Duration;
 use bizpilot_core::pdata::DataError;
+use bizpilot_core::stage::reason;
 use bizpilot_core::{
-    Batch, ComponentConfig, ComponentError, ComponentInfo, ComponentKind, CreateContext, FieldError, Output, Payload,
-    Processor, ProcessorContext, ProcessorFactory, Running, Signal, Stability,
+    Batch, ComponentConfig, ComponentError, ComponentInfo, ComponentKind, CreateContext, FieldError, Out, Payload,
+    Processor, ProcessorFactory, Signal, Stability, Stage, StageInfo,
 };
 
 /// The component type name.
@@ -120,17 +119,8 @@ impl BatchProcessor {
 }
 
 impl Processor for BatchProcessor {
-    fn start(self: Box<Self>, ctx: ProcessorContext) -> Result<Running, ComponentError> {
-        let ProcessorContext {
-            id,
-            pipeline,
-            input,
-            output,
-            abort,
-        } = ctx;
-        let telemetry = Telemetry::new(&id.to_string(), &pipeline.to_string());
-        let batcher = Batcher::new(self.config, output, abort, telemetry);
-        Ok(Running::spawn(batcher.run(input)))
+    fn into_stage(self: Box<Self>) -> Box<dyn Stage> {
+        Box::new(Batcher::new(self.config))
     }
 }
 
@@ -190,15 +180,6 @@ impl Telemetry {
     }
 }
 
-/// Why the batcher stopped early.
-#[derive(Debug, thiserror::Error)]
-enum Stop {
-    #[error("the drain deadline passed")]
-    Aborted,
-    #[error("the next stage has shut down")]
-    Closed,
-}
-
 /// The batching state of one processor instance.
 struct Batcher {
     send_batch_size: usize,
@@ -211,13 +192,64 @@ struct Batcher {
     items: usize,
     /// When the oldest pending item must be sent.
     deadline: Option<Instant>,
-    output: Output,
-    abort: CancellationToken,
-    telemetry: Telemetry,
+    telemetry: Option<Telemetry>,
+}
+
+impl Stage for Batcher {
+    fn start(&mut self, info: &StageInfo) {
+        self.telemetry = Some(Telemetry::new(&info.id, info.pipeline.as_deref().unwrap_or_default()));
+    }
+
+    fn on_batch(&mut self, batch: Batch, out: &mut Out) {
+        self.push(batch);
+        if !self.timeout.is_zero() {
+            self.send_full(out);
+            if self.pending.is_empty() {
+                self.deadline = None;
+            } else if self.deadline.is_none() {
+                self.deadline = Some(Instant::now() + self.timeout);
+            }
+        }
+    }
+
+    /// With `timeout: 0`, what is already queued is joined (up to the trigger size) and sent
+    /// at once.
+    fn read_more(&self) -> bool {
+        self.timeout.is_zero() && self.items < self.send_batch_size
+    }
+
+    fn on_caught_up(&mut self, out: &mut Out) {
+        if self.timeout.is_zero() {
+            self.send_full(out);
+            self.flush(Trigger::Timeout, out);
+        }
+    }
+
+    fn deadline(&mut self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn on_timer(&mut self, out: &mut Out) {
+        self.flush(Trigger::Timeout, out);
+    }
+
+    /// Everything upstream has stopped: send what is held.
+    fn on_drain(&mut self, out: &mut Out) {
+        self.flush(Trigger::Shutdown, out);
+    }
+
+    /// Nothing more can be delivered: the driver fails what is held.
+    fn on_abort(&mut self, out: &mut Out) {
+        for b in self.pending.drain(..) {
+            out.send(b);
+        }
+        self.items = 0;
+        self.deadline = None;
+    }
 }
 
 impl Batcher {
-    fn new(config: BatchConfig, output: Output, abort: CancellationToken, telemetry: Telemetry) -> Self {
+    fn new(config: BatchConfig) -> Self {
         Self {
             send_batch_size: config.send_batch_size,
             max: if config.send_batch_max_size == 0 {
@@ -229,69 +261,7 @@ impl Batcher {
             pending: VecDeque::new(),
             items: 0,
             deadline: None,
-            output,
-            abort,
-            telemetry,
-        }
-    }
-
-    async fn run(mut self, mut input: mpsc::Receiver<Batch>) -> Result<(), ComponentError> {
-        let result = self.run_loop(&mut input).await;
-        match result {
-            Ok(()) => Ok(()),
-            Err(stop) => {
-                // Nothing more can be delivered: fail what is held and what is queued.
-                self.fail_pending();
-                input.close();
-                while let Ok(b) = input.try_recv() {
-                    b.fail();
-                }
-                match stop {
-                    Stop::Aborted => {
-                        tracing::warn!("batch processor: drain deadline passed; undelivered data failed");
-                        Ok(())
-                    }
-                    Stop::Closed => Err(ComponentError::Other(stop.to_string())),
-                }
-            }
-        }
-    }
-
-    async fn run_loop(&mut self, input: &mut mpsc::Receiver<Batch>) -> Result<(), Stop> {
-        loop {
-            let deadline = self.deadline;
-            let received = tokio::select! {
-                biased;
-                _ = self.abort.cancelled() => return Err(Stop::Aborted),
-                _ = sleep_until_opt(deadline), if deadline.is_some() => {
-                    self.flush(Trigger::Timeout).await?;
-                    continue;
-                }
-                b = input.recv() => b,
-            };
-            let Some(batch) = received else {
-                // Everything upstream has stopped: send what is held and end.
-                return self.flush(Trigger::Shutdown).await;
-            };
-            self.push(batch);
-            if self.timeout.is_zero() {
-                // Join what is already queued (bounded by the trigger size), then send it all.
-                while self.items < self.send_batch_size {
-                    match input.try_recv() {
-                        Ok(b) => self.push(b),
-                        Err(_) => break,
-                    }
-                }
-                self.send_full().await?;
-                self.flush(Trigger::Timeout).await?;
-            } else {
-                self.send_full().await?;
-                if self.pending.is_empty() {
-                    self.deadline = None;
-                } else if self.deadline.is_none() {
-                    self.deadline = Some(Instant::now() + self.timeout);
-                }
-            }
+            telemetry: None,
         }
     }
 
@@ -301,34 +271,42 @@ impl Batcher {
     }
 
     /// Sends while the held items reach `send_batch_size`.
-    async fn send_full(&mut self) -> Result<(), Stop> {
+    fn send_full(&mut self, out: &mut Out) {
         while !self.pending.is_empty() && self.items >= self.send_batch_size {
-            self.send_chunk(Trigger::Size).await?;
+            self.send_chunk(Trigger::Size, out);
         }
-        Ok(())
     }
 
     /// Sends everything held, in chunks of at most `send_batch_max_size`.
-    async fn flush(&mut self, trigger: Trigger) -> Result<(), Stop> {
+    fn flush(&mut self, trigger: Trigger, out: &mut Out) {
         while !self.pending.is_empty() {
-            self.send_chunk(trigger).await?;
+            self.send_chunk(trigger, out);
         }
         self.deadline = None;
-        Ok(())
     }
 
     /// Takes up to `max` items from the front, joins them and sends them.
-    async fn send_chunk(&mut self, trigger: Trigger) -> Result<(), Stop> {
-        let parts = self.take_chunk();
-        match join(parts) {
-            Some(batch) => self.emit(batch, trigger).await,
-            None => Ok(()),
+    fn send_chunk(&mut self, trigger: Trigger, out: &mut Out) {
+        let parts = self.take_chunk(out);
+        let signal = parts.first().map(Batch::signal);
+        let (joined, lost) = join(parts);
+        if let (Some(signal), true) = (signal, lost > 0) {
+            out.dropped_items(signal, lost, reason::ERROR);
+        }
+        if let Some(batch) = joined {
+            if let Some(t) = &self.telemetry {
+                t.send_size.record(batch.items() as f64);
+                if let Some(c) = t.sends.get(trigger.index()) {
+                    c.increment(1);
+                }
+            }
+            out.send(batch);
         }
     }
 
     /// Removes whole batches from the front while they fit in `max` items, splitting
     /// the one that straddles the bound (the only payload that gets decoded).
-    fn take_chunk(&mut self) -> Vec<Batch> {
+    fn take_chunk(&mut self, out: &mut Out) -> Vec<Batch> {
         let mut parts = Vec::new();
         let mut taken = 0usize;
         while let Some(front) = self.pending.front() {
@@ -359,54 +337,12 @@ impl Batcher {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, items = n, "batch processor: cannot split data; dropping it");
-                    b.fail();
+                    out.fail(b, reason::ERROR);
                 }
             }
             break;
         }
         parts
-    }
-
-    /// Sends one batch downstream, giving up when the drain deadline passes.
-    async fn emit(&mut self, batch: Batch, trigger: Trigger) -> Result<(), Stop> {
-        let items = batch.items();
-        // Kept to report failure if the batch cannot be handed on.
-        let acks = batch.acks.clone();
-        let sent = tokio::select! {
-            biased;
-            r = self.output.send(batch) => r.map_err(|_| Stop::Closed),
-            _ = self.abort.cancelled() => Err(Stop::Aborted),
-        };
-        match sent {
-            Ok(()) => {
-                self.telemetry.send_size.record(items as f64);
-                if let Some(c) = self.telemetry.sends.get(trigger.index()) {
-                    c.increment(1);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                for a in &acks {
-                    a.fail();
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn fail_pending(&mut self) {
-        for b in self.pending.drain(..) {
-            b.fail();
-        }
-        self.items = 0;
-        self.deadline = None;
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -423,7 +359,9 @@ fn split_payload(payload: &mut Payload, n: usize) -> Result<Payload, DataError> 
 
 /// Joins batches in order. Adjacent pairs are merged level by level, so each
 /// encoded byte is copied O(log n) times rather than once per joined batch.
-fn join(mut parts: Vec<Batch>) -> Option<Batch> {
+/// Also returns the items lost in merges that failed.
+fn join(mut parts: Vec<Batch>) -> (Option<Batch>, usize) {
+    let mut lost_items = 0;
     while parts.len() > 1 {
         let mut next = Vec::with_capacity(parts.len().div_ceil(2));
         let mut it = parts.into_iter();
@@ -431,6 +369,7 @@ fn join(mut parts: Vec<Batch>) -> Option<Batch> {
             if let Some(b) = it.next() {
                 let lost = b.items();
                 if let Err(e) = a.merge(b) {
+                    lost_items += lost;
                     // `merge` has already marked the lost part's sources as failed.
                     tracing::error!(error = %e, items = lost, "batch processor: cannot join data; dropping part of it");
                 }
@@ -439,7 +378,7 @@ fn join(mut parts: Vec<Batch>) -> Option<Batch> {
         }
         parts = next;
     }
-    parts.pop()
+    (parts.pop(), lost_items)
 }
 
 #[cfg(test)]
@@ -451,9 +390,11 @@ mod tests {
     use bizpilot_core::pdata::proto::collector::trace::v1::ExportTraceServiceRequest;
     use bizpilot_core::pdata::proto::metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics};
     use bizpilot_core::pdata::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
-    use bizpilot_core::{Metrics, Traces};
+    use bizpilot_core::{Metrics, Output, ProcessorContext, Running, Traces};
     use prost::Message;
     use std::time::Duration as StdDuration;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
 
     fn spans(n: usize, prefix: &str) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
@@ -521,7 +462,8 @@ mod tests {
             ),
             abort: abort.clone(),
         };
-        let running = Box::new(BatchProcessor::new(config)).start(ctx).unwrap();
+        let proc_: Box<dyn Processor> = Box::new(BatchProcessor::new(config));
+        let running = proc_.start(ctx).unwrap();
         Harness {
             input: in_tx,
             out: out_rx,
@@ -815,13 +757,13 @@ mod tests {
                 b
             })
             .collect();
-        let joined = join(parts).unwrap();
+        let joined = join(parts).0.unwrap();
         assert_eq!(joined.acks.len(), 7);
         assert_eq!(
             span_names(&joined),
             ["p0-0", "p1-0", "p2-0", "p3-0", "p4-0", "p5-0", "p6-0"]
         );
-        assert!(join(Vec::new()).is_none());
+        assert!(join(Vec::new()).0.is_none());
     }
 
     #[test]

@@ -36,13 +36,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use bizpilot_core::config::Duration;
+use bizpilot_core::stage::Wake;
 use bizpilot_core::{
-    Admission, Batch, ComponentConfig, ComponentError, ComponentInfo, ComponentKind, CreateContext, FieldError, Output,
-    Processor, ProcessorContext, ProcessorFactory, Refusal, Running, Signal, Stability,
+    Admission, Batch, ComponentConfig, ComponentError, ComponentInfo, ComponentKind, CreateContext, FieldError, Out,
+    Processor, ProcessorFactory, Refusal, Signal, Stability, Stage, StageInfo,
 };
 
 /// The component type name.
@@ -555,76 +554,46 @@ impl Processor for MemoryLimiterProcessor {
         Some(self.limiter.gate())
     }
 
-    fn start(self: Box<Self>, ctx: ProcessorContext) -> Result<Running, ComponentError> {
-        let ProcessorContext {
-            mut input,
-            output,
-            abort,
-            ..
-        } = ctx;
-        let MemoryLimiterProcessor { mut limiter, interval } = *self;
-        Ok(Running::spawn(async move {
-            let monitor = async {
-                let start = tokio::time::Instant::now() + interval;
-                let mut tick = tokio::time::interval_at(start, interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    limiter.measure();
-                }
-            };
-            // Measuring goes on while data waits for room downstream.
-            tokio::select! {
-                r = pass_through(&mut input, &output, &abort) => r,
-                _ = monitor => Ok(()),
-            }
-        }))
+    fn into_stage(self: Box<Self>) -> Box<dyn Stage> {
+        Box::new(LimiterStage {
+            limiter: self.limiter,
+            interval: self.interval,
+            tick: None,
+        })
     }
 }
 
-/// Forwards batches unchanged until `input` closes; on abort fails what is left.
-async fn pass_through(
-    input: &mut mpsc::Receiver<Batch>,
-    output: &Output,
-    abort: &CancellationToken,
-) -> Result<(), ComponentError> {
-    loop {
-        let received = tokio::select! {
-            biased;
-            _ = abort.cancelled() => None,
-            b = input.recv() => match b {
-                Some(b) => Some(b),
-                None => return Ok(()),
-            },
-        };
-        let Some(batch) = received else {
-            fail_queued(input);
-            return Ok(());
-        };
-        let acks = batch.acks.clone();
-        let sent = tokio::select! {
-            biased;
-            r = output.send(batch) => r.map_err(|_| true),
-            _ = abort.cancelled() => Err(false),
-        };
-        if let Err(closed) = sent {
-            for a in &acks {
-                a.fail();
-            }
-            fail_queued(input);
-            return if closed {
-                Err(ComponentError::Other("the next stage has shut down".into()))
-            } else {
-                Ok(())
-            };
+/// Passes batches on unchanged; measures memory every `interval`, also while a batch waits
+/// for room downstream (the driver polls [`Stage::wake`] then).
+struct LimiterStage {
+    limiter: MemoryLimiter,
+    interval: std::time::Duration,
+    tick: Option<tokio::time::Interval>,
+}
+
+impl Stage for LimiterStage {
+    fn start(&mut self, _: &StageInfo) {
+        let first = tokio::time::Instant::now() + self.interval;
+        let mut tick = tokio::time::interval_at(first, self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.tick = Some(tick);
+    }
+
+    fn on_batch(&mut self, batch: Batch, out: &mut Out) {
+        out.send(batch);
+    }
+
+    fn wake(&mut self) -> Wake<'_> {
+        match self.tick.as_mut() {
+            Some(t) => Box::pin(async move {
+                t.tick().await;
+            }),
+            None => Box::pin(std::future::pending()),
         }
     }
-}
 
-fn fail_queued(input: &mut mpsc::Receiver<Batch>) {
-    input.close();
-    while let Ok(b) = input.try_recv() {
-        b.fail();
+    fn on_wake(&mut self, _: &mut Out) {
+        self.limiter.measure();
     }
 }
 
@@ -633,8 +602,10 @@ mod tests {
     use super::*;
     use bizpilot_core::ack::{Ack, Delivery};
     use bizpilot_core::component::{Target, parse_config};
-    use bizpilot_core::{Payload, Traces};
+    use bizpilot_core::{Output, Payload, ProcessorContext, Traces};
     use std::time::Duration as StdDuration;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
 
     /// A memory source the test sets.
     #[derive(Default)]
@@ -874,7 +845,8 @@ mod tests {
         let (in_tx, in_rx) = mpsc::channel(4);
         let (out_tx, _out_rx) = mpsc::channel(1);
         let abort = CancellationToken::new();
-        let mut running = Box::new(MemoryLimiterProcessor::new(limiter, StdDuration::from_secs(1)))
+        let proc_: Box<dyn Processor> = Box::new(MemoryLimiterProcessor::new(limiter, StdDuration::from_secs(1)));
+        let mut running = proc_
             .start(ProcessorContext {
                 id: "m".parse().unwrap(),
                 pipeline: "traces".parse().unwrap(),

@@ -50,9 +50,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bizpilot_business::KeyedHasher;
 use bizpilot_business::attrs::{AnyValue, KeyValue, Value};
+use bizpilot_core::stage::reason;
 use bizpilot_core::{
-    Batch, ComponentConfig, ComponentError, ComponentInfo, ComponentKind, CreateContext, FieldError, Payload,
-    Processor, ProcessorContext, ProcessorFactory, Running, Signal, Stability, spawn_transform,
+    Batch, ComponentConfig, ComponentError, ComponentInfo, ComponentKind, CreateContext, FieldError, Out, Payload,
+    Processor, ProcessorFactory, Signal, Stability, Stage,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -582,7 +583,9 @@ impl Redactor {
 
     /// Redacts a batch's payload in place. A payload that cannot be decoded is failed
     /// and dropped: passing it on could leak what it holds.
-    pub fn redact_batch(&self, mut batch: Batch) -> Option<Batch> {
+    /// Redacts `batch` in place (decoding it); a batch that cannot be decoded is given up
+    /// rather than passed on unredacted.
+    pub fn redact_batch(&self, mut batch: Batch) -> Result<Batch, Batch> {
         let r = match &mut batch.payload {
             Payload::Traces(t) => t.message_mut().map(|m| {
                 self.redact_traces(m);
@@ -595,11 +598,10 @@ impl Redactor {
             }),
         };
         match r {
-            Ok(()) => Some(batch),
+            Ok(()) => Ok(batch),
             Err(e) => {
                 tracing::error!(error = %e, items = batch.items(), "redaction: cannot decode data; dropping it rather than passing it on unredacted");
-                batch.fail();
-                None
+                Err(batch)
             }
         }
     }
@@ -645,9 +647,17 @@ impl ProcessorFactory for RedactionProcessorFactory {
 }
 
 impl Processor for RedactionProcessor {
-    fn start(self: Box<Self>, ctx: ProcessorContext) -> Result<Running, ComponentError> {
-        let r = self.redactor;
-        Ok(spawn_transform(ctx, move |b| r.redact_batch(b)))
+    fn into_stage(self: Box<Self>) -> Box<dyn Stage> {
+        self
+    }
+}
+
+impl Stage for RedactionProcessor {
+    fn on_batch(&mut self, batch: Batch, out: &mut Out) {
+        match self.redactor.redact_batch(batch) {
+            Ok(b) => out.send(b),
+            Err(b) => out.fail(b, reason::ERROR),
+        }
     }
 }
 

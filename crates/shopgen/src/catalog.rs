@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use crate::config::ShopConfig;
 
-/// Loyalty tier (`demo.user_context.loyalty_level`).
+/// Loyalty tier (`demo.user_context.loyalty_level`, on the payment service's `charge` span).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {

@@ -206,8 +206,9 @@ pub struct Injections {
 }
 
 /// A checkout attempt whose trace (its root span) starts in `[start, end)` fails with `failure_probability`: its
-/// Charge span is ERROR with `status_message` and lasts about `timeout`, PlaceOrder is ERROR, the frontend answers
-/// 500, a `payment.failed` event is emitted and `demo.order.amount` is absent. Windows must not overlap.
+/// Charge span and its `charge` child are ERROR with `status_message` and last about `timeout`, PlaceOrder is
+/// ERROR, the frontend answers 500, a `payment.failed` event is emitted and `demo.order.amount` is absent. Windows
+/// must not overlap.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PaymentOutage {

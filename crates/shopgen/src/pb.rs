@@ -1,21 +1,8 @@
-//! A minimal protobuf writer for OTLP spans: fields are written in the order prost uses, and empty fields are
-//! omitted as prost omits them, so decoding and re-encoding with prost gives the same bytes.
+//! OTLP span pieces written with the core protobuf writer ([`bizpilot_core::pb`]): fields are written in the
+//! order prost uses, and empty fields are omitted as prost omits them, so decoding and re-encoding with prost
+//! gives the same bytes.
 
-/// Appends a base-128 varint.
-#[inline]
-pub fn varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-/// Length of a varint.
-#[inline]
-pub fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
+pub use bizpilot_core::pb::{put_varint as varint, varint_len};
 
 /// A length-delimited field: tag byte, length, bytes.
 #[inline]
@@ -129,18 +116,4 @@ pub fn status_error(buf: &mut Vec<u8>, message: &str) {
         bytes_field(buf, 0x12, message.as_bytes());
     }
     buf.extend_from_slice(&[0x18, 0x02]);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn varint_lengths() {
-        for v in [0u64, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
-            let mut b = Vec::new();
-            varint(&mut b, v);
-            assert_eq!(b.len(), varint_len(v), "{v}");
-        }
-    }
 }

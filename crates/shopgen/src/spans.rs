@@ -1,10 +1,10 @@
 //! Spans in the OpenTelemetry Demo's conventions, built from precomputed templates.
 //!
-//! Traces and their spans (all SERVER spans, parent links as shown):
+//! Traces and their spans (SERVER spans but `charge`, INTERNAL; parent links as shown):
 //!
 //! | trace | spans |
 //! |---|---|
-//! | checkout attempt | frontend `POST /api/checkout` → checkout `oteldemo.CheckoutService/PlaceOrder` → { cart `oteldemo.CartService/GetCart`, payment `grpc.oteldemo.PaymentService/Charge`, shipping `oteldemo.ShippingService/ShipOrder`, email `oteldemo.EmailService/SendOrderConfirmation` } (the last two only when the charge succeeded) |
+//! | checkout attempt | frontend `POST /api/checkout` → checkout `oteldemo.CheckoutService/PlaceOrder` → { cart `oteldemo.CartService/GetCart`, payment `grpc.oteldemo.PaymentService/Charge` → payment `charge`, shipping `oteldemo.ShippingService/ShipOrder`, email `oteldemo.EmailService/SendOrderConfirmation` } (the last two only when the charge succeeded) |
 //! | browse | frontend `GET /api/products/{productId}` → product-catalog `oteldemo.ProductCatalogService/GetProduct` |
 //! | add to cart | frontend `POST /api/cart` → cart `oteldemo.CartService/AddItem` |
 //!
@@ -14,10 +14,11 @@
 //!
 //! | span | business attributes |
 //! |---|---|
-//! | `POST /api/checkout` | `user.id`, `demo.user_context.loyalty_level`, `session.id` |
-//! | `PlaceOrder` | `user.id`, `demo.user_context.loyalty_level`, `demo.user_context.selected_currency`, `demo.order.id`, `demo.order.items.count`; on success also `demo.order.amount`, `demo.shipping.amount`, `demo.shipping.tracking.id` |
+//! | `POST /api/checkout` | `user.id`, `session.id` |
+//! | `PlaceOrder` | `user.id`, `demo.user_context.selected_currency`, `demo.order.id`, `demo.order.items.count`; on success also `demo.order.amount`, `demo.shipping.amount`, `demo.shipping.tracking.id` |
 //! | `GetCart` | `user.id`, `demo.cart.items.count` |
-//! | `Charge` | `user.id`, `demo.user_context.loyalty_level`, `demo.order.id`, `demo.payment.amount` (string), `demo.payment.card_type`, `demo.payment.card_valid`, `demo.payment.charged`; on success `demo.payment.transaction.id` |
+//! | `grpc.oteldemo.PaymentService/Charge` | `user.id`, `demo.order.id`, `demo.payment.amount` (string) |
+//! | `charge` | `demo.order.id`, `demo.payment.card_type`, `demo.payment.card_valid`, `demo.user_context.loyalty_level` (the customer tier); on success `demo.payment.charged` |
 //! | `ShipOrder` | `demo.order.id`, `demo.shipping.amount`, `demo.shipping.tracking.id` |
 //! | `SendOrderConfirmation` | `demo.order.id`, `demo.order.items.count` |
 //! | `GET /api/products/{productId}` | `user.id`, `session.id`, `demo.product.id` |
@@ -25,13 +26,21 @@
 //! | `POST /api/cart` | `user.id`, `session.id`, `demo.product.id`, `demo.product.quantity` |
 //! | `AddItem` | `user.id`, `demo.product.id`, `demo.product.quantity` |
 //!
-//! A failed charge: `Charge` and `PlaceOrder` have status ERROR (messages `"<outage message>"` and
+//! As the demo's payment service (pinned to demo 3.0.0: `src/payment/index.js` sets only `demo.payment.amount` on
+//! the gRPC server span; `src/payment/charge.js` opens the internal span `charge` with the card attributes and
+//! the loyalty level), the tier is on `charge` only: a checkout or payment operation gets it from its trace (the
+//! `business_impact` connector's `trace_context`) or from a customer lookup. Unlike the demo, whose loyalty level
+//! is random per charge (and `gold` on a `paymentFailure`), it is the customer's tier, so the ground truth per tier
+//! stays a property of the customer.
+//!
+//! A failed charge: `charge`, `Charge` and `PlaceOrder` have status ERROR (messages `"<outage message>"` (twice) and
 //! `"failed to charge card: <outage message>"`) and `rpc.grpc.status_code` 2 (UNKNOWN) and 13 (INTERNAL); the
 //! frontend span answers 500 (status ERROR, message `"Internal Server Error"`); there is no `demo.order.amount`
 //! and no ShipOrder or SendOrderConfirmation span; Charge lasts about the outage's timeout.
 //!
 //! Departures from the demo, so that every span on the checkout path carries a business key: `demo.order.id` is
-//! set on every attempt (failed ones too; retries of a cart reuse it) and also on Charge and ShipOrder.
+//! set on every attempt (failed ones too; retries of a cart reuse it) and also on Charge, `charge` and ShipOrder
+//! (so a topology keyed by order id keeps the tier of `charge` with its order).
 //! `demo.order.amount` and `demo.shipping.amount` are doubles as in the demo (or strings, see
 //! [`crate::config::MoneyAttributes`]); `demo.order.amount` = `demo.payment.amount` = the order value.
 //!
@@ -59,6 +68,9 @@ pub mod names {
     /// The payment service's gRPC server span: the demo's Node instrumentation names it `grpc.<service>/<method>`
     /// (demo 3.0.0 src/payment/index.js); `oteldemo.PaymentService/Charge` is the checkout service's client span.
     pub const CHARGE: &str = "grpc.oteldemo.PaymentService/Charge";
+    /// The payment service's internal span under [`CHARGE`] (demo 3.0.0 src/payment/charge.js), with the card
+    /// attributes and the loyalty level.
+    pub const CHARGE_INTERNAL: &str = "charge";
     pub const SHIP_ORDER: &str = "oteldemo.ShippingService/ShipOrder";
     pub const SEND_ORDER_CONFIRMATION: &str = "oteldemo.EmailService/SendOrderConfirmation";
     pub const FRONTEND_PRODUCT: &str = "GET /api/products/{productId}";
@@ -67,7 +79,7 @@ pub mod names {
     pub const ADD_ITEM: &str = "oteldemo.CartService/AddItem";
 }
 
-const ALL_NAMES: [&str; 10] = [
+const ALL_NAMES: [&str; 11] = [
     names::FRONTEND_CHECKOUT,
     names::PLACE_ORDER,
     names::GET_CART,
@@ -78,6 +90,7 @@ const ALL_NAMES: [&str; 10] = [
     names::GET_PRODUCT,
     names::FRONTEND_CART,
     names::ADD_ITEM,
+    names::CHARGE_INTERNAL,
 ];
 
 /// The shop's services.
@@ -279,7 +292,6 @@ struct Keys {
     payment_card_type: Key,
     payment_card_valid: Key,
     payment_charged: Key,
-    payment_transaction_id: Key,
     product_id: Key,
     product_name: Key,
     product_quantity: Key,
@@ -326,7 +338,6 @@ impl Keys {
             payment_card_type: k("payment.card_type"),
             payment_card_valid: k("payment.card_valid"),
             payment_charged: k("payment.charged"),
-            payment_transaction_id: k("payment.transaction.id"),
             product_id: k("product.id"),
             product_name: k("product.name"),
             product_quantity: k("product.quantity"),
@@ -382,7 +393,7 @@ const USER_AGENTS: [&str; 4] = [
 pub(crate) const CARD_TYPES: [&str; 3] = ["visa", "mastercard", "amex"];
 
 /// Which name / template.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     FrontCheckout = 0,
     PlaceOrder = 1,
@@ -394,6 +405,7 @@ enum Kind {
     GetProduct = 7,
     FrontCart = 8,
     AddItem = 9,
+    ChargeInternal = 10,
 }
 
 /// Builds encoded spans from precomputed templates.
@@ -404,9 +416,9 @@ pub(crate) struct SpanFactory {
     resources: Vec<Arc<ServiceResource>>,
     peers: Vec<Vec<String>>,
     /// Span names pre-encoded as `Span.name`.
-    names: [Vec<u8>; 10],
+    names: [Vec<u8>; 11],
     /// Constant attributes of each kind, pre-encoded.
-    templates: [Vec<u8>; 10],
+    templates: [Vec<u8>; 11],
     product_paths: Vec<String>,
     currency: String,
     trace_flags: [u32; 2],
@@ -511,6 +523,8 @@ impl SpanFactory {
             rpc(Service::ProductCatalog, "oteldemo.ProductCatalogService", "GetProduct"),
             http("POST", "/api/cart", Some("/api/cart")),
             rpc(Service::Cart, "oteldemo.CartService", "AddItem"),
+            // `charge`: an internal span of the payment service, no RPC attributes.
+            Vec::new(),
         ];
         SpanFactory {
             keys: Keys::new(cfg.attribute_prefix),
@@ -564,7 +578,7 @@ impl SpanFactory {
             span_id,
             parent,
             &self.names[k],
-            2, // SERVER
+            if kind == Kind::ChargeInternal { 1 } else { 2 }, // INTERNAL, SERVER
             start,
             end,
         );
@@ -610,8 +624,12 @@ impl SpanFactory {
         meta: (&[u8; 8], Kind, bool, KeyKind),
         rng: &mut StdRng,
     ) {
-        let root = matches!(meta.1, Kind::FrontCheckout | Kind::FrontProduct | Kind::FrontCart);
-        pb::span_flags(&mut encoded, self.trace_flags[usize::from(!root)]);
+        // The parent is local for the roots (none) and the internal `charge` (its server span).
+        let local = matches!(
+            meta.1,
+            Kind::FrontCheckout | Kind::FrontProduct | Kind::FrontCart | Kind::ChargeInternal
+        );
+        pb::span_flags(&mut encoded, self.trace_flags[usize::from(!local)]);
         out.spans.push(ServiceSpan {
             resource: self.resource(svc, rng),
             encoded,
@@ -628,7 +646,7 @@ impl SpanFactory {
     pub fn checkout(&self, trace_id: [u8; 16], inp: &CheckoutInput<'_>, rng: &mut StdRng) -> (Built, CheckoutTimes) {
         let k = &self.keys;
         let tid = &trace_id;
-        let ids: [[u8; 8]; 6] = std::array::from_fn(|_| span_id(rng));
+        let ids: [[u8; 8]; 7] = std::array::from_fn(|_| span_id(rng));
         let failed = inp.failure.is_some();
         let t0 = inp.start_ns;
         let po_start = t0 + between(rng, 300 * US, 2 * MS);
@@ -670,7 +688,6 @@ impl SpanFactory {
         // Frontend.
         let mut b = self.begin(Kind::FrontCheckout, tid, &ids[0], None, t0, root_end);
         self.http_common(&mut b, if failed { 500 } else { 200 }, inp.session, inp.customer, rng);
-        attr_str(&mut b, &k.loyalty, tier);
         if failed {
             pb::status_error(&mut b, "Internal Server Error");
         }
@@ -687,7 +704,6 @@ impl SpanFactory {
         let mut b = self.begin(Kind::PlaceOrder, tid, &ids[1], Some(&ids[0]), po_start, po_end);
         self.rpc_common(&mut b, Service::Checkout, if failed { 13 } else { 0 }, rng);
         attr_str(&mut b, &k.user_id, &inp.customer.id);
-        attr_str(&mut b, &k.loyalty, tier);
         attr_str(&mut b, &k.user_currency, &self.currency);
         attr_str(&mut b, &k.order_id, inp.order_id);
         attr_int(&mut b, &k.order_items_count, items);
@@ -721,15 +737,8 @@ impl SpanFactory {
         let mut b = self.begin(Kind::Charge, tid, &ids[3], Some(&ids[1]), charge_start, charge_end);
         self.rpc_common(&mut b, Service::Payment, if failed { 2 } else { 0 }, rng);
         attr_str(&mut b, &k.user_id, &inp.customer.id);
-        attr_str(&mut b, &k.loyalty, tier);
         attr_str(&mut b, &k.order_id, inp.order_id);
         attr_str(&mut b, &k.payment_amount, inp.value_str);
-        attr_str(&mut b, &k.payment_card_type, inp.card_type);
-        attr_bool(&mut b, &k.payment_card_valid, true);
-        attr_bool(&mut b, &k.payment_charged, !failed);
-        if !failed {
-            attr_str(&mut b, &k.payment_transaction_id, &uuid(rng));
-        }
         if let Some((m, _)) = inp.failure {
             pb::status_error(&mut b, m);
         }
@@ -738,6 +747,26 @@ impl SpanFactory {
             Service::Payment,
             b,
             (&ids[3], Kind::Charge, failed, KeyKind::Order),
+            rng,
+        );
+        // charge (internal): the card, the tier; on a failure, the error (charge.js records it, then the server span).
+        let ci_start = charge_start + between(rng, 100 * US, 500 * US);
+        let ci_end = (charge_end - between(rng, 50 * US, 300 * US)).max(ci_start + US);
+        let mut b = self.begin(Kind::ChargeInternal, tid, &ids[6], Some(&ids[3]), ci_start, ci_end);
+        attr_str(&mut b, &k.order_id, inp.order_id);
+        attr_str(&mut b, &k.payment_card_type, inp.card_type);
+        attr_bool(&mut b, &k.payment_card_valid, true);
+        attr_str(&mut b, &k.loyalty, tier);
+        if let Some((m, _)) = inp.failure {
+            pb::status_error(&mut b, m);
+        } else {
+            attr_bool(&mut b, &k.payment_charged, true);
+        }
+        self.push(
+            &mut out,
+            Service::Payment,
+            b,
+            (&ids[6], Kind::ChargeInternal, failed, KeyKind::Order),
             rng,
         );
 

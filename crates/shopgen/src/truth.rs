@@ -629,9 +629,11 @@ impl TruthBuilder {
                         span_name: names::PLACE_ORDER,
                         status_message: a.place_order_message.clone(),
                     },
+                    // The deepest failing span: the payment service's internal `charge` (demo 3.0.0
+                    // src/payment/charge.js records the error there first).
                     root_cause: FailureInfo {
                         service: Service::Payment.name(),
-                        span_name: names::CHARGE,
+                        span_name: names::CHARGE_INTERNAL,
                         status_message: a.charge_message.clone(),
                     },
                     trace_id: hex(&a.trace_id),

@@ -544,7 +544,32 @@ fn payload_shape() {
             assert!(names.contains(&("cart", names::GET_CART)));
             assert!(names.contains(&("payment", names::CHARGE)));
             let failed = spans.iter().any(|(_, s)| is_error(s));
-            assert_eq!(spans.len(), if failed { 4 } else { 6 });
+            assert_eq!(spans.len(), if failed { 5 } else { 7 });
+            // As the demo's payment service (3.0.0 src/payment/charge.js): an internal `charge` span under the
+            // gRPC server span carries the loyalty level; no other span of the trace does.
+            let find = |n: &str| spans.iter().find(|(_, s)| s.name == n).map(|(_, s)| s).unwrap();
+            let (server, internal, place) = (
+                find(names::CHARGE),
+                find(names::CHARGE_INTERNAL),
+                find(names::PLACE_ORDER),
+            );
+            assert!(names.contains(&("payment", names::CHARGE_INTERNAL)));
+            assert_eq!(internal.kind, 1, "INTERNAL");
+            assert_eq!(internal.parent_span_id, server.span_id);
+            assert_eq!(is_error(internal), failed);
+            let customer = attr_str(place, "user.id").unwrap();
+            let tier = w.catalog.customer(customer).unwrap().tier;
+            assert_eq!(
+                attr_str(internal, "demo.user_context.loyalty_level"),
+                Some(tier.as_str())
+            );
+            for (_, s) in spans.iter().filter(|(_, s)| s.name != names::CHARGE_INTERNAL) {
+                assert!(
+                    attr_str(s, "demo.user_context.loyalty_level").is_none(),
+                    "{}: the tier is on `charge` only",
+                    s.name
+                );
+            }
             if !failed {
                 assert!(names.contains(&("shipping", names::SHIP_ORDER)));
                 assert!(names.contains(&("email", names::SEND_ORDER_CONFIRMATION)));

@@ -1,10 +1,20 @@
 //! What the connector has found, shared with its HTTP API: impact records, incidents and per-operation totals.
 //! The connector's task writes it; API requests read it. Both are bounded (`impact.max_records`,
 //! `incident.max_retained`): the oldest go first.
+//!
+//! Records are also kept **in the API's order** (highest cart value first, unknown values last, then customer,
+//! time and id), one ordered index per operation, maintained as records come and go (O(log n) each). A page of
+//! `GET /api/v1/impact` (the live board reads one every second) then costs O(offset + limit) under the lock,
+//! not a sort of every record. The fields the order depends on (`cart_value`, `customer`, `time`,
+//! `operation`) never change after insertion: [`Book::record_mut`] hands out a [`RecordMut`] that can only
+//! change the others.
 
 use bizpilot_business::LineItem;
 use bizpilot_core::{Money, MoneyTotals};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque, btree_set};
+use std::iter::Peekable;
+use std::ops::Deref;
 
 /// A failed span: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,6 +53,79 @@ pub struct ImpactRecord {
     pub failed_attempts: u32,
     /// Time of the success that recovered the sale, if any.
     pub recovered: Option<u64>,
+}
+
+/// A record's place in the API's order: highest cart value first (unknown values last), then customer, then
+/// time, then id. (Values of different currencies compare by their nano-units, as the API always did.)
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    unknown_value: bool,
+    value: Reverse<i128>,
+    customer: Option<String>,
+    time: u64,
+    id: u64,
+}
+
+impl Rank {
+    fn of(r: &ImpactRecord) -> Rank {
+        Rank {
+            unknown_value: r.cart_value.is_none(),
+            value: Reverse(r.cart_value.map_or(0, |m| m.nanos())),
+            customer: r.customer.clone(),
+            time: r.time,
+            id: r.id,
+        }
+    }
+}
+
+/// A record open for the changes the engine makes after insertion (failed attempts, recovery, its incident
+/// through [`Book::assign`]); everything else is read-only, so the API's order stays right.
+pub struct RecordMut<'a>(&'a mut ImpactRecord);
+
+impl Deref for RecordMut<'_> {
+    type Target = ImpactRecord;
+    fn deref(&self) -> &ImpactRecord {
+        self.0
+    }
+}
+
+impl RecordMut<'_> {
+    pub fn add_failed_attempts(&mut self, n: u32) {
+        self.0.failed_attempts = self.0.failed_attempts.saturating_add(n);
+    }
+
+    pub fn set_recovered(&mut self, time: u64) {
+        self.0.recovered = Some(time);
+    }
+}
+
+/// Records of several operations in the API's order: a merge of the operations' ordered indexes.
+pub struct ByValue<'a> {
+    records: &'a BTreeMap<u64, ImpactRecord>,
+    heads: Vec<Peekable<btree_set::Iter<'a, Rank>>>,
+}
+
+impl<'a> Iterator for ByValue<'a> {
+    type Item = &'a ImpactRecord;
+
+    fn next(&mut self) -> Option<&'a ImpactRecord> {
+        loop {
+            let mut best: Option<(usize, &Rank)> = None;
+            for (i, h) in self.heads.iter_mut().enumerate() {
+                if let Some(r) = h.peek()
+                    && best.is_none_or(|(_, b)| *r < b)
+                {
+                    best = Some((i, r));
+                }
+            }
+            let (i, _) = best?;
+            let rank = self.heads[i].next()?;
+            // Always present (the index follows the records); skipped rather than trusted otherwise.
+            if let Some(r) = self.records.get(&rank.id) {
+                return Some(r);
+            }
+        }
+    }
 }
 
 /// Open or closed.
@@ -215,6 +298,8 @@ pub struct Book {
     pub watermark: u64,
     records: BTreeMap<u64, ImpactRecord>,
     index: HashMap<(u64, Box<str>), u64>,
+    /// Per operation: its records in the API's order.
+    by_value: HashMap<String, BTreeSet<Rank>>,
     incidents: BTreeMap<u64, Incident>,
     max_records: usize,
     max_incidents: usize,
@@ -272,8 +357,8 @@ impl Book {
         Some(r)
     }
 
-    pub fn record_mut(&mut self, id: u64) -> Option<&mut ImpactRecord> {
-        self.records.get_mut(&id)
+    pub fn record_mut(&mut self, id: u64) -> Option<RecordMut<'_>> {
+        self.records.get_mut(&id).map(RecordMut)
     }
 
     pub fn record(&self, id: u64) -> Option<&ImpactRecord> {
@@ -284,31 +369,65 @@ impl Book {
     pub fn insert_record(&mut self, r: ImpactRecord) {
         self.index
             .insert(Self::index_key(r.incident_seq, &r.operation, &r.key), r.id);
-        self.records.insert(r.id, r);
+        let rank = Rank::of(&r);
+        let operation = r.operation.clone();
+        if let Some(old) = self.records.insert(r.id, r) {
+            // An id is never reused; should it be, the replaced record leaves the order.
+            self.unrank(&old);
+        }
+        self.by_value.entry(operation).or_default().insert(rank);
         while self.records.len() > self.max_records {
             let Some((_, old)) = self.records.pop_first() else {
                 break;
             };
-            let k = Self::index_key(old.incident_seq, &old.operation, &old.key);
-            if self.index.get(&k) == Some(&old.id) {
-                self.index.remove(&k);
-            }
+            self.unindex(&old);
             self.evicted_records += 1;
         }
+    }
+
+    fn unrank(&mut self, r: &ImpactRecord) {
+        if let Some(set) = self.by_value.get_mut(&r.operation) {
+            set.remove(&Rank::of(r));
+        }
+    }
+
+    fn unindex(&mut self, r: &ImpactRecord) {
+        let k = Self::index_key(r.incident_seq, &r.operation, &r.key);
+        if self.index.get(&k) == Some(&r.id) {
+            self.index.remove(&k);
+        }
+        self.unrank(r);
     }
 
     /// Removes a record (merged into another).
     pub fn remove_record(&mut self, id: u64) -> Option<ImpactRecord> {
         let r = self.records.remove(&id)?;
-        let k = Self::index_key(r.incident_seq, &r.operation, &r.key);
-        if self.index.get(&k) == Some(&id) {
-            self.index.remove(&k);
-        }
+        self.unindex(&r);
         Some(r)
     }
 
+    /// Every record, oldest first.
     pub fn records(&self) -> impl Iterator<Item = &ImpactRecord> {
         self.records.values()
+    }
+
+    /// The records of `operation` (of every operation when `None`) in the API's order — highest cart value
+    /// first, unknown values last, then customer, time and id — and how many there are. Lazy: taking a page
+    /// costs O(offset + limit) steps (times the number of operations when `None`), whatever the total.
+    pub fn by_value(&self, operation: Option<&str>) -> (usize, ByValue<'_>) {
+        let sets: Vec<&BTreeSet<Rank>> = match operation {
+            Some(o) => self.by_value.get(o).into_iter().collect(),
+            None => self.by_value.values().collect(),
+        };
+        let total = sets.iter().map(|s| s.len()).sum();
+        let heads = sets.into_iter().map(|s| s.iter().peekable()).collect();
+        (
+            total,
+            ByValue {
+                records: &self.records,
+                heads,
+            },
+        )
     }
 
     pub fn incident_mut(&mut self, seq: u64) -> Option<&mut Incident> {
@@ -385,6 +504,78 @@ mod tests {
         assert_eq!(b.evicted_records, 2);
         assert_eq!(b.record_of(1, "c0"), None);
         assert_eq!(b.record_of(1, "c4"), Some(4));
+    }
+
+    /// The API's order, written out independently of `Rank`: known values before unknown ones, higher
+    /// values first, then customer (none first), time, id.
+    fn expected_order(b: &Book, operation: Option<&str>) -> Vec<u64> {
+        let mut v: Vec<&ImpactRecord> = b
+            .records()
+            .filter(|r| operation.is_none_or(|o| r.operation == o))
+            .collect();
+        v.sort_by(|a, b| {
+            let key = |r: &ImpactRecord| match r.cart_value {
+                Some(m) => (0u8, -m.nanos()),
+                None => (1, 0),
+            };
+            key(a)
+                .cmp(&key(b))
+                .then_with(|| a.customer.cmp(&b.customer))
+                .then_with(|| a.time.cmp(&b.time))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        v.into_iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn records_stay_in_value_order_through_inserts_merges_evictions_and_updates() {
+        let usd = bizpilot_core::Currency::USD;
+        let mut b = Book::new(vec!["checkout".into(), "payment".into()], 300, 10);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for id in 0..2000u64 {
+            let mut r = record(id, next(3), &format!("c{}", next(50)));
+            r.operation = if next(4) == 0 { "payment" } else { "checkout" }.into();
+            // Few distinct values, so ties fall through to customer, time and id.
+            r.cart_value = (next(5) != 0).then(|| Money::from_minor(next(20) as i64 * 250, usd));
+            r.customer = (next(10) != 0).then(|| r.key.to_string());
+            r.time = next(100);
+            b.insert_record(r);
+            match next(6) {
+                0 => {
+                    let victim = id.saturating_sub(next(200));
+                    b.remove_record(victim);
+                }
+                1 => {
+                    if let Some(mut r) = b.record_mut(id.saturating_sub(next(100))) {
+                        r.add_failed_attempts(2);
+                        r.set_recovered(7);
+                    }
+                }
+                2 => {
+                    b.assign(id, 9, "i9");
+                }
+                _ => {}
+            }
+        }
+        assert!(b.evicted_records > 0, "the bound was exercised");
+        for op in [None, Some("checkout"), Some("payment"), Some("nope")] {
+            let want = expected_order(&b, op);
+            let (total, it) = b.by_value(op);
+            let got: Vec<u64> = it.map(|r| r.id).collect();
+            assert_eq!(total, want.len(), "{op:?}");
+            assert_eq!(got, want, "{op:?}");
+            let (_, it) = b.by_value(op);
+            let page: Vec<u64> = it.skip(10).take(5).map(|r| r.id).collect();
+            assert_eq!(page, want.iter().skip(10).take(5).copied().collect::<Vec<_>>());
+        }
+        let index_len: usize = b.by_value.values().map(BTreeSet::len).sum();
+        assert_eq!(index_len, b.records().count(), "no stale entry in the order");
     }
 
     #[test]

@@ -1409,11 +1409,11 @@ impl Engine {
                 if !ep.records.is_empty() {
                     let mut book = lock(&self.book);
                     for r in &ep.records {
-                        let Some(rec) = book.record_mut(*r) else { continue };
+                        let Some(mut rec) = book.record_mut(*r) else { continue };
                         if rec.recovered.is_some() {
                             continue;
                         }
-                        rec.recovered = Some(op.time);
+                        rec.set_recovered(op.time);
                         let (seq, v) = (rec.incident_seq, rec.cart_value);
                         if let Some(inc) = book.incident_mut(seq) {
                             add_totals(&mut inc.recovered_revenue, v);
@@ -1525,8 +1525,8 @@ impl Engine {
         }
         if let Some(existing) = book.record_of(seq, &f.key) {
             let Some(merged) = book.remove_record(rid) else { return };
-            if let Some(r) = book.record_mut(existing) {
-                r.failed_attempts += merged.failed_attempts;
+            if let Some(mut r) = book.record_mut(existing) {
+                r.add_failed_attempts(merged.failed_attempts);
             }
             return;
         }
@@ -1561,8 +1561,8 @@ impl Engine {
             (id, book.record_of(seq, &f.key))
         };
         if let Some(rid) = existing {
-            if let Some(r) = book.record_mut(rid) {
-                r.failed_attempts += 1;
+            if let Some(mut r) = book.record_mut(rid) {
+                r.add_failed_attempts(1);
             }
             return rid;
         }

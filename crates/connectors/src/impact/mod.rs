@@ -228,17 +228,16 @@ pub use engine::{Compiled, Engine};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::emit::{SendError, end_run, send};
 use crate::otlp_out::wall_ns;
+use crate::tick::Ticker;
 
 use bizpilot_business::{BusinessState, KeyedHasher, Lookup};
+use bizpilot_core::stage::reason;
 use bizpilot_core::{
-    Batch, ComponentError, ComponentInfo, ComponentKind, Connector, ConnectorContext, ConnectorFactory, CreateContext,
-    Logs, Metrics, Output, Payload, Running, Signal, Stability,
+    Batch, ComponentError, ComponentInfo, ComponentKind, Connector, ConnectorFactory, CreateContext, Logs, Metrics,
+    Out, Payload, Signal, Stability, Stage, StageInfo,
 };
 
 /// The component type name.
@@ -329,54 +328,63 @@ pub struct BusinessImpactConnector {
 }
 
 impl Connector for BusinessImpactConnector {
-    fn start(self: Box<Self>, ctx: ConnectorContext) -> Result<Running, ComponentError> {
-        let ConnectorContext {
-            id,
-            input,
-            output,
-            abort,
-        } = ctx;
-        let task = Task {
-            id: id.to_string(),
+    fn into_stage(self: Box<Self>) -> Box<dyn Stage> {
+        let step = self
+            .flush_interval
+            .min(self.idle_timeout / 2)
+            .min(self.incident_idle / 2)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        Box::new(Task {
+            id: String::new(),
             engine: self.engine,
-            metrics: output.get(Signal::Metrics).cloned(),
-            logs: output.get(Signal::Logs).cloned(),
+            metrics: false,
+            logs: false,
             flush_interval: self.flush_interval,
             idle_timeout: self.idle_timeout,
             incident_idle: self.incident_idle,
-            start_ns: wall_ns(),
-            pending_gauge: metrics::gauge!("bizpilot_connector_business_impact_pending_spans", "connector" => id.to_string()),
-        };
-        Ok(Running::spawn(task.run(input, abort)))
+            step,
+            start_ns: 0,
+            pending_gauge: None,
+            ticker: None,
+        })
     }
 }
 
+/// The connector's stage: ingests traces, and on its tick closes idle state, emits logs and,
+/// every `metrics_flush_interval`, metrics.
 struct Task {
     id: String,
     engine: Engine,
-    metrics: Option<Output>,
-    logs: Option<Output>,
+    /// Whether a metrics (logs) pipeline receives from the connector.
+    metrics: bool,
+    logs: bool,
     flush_interval: Duration,
     idle_timeout: Duration,
     incident_idle: Duration,
+    step: Duration,
     start_ns: u64,
-    pending_gauge: metrics::Gauge,
+    pending_gauge: Option<metrics::Gauge>,
+    /// Set at start.
+    ticker: Option<Ticker>,
 }
 
 impl Task {
-    async fn send_logs(&mut self, abort: &CancellationToken) -> Result<(), SendError> {
+    fn send_logs(&mut self, out: &mut Out) {
         let records = self.engine.take_logs();
-        if records.is_empty() || self.logs.is_none() {
-            return Ok(());
+        if records.is_empty() || !self.logs {
+            return;
         }
-        let payload = Payload::Logs(Logs::from_message(output::logs_request(records)));
-        send(&self.logs, payload, abort).await
+        out.send(Batch::new(Payload::Logs(Logs::from_message(output::logs_request(
+            records,
+        )))));
     }
 
-    async fn send_metrics(&mut self, abort: &CancellationToken) -> Result<(), SendError> {
-        self.pending_gauge.set(self.engine.pending() as f64);
-        if self.metrics.is_none() {
-            return Ok(());
+    fn send_metrics(&mut self, out: &mut Out) {
+        if let Some(g) = &self.pending_gauge {
+            g.set(self.engine.pending() as f64);
+        }
+        if !self.metrics {
+            return;
         }
         let req = self.engine.metrics(self.start_ns, wall_ns());
         if req
@@ -384,72 +392,64 @@ impl Task {
             .iter()
             .all(|r| r.scope_metrics.iter().all(|s| s.metrics.is_empty()))
         {
-            return Ok(());
+            return;
         }
-        send(&self.metrics, Payload::Metrics(Metrics::from_message(req)), abort).await
+        out.send(Batch::new(Payload::Metrics(Metrics::from_message(req))));
+    }
+}
+
+impl Stage for Task {
+    fn start(&mut self, info: &StageInfo) {
+        self.id = info.id.clone();
+        self.metrics = info.outputs.contains(&Signal::Metrics);
+        self.logs = info.outputs.contains(&Signal::Logs);
+        self.start_ns = wall_ns();
+        self.pending_gauge =
+            Some(metrics::gauge!("bizpilot_connector_business_impact_pending_spans", "connector" => info.id.clone()));
+        self.ticker = Some(Ticker::new(self.step, self.flush_interval));
     }
 
-    async fn run(mut self, mut input: mpsc::Receiver<Batch>, abort: CancellationToken) -> Result<(), ComponentError> {
-        let step = self
-            .flush_interval
-            .min(self.idle_timeout / 2)
-            .min(self.incident_idle / 2)
-            .clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let mut tick = tokio::time::interval(step);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_arrival = Instant::now();
-        let mut last_flush = Instant::now();
-        let result = loop {
-            tokio::select! {
-                biased;
-                _ = abort.cancelled() => break Err(SendError::Aborted),
-                b = input.recv() => match b {
-                    Some(mut batch) => {
-                        last_arrival = Instant::now();
-                        self.engine.set_now(wall_ns());
-                        match &mut batch.payload {
-                            // Views over the encoding (never decoded), or the decoded structs when the
-                            // data arrived decoded. Receivers validated the bytes: views cannot fail.
-                            Payload::Traces(t) => self.engine.ingest_traces(t),
-                            other => {
-                                tracing::warn!(connector = %self.id, signal = %other.signal(), "not traces; dropped");
-                                batch.fail();
-                            }
-                        }
-                        // Aggregated: the batch is delivered when dropped.
-                        drop(batch);
-                        if let Err(e) = self.send_logs(&abort).await {
-                            break Err(e);
-                        }
-                    }
-                    None => {
-                        self.engine.set_now(wall_ns());
-                        self.engine.flush();
-                        self.engine.close_all(book::CloseReason::Shutdown);
-                        let r = match self.send_logs(&abort).await {
-                            Ok(()) => self.send_metrics(&abort).await,
-                            Err(e) => Err(e),
-                        };
-                        break r;
-                    }
-                },
-                _ = tick.tick() => {
-                    self.engine.set_now(wall_ns());
-                    self.engine.idle(last_arrival.elapsed(), self.idle_timeout);
-                    self.engine.idle_close(last_arrival.elapsed(), self.incident_idle);
-                    if let Err(e) = self.send_logs(&abort).await {
-                        break Err(e);
-                    }
-                    if last_flush.elapsed() >= self.flush_interval {
-                        last_flush = Instant::now();
-                        if let Err(e) = self.send_metrics(&abort).await {
-                            break Err(e);
-                        }
-                    }
-                }
-            }
+    fn on_batch(&mut self, mut batch: Batch, out: &mut Out) {
+        if let Some(t) = self.ticker.as_mut() {
+            t.arrived();
+        }
+        self.engine.set_now(wall_ns());
+        // Views over the encoding (never decoded), or the decoded structs when the data arrived
+        // decoded. Receivers validated the bytes: views cannot fail.
+        if let Payload::Traces(t) = &mut batch.payload {
+            self.engine.ingest_traces(t);
+            // Aggregated: the batch is delivered when dropped.
+            out.consume(batch);
+        } else {
+            tracing::warn!(connector = %self.id, signal = %batch.signal(), "not traces; dropped");
+            out.fail(batch, reason::UNSUPPORTED_SIGNAL);
+        }
+        self.send_logs(out);
+    }
+
+    fn deadline(&mut self) -> Option<Instant> {
+        self.ticker.as_ref().map(Ticker::deadline)
+    }
+
+    fn on_timer(&mut self, out: &mut Out) {
+        let Some(tick) = self.ticker.as_mut().map(Ticker::tick) else {
+            return;
         };
-        end_run(&self.id, &mut input, result)
+        self.engine.set_now(wall_ns());
+        self.engine.idle(tick.idle, self.idle_timeout);
+        self.engine.idle_close(tick.idle, self.incident_idle);
+        self.send_logs(out);
+        if tick.flush {
+            self.send_metrics(out);
+        }
+    }
+
+    fn on_drain(&mut self, out: &mut Out) {
+        self.engine.set_now(wall_ns());
+        self.engine.flush();
+        self.engine.close_all(book::CloseReason::Shutdown);
+        self.send_logs(out);
+        self.send_metrics(out);
     }
 }
 

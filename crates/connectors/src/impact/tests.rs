@@ -6,11 +6,13 @@ use crate::impact::book::ImpactRecord;
 use bizpilot_business::attrs;
 use bizpilot_business::{EventMapping, StateConfig};
 use bizpilot_core::component::{ApiRegistry, Output, ReceiverOutput, Target, parse_config};
-use bizpilot_core::{ComponentId, Currency, Extensions, Money, Traces};
+use bizpilot_core::{ComponentId, ConnectorContext, Currency, Extensions, Money, Traces};
 use bizpilot_shopgen::{Shop, ShopConfig};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::number_data_point;
 use std::collections::{BTreeMap, HashMap};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 const SEC: u64 = 1_000_000_000;
 
@@ -49,6 +51,8 @@ order_attribute: demo.order.id
 items_attribute: demo.order.items.count
 state: business_state
 dimensions: [{name: customer.tier, attribute: demo.user_context.loyalty_level, default: unknown}]
+# The tier is on the payment service's `charge` span (as in the demo): from the trace.
+trace_context: {enabled: true}
 dedup_window: 10m
 allowed_lateness: 15m
 # shopgen's truth dates incidents by the fixed-share rule.
@@ -406,6 +410,7 @@ operations:
   - {name: payment, span_name: grpc.oteldemo.PaymentService/Charge}
 business_key: user.id
 tier_attribute: demo.user_context.loyalty_level
+trace_context: {enabled: true}
 value: {attribute: demo.payment.amount, default_currency: USD}
 metrics_flush_interval: 50ms
 allowed_lateness: 1s

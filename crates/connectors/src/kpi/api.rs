@@ -66,6 +66,8 @@ pub struct AtRiskView {
     pub cause_text: String,
     /// What to do about this order: "expedite: must leave stage paid by 2026-01-05T14:20:00Z (…)".
     pub action: String,
+    /// The order's value, when its events stated one.
+    pub value: Option<bizpilot_core::Money>,
 }
 
 /// The flow of one stage and, when it is slowed, what to do about it (see the `flow` module).
@@ -85,6 +87,16 @@ pub struct StageView {
     pub action: Option<StageAction>,
 }
 
+/// An order to expedite.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expedite {
+    pub order_id: String,
+    /// Its value, when its events stated one.
+    pub value: Option<bizpilot_core::Money>,
+    /// The latest time it can leave the stage and still make its deadline at the usual pace afterwards.
+    pub leave_by: u64,
+}
+
 /// The recommended action for a slowed stage.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StageAction {
@@ -94,8 +106,14 @@ pub struct StageAction {
     pub extra_per_hour: f64,
     /// Orders already too late to make their deadline however fast the stage works.
     pub already_late: u64,
-    /// Orders to expedite first: closest deadline first among those that can still make it.
+    /// The ids of [`StageAction::expedite`], in its order.
     pub expedite_first: Vec<String>,
+    /// Orders to expedite first (at most 10): among the orders that would miss their deadline at the stage's
+    /// current pace but can still make it, the highest value first (orders without a known value last), then the
+    /// closest deadline.
+    pub expedite: Vec<Expedite>,
+    /// How many orders of the stage would miss their deadline at its current pace but can still make it.
+    pub behind: u64,
     /// Expected compliance of the orders in the stage without the action (`1 − mean P(miss)`) and with it
     /// (the share that can still make it).
     pub compliance_without: f64,
@@ -195,6 +213,8 @@ pub fn at_risk_json(a: &AtRiskView) -> Json {
             "text": a.cause_text,
         },
         "action": a.action,
+        "value": a.value.map(|m| m.amount_string()),
+        "currency": a.value.map(|m| m.currency().to_string()),
         "explanation": {
             "stage": a.stage,
             "stuck_for_s": secs(a.stage_age_ns),
@@ -235,6 +255,13 @@ pub fn stage_json(s: &StageView) -> Json {
             "extra_per_hour": a.extra_per_hour,
             "already_late": a.already_late,
             "expedite_first": a.expedite_first,
+            "behind": a.behind,
+            "expedite": a.expedite.iter().map(|e| json!({
+                "order_id": e.order_id,
+                "value": e.value.map(|m| m.amount_string()),
+                "currency": e.value.map(|m| m.currency().to_string()),
+                "leave_by": rfc3339(e.leave_by),
+            })).collect::<Vec<_>>(),
             "compliance_without": a.compliance_without,
             "compliance_with": a.compliance_with,
             "text": a.text,
@@ -418,6 +445,7 @@ mod tests {
             cause_stage: None,
             cause_text: "shipping latency".into(),
             action: "expedite".into(),
+            value: None,
         };
         Arc::new(Mutex::new(Book {
             as_of: Some(1_735_700_000_000_000_000),

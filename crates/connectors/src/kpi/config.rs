@@ -196,6 +196,9 @@ pub struct OrderKpiConfig {
     pub max_closed: usize,
     pub max_pending_evidence: usize,
     pub api: ApiConfig,
+    /// Id of a storage extension (`file_storage`) the state is restored from and checkpointed into.
+    pub storage: Option<String>,
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for OrderKpiConfig {
@@ -238,6 +241,8 @@ impl Default for OrderKpiConfig {
             max_closed: 200_000,
             max_pending_evidence: 100_000,
             api: ApiConfig::default(),
+            storage: None,
+            checkpoint_interval: Duration::from_secs(10),
         }
     }
 }
@@ -249,6 +254,17 @@ fn ns(d: Duration) -> u128 {
 impl ComponentConfig for OrderKpiConfig {
     fn validate(&self) -> Vec<FieldError> {
         let mut e = Vec::new();
+        if self.checkpoint_interval.is_zero() {
+            e.push(FieldError::new("checkpoint_interval", "must be greater than 0"));
+        }
+        if let Some(s) = &self.storage
+            && s.parse::<bizpilot_core::ComponentId>().is_err()
+        {
+            e.push(FieldError::new(
+                "storage",
+                "must be a component id such as file_storage",
+            ));
+        }
         for (field, message) in self.events.validate() {
             e.push(FieldError::new(format!("events.{field}"), message));
         }

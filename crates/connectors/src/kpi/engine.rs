@@ -16,12 +16,15 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
-use super::api::{AtRiskView, Book, EvidenceView, KpiView, StageAction, StageView};
+use super::api::{AtRiskView, Book, EvidenceView, Expedite, KpiView, StageAction, StageView};
 use super::config::{DimensionConfig, OrderKpiConfig};
 use super::flow::StageFlow;
 use super::health::{Health, Issue};
 use super::model::{Condition, Model};
 use super::sketch::{LogHistogram, Scale, TimeChange};
+
+mod snapshot;
+pub use snapshot::SnapshotError;
 
 fn ns(d: bizpilot_core::config::Duration) -> u64 {
     u64::try_from(d.get().as_nanos()).unwrap_or(u64::MAX)
@@ -36,7 +39,7 @@ pub const MAX_SEEN_SPANS: usize = 64;
 pub const OVERFLOW: u32 = u32::MAX;
 
 /// What an event name means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mark {
     Stage(u8),
     Cancel,
@@ -260,7 +263,7 @@ pub struct Resolution {
 }
 
 /// The service behind an order's risk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Cause {
     pub service: Option<u16>,
     pub issue: Option<Issue>,
@@ -280,7 +283,7 @@ impl Cause {
 }
 
 /// Spans of one service that carried the order's key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Evidence {
     pub service: u16,
     pub spans: u32,
@@ -298,7 +301,7 @@ impl Evidence {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct KpiState {
     resolved: bool,
     goal: bool,
@@ -313,6 +316,7 @@ struct KpiState {
     cause: Option<Cause>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Order {
     /// Event time each stage was reached (0: not seen).
     reached: Box<[u64]>,
@@ -330,6 +334,8 @@ struct Order {
     clock_at: u64,
     /// The latest stage that was slowed for everybody while this order was in it (it ate the order's slack).
     hit: Option<u8>,
+    /// The order's value, from the latest event (by event time) that stated one.
+    value: Option<bizpilot_core::Money>,
 }
 
 impl Order {
@@ -338,13 +344,14 @@ impl Order {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Orphan {
     created: u64,
     evidence: Vec<Evidence>,
     seen: Vec<u64>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct SpanRec {
     order: Option<Box<str>>,
     service: u16,
@@ -355,11 +362,14 @@ struct SpanRec {
     span_id: [u8; 8],
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 enum Item {
     Event {
         order: Box<str>,
         mark: Mark,
         dims: Box<[Option<Box<str>>]>,
+        /// The order amount the event states (`events.amount`), if any.
+        value: Option<bizpilot_core::Money>,
     },
     Span(Box<SpanRec>),
 }
@@ -368,7 +378,7 @@ const RANK_CANCEL: u16 = 1000;
 const RANK_SPAN: u16 = 2000;
 
 /// Counters of what the engine saw (self-telemetry).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     pub events: u64,
     pub events_ignored: u64,
@@ -387,6 +397,7 @@ pub struct Stats {
 }
 
 /// Cumulative figures of one KPI.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct KpiFigures {
     pub(super) by_series: BTreeMap<u32, [u64; 2]>,
     pub(super) breaches_by_cause: BTreeMap<String, u64>,
@@ -730,6 +741,14 @@ impl Engine {
                 }
             })
             .collect();
+        // The order's value, when the event states one (an unreadable amount is left out: the KPI does not need it).
+        let currency = match f.get(&m.currency) {
+            Some(Value::StringValue(c)) => bizpilot_core::Currency::new(c).ok(),
+            _ => m.default_currency,
+        };
+        let value = f
+            .get(&m.amount)
+            .and_then(|v| bizpilot_business::amount::money_from_value(v, currency).ok());
         self.stats.events += 1;
         let rank = match mark {
             Mark::Stage(i) => u16::from(i),
@@ -742,6 +761,7 @@ impl Engine {
                 order: order.into(),
                 mark,
                 dims,
+                value,
             },
         );
     }
@@ -890,7 +910,12 @@ impl Engine {
 
     fn apply(&mut self, time: u64, item: Item) {
         match item {
-            Item::Event { order, mark, dims } => self.apply_event(time, order, mark, dims),
+            Item::Event {
+                order,
+                mark,
+                dims,
+                value,
+            } => self.apply_event(time, order, mark, dims, value),
             Item::Span(s) => self.apply_span(time, *s),
         }
     }
@@ -909,7 +934,14 @@ impl Engine {
         }
     }
 
-    fn apply_event(&mut self, time: u64, id: Box<str>, mark: Mark, dims: Box<[Option<Box<str>>]>) {
+    fn apply_event(
+        &mut self,
+        time: u64,
+        id: Box<str>,
+        mark: Mark,
+        dims: Box<[Option<Box<str>>]>,
+        value: Option<bizpilot_core::Money>,
+    ) {
         if self.closed.contains_key(&id) {
             self.stats.events_after_close += 1;
             return;
@@ -952,11 +984,16 @@ impl Engine {
                 clock: 0.0,
                 clock_at: time,
                 hit: None,
+                value: None,
             };
             self.orders.insert(id.clone(), o);
             self.peak_open = self.peak_open.max(self.orders.len());
         }
         let Some(mut o) = self.orders.remove(&id) else { return };
+        if value.is_some() {
+            // Events are applied in event-time order: the latest stated value wins.
+            o.value = value;
+        }
         let mut changed = is_new;
         for (slot, v) in o.dims.iter_mut().zip(dims.into_vec()) {
             if slot.is_none() && v.is_some() {
@@ -1526,6 +1563,7 @@ impl Engine {
             cause_stage: cause.stage.and_then(|s| self.c.stages.get(usize::from(s)).cloned()),
             cause_text: self.cause_text(&cause),
             action: self.order_action(k, o, &cause, now),
+            value: o.value,
         }
     }
 
@@ -1619,32 +1657,57 @@ impl Engine {
                 let f = self.flows.get(s)?;
                 let name = self.c.stages.get(s)?.clone();
                 let action = f.slowed().then(|| {
-                    let mut orders: Vec<(u64, f64, &str)> = self
+                    let mut orders: Vec<(u64, f64, &str, Option<bizpilot_core::Money>)> = self
                         .orders
                         .iter()
                         .filter(|(_, o)| o.stage == s && o.kpis.get(k).is_some_and(|st| !st.goal && !st.resolved))
                         .map(|(id, o)| {
                             let p = o.kpis.get(k).and_then(|st| st.p).map_or(0.0, f64::from);
-                            (self.latest_exit(k, o), p, &**id)
+                            (self.latest_exit(k, o), p, &**id, o.value)
                         })
                         .collect();
                     orders.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(b.2)));
                     let n = orders.len().max(1) as f64;
                     let late = orders.iter().filter(|x| x.0 <= b).count();
                     let mut needed: f64 = 0.0;
-                    for (j, (x, _, _)) in orders.iter().filter(|x| x.0 > b).enumerate() {
-                        let hours = (x - b) as f64 / 3.6e12;
+                    // At the current pace, closest deadline first, the j-th order that can still make it leaves
+                    // after (j + 1) / throughput hours: those that would leave after their latest exit need
+                    // expediting.
+                    let pace = f.observed_per_hour;
+                    let mut behind = Vec::new();
+                    for (j, o) in orders.iter().filter(|x| x.0 > b).enumerate() {
+                        let hours = (o.0 - b) as f64 / 3.6e12;
                         needed = needed.max((j + 1) as f64 / hours.max(0.25));
+                        if pace <= 0.0 || (j + 1) as f64 / pace > hours {
+                            behind.push(o);
+                        }
                     }
                     let extra = (needed - f.observed_per_hour).max(0.0);
                     let without = 1.0 - orders.iter().map(|x| x.1).sum::<f64>() / n;
                     let with = (orders.len() - late) as f64 / n;
-                    let expedite: Vec<String> = orders
+                    // Expedite first the highest value among them (orders without a known value last), then the
+                    // closest deadline.
+                    behind.sort_by(|a, b| {
+                        let value = |m: &Option<bizpilot_core::Money>| m.map(|m| (m.currency(), m.nanos()));
+                        match (value(&a.3), value(&b.3)) {
+                            (Some((ca, va)), Some((cb, vb))) if ca == cb => vb.cmp(&va),
+                            (Some(_), None) => std::cmp::Ordering::Less,
+                            (None, Some(_)) => std::cmp::Ordering::Greater,
+                            _ => std::cmp::Ordering::Equal,
+                        }
+                        .then(a.0.cmp(&b.0))
+                        .then_with(|| a.2.cmp(b.2))
+                    });
+                    let expedite_orders: Vec<Expedite> = behind
                         .iter()
-                        .filter(|x| x.0 > b)
                         .take(10)
-                        .map(|x| x.2.to_string())
+                        .map(|x| Expedite {
+                            order_id: x.2.to_string(),
+                            value: x.3,
+                            leave_by: x.0,
+                        })
                         .collect();
+                    let expedite: Vec<String> = expedite_orders.iter().map(|e| e.order_id.clone()).collect();
                     StageAction {
                         needed_per_hour: needed,
                         extra_per_hour: extra,
@@ -1659,6 +1722,8 @@ impl Engine {
                             100.0 * without
                         ),
                         expedite_first: expedite,
+                        expedite: expedite_orders,
+                        behind: behind.len() as u64,
                         compliance_without: without,
                         compliance_with: with,
                     }

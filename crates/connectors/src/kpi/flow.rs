@@ -35,7 +35,7 @@ pub const WINDOW: usize = 6;
 pub const MIN_SPAN_NS: u64 = 3_600_000_000_000;
 
 /// The flow of one stage.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StageFlow {
     history: VecDeque<(f64, f64)>,
     /// Exits expected over the current interval (sum over the orders in the stage at its start).

@@ -23,7 +23,7 @@ pub const MAX_SERVICES: usize = 1024;
 pub const MAX_OPERATIONS: usize = 256;
 
 /// What is wrong with a service or a span.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Issue {
     Errors,
     Latency,
@@ -39,7 +39,7 @@ impl Issue {
 }
 
 /// Span counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub spans: u64,
     pub errors: u64,
@@ -54,6 +54,7 @@ impl Counts {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Operation {
     /// (window index, latencies) per retained window.
     windows: Vec<(u64, LogHistogram)>,
@@ -62,6 +63,7 @@ struct Operation {
     baseline: Option<f64>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Service {
     current: Counts,
     ring: VecDeque<Counts>,
@@ -70,7 +72,10 @@ struct Service {
 }
 
 /// Health of every service seen.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Health {
+    /// Not part of a snapshot: the restoring engine's config (the same, checked by its fingerprint).
+    #[serde(skip)]
     cfg: HealthConfig,
     slots: usize,
     window_ns: u64,
@@ -104,6 +109,11 @@ impl Health {
             index: HashMap::new(),
             services: Vec::new(),
         }
+    }
+
+    /// Sets the config after a restore from a snapshot (which does not carry it).
+    pub(super) fn set_config(&mut self, cfg: &HealthConfig) {
+        self.cfg = cfg.clone();
     }
 
     /// The id of service `name`, registering it (`None` beyond [`MAX_SERVICES`]).

@@ -93,7 +93,11 @@
 //!   `kpi.stage.action.extra_per_hour`): the completions per hour that clear its orders before their deadlines
 //!   served closest deadline first (`max_j j / (x_j − t)` over its orders sorted by latest exit time `x_j`),
 //!   how many more than now, which orders first, and the expected compliance of its orders without the action
-//!   (`1 − mean P(miss)`) and with it (the share that can still make it).
+//!   (`1 − mean P(miss)`) and with it (the share that can still make it). *Which orders first*
+//!   (`stages[].action.expedite`, at most 10, with `behind` = how many): the orders that would miss their deadline
+//!   at the stage's current pace (closest deadline first, the j-th leaves after `j / throughput` hours) but can
+//!   still make it, highest order value first (the value the order's events stated, `events.amount`; orders
+//!   without one last), then closest deadline, each with the time it must leave the stage by.
 //! - **Scoring.** When a KPI resolves, its prediction is scored: flagged before the deadline and breached is a
 //!   true positive (lead time = deadline − first flag), flagged and in time a false positive, not flagged and
 //!   breached a false negative, else a true negative. Precision = TP / (TP + FP), recall = TP / (TP + FN).
@@ -133,7 +137,8 @@
 //! One record per order when it is first flagged: `event.name` = `kpi.at_risk`, attributes `kpi.name`,
 //! `order.id`, `kpi.probability`, `kpi.threshold`, `kpi.stage`, `kpi.stage.entered_unix_nano`,
 //! `kpi.stage.age_s`, `kpi.deadline_unix_nano`, `kpi.time_left_s`, `kpi.condition`, `kpi.cause`,
-//! `kpi.cause.service`, `kpi.cause.issue`, `kpi.cause.stage`, `kpi.cause.text`, `kpi.action`, the dimensions, and `kpi.evidence` (per service: `service`, `spans`,
+//! `kpi.cause.service`, `kpi.cause.issue`, `kpi.cause.stage`, `kpi.cause.text`, `kpi.action`, `kpi.order.value` and
+//! `kpi.order.currency` (when the order's events stated a value), the dimensions, and `kpi.evidence` (per service: `service`, `spans`,
 //! `errors`, `slow`, `trace_ids`); the record's trace id is an example trace of the cause; its time is the
 //! evaluation's. The HTTP API (`/api/v1/kpi/{name}/at-risk`) is described in [`api`].
 //!
@@ -171,6 +176,16 @@
 //! | `max_closed` | `200000` | most closed order ids remembered |
 //! | `max_pending_evidence` | `100000` | most unknown orders whose spans are kept waiting |
 //! | `api.max_at_risk` | `10000` | at-risk orders listed per KPI by the HTTP API |
+//! | `storage` | — | id of a storage extension (`file_storage`): the state (open orders, pending items, the learned model, health, figures) is restored from it at start and checkpointed into it; none: memory only |
+//! | `checkpoint_interval` | `10s` | how often the whole state is checkpointed (and once more at shutdown, before the final evaluation); a `SIGKILL` loses at most this much |
+//!
+//! With `storage`, a restart continues the figures and the open orders as if it had not happened (the engine's
+//! snapshot test checks that an interrupted and restored run equals the uninterrupted one, record for record). A
+//! snapshot of another format, or one that cannot be read, stops the start with an error; one taken under another
+//! configuration (stages, KPIs, dimensions, bounds, lateness…) is ignored with a warning and the state starts empty.
+//! Self-telemetry: `bizpilot_connector_order_kpi_checkpoints_total{connector}`,
+//! `bizpilot_connector_order_kpi_checkpoint_errors_total{connector}`, gauges
+//! `bizpilot_connector_order_kpi_checkpoint_bytes{connector}` and `bizpilot_connector_order_kpi_restored_orders{connector}`.
 //!
 //! ```yaml
 //! extensions:
@@ -221,15 +236,12 @@ pub use config::OrderKpiConfig;
 pub use engine::{Compiled, Engine, Outcome, Resolution};
 
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-use crate::emit::{SendError, end_run, send};
 
 use bizpilot_business::Lookup;
+use bizpilot_core::stage::{Wake, reason};
 use bizpilot_core::{
-    Batch, ComponentError, ComponentInfo, ComponentKind, Connector, ConnectorContext, ConnectorFactory, CreateContext,
-    Logs, Metrics, Output, Payload, Running, Signal, Stability,
+    Batch, ComponentError, ComponentInfo, ComponentKind, Connector, ConnectorFactory, CreateContext, Logs, Metrics,
+    Out, Payload, Signal, Stability, Stage, StageInfo,
 };
 
 /// The component type name.
@@ -270,37 +282,146 @@ impl ConnectorFactory for OrderKpiConnectorFactory {
             )));
         }
         let compiled = Compiled::new(&config, |id| ctx.extensions.get::<Lookup>(id))?;
-        let engine = Engine::new(compiled);
+        let mut engine = Engine::new(compiled);
         let id = ctx.id.to_string();
+        let checkpoint = match &config.storage {
+            Some(storage) => Some(Checkpoint::open(
+                &id,
+                storage,
+                ctx,
+                &mut engine,
+                config.checkpoint_interval.get(),
+            )?),
+            None => None,
+        };
         ctx.extensions
             .api()
             .register(Arc::new(api::KpiApi::new(id, engine.book())));
-        Ok(Box::new(OrderKpiConnector { engine }))
+        Ok(Box::new(OrderKpiConnector { engine, checkpoint }))
+    }
+}
+
+/// Where and how often the engine is checkpointed.
+struct Checkpoint {
+    client: Arc<dyn bizpilot_core::StorageClient>,
+    every: std::time::Duration,
+    done: metrics::Counter,
+    errors: metrics::Counter,
+    bytes: metrics::Gauge,
+    /// The checkpoint interval (created when the stage starts, inside the runtime).
+    tick: Option<tokio::time::Interval>,
+    /// The write in flight and its size.
+    inflight: Option<(tokio::task::JoinHandle<Result<(), bizpilot_core::StorageError>>, usize)>,
+}
+
+/// The key of the engine's snapshot in the connector's storage namespace.
+const SNAPSHOT_KEY: &[u8] = b"engine";
+
+impl Checkpoint {
+    /// Opens the connector's namespace in `storage` and restores `engine` from it.
+    fn open(
+        id: &str,
+        storage: &str,
+        ctx: &CreateContext<'_>,
+        engine: &mut Engine,
+        every: std::time::Duration,
+    ) -> Result<Checkpoint, ComponentError> {
+        let sid: bizpilot_core::ComponentId = storage
+            .parse()
+            .map_err(|e| ComponentError::Config(format!("storage: {e}")))?;
+        let handle = ctx
+            .extensions
+            .get::<bizpilot_core::StorageHandle>(&sid)
+            .map_err(|e| ComponentError::Config(format!("storage: {e}")))?;
+        let client = handle.client(id).map_err(|e| ComponentError::Other(e.to_string()))?;
+        let started = std::time::Instant::now();
+        let entries = client.load_all().map_err(|e| ComponentError::Other(e.to_string()))?;
+        if let Some((_, bytes)) = entries.iter().find(|(k, _)| k == SNAPSHOT_KEY) {
+            match engine.restore(bytes) {
+                Ok(()) => tracing::info!(connector = id, storage = %sid, open_orders = engine.open_orders(),
+                    bytes = bytes.len(), seconds = started.elapsed().as_secs_f64(), "order_kpi state restored"),
+                Err(engine::SnapshotError::Config) => tracing::warn!(connector = id, storage = %sid,
+                    "the stored order_kpi state was taken under another configuration; starting from empty state"),
+                Err(e) => return Err(ComponentError::Other(format!("{id}: {e} (storage {sid})"))),
+            }
+        }
+        metrics::gauge!("bizpilot_connector_order_kpi_restored_orders", "connector" => id.to_string())
+            .set(engine.open_orders() as f64);
+        Ok(Checkpoint {
+            client,
+            every,
+            done: metrics::counter!("bizpilot_connector_order_kpi_checkpoints_total", "connector" => id.to_string()),
+            errors: metrics::counter!("bizpilot_connector_order_kpi_checkpoint_errors_total", "connector" => id.to_string()),
+            bytes: metrics::gauge!("bizpilot_connector_order_kpi_checkpoint_bytes", "connector" => id.to_string()),
+            tick: None,
+            inflight: None,
+        })
+    }
+
+    /// Snapshots `engine` and starts writing it, off the async workers.
+    fn start(&mut self, id: &str, engine: &Engine) {
+        let bytes = match engine.snapshot() {
+            Ok(b) => b,
+            Err(e) => {
+                self.errors.increment(1);
+                tracing::warn!(connector = id, error = %e, "order_kpi checkpoint failed");
+                return;
+            }
+        };
+        let n = bytes.len();
+        let client = self.client.clone();
+        let op = [bizpilot_core::StorageOp::Put(SNAPSHOT_KEY.to_vec(), bytes)];
+        self.inflight = Some((tokio::task::spawn_blocking(move || client.apply(&op)), n));
+    }
+
+    /// Waits for the write in flight, if any, and counts its outcome. Cancel-safe: dropped while waiting, the
+    /// write goes on and the next call waits for it again.
+    async fn settle(&mut self, id: &str) {
+        let Some((handle, _)) = self.inflight.as_mut() else {
+            return;
+        };
+        let result = handle.await;
+        let n = self.inflight.take().map_or(0, |(_, n)| n);
+        match result {
+            Ok(Ok(())) => {
+                self.done.increment(1);
+                self.bytes.set(n as f64);
+            }
+            Ok(Err(e)) => {
+                self.errors.increment(1);
+                tracing::warn!(connector = id, error = %e, "order_kpi checkpoint failed");
+            }
+            Err(e) => {
+                self.errors.increment(1);
+                tracing::warn!(connector = id, error = %e, "order_kpi checkpoint task failed");
+            }
+        }
+    }
+
+    /// Checkpoints `engine` now and waits until it is written.
+    async fn run(&mut self, id: &str, engine: &Engine) {
+        self.settle(id).await;
+        self.start(id, engine);
+        self.settle(id).await;
     }
 }
 
 /// An `order_kpi` connector.
 pub struct OrderKpiConnector {
     engine: Engine,
+    checkpoint: Option<Checkpoint>,
 }
 
 impl Connector for OrderKpiConnector {
-    fn start(self: Box<Self>, ctx: ConnectorContext) -> Result<Running, ComponentError> {
-        let ConnectorContext {
-            id,
-            input,
-            output,
-            abort,
-        } = ctx;
-        let id = id.to_string();
-        let task = Task {
-            telemetry: Telemetry::new(&id),
-            id,
+    fn into_stage(self: Box<Self>) -> Box<dyn Stage> {
+        Box::new(Task {
+            id: String::new(),
             engine: self.engine,
-            metrics: output.get(Signal::Metrics).cloned(),
-            logs: output.get(Signal::Logs).cloned(),
-        };
-        Ok(Running::spawn(task.run(input, abort)))
+            checkpoint: self.checkpoint,
+            metrics: false,
+            logs: false,
+            telemetry: None,
+        })
     }
 }
 
@@ -372,72 +493,116 @@ impl Telemetry {
     }
 }
 
+/// The connector's stage: ingests order events (logs) and spans, and emits what each batch
+/// changed; with `storage`, checkpoints the engine every `checkpoint_interval` and once more when the
+/// input closes, before the final evaluation.
 struct Task {
     id: String,
     engine: Engine,
-    metrics: Option<Output>,
-    logs: Option<Output>,
-    telemetry: Telemetry,
+    checkpoint: Option<Checkpoint>,
+    /// Whether a metrics (logs) pipeline receives from the connector.
+    metrics: bool,
+    logs: bool,
+    telemetry: Option<Telemetry>,
 }
 
 impl Task {
-    async fn emit(&mut self, abort: &CancellationToken) -> Result<(), SendError> {
-        self.telemetry.publish(&self.engine);
+    fn emit(&mut self, out: &mut Out) {
+        if let Some(t) = &self.telemetry {
+            t.publish(&self.engine);
+        }
         let records = self.engine.take_logs();
-        if !records.is_empty() && self.logs.is_some() {
-            let payload = Payload::Logs(Logs::from_message(output::logs_request(records)));
-            send(&self.logs, payload, abort).await?;
+        if !records.is_empty() && self.logs {
+            out.send(Batch::new(Payload::Logs(Logs::from_message(output::logs_request(
+                records,
+            )))));
         }
         if let Some(req) = self.engine.take_metrics()
-            && self.metrics.is_some()
+            && self.metrics
         {
-            send(&self.metrics, Payload::Metrics(Metrics::from_message(req)), abort).await?;
+            out.send(Batch::new(Payload::Metrics(Metrics::from_message(req))));
         }
-        Ok(())
+    }
+}
+
+impl Stage for Task {
+    fn start(&mut self, info: &StageInfo) {
+        self.id = info.id.clone();
+        self.metrics = info.outputs.contains(&Signal::Metrics);
+        self.logs = info.outputs.contains(&Signal::Logs);
+        self.telemetry = Some(Telemetry::new(&info.id));
+        if let Some(c) = self.checkpoint.as_mut() {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + c.every, c.every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            c.tick = Some(tick);
+        }
     }
 
-    async fn run(mut self, mut input: mpsc::Receiver<Batch>, abort: CancellationToken) -> Result<(), ComponentError> {
-        let result = loop {
-            tokio::select! {
-                biased;
-                _ = abort.cancelled() => break Err(SendError::Aborted),
-                b = input.recv() => match b {
-                    Some(mut batch) => {
-                        match &mut batch.payload {
-                            Payload::Logs(l) => match l.message() {
-                                Ok(req) => self.engine.ingest_logs(req),
-                                Err(e) => {
-                                    tracing::warn!(connector = %self.id, error = %e, "cannot decode logs; dropped");
-                                    batch.fail();
-                                }
-                            },
-                            Payload::Traces(t) => match t.message() {
-                                Ok(req) => self.engine.ingest_traces(req),
-                                Err(e) => {
-                                    tracing::warn!(connector = %self.id, error = %e, "cannot decode traces; dropped");
-                                    batch.fail();
-                                }
-                            },
-                            other => {
-                                tracing::warn!(connector = %self.id, signal = %other.signal(), "not logs or traces; dropped");
-                                batch.fail();
-                            }
-                        }
-                        // Aggregated: the batch is delivered when dropped.
-                        drop(batch);
-                        self.engine.advance();
-                        if let Err(e) = self.emit(&abort).await {
-                            break Err(e);
-                        }
-                    }
-                    None => {
-                        self.engine.finish();
-                        break self.emit(&abort).await;
-                    }
-                },
+    fn on_batch(&mut self, mut batch: Batch, out: &mut Out) {
+        let failed = match &mut batch.payload {
+            Payload::Logs(l) => match l.message() {
+                Ok(req) => {
+                    self.engine.ingest_logs(req);
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(connector = %self.id, error = %e, "cannot decode logs; dropped");
+                    Some(reason::ERROR)
+                }
+            },
+            Payload::Traces(t) => match t.message() {
+                Ok(req) => {
+                    self.engine.ingest_traces(req);
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(connector = %self.id, error = %e, "cannot decode traces; dropped");
+                    Some(reason::ERROR)
+                }
+            },
+            other => {
+                tracing::warn!(connector = %self.id, signal = %other.signal(), "not logs or traces; dropped");
+                Some(reason::UNSUPPORTED_SIGNAL)
             }
         };
-        end_run(&self.id, &mut input, result)
+        match failed {
+            Some(r) => out.fail(batch, r),
+            // Aggregated: the batch is delivered when dropped.
+            None => out.consume(batch),
+        }
+        self.engine.advance();
+        self.emit(out);
+    }
+
+    /// The checkpoint interval: a snapshot between batches, written off the async workers.
+    fn wake(&mut self) -> Wake<'_> {
+        let (id, engine) = (&self.id, &self.engine);
+        match self.checkpoint.as_mut() {
+            Some(c) if c.tick.is_some() => Box::pin(async move {
+                if c.inflight.is_none() {
+                    if let Some(t) = c.tick.as_mut() {
+                        t.tick().await;
+                    }
+                    c.start(id, engine);
+                }
+                c.settle(id).await;
+            }),
+            _ => Box::pin(std::future::pending()),
+        }
+    }
+
+    /// Before the final evaluation, which settles what is still pending: the next start continues from here.
+    fn finish(&mut self) -> Wake<'_> {
+        let (id, engine) = (&self.id, &self.engine);
+        match self.checkpoint.as_mut() {
+            Some(c) => Box::pin(c.run(id, engine)),
+            None => Box::pin(std::future::ready(())),
+        }
+    }
+
+    fn on_drain(&mut self, out: &mut Out) {
+        self.engine.finish();
+        self.emit(out);
     }
 }
 

@@ -9,7 +9,7 @@
 use super::sketch::{LogHistogram, Scale, Survival, TimeChange, miss_probability_changed};
 
 /// Whether the IT services serving an order's stage were in trouble for that order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Condition {
     Healthy = 0,
     Degraded = 1,
@@ -25,7 +25,7 @@ impl Condition {
 }
 
 /// Exits, permanently censored observations and (per evaluation) the open orders' current ages.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Sketch {
     exits: LogHistogram,
     censored: LogHistogram,
@@ -69,6 +69,7 @@ pub struct SketchInfo {
 }
 
 /// The learned distributions.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Model {
     min_samples: f64,
     half_life_ns: Option<f64>,

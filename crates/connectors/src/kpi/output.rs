@@ -95,6 +95,10 @@ pub fn at_risk_log(a: &AtRiskView, kpi: &str, threshold: f64, now: u64) -> LogRe
     }
     at.push(kv_str("kpi.cause.text", a.cause_text.clone()));
     at.push(kv_str("kpi.action", a.action.clone()));
+    if let Some(v) = a.value {
+        at.push(kv_str("kpi.order.value", v.amount_string()));
+        at.push(kv_str("kpi.order.currency", v.currency().to_string()));
+    }
     for (k, v) in &a.dims {
         at.push(kv_str(k, v.clone()));
     }

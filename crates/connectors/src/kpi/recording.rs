@@ -20,7 +20,7 @@ use prost::Message;
 use std::io::Write;
 use std::path::Path;
 
-use bizpilot_core::Signal;
+use bizpilot_core::{Signal, pb};
 
 /// First bytes of a binary recording.
 pub const MAGIC: &[u8; 8] = b"BZPOTLP1";
@@ -81,16 +81,7 @@ impl<W: Write> Writer<W> {
     pub fn write(&mut self, signal: Signal, payload: &[u8]) -> std::io::Result<()> {
         let mut head = Vec::with_capacity(11);
         head.push(tag(signal));
-        let mut n = payload.len() as u64;
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                head.push(b);
-                break;
-            }
-            head.push(b | 0x80);
-        }
+        pb::put_varint(&mut head, payload.len() as u64);
         self.w.write_all(&head)?;
         self.w.write_all(payload)?;
         self.records += 1;
@@ -232,23 +223,17 @@ pub fn parse(data: &[u8], name: &str) -> Result<Vec<Recorded>, RecordingError> {
                 b'L' => Signal::Logs,
                 other => return Err(bad("byte", at, format!("unknown signal tag {other:#04x}"))),
             };
-            let mut len: u64 = 0;
             let mut i = 1;
-            loop {
-                let Some(&b) = rest.get(i) else {
-                    return Err(bad("byte", at, "truncated length".into()));
+            let Some(len) = pb::read_varint(rest, &mut i, rest.len()) else {
+                let why = if i >= rest.len() {
+                    "truncated length"
+                } else {
+                    "length varint too long"
                 };
-                if i > 10 {
-                    return Err(bad("byte", at, "length varint too long".into()));
-                }
-                len |= u64::from(b & 0x7f) << (7 * (i - 1));
-                i += 1;
-                if b & 0x80 == 0 {
-                    break;
-                }
-            }
+                return Err(bad("byte", at, why.into()));
+            };
             let len = usize::try_from(len).map_err(|_| bad("byte", at, "length out of range".into()))?;
-            let Some(payload) = rest.get(i..i + len) else {
+            let Some(payload) = i.checked_add(len).and_then(|end| rest.get(i..end)) else {
                 return Err(bad("byte", at, format!("truncated record: {len} bytes announced")));
             };
             out.push(recorded(signal, payload.to_vec(), name, "byte", at)?);

@@ -22,7 +22,7 @@
 //! long (as censored or as exits), which keeps false alarms down when a new kind of trouble starts.
 
 /// The bucket layout of a [`LogHistogram`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Scale {
     base: f64,
     ln_gamma: f64,
@@ -87,7 +87,7 @@ impl Scale {
 }
 
 /// A histogram of non-negative durations (nanoseconds) over log buckets. Mergeable, decayable, fixed size.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogHistogram {
     scale: Scale,
     counts: Box<[f64]>,
@@ -176,7 +176,7 @@ impl LogHistogram {
 }
 
 /// A Kaplan–Meier survival function over log buckets (see the module documentation).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Survival {
     scale: Scale,
     /// Survival after bucket `k`, for `k ≤ last`; `after[last]` is 0 (the optimistic tail).

@@ -426,6 +426,84 @@ fn the_api_lists_at_risk_orders_with_explanations() {
     );
 }
 
+/// When shipping stops, the stage `paid` slows down for everybody; its action names the orders to expedite: those
+/// that would miss their deadline at the current pace, highest order value first (orders without a stated value
+/// last), and the at-risk list carries each order's value.
+#[test]
+fn a_slowed_stage_names_the_orders_to_expedite_highest_value_first() {
+    let mut c = cfg(Duration::from_secs(8 * 3600));
+    // Low enough for the stopped stage's oldest orders to be listed at risk within the test's hours.
+    c.prediction.threshold = 0.3;
+    let mut e = engine(&c);
+    let value = |i: u64| (!i.is_multiple_of(5)).then(|| format!("USD {}.{:02}", 10 + (i * 37) % 190, i % 100));
+    let placed = |i: u64, t: u64| {
+        let mut r = ev("order.placed", &format!("o{i}"), t);
+        if let Some(v) = value(i) {
+            r.attributes.push(kv_str("order.amount", v));
+        }
+        r
+    };
+    // Six hours of normal flow (an order every 2 minutes: paid after 1 min, shipped 20 min later, delivered 1 h
+    // after that), then shipping stops: orders are still placed and paid, none leaves `paid`.
+    let stop = T0 + 6 * H;
+    let mut i = 0;
+    let mut t = T0;
+    while t < T0 + 11 * H {
+        let mut batch = vec![placed(i, t), ev("order.paid", &format!("o{i}"), t + M)];
+        if t + 21 * M < stop {
+            batch.push(ev("order.shipped", &format!("o{i}"), t + 21 * M));
+            batch.push(ev("order.delivered", &format!("o{i}"), t + 81 * M));
+        }
+        feed(&mut e, batch);
+        i += 1;
+        t += 2 * M;
+    }
+    let book = e.book();
+    let book = book.lock().unwrap();
+    let k = &book.kpis[0];
+    let paid = k.stages.iter().find(|s| s.stage == "paid").expect("stage paid");
+    let action = paid
+        .action
+        .as_ref()
+        .expect("the stopped stage is slowed and has an action");
+    assert!(action.behind > 10, "{action:?}");
+    assert_eq!(action.expedite.len(), 10);
+    assert_eq!(action.expedite_first.len(), 10);
+    // Highest value first among the orders that are behind.
+    let values: Vec<i128> = action
+        .expedite
+        .iter()
+        .map(|x| x.value.expect("valued orders first").nanos())
+        .collect();
+    assert!(values.windows(2).all(|w| w[0] >= w[1]), "{values:?}");
+    // They are the most valuable of the stage's orders that can still make it but would not at this pace.
+    for x in &action.expedite {
+        assert!(x.leave_by > book.as_of.unwrap());
+        let n: u64 = x.order_id[1..].parse().unwrap();
+        assert_eq!(
+            x.value.map(|m| m.to_string()),
+            value(n).map(|v| bizpilot_core::Money::parse(&v, None).unwrap().to_string())
+        );
+    }
+    // The at-risk list carries the order value, exactly as the event stated it.
+    let valued = k
+        .at_risk
+        .iter()
+        .find(|a| a.value.is_some())
+        .expect("a valued order at risk");
+    let n: u64 = valued.order_id[1..].parse().unwrap();
+    assert_eq!(
+        valued.value.unwrap().to_string(),
+        bizpilot_core::Money::parse(&value(n).unwrap(), None)
+            .unwrap()
+            .to_string()
+    );
+    assert!(
+        k.at_risk.iter().any(|a| a.value.is_none()),
+        "orders without a stated value have none"
+    );
+}
+
 #[test]
 fn dimensions_and_the_cardinality_limit() {
     let mut c = cfg(Duration::from_secs(3600));
@@ -579,17 +657,22 @@ fn run(reqs: &[&Req]) -> (Vec<LogRecord>, ExportMetricsServiceRequest, Outcomes)
     (l, m, r)
 }
 
+/// Feeds one request, advances, keeps the records and drops the metrics.
+fn step(e: &mut Engine, r: &Req, logs: &mut Vec<LogRecord>) {
+    match r {
+        Req::Traces(t) => e.ingest_traces(t),
+        Req::Logs(l) => e.ingest_logs(l),
+    }
+    e.advance();
+    logs.extend(e.take_logs());
+    let _ = e.take_metrics();
+}
+
 fn run_stats(reqs: &[&Req]) -> (Vec<LogRecord>, ExportMetricsServiceRequest, Outcomes, engine::Stats) {
     let mut e = engine(&small_kpi_config());
     let mut logs = Vec::new();
     for r in reqs {
-        match r {
-            Req::Traces(t) => e.ingest_traces(t),
-            Req::Logs(l) => e.ingest_logs(l),
-        }
-        e.advance();
-        logs.extend(e.take_logs());
-        let _ = e.take_metrics();
+        step(&mut e, r, &mut logs);
     }
     e.finish();
     logs.extend(e.take_logs());
@@ -600,6 +683,54 @@ fn run_stats(reqs: &[&Req]) -> (Vec<LogRecord>, ExportMetricsServiceRequest, Out
         .collect();
     res.sort();
     (logs, e.take_metrics().unwrap(), res, e.stats().clone())
+}
+
+/// A run interrupted half way — its state snapshotted, the engine dropped, a new engine restored from the snapshot —
+/// gives exactly what the uninterrupted run gives: every record, the final metrics, every resolution, every counter.
+#[test]
+fn a_restored_snapshot_continues_exactly_as_the_uninterrupted_run() {
+    let reqs = requests(&small_shop(5));
+    let all: Vec<&Req> = reqs.iter().collect();
+    let (want_logs, want_metrics, want_res, want_stats) = run_stats(&all);
+
+    let (first, second) = all.split_at(all.len() / 2);
+    let mut logs = Vec::new();
+    let mut a = engine(&small_kpi_config());
+    for r in first {
+        step(&mut a, r, &mut logs);
+    }
+    assert!(a.open_orders() > 0, "the snapshot holds open orders");
+    let mut res = a.take_resolutions();
+    let bytes = a.snapshot().unwrap();
+    drop(a);
+
+    let mut b = engine(&small_kpi_config());
+    b.restore(&bytes).unwrap();
+    for r in second {
+        step(&mut b, r, &mut logs);
+    }
+    b.finish();
+    logs.extend(b.take_logs());
+    res.extend(b.take_resolutions());
+    let mut res: Vec<_> = res
+        .into_iter()
+        .map(|r| (r.order_id.to_string(), r.outcome, r.flagged_at))
+        .collect();
+    res.sort();
+    assert_eq!(res.len(), want_res.len());
+    assert_eq!(res, want_res);
+    assert_eq!(logs.len(), want_logs.len());
+    assert_eq!(logs, want_logs);
+    assert_eq!(b.take_metrics().unwrap(), want_metrics);
+    assert_eq!(*b.stats(), want_stats);
+
+    // Another configuration, another format or garbage: refused, the engine unchanged.
+    let mut other = small_kpi_config();
+    other.allowed_lateness = Duration::from_secs(300);
+    let mut c = engine(&other);
+    assert!(matches!(c.restore(&bytes), Err(engine::SnapshotError::Config)));
+    assert!(matches!(c.restore(b"not cbor"), Err(engine::SnapshotError::Decode(_))));
+    assert_eq!(c.open_orders(), 0);
 }
 
 #[test]

@@ -182,22 +182,21 @@ pub use planner::{Figure, Plan};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use bizpilot_business::attrs::{KeyValue, kv_str};
+use bizpilot_core::stage::reason;
 use bizpilot_core::{
-    Batch, ComponentError, ComponentInfo, ComponentKind, Connector, ConnectorContext, ConnectorFactory, CreateContext,
-    Metrics, Output, Payload, Running, Signal, Stability,
+    Batch, ComponentError, ComponentInfo, ComponentKind, Connector, ConnectorFactory, CreateContext, Metrics, Out,
+    Payload, Signal, Stability, Stage, StageInfo,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::metrics::v1::{Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use crate::emit::{SendError, end_run, send};
 use crate::otlp_out::{Points, gauge, wall_ns};
+use crate::tick::Ticker;
 
 /// The component type name.
 pub const TYPE: &str = "capacity_planner";
@@ -254,32 +253,31 @@ pub struct CapacityPlannerConnector {
 }
 
 impl Connector for CapacityPlannerConnector {
-    fn start(self: Box<Self>, ctx: ConnectorContext) -> Result<Running, ComponentError> {
-        let ConnectorContext {
-            id,
-            input,
-            output,
-            abort,
-        } = ctx;
-        let task = Task {
-            id: id.to_string(),
+    fn into_stage(self: Box<Self>) -> Box<dyn Stage> {
+        Box::new(Task {
+            id: String::new(),
             config: self.config,
             model: self.model,
-            metrics: output.get(Signal::Metrics).cloned(),
-            start_ns: wall_ns(),
+            metrics: false,
+            start_ns: 0,
             reported: Default::default(),
-        };
-        Ok(Running::spawn(task.run(input, abort)))
+            ticker: None,
+        })
     }
 }
 
+/// The connector's stage: ingests traces; on its tick completes idle traces and, every
+/// `metrics_flush_interval`, emits the plan.
 struct Task {
     id: String,
     config: Arc<CapacityPlannerConfig>,
     model: Arc<Mutex<Model>>,
-    metrics: Option<Output>,
+    /// Whether a metrics pipeline receives from the connector.
+    metrics: bool,
     start_ns: u64,
     reported: model::Counters,
+    /// Set at start.
+    ticker: Option<Ticker>,
 }
 
 /// The plan's gauges as an OTLP request (empty when no figure has data).
@@ -447,66 +445,72 @@ impl Task {
         self.reported = c.clone();
     }
 
-    async fn send_metrics(&mut self, abort: &CancellationToken) -> Result<(), SendError> {
+    fn send_metrics(&mut self, out: &mut Out) {
         let (observed, pending) = {
             let m = self.model.lock().unwrap_or_else(PoisonError::into_inner);
             (m.observed(), m.pending())
         };
         self.self_telemetry(&observed.counters, pending);
-        if self.metrics.is_none() {
-            return Ok(());
+        if !self.metrics {
+            return;
         }
         let plan = planner::plan(&self.id, &self.config, &observed);
         let req = plan_metrics(&plan, self.start_ns, wall_ns());
         if req.resource_metrics.is_empty() {
-            return Ok(());
+            return;
         }
-        send(&self.metrics, Payload::Metrics(Metrics::from_message(req)), abort).await
+        out.send(Batch::new(Payload::Metrics(Metrics::from_message(req))));
     }
 
-    async fn run(mut self, mut input: mpsc::Receiver<Batch>, abort: CancellationToken) -> Result<(), ComponentError> {
+    fn model(&self) -> std::sync::MutexGuard<'_, Model> {
+        self.model.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Stage for Task {
+    fn start(&mut self, info: &StageInfo) {
+        self.id = info.id.clone();
+        self.metrics = info.outputs.contains(&Signal::Metrics);
+        self.start_ns = wall_ns();
         let flush = self.config.metrics_flush_interval.get();
         let idle = self.config.trace_timeout.get();
-        let mut tick = tokio::time::interval(flush.min(idle).clamp(Duration::from_millis(10), Duration::from_secs(1)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_arrival = Instant::now();
-        let mut last_flush = Instant::now();
-        let result = loop {
-            tokio::select! {
-                biased;
-                _ = abort.cancelled() => break Err(SendError::Aborted),
-                b = input.recv() => match b {
-                    Some(mut batch) => {
-                        last_arrival = Instant::now();
-                        match &mut batch.payload {
-                            Payload::Traces(t) => self.model.lock().unwrap_or_else(PoisonError::into_inner).ingest(t),
-                            other => {
-                                tracing::warn!(connector = %self.id, signal = %other.signal(), "not traces; dropped");
-                                batch.fail();
-                            }
-                        }
-                        drop(batch);
-                    }
-                    None => {
-                        self.model.lock().unwrap_or_else(PoisonError::into_inner).flush();
-                        break self.send_metrics(&abort).await;
-                    }
-                },
-                _ = tick.tick() => {
-                    if last_arrival.elapsed() >= idle {
-                        // No data for a while: every trace seen is complete.
-                        self.model.lock().unwrap_or_else(PoisonError::into_inner).flush();
-                    }
-                    if last_flush.elapsed() >= flush {
-                        last_flush = Instant::now();
-                        if let Err(e) = self.send_metrics(&abort).await {
-                            break Err(e);
-                        }
-                    }
-                }
-            }
+        let step = flush.min(idle).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        self.ticker = Some(Ticker::new(step, flush));
+    }
+
+    fn on_batch(&mut self, mut batch: Batch, out: &mut Out) {
+        if let Some(t) = self.ticker.as_mut() {
+            t.arrived();
+        }
+        if let Payload::Traces(t) = &mut batch.payload {
+            self.model().ingest(t);
+            out.consume(batch);
+        } else {
+            tracing::warn!(connector = %self.id, signal = %batch.signal(), "not traces; dropped");
+            out.fail(batch, reason::UNSUPPORTED_SIGNAL);
+        }
+    }
+
+    fn deadline(&mut self) -> Option<Instant> {
+        self.ticker.as_ref().map(Ticker::deadline)
+    }
+
+    fn on_timer(&mut self, out: &mut Out) {
+        let Some(tick) = self.ticker.as_mut().map(Ticker::tick) else {
+            return;
         };
-        end_run(&self.id, &mut input, result)
+        if tick.idle >= self.config.trace_timeout.get() {
+            // No data for a while: every trace seen is complete.
+            self.model().flush();
+        }
+        if tick.flush {
+            self.send_metrics(out);
+        }
+    }
+
+    fn on_drain(&mut self, out: &mut Out) {
+        self.model().flush();
+        self.send_metrics(out);
     }
 }
 

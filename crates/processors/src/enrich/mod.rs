@@ -125,9 +125,10 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
+use bizpilot_core::stage::Wake;
 use bizpilot_core::{
-    Batch, ComponentError, ComponentInfo, ComponentKind, CreateContext, Extensions, Payload, Processor,
-    ProcessorContext, ProcessorFactory, Running, Signal, Stability,
+    Batch, ComponentError, ComponentInfo, ComponentKind, CreateContext, Extensions, Out, Payload, Processor,
+    ProcessorFactory, Signal, Stability, Stage,
 };
 
 use engine::{HoldCtx, Release};
@@ -187,8 +188,19 @@ impl EnrichProcessor {
 }
 
 impl Processor for EnrichProcessor {
-    fn start(self: Box<Self>, ctx: ProcessorContext) -> Result<Running, ComponentError> {
-        Ok(Running::spawn(run(self.engine, ctx)))
+    fn into_stage(self: Box<Self>) -> Box<dyn Stage> {
+        let engine = self.engine;
+        let holder = engine.window().map(|w| Holder::new(w, engine.max_held()));
+        let sub = match (&holder, engine.state()) {
+            (Some(_), Some(state)) => Some(state.orders.subscribe()),
+            _ => None,
+        };
+        Box::new(EnrichStage {
+            engine,
+            holder,
+            sub,
+            woke: None,
+        })
     }
 }
 
@@ -239,105 +251,108 @@ fn process(engine: &Engine, holder: Option<&mut Holder>, mut batch: Batch) -> Op
     Some(batch)
 }
 
-async fn recv_key(sub: &mut Option<broadcast::Receiver<Arc<str>>>) -> Result<Arc<str>, RecvError> {
-    match sub {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
+/// The processor's stage: enriches each batch; with a join window, holds spans whose order
+/// result has not arrived and releases them when it does (a business-state subscription wakes
+/// the stage), when their wait ends (the stage's timer), or at the end.
+struct EnrichStage {
+    engine: Arc<Engine>,
+    holder: Option<Holder>,
+    sub: Option<broadcast::Receiver<Arc<str>>>,
+    /// What the subscription delivered, for [`Stage::on_wake`].
+    woke: Option<Result<Arc<str>, RecvError>>,
+}
+
+impl EnrichStage {
+    fn send(&self, batch: Option<Batch>, out: &mut Out) {
+        if let Some(b) = batch {
+            out.send(b);
+        }
+    }
+
+    /// Releases everything still held (input closed, or the run ends early).
+    fn release_all(&mut self, out: &mut Out) {
+        if let Some(h) = self.holder.as_mut() {
+            let all = h.take_all();
+            self.engine.set_held_gauge(0);
+            self.send(self.engine.release(all, Release::Shutdown), out);
+        }
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+impl Stage for EnrichStage {
+    fn on_batch(&mut self, batch: Batch, out: &mut Out) {
+        let b = process(&self.engine, self.holder.as_mut(), batch);
+        if let Some(h) = self.holder.as_ref() {
+            self.engine.set_held_gauge(h.len());
+        }
+        self.send(b, out);
     }
-}
 
-async fn run(engine: Arc<Engine>, ctx: ProcessorContext) -> Result<(), ComponentError> {
-    let ProcessorContext {
-        mut input,
-        output,
-        abort,
-        ..
-    } = ctx;
-    let mut holder = engine.window().map(|w| Holder::new(w, engine.max_held()));
-    let mut sub = match (&holder, engine.state()) {
-        (Some(_), Some(state)) => Some(state.orders.subscribe()),
-        _ => None,
-    };
-    let mut aborted = false;
-    loop {
-        let deadline = holder.as_mut().and_then(|h| h.next_deadline());
-        let out: Option<Batch> = tokio::select! {
-            _ = abort.cancelled() => {
-                aborted = true;
-                break;
+    fn deadline(&mut self) -> Option<tokio::time::Instant> {
+        self.holder.as_mut().and_then(|h| h.next_deadline())
+    }
+
+    fn on_timer(&mut self, out: &mut Out) {
+        let Some(h) = self.holder.as_mut() else { return };
+        let expired = h.take_expired(tokio::time::Instant::now());
+        self.engine.set_held_gauge(h.len());
+        self.send(self.engine.release(expired, Release::Timeout), out);
+    }
+
+    fn wake(&mut self) -> Wake<'_> {
+        match self.sub.as_mut() {
+            Some(sub) => {
+                let woke = &mut self.woke;
+                Box::pin(async move {
+                    *woke = Some(sub.recv().await);
+                })
             }
-            key = recv_key(&mut sub) => {
-                let Some(h) = holder.as_mut() else { continue };
-                let mut released = Vec::new();
-                match key {
-                    Ok(k) => {
-                        released.extend(h.take_key(&k));
-                        // Drain what else has arrived, to release it in the same batch.
-                        if let Some(s) = sub.as_mut() {
-                            for _ in 0..1024 {
-                                match s.try_recv() {
-                                    Ok(k) => released.extend(h.take_key(&k)),
-                                    Err(_) => break,
-                                }
-                            }
-                        }
-                    }
-                    Err(RecvError::Lagged(_)) => {
-                        // Some arrivals were missed: check every key still waited for.
-                        if let Some(state) = engine.state() {
-                            for k in h.keys() {
-                                if state.orders.contains(&k) {
-                                    released.extend(h.take_key(&k));
-                                }
-                            }
-                        }
-                    }
-                    Err(RecvError::Closed) => sub = None,
-                }
-                engine.set_held_gauge(h.len());
-                engine.release(released, Release::Arrival)
-            }
-            _ = sleep_until(deadline) => {
-                let Some(h) = holder.as_mut() else { continue };
-                let expired = h.take_expired(tokio::time::Instant::now());
-                engine.set_held_gauge(h.len());
-                engine.release(expired, Release::Timeout)
-            }
-            b = input.recv() => {
-                let Some(b) = b else { break };
-                let out = process(&engine, holder.as_mut(), b);
-                if let Some(h) = holder.as_ref() {
-                    engine.set_held_gauge(h.len());
-                }
-                out
-            }
+            None => Box::pin(std::future::pending()),
+        }
+    }
+
+    fn on_wake(&mut self, out: &mut Out) {
+        let (Some(key), Some(h)) = (self.woke.take(), self.holder.as_mut()) else {
+            return;
         };
-        if let Some(out) = out
-            && output.send(out).await.is_err()
-        {
-            break;
-        }
-    }
-    // Input closed (or the drain deadline passed): release everything still held.
-    if let Some(h) = holder.as_mut() {
-        let all = h.take_all();
-        engine.set_held_gauge(0);
-        if let Some(b) = engine.release(all, Release::Shutdown) {
-            if aborted {
-                b.fail();
-            } else if let Err(e) = output.send(b).await {
-                tracing::warn!(error = %e, "enrich: could not hand on held spans at shutdown");
+        let mut released = Vec::new();
+        match key {
+            Ok(k) => {
+                released.extend(h.take_key(&k));
+                // Drain what else has arrived, to release it in the same batch.
+                if let Some(s) = self.sub.as_mut() {
+                    for _ in 0..1024 {
+                        match s.try_recv() {
+                            Ok(k) => released.extend(h.take_key(&k)),
+                            Err(_) => break,
+                        }
+                    }
+                }
             }
+            Err(RecvError::Lagged(_)) => {
+                // Some arrivals were missed: check every key still waited for.
+                if let Some(state) = self.engine.state() {
+                    for k in h.keys() {
+                        if state.orders.contains(&k) {
+                            released.extend(h.take_key(&k));
+                        }
+                    }
+                }
+            }
+            Err(RecvError::Closed) => self.sub = None,
         }
+        self.engine.set_held_gauge(h.len());
+        self.send(self.engine.release(released, Release::Arrival), out);
     }
-    Ok(())
+
+    fn on_drain(&mut self, out: &mut Out) {
+        self.release_all(out);
+    }
+
+    /// The driver fails what is released here.
+    fn on_abort(&mut self, out: &mut Out) {
+        self.release_all(out);
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use std::borrow::Cow;
 
 use bizpilot_business::attrs::{self, KeyValue, Value};
 use bizpilot_business::lookup::LookupValue;
+use bizpilot_core::pb;
 use bizpilot_core::view::{self, Fields, SpanEdit, ValueRef, Wire};
 use bizpilot_core::{Currency, Money, MoneyError};
 
@@ -123,22 +124,22 @@ impl NewValue<'_> {
         match self {
             NewValue::Str(s) => put_str_field(out, s),
             NewValue::Int(i) => {
-                out.push(3 << 3);
-                put_varint(out, i as u64);
+                pb::put_key(out, 3, pb::VARINT);
+                pb::put_varint(out, i as u64);
             }
             NewValue::Value(v) => view::encode_any_value(v, out),
             NewValue::Lookup(l) => match l {
                 LookupValue::Str(s) => put_str_field(out, s),
                 LookupValue::Int(i) => {
-                    out.push(3 << 3);
-                    put_varint(out, *i as u64);
+                    pb::put_key(out, 3, pb::VARINT);
+                    pb::put_varint(out, *i as u64);
                 }
                 LookupValue::Double(d) => {
-                    out.push((4 << 3) | 1);
+                    pb::put_key(out, 4, pb::FIXED64);
                     out.extend_from_slice(&d.to_bits().to_le_bytes());
                 }
                 LookupValue::Bool(b) => {
-                    out.push(2 << 3);
+                    pb::put_key(out, 2, pb::VARINT);
                     out.push(u8::from(*b));
                 }
             },
@@ -146,19 +147,9 @@ impl NewValue<'_> {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 /// `string_value` (field 1) of an `AnyValue`.
 fn put_str_field(out: &mut Vec<u8>, s: &str) {
-    out.push((1 << 3) | 2);
-    put_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
+    pb::put_len_field(out, 1, s.as_bytes());
 }
 
 /// The attributes (and name) of one item, as the rules see them.
@@ -193,7 +184,7 @@ impl<I: Item> Target for Decoded<'_, I> {
         self.0.trace_id()
     }
     fn get(&self, k: &Key) -> Option<ValueRef<'_>> {
-        attrs::get(self.0.attributes(), &k.name).map(ValueRef::from_value)
+        bizpilot_core::span::attr_of(self.0.attributes(), &k.name)
     }
     fn contains(&self, k: &Key) -> bool {
         attrs::contains(self.0.attributes(), &k.name)

@@ -1,7 +1,7 @@
 use super::*;
 use bizpilot_business::attrs::{self, KeyValue, kv_f64, kv_i64, kv_str};
 use bizpilot_business::{BusinessEvent, BusinessState, Lookup, StateConfig};
-use bizpilot_core::{Ack, ComponentId, Delivery, Output, PipelineId, Target, Traces};
+use bizpilot_core::{Ack, ComponentId, Delivery, Output, PipelineId, ProcessorContext, Running, Target, Traces};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
@@ -368,7 +368,7 @@ fn harness(yaml: &str, exts: &Extensions) -> Harness {
     let (tx, in_rx) = mpsc::channel(16);
     let (out_tx, rx) = mpsc::channel(16);
     let abort = CancellationToken::new();
-    let running = Box::new(p)
+    let running = (Box::new(p) as Box<dyn Processor>)
         .start(ProcessorContext {
             id: ComponentId::new("enrich", None),
             pipeline: "traces".parse::<PipelineId>().unwrap(),

@@ -1,0 +1,277 @@
+//! Checkpoints of a [`BusinessState`] in a storage extension's namespace
+//! ([`bizpilot_core::storage`]), so that orders, customers and trace links survive a restart.
+//!
+//! Incremental: only the keys written or removed since the previous checkpoint are written
+//! (or deleted), in one atomic batch. Format, versioned by the key `_format`
+//! (`business_state/1`): one entry per key, `o/<order id>`, `c/<customer id>`, `t/<trace id>`,
+//! whose value is JSON `{"at_ms": <wall-clock Unix ms of the key's last update>, "v": <the
+//! order, customer or link>}`. At restore the keys are put back oldest first, each as old as its
+//! `at_ms` says (so the TTL counts the downtime too, and eviction order is kept); a key older
+//! than the TTL is dropped.
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bizpilot_core::storage::{StorageClient, StorageError, StorageOp};
+
+use crate::state::{BusinessState, KeyedStore};
+
+const FORMAT_KEY: &[u8] = b"_format";
+/// The format written and read by this build.
+pub const FORMAT: &[u8] = b"business_state/1";
+
+#[derive(Serialize)]
+struct EntryOut<'a, T> {
+    at_ms: u64,
+    v: &'a T,
+}
+
+#[derive(Deserialize)]
+struct EntryIn<T> {
+    at_ms: u64,
+    v: T,
+}
+
+/// What a restore put back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub orders: usize,
+    pub customers: usize,
+    pub traces: usize,
+    /// Keys older than their store's TTL, dropped.
+    pub expired: usize,
+    /// Entries that could not be read (logged and skipped).
+    pub unreadable: usize,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn changes_of<V: Clone + Send + Sync + Serialize + 'static>(
+    store: &KeyedStore<V>,
+    prefix: &str,
+    now: u64,
+    ops: &mut Vec<StorageOp>,
+) -> Vec<Arc<str>> {
+    let mut keys = Vec::new();
+    for (key, cur) in store.take_changes() {
+        let k = format!("{prefix}{key}").into_bytes();
+        match cur {
+            Some((value, age)) => {
+                let at_ms = now.saturating_sub(age.as_millis() as u64);
+                match serde_json::to_vec(&EntryOut { at_ms, v: &*value }) {
+                    Ok(v) => ops.push(StorageOp::Put(k, v)),
+                    Err(e) => tracing::warn!(key = %key, error = %e, "business state entry not checkpointed"),
+                }
+            }
+            None => ops.push(StorageOp::Delete(k)),
+        }
+        keys.push(key);
+    }
+    keys
+}
+
+impl BusinessState {
+    /// Starts remembering changes for [`BusinessState::checkpoint`].
+    pub fn track_changes(&self) {
+        self.orders.track_changes();
+        self.customers.track_changes();
+        self.traces.track_changes();
+    }
+
+    /// Writes the changes since the last checkpoint into `client`, atomically; returns how many
+    /// keys were written or deleted. On failure the changes stay pending for the next call.
+    pub fn checkpoint(&self, client: &dyn StorageClient) -> Result<usize, StorageError> {
+        let now = now_ms();
+        let mut ops = vec![StorageOp::Put(FORMAT_KEY.to_vec(), FORMAT.to_vec())];
+        let o = changes_of(&self.orders, "o/", now, &mut ops);
+        let c = changes_of(&self.customers, "c/", now, &mut ops);
+        let t = changes_of(&self.traces, "t/", now, &mut ops);
+        let n = ops.len() - 1;
+        if n == 0 {
+            return Ok(0);
+        }
+        if let Err(e) = client.apply(&ops) {
+            self.orders.requeue_changes(o);
+            self.customers.requeue_changes(c);
+            self.traces.requeue_changes(t);
+            return Err(e);
+        }
+        Ok(n)
+    }
+
+    /// Puts back what `client` holds. Call on an empty state, before it is shared.
+    pub fn restore_from(&self, client: &dyn StorageClient, owner: &str) -> Result<Restored, StorageError> {
+        let entries = client.load_all()?;
+        let mut restored = Restored::default();
+        if entries.is_empty() {
+            return Ok(restored);
+        }
+        match entries.iter().find(|(k, _)| k == FORMAT_KEY) {
+            Some((_, v)) if v == FORMAT => {}
+            Some((_, v)) => {
+                return Err(StorageError::Decode {
+                    owner: owner.to_string(),
+                    reason: format!(
+                        "format {:?}, this build reads {:?}",
+                        String::from_utf8_lossy(v),
+                        String::from_utf8_lossy(FORMAT)
+                    ),
+                });
+            }
+            None => {
+                return Err(StorageError::Decode {
+                    owner: owner.to_string(),
+                    reason: "no format marker: not a business_state checkpoint".into(),
+                });
+            }
+        }
+        let now = now_ms();
+        let mut orders = Vec::new();
+        let mut customers = Vec::new();
+        let mut traces = Vec::new();
+        for (k, v) in &entries {
+            if k == FORMAT_KEY {
+                continue;
+            }
+            let key = String::from_utf8_lossy(k);
+            let ok = match key.split_at_checked(2) {
+                Some(("o/", id)) => decode(v).map(|e: EntryIn<_>| orders.push((e.at_ms, id.to_string(), e.v))),
+                Some(("c/", id)) => decode(v).map(|e: EntryIn<_>| customers.push((e.at_ms, id.to_string(), e.v))),
+                Some(("t/", id)) => decode(v).map(|e: EntryIn<_>| traces.push((e.at_ms, id.to_string(), e.v))),
+                _ => Err(format!("unknown key {key:?}")),
+            };
+            if let Err(e) = ok {
+                tracing::warn!(owner, key = %key, error = %e, "stored business state entry unreadable, skipped");
+                restored.unreadable += 1;
+            }
+        }
+        let (n, x) = put_back(&self.orders, orders, now);
+        restored.orders = n;
+        restored.expired += x;
+        let (n, x) = put_back(&self.customers, customers, now);
+        restored.customers = n;
+        restored.expired += x;
+        let (n, x) = put_back(&self.traces, traces, now);
+        restored.traces = n;
+        restored.expired += x;
+        Ok(restored)
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<EntryIn<T>, String> {
+    serde_json::from_slice(v).map_err(|e| e.to_string())
+}
+
+fn put_back<V: Clone + Send + Sync + 'static>(
+    store: &KeyedStore<V>,
+    mut items: Vec<(u64, String, V)>,
+    now: u64,
+) -> (usize, usize) {
+    items.sort_by_key(|(at, _, _)| *at);
+    let (mut kept, mut expired) = (0, 0);
+    for (at, key, value) in items {
+        let age = Duration::from_millis(now.saturating_sub(at));
+        if store.restore(&key, value, age) {
+            kept += 1;
+        } else {
+            expired += 1;
+        }
+    }
+    (kept, expired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::BusinessEvent;
+    use crate::state::StateConfig;
+    use bizpilot_core::storage::{MemoryStorage, Storage};
+
+    fn event(name: &str, t: u64, order: &str, customer: Option<&str>, amount: Option<&str>) -> BusinessEvent {
+        let mut ev = BusinessEvent::new(name, t);
+        ev.order_id = Some(order.into());
+        ev.customer_id = customer.map(Into::into);
+        ev.customer_tier = customer.map(|_| "gold".into());
+        ev.amount = amount.map(|a| bizpilot_core::Money::parse(a, None).unwrap());
+        ev
+    }
+
+    fn cfg(max_orders: usize) -> StateConfig {
+        StateConfig {
+            max_orders,
+            ..StateConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restored_state_equals_the_checkpointed_one_and_removals_are_carried() {
+        let storage = MemoryStorage::default();
+        let client = storage.client("business_state").unwrap();
+        let a = BusinessState::new("business_state", cfg(3));
+        a.track_changes();
+        for i in 0..4 {
+            let (o, c, amount) = (format!("o{i}"), format!("c{i}"), format!("EUR 1{i}.25"));
+            a.apply(&event("order.placed", 10 + i, &o, Some(&c), Some(&amount)));
+        }
+        a.link_span("0102030405060708090a0b0c0d0e0f10", Some("c9"), Some("silver"));
+        assert_eq!(
+            a.checkpoint(&*client).unwrap(),
+            4 + 4 + 1,
+            "o1..o3, a delete of o0 (evicted), c0..c3, 1 link"
+        );
+        // Nothing changed: nothing written.
+        assert_eq!(a.checkpoint(&*client).unwrap(), 0);
+        // An update and a removal are carried by the next checkpoint.
+        a.apply(&event("order.paid", 100, "o2", None, None));
+        a.orders.remove("o3");
+        assert_eq!(a.checkpoint(&*client).unwrap(), 2);
+
+        let b = BusinessState::new("business_state", cfg(3));
+        let r = b.restore_from(&*client, "business_state").unwrap();
+        assert_eq!(
+            (r.orders, r.customers, r.traces, r.expired, r.unreadable),
+            (2, 4, 1, 0, 0)
+        );
+        for id in ["o1", "o2"] {
+            assert_eq!(b.orders.peek(id), a.orders.peek(id), "{id}");
+        }
+        assert!(b.orders.peek("o3").is_none() && b.orders.peek("o0").is_none());
+        assert_eq!(b.customers.peek("c2"), a.customers.peek("c2"));
+        assert_eq!(
+            b.traces.peek("0102030405060708090a0b0c0d0e0f10"),
+            a.traces.peek("0102030405060708090a0b0c0d0e0f10")
+        );
+        // The value survived exactly (money as a decimal string).
+        assert_eq!(b.orders.peek("o1").unwrap().value().unwrap().to_string(), "EUR 11.25");
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_of_another_format_is_refused_and_bad_entries_are_counted() {
+        let storage = MemoryStorage::default();
+        let client = storage.client("x").unwrap();
+        client
+            .apply(&[
+                StorageOp::Put(FORMAT_KEY.to_vec(), b"business_state/9".to_vec()),
+                StorageOp::Put(b"o/1".to_vec(), b"{}".to_vec()),
+            ])
+            .unwrap();
+        let s = BusinessState::new("x", StateConfig::default());
+        let err = s.restore_from(&*client, "business_state").unwrap_err().to_string();
+        assert!(
+            err.contains("business_state/9") && err.contains("business_state"),
+            "{err}"
+        );
+
+        client
+            .apply(&[StorageOp::Put(FORMAT_KEY.to_vec(), FORMAT.to_vec())])
+            .unwrap();
+        let r = s.restore_from(&*client, "business_state").unwrap();
+        assert_eq!((r.orders, r.unreadable), (0, 1));
+    }
+}

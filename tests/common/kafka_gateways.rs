@@ -1,0 +1,81 @@
+//! Gateways of the shipped Kafka topology (`pipelines/gateway-kafka.yaml`) as test processes: started with an
+//! overlay, each with its own OTLP backend, and the wait until a consumer group's partitions are spread over them.
+//! Used with `kafka_harness.rs` (include both with `#[path]`).
+#![allow(dead_code)]
+
+use crate::common::{Bizpilot, Downstream, free_addr, start_pipeline};
+use crate::kafka_harness::{held_partitions, receiver_assignments};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// One `bizpilot run --config pipelines/gateway-kafka.yaml` with its Prometheus endpoint and OTLP backend.
+pub struct Gateway {
+    pub name: &'static str,
+    pub bp: Bizpilot,
+    pub prometheus: SocketAddr,
+    pub backend: Downstream,
+}
+
+/// Starts a gateway named `name` (its `HOSTNAME`, hence its client id) in consumer group `group`.
+pub fn start_gateway(
+    rt: &tokio::runtime::Runtime,
+    name: &'static str,
+    group: &str,
+    brokers: &str,
+    overlay: &str,
+) -> Gateway {
+    let backend = rt.block_on(Downstream::start());
+    let (admin, prometheus) = (free_addr(), free_addr());
+    let env = [
+        ("HOSTNAME", name.to_string()),
+        ("BIZPILOT_KAFKA_BROKERS", brokers.to_string()),
+        ("BIZPILOT_KAFKA_GROUP", group.to_string()),
+        ("BIZPILOT_OTLP_BACKEND_ENDPOINT", format!("http://{}", backend.addr)),
+        ("BIZPILOT_PROMETHEUS_ENDPOINT", prometheus.to_string()),
+        ("BIZPILOT_ADMIN_ENDPOINT", admin.to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let bp = start_pipeline("pipelines/gateway-kafka.yaml", overlay, admin, &env);
+    Gateway {
+        name,
+        bp,
+        prometheus,
+        backend,
+    }
+}
+
+/// Waits until the spans and events receivers of each gateway hold the same partition numbers of both topics and
+/// the gateways together hold every one of `partitions` once; returns each one's partitions.
+pub fn wait_aligned(gateways: &[&Gateway], partitions: i32, timeout: Duration) -> Vec<BTreeSet<i32>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let held: Vec<(BTreeSet<i32>, BTreeSet<i32>)> = gateways
+            .iter()
+            .map(|g| {
+                let logs = g.bp.logs();
+                (
+                    held_partitions(&logs, "kafka/spans"),
+                    held_partitions(&logs, "kafka/events"),
+                )
+            })
+            .collect();
+        let spans: Vec<i32> = held.iter().flat_map(|(s, _)| s.iter().copied()).collect();
+        let distinct: BTreeSet<i32> = spans.iter().copied().collect();
+        if held.iter().all(|(s, e)| s == e && !s.is_empty())
+            && spans.len() == partitions as usize
+            && distinct.len() == partitions as usize
+        {
+            return held.into_iter().map(|(s, _)| s).collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions not aligned after {timeout:?}: {:?}",
+            gateways
+                .iter()
+                .map(|g| (g.name, receiver_assignments(&g.bp.logs())))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
