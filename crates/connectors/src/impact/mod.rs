@@ -25,8 +25,9 @@
 //!   watermark, so dropped either way) counts as `duplicate` or `late`, and is kept as 32 bits in buckets of
 //!   event time; a span re-sent with the same ids but another end time is judged by its own time.
 //! - **Memory**: per operation waiting for the watermark, one packed record (80 bytes and its variable part:
-//!   about 180 bytes in all for the OpenTelemetry Demo's checkout), never the span; 4 bytes per finalized span
-//!   id remembered. So about (operations/s × `allowed_lateness` × 200 bytes) + (min(operations/s ×
+//!   about 160 bytes for the shop workload's checkout and payment, about 280 with allocator rounding, the heap's
+//!   growth slack and the id set), never the span; 4 bytes per finalized span id remembered. So about
+//!   (operations/s × `allowed_lateness` × 280 bytes) + (min(operations/s ×
 //!   `dedup_window`, `dedup_max_spans`) × 4 bytes); `docs/impact-memory.md` has the figures per span/s and per
 //!   minute of lateness, and the measurements.
 //! - **Revenue at risk** (`dedup_window` = W): a failure of key K opens an *episode* `[t, t + W)` worth its
@@ -139,7 +140,7 @@
 //! | `distinct_exact_limit` | `10000` | distinct customers counted exactly per window before the sketch |
 //! | `allowed_lateness` | `30s` | how far behind the newest span a span may end and still count |
 //! | `idle_timeout` | `allowed_lateness` | without new spans this long, everything seen is final |
-//! | `max_pending_spans` | `1000000` | most operations waiting for the watermark, about 200 bytes each (beyond: the oldest are finalized early, counted) |
+//! | `max_pending_spans` | `1000000` | most operations waiting for the watermark, about 280 bytes each (beyond: the oldest are finalized early, counted) |
 //! | `max_keys` | `1000000` | most active revenue-at-risk episodes per operation |
 //! | `metrics_flush_interval` | `15s` | how often the cumulative metrics are emitted (and at shutdown) |
 //! | `duration_buckets` | `[0.005 … 10]` | histogram bounds in seconds |
