@@ -126,6 +126,47 @@ fn every_shipped_pipeline_validates() {
     assert!(checked >= 1);
 }
 
+/// The load harness's business pipelines measure the shipped path: they validate, and their demo preset (enrich
+/// rules, business_impact) is the shipped default pipeline's, so a preset change cannot leave the figures measuring
+/// an old one.
+#[test]
+fn the_bench_pipelines_validate_and_carry_the_shipped_preset() {
+    let root = workspace_root();
+    let read = |p: &str| -> serde_yaml::Value {
+        serde_yaml::from_str(&std::fs::read_to_string(root.join(p)).unwrap()).unwrap()
+    };
+    let shipped = read("pipelines/opentelemetry-demo.yaml");
+    for bench in ["benches/pipelines/business.yaml", "benches/pipelines/ingest.yaml"] {
+        let b = read(bench);
+        assert_eq!(
+            b["processors"]["enrich/opentelemetry-demo"], shipped["processors"]["enrich/opentelemetry-demo"],
+            "{bench}: enrich preset"
+        );
+        assert_eq!(
+            b["connectors"]["business_impact"], shipped["connectors"]["business_impact"],
+            "{bench}: business_impact"
+        );
+    }
+    for bench in ["forward", "decode", "business", "ingest"] {
+        let path = root.join(format!("benches/pipelines/{bench}.yaml"));
+        let env = [
+            ("BENCH_OTLP_GRPC", "127.0.0.1:1"),
+            ("BENCH_OTLP_HTTP", "127.0.0.1:2"),
+            ("BENCH_SINK", "127.0.0.1:3"),
+            ("BENCH_PROM", "127.0.0.1:4"),
+            ("BENCH_ADMIN", "127.0.0.1:5"),
+        ];
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bizpilot"))
+            .args(["validate", "--config", path.to_str().unwrap()])
+            .envs(env)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}:\n{text}", path.display());
+        assert!(!text.contains("error:"), "{text}");
+    }
+}
+
 #[test]
 fn embedded_default_pipeline_validates_and_matches_the_shipped_file() {
     let (code, stdout, _) = bizpilot(&["default-config"]);
