@@ -8,19 +8,13 @@
 
 mod common;
 
-use bizpilot_business::attrs;
 use bizpilot_core::{Currency, Money};
 use bizpilot_shopgen::{Shop, ShopConfig};
-use common::{Bizpilot, Downstream, free_addr, hex, post_accepted, start_pipeline};
-use opentelemetry_proto::tonic::trace::v1::Span;
+use common::{Bizpilot, Downstream, free_addr, hex, post_accepted, span_attr, start_pipeline};
 use prost::Message;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn get(sp: &Span, k: &str) -> Option<String> {
-    attrs::get_string(&sp.attributes, k).map(|s| s.into_owned())
-}
 
 fn wait_metric(bp: &Bizpilot, name: &str, filter: &[&str], at_least: f64, timeout: Duration) -> f64 {
     let deadline = Instant::now() + timeout;
@@ -154,15 +148,15 @@ fulfilment: {ship_delay: {min: 1s, max: 10s}, delivery_delay: {min: 1s, max: 10s
         };
         let ctx = format!("{} {}", sp.name, hex(&sp.trace_id));
         assert_eq!(
-            get(sp, "business.customer.id").as_deref(),
+            span_attr(sp, "business.customer.id").as_deref(),
             Some(exp.customer_id.as_str()),
             "{ctx}"
         );
         if let (Some(v), Some(c)) = (exp.order_value, exp.currency) {
             with_order += 1;
-            let cur = get(sp, "business.currency").unwrap_or_else(|| panic!("{ctx}: no currency"));
+            let cur = span_attr(sp, "business.currency").unwrap_or_else(|| panic!("{ctx}: no currency"));
             assert_eq!(cur, c.as_str(), "{ctx}");
-            let value = get(sp, "business.order.value").unwrap_or_else(|| panic!("{ctx}: no order value"));
+            let value = span_attr(sp, "business.order.value").unwrap_or_else(|| panic!("{ctx}: no order value"));
             assert_eq!(
                 Money::parse_amount(&value, Currency::new(&cur).unwrap()).unwrap(),
                 v,

@@ -13,16 +13,11 @@ mod kafka_harness;
 use bizpilot_business::attrs;
 use bizpilot_core::{Currency, Money};
 use bizpilot_shopgen::{Emission, Shop, ShopConfig, pack_traces};
-use common::{Downstream, free_addr, hex, post_accepted, start_pipeline};
+use common::{Downstream, free_addr, hex, post_accepted, span_attr, start_pipeline};
 use kafka_harness::{Msg, Tansu, create_topics, produce};
-use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
-
-fn get(sp: &Span, k: &str) -> Option<String> {
-    attrs::get_string(&sp.attributes, k).map(|s| s.into_owned())
-}
 
 #[test]
 fn business_events_from_kafka_enrich_spans_from_otlp_as_the_ground_truth_says() {
@@ -132,30 +127,30 @@ service:
         let ctx = format!("{} {tid}/{sid}", sp.name);
         let Some(exp) = truth.enrichment_for(&tid, &sid) else {
             for k in ["business.customer.id", "business.order.id", "business.order.value"] {
-                assert!(get(sp, k).is_none(), "{ctx}: no business key, yet {k} is set");
+                assert!(span_attr(sp, k).is_none(), "{ctx}: no business key, yet {k} is set");
             }
             continue;
         };
         seen.insert((tid.clone(), sid.clone()));
         assert_eq!(
-            get(sp, "business.customer.id").as_deref(),
+            span_attr(sp, "business.customer.id").as_deref(),
             Some(exp.customer_id.as_str()),
             "{ctx}"
         );
         assert_eq!(
-            get(sp, "business.customer.tier").as_deref(),
+            span_attr(sp, "business.customer.tier").as_deref(),
             Some(exp.customer_tier.as_str()),
             "{ctx}"
         );
         compared += 2;
         if let Some(o) = &exp.order_id {
-            assert_eq!(get(sp, "business.order.id").as_deref(), Some(o.as_str()), "{ctx}");
+            assert_eq!(span_attr(sp, "business.order.id").as_deref(), Some(o.as_str()), "{ctx}");
             compared += 1;
         }
         if let (Some(v), Some(c)) = (exp.order_value, exp.currency) {
-            let cur = get(sp, "business.currency").unwrap_or_else(|| panic!("{ctx}: no currency"));
+            let cur = span_attr(sp, "business.currency").unwrap_or_else(|| panic!("{ctx}: no currency"));
             assert_eq!(cur, c.as_str(), "{ctx}");
-            let value = get(sp, "business.order.value").unwrap_or_else(|| panic!("{ctx}: no order value"));
+            let value = span_attr(sp, "business.order.value").unwrap_or_else(|| panic!("{ctx}: no order value"));
             let got = Money::parse_amount(&value, Currency::new(&cur).unwrap()).unwrap();
             assert_eq!(got, v, "{ctx}: order value {value}");
             compared += 2;

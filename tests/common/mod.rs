@@ -495,6 +495,11 @@ pub fn post_accepted(addr: SocketAddr, path: &str, body: &[u8]) {
     }
 }
 
+/// A span attribute as a string (strings, and other values in their string form).
+pub fn span_attr(sp: &opentelemetry_proto::tonic::trace::v1::Span, k: &str) -> Option<String> {
+    bizpilot_business::attrs::get_string(&sp.attributes, k).map(|s| s.into_owned())
+}
+
 /// Lower-case hex of an id.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

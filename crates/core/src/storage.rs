@@ -72,6 +72,25 @@ impl StorageHandle {
     }
 }
 
+/// The namespace of component `owner` in the storage extension whose id a component's config names (its
+/// `storage:` key): the one way components resolve their storage. A bad id or a missing extension is a config
+/// error; storage that cannot be opened is reported as is.
+pub fn client_for(
+    extensions: &crate::Extensions,
+    storage: &str,
+    owner: &str,
+) -> Result<Arc<dyn StorageClient>, crate::ComponentError> {
+    let id: crate::ComponentId = storage
+        .parse()
+        .map_err(|e| crate::ComponentError::Config(format!("storage: {e}")))?;
+    let handle = extensions
+        .get::<StorageHandle>(&id)
+        .map_err(|e| crate::ComponentError::Config(format!("storage: {e}")))?;
+    handle
+        .client(owner)
+        .map_err(|e| crate::ComponentError::Other(e.to_string()))
+}
+
 /// Extension types that provide storage: started before the other extensions.
 pub const STORAGE_EXTENSION_TYPES: &[&str] = &["file_storage"];
 

@@ -52,7 +52,7 @@ use std::sync::Arc;
 
 use bizpilot_business::{BusinessState, StateConfig};
 use bizpilot_core::config::Duration;
-use bizpilot_core::storage::{StorageClient, StorageHandle};
+use bizpilot_core::storage::StorageClient;
 use bizpilot_core::{
     ComponentConfig, ComponentError, ComponentInfo, ComponentKind, CreateContext, Extension, ExtensionContext,
     ExtensionFactory, FieldError, Running, Stability,
@@ -201,14 +201,8 @@ impl ExtensionFactory for BusinessStateExtensionFactory {
         let state = Arc::new(BusinessState::new(&id, config.state_config()));
         let mut checkpoints = None;
         if let Some(storage) = &config.storage {
-            let sid: bizpilot_core::ComponentId = storage
-                .parse()
-                .map_err(|e| ComponentError::Config(format!("storage: {e}")))?;
-            let handle = ctx
-                .extensions
-                .get::<StorageHandle>(&sid)
-                .map_err(|e| ComponentError::Config(format!("storage: {e}")))?;
-            let client = handle.client(&id).map_err(|e| ComponentError::Other(e.to_string()))?;
+            let sid = storage;
+            let client = bizpilot_core::storage::client_for(ctx.extensions, storage, &id)?;
             let started = std::time::Instant::now();
             let restored = state
                 .restore_from(&*client, &id)

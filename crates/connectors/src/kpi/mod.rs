@@ -326,14 +326,8 @@ impl Checkpoint {
         engine: &mut Engine,
         every: std::time::Duration,
     ) -> Result<Checkpoint, ComponentError> {
-        let sid: bizpilot_core::ComponentId = storage
-            .parse()
-            .map_err(|e| ComponentError::Config(format!("storage: {e}")))?;
-        let handle = ctx
-            .extensions
-            .get::<bizpilot_core::StorageHandle>(&sid)
-            .map_err(|e| ComponentError::Config(format!("storage: {e}")))?;
-        let client = handle.client(id).map_err(|e| ComponentError::Other(e.to_string()))?;
+        let sid = storage;
+        let client = bizpilot_core::storage::client_for(ctx.extensions, storage, id)?;
         let started = std::time::Instant::now();
         let entries = client.load_all().map_err(|e| ComponentError::Other(e.to_string()))?;
         if let Some((_, bytes)) = entries.iter().find(|(k, _)| k == SNAPSHOT_KEY) {
