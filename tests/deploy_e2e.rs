@@ -355,6 +355,36 @@ fn bizpilot_containers(
             );
         }
 
+        // Durable state: the root filesystem is read-only, so a config that checkpoints (a
+        // file_storage extension, directory from BIZPILOT_STORAGE_DIR) needs that variable set to a
+        // writable volume; and wherever the variable is set, it must point at one.
+        if config.contains("file_storage") {
+            assert!(
+                env.contains_key("BIZPILOT_STORAGE_DIR"),
+                "{what}: the config checkpoints (file_storage) but BIZPILOT_STORAGE_DIR is not set"
+            );
+        }
+        if let Some(dir) = env.get("BIZPILOT_STORAGE_DIR") {
+            let mount = seq(c, "volumeMounts")
+                .into_iter()
+                .find(|m| get_str(m, "mountPath") == dir.as_str())
+                .unwrap_or_else(|| panic!("{what}: BIZPILOT_STORAGE_DIR={dir} is not a mounted volume"));
+            assert_ne!(
+                get(mount, "readOnly"),
+                Some(&Value::Bool(true)),
+                "{what}: {dir} is read-only"
+            );
+            let volume_name = get_str(mount, "name");
+            let volume = seq(pod_spec, "volumes")
+                .into_iter()
+                .find(|v| get_str(v, "name") == volume_name)
+                .unwrap_or_else(|| panic!("{what}: no volume {volume_name}"));
+            assert!(
+                get(volume, "emptyDir").is_some() || get(volume, "persistentVolumeClaim").is_some(),
+                "{what}: the state volume {volume_name} must be an emptyDir or a PersistentVolumeClaim"
+            );
+        }
+
         // Ports: named container ports, listen addresses from the environment, probes.
         let ports: BTreeMap<String, u64> = seq(c, "ports")
             .into_iter()
@@ -571,6 +601,12 @@ fn kubernetes_manifests_run_valid_configs_wired_to_their_pods() {
         // ... and the pods that read it are wired to it.
         let containers = check_workloads(&docs, dir);
         assert_eq!(containers.len(), 1, "{dir}: one bizpilot container expected");
+        if dir.ends_with("gateway") {
+            assert!(
+                containers[0].env.contains_key("BIZPILOT_STORAGE_DIR"),
+                "{dir}: the gateway must give its checkpoints a writable volume (BIZPILOT_STORAGE_DIR)"
+            );
+        }
 
         // All resources of a directory live in one namespace, which the directory creates.
         let ns: BTreeSet<&str> = docs
@@ -722,7 +758,28 @@ fn helm_chart_lints_and_renders_valid_manifests_in_both_modes() {
     check_gateway_objects(&docs, "helm (gateway)");
     for c in check_workloads(&docs, "helm (gateway)") {
         assert_same_as_pipeline(&c.config, "pipelines/gateway.yaml", &c.what);
+        assert_eq!(
+            c.env.get("BIZPILOT_STORAGE_DIR").map(String::as_str),
+            Some("/var/lib/bizpilot/data"),
+            "{}: the checkpoints' volume",
+            c.what
+        );
     }
+    // A PersistentVolumeClaim instead of the emptyDir keeps the state across reschedules.
+    let rendered = helm_template(&[
+        "storage.volume.emptyDir=null",
+        "storage.volume.persistentVolumeClaim.claimName=bizpilot-state",
+    ]);
+    let docs = yaml_docs(&rendered, "helm template (gateway, state on a claim)");
+    kubernetes_validate(&[write_temp(dir.path(), "claim.yaml", &rendered)], &[]);
+    check_workloads(&docs, "helm (gateway, state on a claim)");
+    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+    let claim = seq(deploy, "spec.template.spec.volumes")
+        .into_iter()
+        .find(|v| get_str(v, "name") == "bizpilot-state")
+        .and_then(|v| get(v, "persistentVolumeClaim.claimName"))
+        .and_then(Value::as_str);
+    assert_eq!(claim, Some("bizpilot-state"));
     let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
     assert!(get(deploy, "spec.replicas").is_none(), "the HPA owns the replica count");
     assert_eq!(
@@ -842,6 +899,9 @@ fn systemd_unit_is_hardened_and_runs_a_valid_config() {
         ("SystemCallFilter", "@system-service"),
         ("MemoryDenyWriteExecute", "yes"),
         ("KillSignal", "SIGTERM"),
+        // Checkpoints go to the unit's own writable state directory (%S = /var/lib).
+        ("StateDirectory", "bizpilot"),
+        ("Environment", "BIZPILOT_STORAGE_DIR=%S/bizpilot"),
     ] {
         assert!(has(k, v), "bizpilot.service lacks {k}={v}");
     }
@@ -947,6 +1007,24 @@ fn dockerfile_builds_what_it_runs_and_ships_the_libraries_the_binary_links() {
     assert_eq!(port_env, port.to_string(), "ENV BIZPILOT_HEALTH_PORT");
     assert!(healthcheck.contains("${BIZPILOT_HEALTH_PORT}"), "{healthcheck}");
     assert!(healthcheck.contains(&format!("GET {path} HTTP/1.0")), "{healthcheck}");
+    // Checkpoints (BIZPILOT_STORAGE_DIR) live under a declared VOLUME owned by the runtime user.
+    let storage = instr("ENV")
+        .iter()
+        .find_map(|e| e.strip_prefix("BIZPILOT_STORAGE_DIR="))
+        .expect("ENV BIZPILOT_STORAGE_DIR")
+        .to_string();
+    let volumes = instr("VOLUME").join(" ");
+    let volume = volumes.trim_matches(|c| c == '[' || c == ']' || c == '"');
+    assert!(
+        !volume.is_empty() && storage.starts_with(volume),
+        "BIZPILOT_STORAGE_DIR={storage} is not under the image's VOLUME {volumes:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("chown bizpilot:bizpilot {volume}"))),
+        "the runtime user must own {volume}"
+    );
     // The entrypoint is the binary the builder copies.
     let entry = instr("ENTRYPOINT");
     assert!(

@@ -97,6 +97,8 @@ env:
     value: {{ printf "0.0.0.0:%v" .Values.ports.prometheus | quote }}
   - name: BIZPILOT_OTLP_BACKEND_ENDPOINT
     value: {{ .Values.gateway.otlpBackendEndpoint | quote }}
+  - name: BIZPILOT_STORAGE_DIR
+    value: {{ .Values.storage.mountPath | quote }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . | indent 2 }}
@@ -147,6 +149,10 @@ volumeMounts:
     readOnly: true
   - name: bizpilot-tmp
     mountPath: /tmp
+{{- if not $sidecar }}
+  - name: bizpilot-state
+    mountPath: {{ .Values.storage.mountPath }}
+{{- end }}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -160,6 +166,10 @@ volumeMounts:
 - name: bizpilot-tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- if ne (include "bizpilot.mode" .) "sidecar" }}
+- name: bizpilot-state
+  {{- toYaml .Values.storage.volume | nindent 2 }}
+{{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
