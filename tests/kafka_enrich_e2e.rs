@@ -52,37 +52,7 @@ injections:
     let dir = tempfile::tempdir().unwrap();
     let customers = dir.path().join("customers.csv");
     std::fs::write(&customers, work.catalog.customers_csv()).unwrap();
-    let (http, admin) = (free_addr(), free_addr());
-    let env = [
-        ("BIZPILOT_OTLP_GRPC_ENDPOINT", free_addr().to_string()),
-        ("BIZPILOT_OTLP_HTTP_ENDPOINT", http.to_string()),
-        ("BIZPILOT_ADMIN_ENDPOINT", admin.to_string()),
-        ("BIZPILOT_CUSTOMERS_FILE", customers.display().to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    // The shipped join pipeline; business events from Kafka instead of OTLP, spans on to a real OTLP server.
-    let overlay = format!(
-        r#"
-receivers:
-  kafka/orders:
-    brokers: [{b}]
-    topics: [shop.orders]
-    group_id: business-join
-    initial_offset: earliest
-    encoding: business_json
-exporters:
-  otlp:
-    endpoint: http://{}
-service:
-  pipelines:
-    logs/events:
-      receivers: [kafka/orders]
-    traces:
-      exporters: [otlp]
-"#,
-        downstream.addr
-    );
-    let bp = start_pipeline("pipelines/business-join.yaml", &overlay, admin, &env);
+    let (bp, http) = start_join(&b, "business-join", downstream.addr, &customers, None, "");
 
     // The shop publishes its business events to Kafka, keyed by order id, as they happen; its services export
     // spans over OTLP. In arrival order, chunk by chunk: a span whose event comes later is sent before that event
@@ -228,4 +198,176 @@ service:
         "[{:?}] {held} spans waited for their event from Kafka",
         started.elapsed()
     );
+}
+
+/// A committed Kafka offset is never lost to a `SIGKILL`: the `business_events` exporter acknowledges a batch of
+/// events (so the receiver may commit its offsets) only once the `business_state` checkpoint holding them is
+/// committed to the `file_storage` file. The checkpoint interval is 10 s here, the receiver's commit interval 1 s:
+/// acknowledged at once, the offsets would be committed seconds before the state is written. The test waits until
+/// the group's committed offset covers every event, kills the process at that moment, starts a new one on the same
+/// storage directory — which reads nothing more from the topic, every offset being committed — and sends the shop's
+/// spans: each span with an order key must come out with the customer and the value that only the events gave.
+#[test]
+fn an_event_whose_offset_is_committed_survives_a_sigkill_right_after_the_commit() {
+    let started = Instant::now();
+    let cfg: ShopConfig = serde_yaml::from_str(
+        r#"
+seed: 23
+duration: 40s
+orders_per_sec: 2
+customers: 500
+fulfilment: {ship_delay: {min: 5s, max: 10s}, delivery_delay: {min: 5s, max: 10s}}
+"#,
+    )
+    .unwrap();
+    let work = Shop::generate(&cfg).unwrap();
+    let truth = &work.truth;
+
+    let broker = Tansu::start();
+    let b = broker.bootstrap.clone();
+    create_topics(&b, &["shop.orders"], 1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let downstream = rt.block_on(Downstream::start());
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let customers = dir.path().join("customers.csv");
+    std::fs::write(&customers, work.catalog.customers_csv()).unwrap();
+    // The state is checkpointed every 10 s; the receiver commits every 1 s.
+    let start = || {
+        start_join(
+            &b,
+            "durable-join",
+            downstream.addr,
+            &customers,
+            Some(&storage),
+            "extensions:\n  business_state: {checkpoint_interval: 10s}\n",
+        )
+    };
+
+    // Every business event to Kafka; the process applies them and the group commits their offsets.
+    let (mut first, _) = start();
+    let events: Vec<Msg> = work
+        .emissions
+        .iter()
+        .filter_map(Emission::as_event)
+        .map(|e| Msg::keyed(e.order_id.as_str(), e.to_json()))
+        .collect();
+    produce(&b, "shop.orders", &events);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let offsets = kafka_harness::committed(&b, "durable-join", "shop.orders");
+        if offsets.iter().sum::<i64>() >= events.len() as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committed {offsets:?} of {} events\n{}",
+            events.len(),
+            first.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10));
+    eprintln!(
+        "[{:?}] {} events committed, then SIGKILL",
+        started.elapsed(),
+        events.len()
+    );
+
+    // A new process on the same storage: nothing left to read from Kafka, the state comes from the checkpoint.
+    let (second, http) = start();
+    let mut spans_sent = 0;
+    for req in pack_traces(work.emissions.iter().filter_map(Emission::as_trace), 5_000) {
+        spans_sent += req
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum::<usize>();
+        post_accepted(http, "/v1/traces", &req.encode_to_vec());
+    }
+    rt.block_on(downstream.wait_for(Duration::from_secs(90), "every span", |r| r.span_count() >= spans_sent));
+    let spans = downstream.received(|r| r.spans());
+    let mut from_state = 0;
+    for sp in &spans {
+        let (tid, sid) = (hex(&sp.trace_id), hex(&sp.span_id));
+        let Some(exp) = truth.enrichment_for(&tid, &sid) else {
+            continue;
+        };
+        let Some(order) = &exp.order_id else {
+            continue;
+        };
+        let ctx = format!("{} {tid}/{sid} (order {order})", sp.name);
+        assert_eq!(
+            span_attr(sp, "business.customer.id").as_deref(),
+            Some(exp.customer_id.as_str()),
+            "{ctx}: the customer only the committed events gave\n{}",
+            second.logs()
+        );
+        if let (Some(v), Some(c)) = (exp.order_value, exp.currency) {
+            let value = span_attr(sp, "business.order.value").unwrap_or_else(|| panic!("{ctx}: no order value"));
+            assert_eq!(Money::parse_amount(&value, c).unwrap(), v, "{ctx}");
+        }
+        from_state += 1;
+    }
+    assert!(from_state > 50, "only {from_state} spans with an order key");
+    let applied = second.metric_sum("bizpilot_exporter_business_events_total", &["outcome=\"applied\""]);
+    assert_eq!(
+        applied, 0.0,
+        "the restarted process read events again: the test proves nothing"
+    );
+    eprintln!(
+        "[{:?}] {from_state} spans with an order key enriched from the restored state alone",
+        started.elapsed()
+    );
+}
+
+/// The shipped `pipelines/business-join.yaml` with its business events from Kafka (`brokers`, topic `shop.orders`,
+/// consumer group `group`) instead of OTLP, spans on to a real OTLP server at `downstream`, and `extra` YAML
+/// merged over it. Returns the process and its OTLP/HTTP address.
+fn start_join(
+    brokers: &str,
+    group: &str,
+    downstream: std::net::SocketAddr,
+    customers: &std::path::Path,
+    storage: Option<&std::path::Path>,
+    extra: &str,
+) -> (common::Bizpilot, std::net::SocketAddr) {
+    let (http, admin) = (free_addr(), free_addr());
+    let mut env = vec![
+        ("BIZPILOT_OTLP_GRPC_ENDPOINT", free_addr().to_string()),
+        ("BIZPILOT_OTLP_HTTP_ENDPOINT", http.to_string()),
+        ("BIZPILOT_ADMIN_ENDPOINT", admin.to_string()),
+        ("BIZPILOT_CUSTOMERS_FILE", customers.display().to_string()),
+    ];
+    if let Some(dir) = storage {
+        env.push(("BIZPILOT_STORAGE_DIR", dir.display().to_string()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let overlay = format!(
+        r#"
+receivers:
+  kafka/orders:
+    brokers: [{brokers}]
+    topics: [shop.orders]
+    group_id: {group}
+    initial_offset: earliest
+    encoding: business_json
+    commit_interval: 1s
+exporters:
+  otlp:
+    endpoint: http://{downstream}
+service:
+  pipelines:
+    logs/events:
+      receivers: [kafka/orders]
+    traces:
+      exporters: [otlp]
+{extra}"#
+    );
+    (
+        start_pipeline("pipelines/business-join.yaml", &overlay, admin, &env),
+        http,
+    )
 }

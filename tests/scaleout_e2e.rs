@@ -596,18 +596,30 @@ fn gateways_in_one_consumer_group_add_up_to_one_and_survive_a_handover() {
     // order is in one partition, and its spans are in that partition too.
     let n_events = w1.events().count();
     let mut partition_of: HashMap<String, i32> = HashMap::new();
-    for r in read_topic(
+    let records = read_topic(
         &b,
         "shop.orders",
         n_events,
         Duration::from_millis(500),
         Duration::from_secs(30),
-    ) {
+    );
+    // What the reader got, per partition (count, lowest and highest offset), for the failure message.
+    let mut read_per_partition: std::collections::BTreeMap<i32, (usize, i64, i64)> = Default::default();
+    for r in &records {
+        let e = read_per_partition.entry(r.partition).or_insert((0, i64::MAX, i64::MIN));
+        *e = (e.0 + 1, e.1.min(r.offset), e.2.max(r.offset));
+    }
+    for r in records {
         let order = String::from_utf8(r.key.expect("events are keyed")).unwrap();
         let p = *partition_of.entry(order.clone()).or_insert(r.partition);
         assert_eq!(p, r.partition, "every event of {order} in one partition");
     }
-    assert_eq!(partition_of.len(), order_values(&w1).len(), "one key per order");
+    assert_eq!(
+        partition_of.len(),
+        order_values(&w1).len(),
+        "one key per order ({n_events} events; read back per partition (count, first, last offset): \
+         {read_per_partition:?})"
+    );
     let span_messages = read_topic(&b, "shop.spans", 1, Duration::from_secs(1), Duration::from_secs(30));
     let keyed = span_messages.iter().filter(|r| r.key.is_some()).count();
     for r in span_messages.iter().filter(|r| r.key.is_some()) {

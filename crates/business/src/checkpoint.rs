@@ -86,22 +86,35 @@ impl BusinessState {
 
     /// Writes the changes since the last checkpoint into `client`, atomically; returns how many
     /// keys were written or deleted. On failure the changes stay pending for the next call.
+    ///
+    /// The checkpoint closes the current change epoch first, so that once it returns `Ok`, every
+    /// change made before a writer read [`BusinessState::change_epoch`] as that epoch is durable
+    /// ([`BusinessState::wait_durable`] returns). A failed checkpoint makes nothing durable; the
+    /// next successful one covers its changes too.
     pub fn checkpoint(&self, client: &dyn StorageClient) -> Result<usize, StorageError> {
+        let closed = self.durability.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let now = now_ms();
         let mut ops = vec![StorageOp::Put(FORMAT_KEY.to_vec(), FORMAT.to_vec())];
         let o = changes_of(&self.orders, "o/", now, &mut ops);
         let c = changes_of(&self.customers, "c/", now, &mut ops);
         let t = changes_of(&self.traces, "t/", now, &mut ops);
         let n = ops.len() - 1;
-        if n == 0 {
-            return Ok(0);
-        }
-        if let Err(e) = client.apply(&ops) {
+        if n > 0
+            && let Err(e) = client.apply(&ops)
+        {
             self.orders.requeue_changes(o);
             self.customers.requeue_changes(c);
             self.traces.requeue_changes(t);
             return Err(e);
         }
+        // Epochs only grow; a concurrent checkpoint that closed a later epoch may have been first.
+        self.durability.committed.send_if_modified(|c| {
+            let newer = closed > *c;
+            if newer {
+                *c = closed;
+            }
+            newer
+        });
         Ok(n)
     }
 

@@ -369,6 +369,11 @@ impl<V: Clone + Send + Sync + 'static> KeyedStore<V> {
     }
 
     /// From now on, remember every key written or removed, for [`KeyedStore::take_changes`].
+    /// Whether changes are being tracked for checkpoints.
+    pub fn is_tracking(&self) -> bool {
+        self.tracking.load(Ordering::Relaxed)
+    }
+
     pub fn track_changes(&self) {
         self.tracking.store(true, Ordering::Relaxed);
     }
@@ -535,6 +540,29 @@ pub struct BusinessState {
     joins_span_first: Counter,
     joins_event_first: Counter,
     join_counts: [AtomicU64; 2],
+    /// What is durable: see [`BusinessState::change_epoch`].
+    pub(crate) durability: Durability,
+}
+
+/// Which changes a checkpoint has made durable.
+///
+/// Changes happen in numbered epochs. A checkpoint first closes the current epoch (the counter
+/// moves on), then takes the changes recorded so far: every change made before a writer read
+/// epoch `e` is in the checkpoint that closes `e`. Once that checkpoint is committed, `committed`
+/// becomes `e`. Without checkpoints (no storage) every epoch counts as durable at once.
+#[derive(Debug)]
+pub(crate) struct Durability {
+    pub(crate) epoch: AtomicU64,
+    pub(crate) committed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability {
+            epoch: AtomicU64::new(1),
+            committed: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl BusinessState {
@@ -548,7 +576,41 @@ impl BusinessState {
             joins_span_first: joins("span"),
             joins_event_first: joins("event"),
             join_counts: [AtomicU64::new(0), AtomicU64::new(0)],
+            durability: Durability::default(),
         }
+    }
+
+    /// The epoch of the changes made so far by this thread's writes: once
+    /// [`BusinessState::wait_durable`] of it returns, they are in a committed checkpoint. Read it
+    /// after the writes.
+    pub fn change_epoch(&self) -> u64 {
+        self.durability.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Whether changes are checkpointed (a storage extension is configured): otherwise nothing
+    /// is ever waited for.
+    pub fn is_checkpointed(&self) -> bool {
+        self.orders.is_tracking()
+    }
+
+    /// The latest epoch whose changes are all in a committed checkpoint.
+    pub fn durable_epoch(&self) -> u64 {
+        if self.is_checkpointed() {
+            *self.durability.committed.borrow()
+        } else {
+            u64::MAX
+        }
+    }
+
+    /// Waits until the changes of `epoch` are in a committed checkpoint (at once without
+    /// checkpoints).
+    pub async fn wait_durable(&self, epoch: u64) {
+        if !self.is_checkpointed() {
+            return;
+        }
+        let mut rx = self.durability.committed.subscribe();
+        // `wait_for` only fails when the sender is gone, and the state owns it.
+        let _ = rx.wait_for(|c| *c >= epoch).await;
     }
 
     /// Orders completed by a trace link so far: `(span first, event first)`.

@@ -37,6 +37,11 @@
 //!       exporters: [business_events]
 //! ```
 //!
+//! Acknowledgements: when the state is checkpointed (`business_state` with `storage`), a batch is
+//! acknowledged — a Kafka receiver commits its offsets — only once the checkpoint holding its
+//! events is committed, so a `SIGKILL` never loses an event whose offset was committed
+//! (`docs/durable-state.md`). Without storage it is acknowledged at once.
+//!
 //! Self-telemetry: `bizpilot_exporter_sent_log_records_total{exporter}` (every record handled),
 //! `bizpilot_exporter_business_events_total{exporter, outcome}` with `outcome` = `applied`,
 //! `ignored` (not an event) or `invalid` (an event that could not be read).
@@ -200,6 +205,16 @@ impl Exporter for BusinessEventsExporter {
         };
         let (applied, ignored, invalid) = (outcome("applied"), outcome("ignored"), outcome("invalid"));
         let BusinessEventsExporter { state, mapping, stats } = *self;
+        // With checkpoints, a batch is acknowledged (a Kafka offset committed) only once the
+        // checkpoint holding its changes is committed: see `release_when_durable`.
+        let (held_tx, held) = tokio::sync::mpsc::channel(HELD_BATCHES);
+        let closing = tokio_util::sync::CancellationToken::new();
+        let releaser = tokio::spawn(release_when_durable(
+            state.clone(),
+            held,
+            closing.clone(),
+            id.to_string(),
+        ));
         Ok(Running::spawn(async move {
             while let Some(mut batch) = input.recv().await {
                 let Payload::Logs(logs) = &mut batch.payload else {
@@ -224,9 +239,66 @@ impl Exporter for BusinessEventsExporter {
                         batch.fail();
                     }
                 }
+                if state.is_checkpointed() && !batch.acks.is_empty() {
+                    // Read the epoch after the writes; the payload is not kept, only the acknowledgements.
+                    let epoch = state.change_epoch();
+                    // A full channel means checkpoints lag: wait (backpressure), do not acknowledge early.
+                    if held_tx.send((epoch, std::mem::take(&mut batch.acks))).await.is_err() {
+                        tracing::error!(exporter = %id, "acknowledgement task ended");
+                    }
+                }
+            }
+            closing.cancel();
+            drop(held_tx);
+            if let Err(e) = releaser.await {
+                tracing::error!(exporter = %id, error = %e, "acknowledgement task failed");
             }
             Ok(())
         }))
+    }
+}
+
+/// How many batches may wait for a checkpoint before the exporter stops taking more.
+const HELD_BATCHES: usize = 4096;
+
+/// At shutdown, how long held batches may wait for the extension's next checkpoint before they are
+/// failed (their source delivers them again: applying an event twice is idempotent).
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Acknowledges each held batch once the checkpoint holding its changes is committed, in order.
+/// After `closing` (the exporter's input ended), what is still held waits at most
+/// [`SHUTDOWN_WAIT`] in all — the `business_state` extension keeps checkpointing until the
+/// pipelines have drained — and is then failed rather than acknowledged.
+async fn release_when_durable(
+    state: Arc<BusinessState>,
+    mut held: tokio::sync::mpsc::Receiver<(u64, Vec<bizpilot_core::Ack>)>,
+    closing: tokio_util::sync::CancellationToken,
+    exporter: String,
+) {
+    let deadline = async {
+        closing.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_WAIT).await;
+    };
+    tokio::pin!(deadline);
+    let mut expired = false;
+    while let Some((epoch, acks)) = held.recv().await {
+        if !expired {
+            tokio::select! {
+                _ = state.wait_durable(epoch) => {}
+                _ = &mut deadline => expired = true,
+            }
+        }
+        if expired && state.durable_epoch() < epoch {
+            tracing::warn!(
+                exporter,
+                epoch,
+                "business events not checkpointed before shutdown; their source will deliver them again"
+            );
+            for a in &acks {
+                a.fail();
+            }
+        }
+        drop(acks);
     }
 }
 
@@ -263,9 +335,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn writes_events_into_the_state() {
-        let state = Arc::new(BusinessState::new("business_state", StateConfig::default()));
+    fn start(state: &Arc<BusinessState>) -> (mpsc::Sender<Batch>, Running) {
         let mut exts = Extensions::default();
         exts.insert("business_state".parse().unwrap(), state.clone());
         let mut r = Registry::new();
@@ -284,13 +354,20 @@ mod tests {
             panic!("not built")
         };
         let (tx, rx) = mpsc::channel(4);
-        let mut running = exp
+        let running = exp
             .start(ExporterContext {
                 id: id.clone(),
                 input: rx,
                 abort: CancellationToken::new(),
             })
             .unwrap();
+        (tx, running)
+    }
+
+    #[tokio::test]
+    async fn writes_events_into_the_state() {
+        let state = Arc::new(BusinessState::new("business_state", StateConfig::default()));
+        let (tx, mut running) = start(&state);
         let records = vec![
             LogRecord {
                 event_name: "order.placed".into(),
@@ -325,6 +402,89 @@ mod tests {
         assert_eq!(o.value().unwrap().to_string(), "EUR 12.30");
         assert!(state.order("o-2").is_none(), "an unreadable event is skipped");
         assert!(state.customer("c-1").is_some());
+    }
+
+    /// A storage client whose commits fail while `broken` is set.
+    #[derive(Default)]
+    struct Flaky {
+        inner: bizpilot_core::storage::MemoryClient,
+        broken: std::sync::atomic::AtomicBool,
+    }
+
+    impl bizpilot_core::storage::StorageClient for Flaky {
+        fn load_all(&self) -> Result<bizpilot_core::storage::Entries, bizpilot_core::storage::StorageError> {
+            self.inner.load_all()
+        }
+        fn apply(&self, ops: &[bizpilot_core::storage::StorageOp]) -> Result<(), bizpilot_core::storage::StorageError> {
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(bizpilot_core::storage::StorageError::Io {
+                    path: "test".into(),
+                    reason: "disk full".into(),
+                });
+            }
+            self.inner.apply(ops)
+        }
+    }
+
+    fn placed(order: &str) -> ExportLogsServiceRequest {
+        logs(vec![LogRecord {
+            event_name: "order.placed".into(),
+            attributes: vec![
+                kv("order.id", order),
+                kv("customer.id", "c-1"),
+                kv("order.amount", "5.00"),
+            ],
+            ..Default::default()
+        }])
+    }
+
+    async fn pending(rx: &mut tokio::sync::oneshot::Receiver<Delivery>) -> bool {
+        tokio::time::timeout(std::time::Duration::from_millis(150), rx)
+            .await
+            .is_err()
+    }
+
+    /// With a checkpointed state, a batch (a Kafka offset) is acknowledged only once a committed
+    /// checkpoint holds its events: a failed checkpoint acknowledges nothing, the next good one does.
+    #[tokio::test]
+    async fn with_checkpoints_a_batch_is_acknowledged_once_its_events_are_committed() {
+        let state = Arc::new(BusinessState::new("business_state", StateConfig::default()));
+        state.track_changes();
+        let client = Flaky::default();
+        let (tx, mut running) = start(&state);
+
+        let (ack, mut first) = Ack::channel();
+        tx.send(Batch::with_ack(Payload::Logs(Logs::from_message(placed("o-1"))), ack))
+            .await
+            .unwrap();
+        assert!(pending(&mut first).await, "acknowledged before any checkpoint");
+        assert!(state.order("o-1").is_some(), "applied at once, acknowledged later");
+
+        client.broken.store(true, Ordering::SeqCst);
+        assert!(state.checkpoint(&client).is_err());
+        assert!(pending(&mut first).await, "acknowledged although the checkpoint failed");
+
+        client.broken.store(false, Ordering::SeqCst);
+        assert_eq!(state.checkpoint(&client).unwrap(), 2, "the order and its customer");
+        assert_eq!(first.await.unwrap(), Delivery::Delivered);
+
+        // A batch applied after a checkpoint waits for the next one, also at shutdown.
+        let (ack, mut second) = Ack::channel();
+        tx.send(Batch::with_ack(Payload::Logs(Logs::from_message(placed("o-2"))), ack))
+            .await
+            .unwrap();
+        assert!(pending(&mut second).await);
+        drop(tx);
+        assert!(
+            pending(&mut second).await,
+            "shutdown waits for the extension's next checkpoint"
+        );
+        state.checkpoint(&client).unwrap();
+        assert_eq!(second.await.unwrap(), Delivery::Delivered);
+        running.join().await.unwrap();
+        let restored = BusinessState::new("business_state", StateConfig::default());
+        restored.restore_from(&client, "business_state").unwrap();
+        assert!(restored.order("o-1").is_some() && restored.order("o-2").is_some());
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! | `trace_ttl` | `5m` | a trace link not updated for this long is dropped (`0` = until evicted); keep it above the longest delay between a trace's spans and its events |
 //! | `purge_interval` | `1s` | how often expired keys are removed in the background (reads ignore expired keys at once) |
 //! | `storage` | — | id of a storage extension (`file_storage`): the state is restored from it at start and checkpointed into it; none: memory only |
-//! | `checkpoint_interval` | `1s` | how often the keys changed since the last checkpoint are written (and once more at shutdown); a `SIGKILL` loses at most this much |
+//! | `checkpoint_interval` | `1s` | how often the keys changed since the last checkpoint are written (and once more at shutdown); a `SIGKILL` loses at most this much of the file's writes, never an event whose Kafka offset was committed (the `business_events` exporter acknowledges after the checkpoint) |
 //!
 //! ```yaml
 //! extensions:
