@@ -311,6 +311,22 @@ impl StorageClient for FileClient {
         Ok(out)
     }
 
+    fn scan(&self, from: &[u8], limit: usize) -> Result<Entries, StorageError> {
+        let path = &self.path;
+        let rtx = self.db.begin_read().map_err(|e| io(path, e))?;
+        let t = match rtx.open_table(self.def()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(unusable(path, e)),
+        };
+        let mut out = Vec::new();
+        for item in t.range(from..).map_err(|e| unusable(path, e))?.take(limit) {
+            let (k, v) = item.map_err(|e| unusable(path, e))?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     fn apply(&self, ops: &[StorageOp]) -> Result<(), StorageError> {
         match self.commit(ops) {
             Ok(()) => {

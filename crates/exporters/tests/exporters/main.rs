@@ -5,5 +5,6 @@ mod config;
 mod debug;
 mod grpc;
 mod http_exporter;
+mod persistent;
 mod sending;
 mod tls;
