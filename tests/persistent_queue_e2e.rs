@@ -55,7 +55,9 @@ service:
 
 /// A request of `n` spans whose ids say which request they belong to.
 fn request(req: u32, n: u32) -> (Vec<u8>, Vec<u64>) {
-    let ids: Vec<u64> = (0..n).map(|i| (u64::from(req) << 20) | u64::from(i) | 1 << 63).collect();
+    let ids: Vec<u64> = (0..n)
+        .map(|i| (u64::from(req) << 20) | u64::from(i) | 1 << 63)
+        .collect();
     let body = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             scope_spans: vec![ScopeSpans {
@@ -100,7 +102,11 @@ fn wait_gauge(bp: &Bizpilot, name: &str, want: f64, timeout: Duration) {
         if v == want {
             return;
         }
-        assert!(Instant::now() < deadline, "{name} = {v}, expected {want}\n{}", bp.logs());
+        assert!(
+            Instant::now() < deadline,
+            "{name} = {v}, expected {want}\n{}",
+            bp.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -160,7 +166,11 @@ async fn sixty_seconds_down_and_a_sigkill_lose_no_acknowledged_span() {
             break;
         }
         let missing = want.iter().filter(|id| !got.contains_key(id)).count();
-        assert!(Instant::now() < deadline, "{missing} acknowledged spans missing at the sink\n{}", second.logs());
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged spans missing at the sink\n{}",
+            second.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     wait_gauge(&second, "bizpilot_exporter_queue_size", 0.0, Duration::from_secs(10));
@@ -204,7 +214,10 @@ async fn beyond_the_bound_data_is_refused_to_the_sender_and_counted_never_lost()
     );
     // Nothing more than the bound is stored, however long the sink stays down.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(bp.metric_sum("bizpilot_exporter_queue_size", &["exporter=\"otlp\""]), 5.0);
+    assert_eq!(
+        bp.metric_sum("bizpilot_exporter_queue_size", &["exporter=\"otlp\""]),
+        5.0
+    );
 
     // The sink comes back: exactly what was acknowledged arrives, nothing that was refused.
     sink.up().await;

@@ -28,12 +28,38 @@
 //! | `retry_on_failure.max_elapsed_time` | `300s` | give up after this long; `0` = retry forever |
 //! | `sending_queue.enabled` | `true` | without a queue, one batch is sent at a time |
 //! | `sending_queue.num_consumers` | `10` | concurrent senders |
-//! | `sending_queue.queue_size` | `1000` | queue capacity, in batches |
+//! | `sending_queue.queue_size` | `1000` | queue capacity, in batches (requests, the Collector's default sizer), in memory or on disk |
+//! | `sending_queue.storage` | | id of a storage extension (`file_storage`): the queue is kept on disk, survives restarts and `SIGKILL`; none: in memory |
 //!
 //! ```yaml
 //! timeout: 10s
 //! retry_on_failure: {enabled: true, initial_interval: 1s, max_elapsed_time: 0}
 //! sending_queue: {num_consumers: 4, queue_size: 200}
+//! ```
+//!
+//! **Persistent queue** (`sending_queue.storage`, as in the Collector's exporterhelper): each batch is written
+//! to the storage extension (namespace `exporter/<exporter id>`, one durable commit) before it is acknowledged
+//! upstream, sent by `num_consumers` senders in arrival order, and removed once the destination accepted it or
+//! it failed for good (counted as `send_failed` and logged). At the shutdown deadline, or after a crash, what is
+//! left stays on disk and is sent by the next start (at least once: a batch sent but not yet removed when the
+//! process died is sent again). At start the queue is counted reading 64 entries at a time, and senders read it
+//! in chunks of 64, so neither recovery nor a long queue is held in memory. At most `queue_size` batches are
+//! stored; a full queue stops reading the input, so receivers refuse new data with a retryable error
+//! (`bizpilot_receiver_refused_<items>_total{reason="queue_full"}`) and a Kafka receiver stops consuming:
+//! nothing is dropped. A batch that cannot be written is refused upstream
+//! (`bizpilot_exporter_enqueue_failed_<items>_total`); a stored batch that cannot be read back is logged,
+//! counted (`bizpilot_exporter_queue_corrupt_batches_total`) and removed. `bizpilot_exporter_queue_size` is
+//! then the number of batches stored (waiting or being sent). See `docs/durable-state.md`.
+//!
+//! ```yaml
+//! extensions:
+//!   file_storage: {directory: /var/lib/bizpilot}
+//! exporters:
+//!   otlp:
+//!     endpoint: collector:4317
+//!     sending_queue: {queue_size: 5000, storage: file_storage}
+//! service:
+//!   extensions: [file_storage]
 //! ```
 
 mod backoff;
@@ -178,23 +204,12 @@ pub fn start_exporter_with<S: BatchSender>(
     } else {
         0
     };
-    if let Some(queue) = persistent.filter(|_| settings.sending_queue.enabled) {
-        telemetry.queue(queue.len(), queue.capacity());
-        let worker = Arc::new(Worker::new(
-            exporter,
-            sender,
-            settings,
-            telemetry,
-            ctx.abort.clone(),
-            queue.capacity(),
-        ));
-        let consumers = settings.sending_queue.num_consumers.max(1);
-        return Running::spawn(async move {
-            run_persistent(ctx, worker, consumers, queue).await;
-            Ok(())
-        });
-    }
-    telemetry.queue(0, capacity);
+    let persistent = persistent.filter(|_| settings.sending_queue.enabled);
+    let (size, capacity) = match &persistent {
+        Some(q) => (q.len(), q.capacity()),
+        None => (0, capacity),
+    };
+    telemetry.queue(size, capacity);
     let worker = Arc::new(Worker::new(
         exporter,
         sender,
@@ -203,6 +218,13 @@ pub fn start_exporter_with<S: BatchSender>(
         ctx.abort.clone(),
         capacity,
     ));
+    if let Some(queue) = persistent {
+        let consumers = settings.sending_queue.num_consumers.max(1);
+        return Running::spawn(async move {
+            run_persistent(ctx, worker, consumers, queue).await;
+            Ok(())
+        });
+    }
     let queue = settings.sending_queue.clone();
     Running::spawn(async move {
         if queue.enabled {
@@ -293,23 +315,33 @@ async fn run_persistent<S: BatchSender>(
             _ = abort.cancelled() => break,
             b = input.recv() => b,
         };
-        let Some(mut batch) = next else { break };
-        match queue.push(&mut batch).await {
+        let Some(batch) = next else { break };
+        // What else is waiting and fits goes into the same commit.
+        let mut group = vec![batch];
+        while group.len() < APPEND_GROUP
+            && queue.len() + group.len() < queue.capacity()
+            && let Ok(b) = input.try_recv()
+        {
+            group.push(b);
+        }
+        match queue.push_all(&mut group).await {
             Ok(_) => {
                 worker.telemetry.queue(queue.len(), queue.capacity());
-                // Stored: dropping the batch acknowledges it upstream.
+                // Stored: dropping the batches acknowledges them upstream.
             }
             Err(e) => {
-                let signal = batch.signal();
-                let items = batch.items();
-                batch.fail();
-                enqueue_failed[signal_index(signal)].increment(items as u64);
-                // A storage that fails keeps failing: log the first and then every 1000th refusal, the counter
-                // has them all.
-                if refused_since_log == 0 {
-                    tracing::warn!(exporter = %worker.exporter, %signal, items, "refusing data: {e}");
+                for batch in group {
+                    let signal = batch.signal();
+                    let items = batch.items();
+                    batch.fail();
+                    enqueue_failed[signal_index(signal)].increment(items as u64);
+                    // A storage that fails keeps failing: log the first and then every 1000th refusal, the
+                    // counter has them all.
+                    if refused_since_log == 0 {
+                        tracing::warn!(exporter = %worker.exporter, %signal, items, "refusing data: {e}");
+                    }
+                    refused_since_log = (refused_since_log + 1) % 1000;
                 }
-                refused_since_log = (refused_since_log + 1) % 1000;
             }
         }
     }
@@ -333,6 +365,9 @@ async fn run_persistent<S: BatchSender>(
         );
     }
 }
+
+/// Batches appended in one commit at most (those already waiting in the input).
+const APPEND_GROUP: usize = 16;
 
 fn signal_index(s: Signal) -> usize {
     match s {

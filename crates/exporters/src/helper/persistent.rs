@@ -140,6 +140,9 @@ pub struct PersistentQueue {
     closed: AtomicBool,
     /// Signalled when a batch is removed (room for the producer).
     room: Notify,
+    /// Removals waiting for the next commit, and whether one is running.
+    removals: std::sync::Mutex<Vec<u64>>,
+    removing: AtomicBool,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -208,6 +211,8 @@ impl PersistentQueue {
             available: Semaphore::new(recovered.batches),
             closed: AtomicBool::new(false),
             room: Notify::new(),
+            removals: std::sync::Mutex::new(Vec::new()),
+            removing: AtomicBool::new(false),
         };
         Ok((queue, recovered))
     }
@@ -228,20 +233,31 @@ impl PersistentQueue {
     /// Appends `batch` durably (when this returns `Ok`, a crash keeps it); refuses it when `queue_size` batches are
     /// stored. The caller acknowledges the batch upstream only after `Ok`.
     pub async fn push(&self, batch: &mut Batch) -> Result<u64, QueueError> {
+        self.push_all(std::slice::from_mut(batch)).await
+    }
+
+    /// Appends `batches` in one durable commit, all or none; refuses them when they do not fit in `queue_size`.
+    /// Returns the first one's sequence number.
+    pub async fn push_all(&self, batches: &mut [Batch]) -> Result<u64, QueueError> {
         let mut next = self.writer.lock().await;
-        if self.len() >= self.capacity {
+        if self.len() + batches.len() > self.capacity {
             return Err(QueueError::Full {
                 capacity: self.capacity,
             });
         }
-        let seq = *next;
-        let entry = encode_entry(batch);
+        let first = *next;
+        let ops: Vec<StorageOp> = batches
+            .iter_mut()
+            .zip(first..)
+            .map(|(b, seq)| StorageOp::Put(key(seq), encode_entry(b)))
+            .collect();
+        let n = ops.len();
         let client = self.client.clone();
-        blocking(move || client.apply(&[StorageOp::Put(key(seq), entry)])).await?;
-        *next = seq.saturating_add(1);
-        self.len.fetch_add(1, Ordering::AcqRel);
-        self.available.add_permits(1);
-        Ok(seq)
+        blocking(move || client.apply(&ops)).await?;
+        *next = first.saturating_add(n as u64);
+        self.len.fetch_add(n, Ordering::AcqRel);
+        self.available.add_permits(n);
+        Ok(first)
     }
 
     /// Waits for the next stored batch, in sequence order. `None` once the queue is closed and nothing is left
@@ -283,13 +299,45 @@ impl PersistentQueue {
         }))
     }
 
-    /// Removes batch `seq` (delivered, or failed for good).
+    /// Removes batch `seq` (delivered, or failed for good). Removals that arrive while one is being committed are
+    /// committed together next (one commit for many senders); the caller that commits them reports an error.
     pub async fn remove(&self, seq: u64) -> Result<(), QueueError> {
-        let client = self.client.clone();
-        blocking(move || client.apply(&[StorageOp::Delete(key(seq))])).await?;
-        self.len.fetch_sub(1, Ordering::AcqRel);
-        self.room.notify_one();
-        Ok(())
+        {
+            let mut pending = self.removals.lock().unwrap_or_else(|e| e.into_inner());
+            pending.push(seq);
+            if self.removing.swap(true, Ordering::AcqRel) {
+                // Another caller is committing: it takes this one too.
+                return Ok(());
+            }
+        }
+        loop {
+            let seqs = {
+                let mut pending = self.removals.lock().unwrap_or_else(|e| e.into_inner());
+                if pending.is_empty() {
+                    self.removing.store(false, Ordering::Release);
+                    return Ok(());
+                }
+                std::mem::take(&mut *pending)
+            };
+            let n = seqs.len();
+            let client = self.client.clone();
+            let ops: Vec<StorageOp> = seqs.into_iter().map(|s| StorageOp::Delete(key(s))).collect();
+            if let Err(e) = blocking(move || client.apply(&ops)).await {
+                let pending = self.removals.lock().unwrap_or_else(|e| e.into_inner());
+                if pending.is_empty() {
+                    self.removing.store(false, Ordering::Release);
+                    return Err(e.into());
+                }
+                drop(pending);
+                // Later removals are still waiting: keep committing them, report this one's error.
+                tracing::error!(
+                    "persistent sending queue: cannot remove {n} finished batches (sent again at the next start): {e}"
+                );
+                continue;
+            }
+            self.len.fetch_sub(n, Ordering::AcqRel);
+            self.room.notify_one();
+        }
     }
 
     /// Waits until fewer than `queue_size` batches are stored (for the single producer: a wakeup is kept until
@@ -491,6 +539,35 @@ mod tests {
         c.apply(&[StorageOp::Put(b"zzz".to_vec(), b"x".to_vec())]).unwrap();
         let err = PersistentQueue::open(c, 10).err().unwrap().to_string();
         assert!(err.contains("unknown key"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_appends_are_all_or_none_and_concurrent_removals_all_commit() {
+        let s = MemoryStorage::default();
+        let q = Arc::new(PersistentQueue::open(client(&s), 8).unwrap().0);
+        let mut group: Vec<Batch> = (0..6).map(|i| spans(i, 1)).collect();
+        assert_eq!(q.push_all(&mut group).await.unwrap(), 0);
+        let mut too_many: Vec<Batch> = (6..9).map(|i| spans(i, 1)).collect();
+        assert!(matches!(q.push_all(&mut too_many).await, Err(QueueError::Full { .. })));
+        assert_eq!(q.len(), 6, "a refused group stores nothing");
+        let mut seqs = Vec::new();
+        for _ in 0..6 {
+            seqs.push(take_ok(&q).await.0);
+        }
+        assert_eq!(seqs, (0..6).collect::<Vec<u64>>());
+        let removals: Vec<_> = seqs
+            .into_iter()
+            .map(|seq| {
+                let q = q.clone();
+                tokio::spawn(async move { q.remove(seq).await })
+            })
+            .collect();
+        for r in removals {
+            r.await.unwrap().unwrap();
+        }
+        // Every removal is committed once all callers returned.
+        assert!(q.is_empty());
+        assert_eq!(client(&s).load_all().unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -6,5 +6,6 @@ mod debug;
 mod grpc;
 mod http_exporter;
 mod persistent;
+mod queue_cost;
 mod sending;
 mod tls;

@@ -86,6 +86,21 @@ fn run(id: &str, storage: &MemoryStorage, queue_size: usize, dest: Arc<Destinati
     (Run { tx, abort, running }, recovered.batches)
 }
 
+impl Run {
+    /// Closes the input (or, with `abort`, passes the drain deadline) and waits for the exporter to return.
+    async fn finish(self, abort: bool) {
+        if abort {
+            self.abort.cancel();
+        }
+        drop(self.tx);
+        let mut running = self.running;
+        tokio::time::timeout(Duration::from_secs(10), running.join())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
 fn stored(storage: &MemoryStorage, id: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     let c: Arc<dyn StorageClient> = storage.client(&queue_owner(id)).unwrap();
     c.scan(&persistent::key(0), usize::MAX).unwrap()
@@ -116,13 +131,7 @@ async fn stored_batches_are_acknowledged_survive_an_abort_and_are_sent_in_order_
     .await;
     assert_eq!(gauge("bizpilot_exporter_queue_capacity", id), 100.0);
     // Drain deadline passes with the destination still down: everything stays stored, nothing is counted failed.
-    r.abort.cancel();
-    drop(r.tx);
-    let mut running = r.running;
-    tokio::time::timeout(Duration::from_secs(5), running.join())
-        .await
-        .unwrap()
-        .unwrap();
+    r.finish(true).await;
     assert!(dest.got.lock().unwrap().is_empty());
     assert_eq!(stored(&storage, id).len(), 10);
     assert_eq!(counter("bizpilot_exporter_send_failed_spans_total", id), 0);
@@ -131,12 +140,7 @@ async fn stored_batches_are_acknowledged_survive_an_abort_and_are_sent_in_order_
     dest.down.store(false, Ordering::SeqCst);
     let (r, recovered) = run(id, &storage, 100, dest.clone());
     assert_eq!(recovered, 10);
-    drop(r.tx);
-    let mut running = r.running;
-    tokio::time::timeout(Duration::from_secs(10), running.join())
-        .await
-        .unwrap()
-        .unwrap();
+    r.finish(false).await;
     let want: Vec<String> = (0..10).filter(|i| *i != 4).map(|i| format!("p{i}-span-0")).collect();
     assert_eq!(*dest.got.lock().unwrap(), want);
     assert!(
@@ -174,12 +178,7 @@ async fn a_full_persistent_queue_stops_reading_the_input_and_an_unreadable_entry
         assert_eq!(a.await.unwrap(), Delivery::Delivered);
     }
     // Deadline: the stored batches stay, the one left unread in the input is failed (its source is told).
-    r.abort.cancel();
-    let mut running = r.running;
-    tokio::time::timeout(Duration::from_secs(5), running.join())
-        .await
-        .unwrap()
-        .unwrap();
+    r.finish(true).await;
     assert_eq!(late_ack.await.unwrap(), Delivery::Failed);
     assert_eq!(stored(&storage, id).len(), 3);
     // Damage the oldest entry: the next run counts and removes it, the rest flows.
@@ -191,12 +190,7 @@ async fn a_full_persistent_queue_stops_reading_the_input_and_an_unreadable_entry
     dest.down.store(false, Ordering::SeqCst);
     let (r, recovered) = run(id, &storage, 3, dest.clone());
     assert_eq!(recovered, 3);
-    drop(r.tx);
-    let mut running = r.running;
-    tokio::time::timeout(Duration::from_secs(10), running.join())
-        .await
-        .unwrap()
-        .unwrap();
+    r.finish(false).await;
     assert_eq!(*dest.got.lock().unwrap(), vec!["f1-span-0", "f2-span-0"]);
     assert_eq!(counter("bizpilot_exporter_queue_corrupt_batches_total", id), 1);
     assert!(stored(&storage, id).is_empty());
