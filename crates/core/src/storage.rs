@@ -49,6 +49,14 @@ pub trait StorageClient: Send + Sync {
     fn load_all(&self) -> Result<Entries, StorageError>;
     /// Applies `ops` in order, atomically and durably (when this returns `Ok`, a crash keeps them).
     fn apply(&self, ops: &[StorageOp]) -> Result<(), StorageError>;
+    /// At most `limit` entries whose key is at least `from`, in key order: reading a large namespace in bounded
+    /// chunks. The default reads the whole namespace; stores override it with a range read.
+    fn scan(&self, from: &[u8], limit: usize) -> Result<Entries, StorageError> {
+        let mut all = self.load_all()?;
+        all.retain(|(k, _)| k.as_slice() >= from);
+        all.truncate(limit);
+        Ok(all)
+    }
 }
 
 /// A storage extension: namespaces by owner (the component id).
@@ -132,6 +140,15 @@ impl StorageClient for MemoryClient {
             }
         }
         Ok(())
+    }
+
+    fn scan(&self, from: &[u8], limit: usize) -> Result<Entries, StorageError> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(map
+            .range(from.to_vec()..)
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }
 

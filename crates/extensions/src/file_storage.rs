@@ -296,6 +296,10 @@ impl FileClient {
 
 impl StorageClient for FileClient {
     fn load_all(&self) -> Result<Entries, StorageError> {
+        self.scan(&[], usize::MAX)
+    }
+
+    fn scan(&self, from: &[u8], limit: usize) -> Result<Entries, StorageError> {
         let path = &self.path;
         let rtx = self.db.begin_read().map_err(|e| io(path, e))?;
         let t = match rtx.open_table(self.def()) {
@@ -304,7 +308,7 @@ impl StorageClient for FileClient {
             Err(e) => return Err(unusable(path, e)),
         };
         let mut out = Vec::new();
-        for item in t.iter().map_err(|e| unusable(path, e))? {
+        for item in t.range(from..).map_err(|e| unusable(path, e))?.take(limit) {
             let (k, v) = item.map_err(|e| unusable(path, e))?;
             out.push((k.value().to_vec(), v.value().to_vec()));
         }
@@ -355,6 +359,25 @@ mod tests {
         );
         assert_eq!(s.client("other").unwrap().load_all().unwrap().len(), 1);
         assert!(s.client("new").unwrap().load_all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn scan_reads_in_key_order_from_a_key_at_most_limit_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStorage::open(&dir.path().join("s.redb"), false, "file_storage").unwrap();
+        let c = s.client("q").unwrap();
+        c.apply(&[put("b", "2"), put("d", "4"), put("a", "1"), put("c", "3")])
+            .unwrap();
+        let keys = |e: Entries| {
+            e.into_iter()
+                .map(|(k, _)| String::from_utf8(k).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(c.scan(b"b", 2).unwrap()), ["b", "c"]);
+        assert_eq!(keys(c.scan(b"bb", 10).unwrap()), ["c", "d"]);
+        assert!(c.scan(b"e", 10).unwrap().is_empty());
+        assert_eq!(keys(c.load_all().unwrap()), ["a", "b", "c", "d"]);
+        assert!(s.client("empty").unwrap().scan(b"", 10).unwrap().is_empty());
     }
 
     #[test]

@@ -87,7 +87,8 @@ use bizpilot_core::{
     ExporterFactory, FieldError, Logs, Metrics, Payload, Running, Signal, Stability, Traces,
 };
 use bizpilot_exporters::helper::{
-    BatchSender, DEFAULT_TIMEOUT, ExportError, HelperSettings, QueueSettings, RetrySettings, Sent, start_exporter,
+    BatchSender, DEFAULT_TIMEOUT, ExportError, HelperSettings, PersistentQueue, QueueSettings, RetrySettings, Sent,
+    open_queue, start_exporter_with,
 };
 use bytes::Bytes;
 use metrics::counter;
@@ -323,13 +324,16 @@ impl ExporterFactory for KafkaExporterFactory {
                 "encoding business_json writes log records only, but the exporter is used in a {s} pipeline"
             )));
         }
-        Ok(Box::new(KafkaExporter { cfg }))
+        let queue = open_queue(&cfg.helper(), ctx)?;
+        Ok(Box::new(KafkaExporter { cfg, queue }))
     }
 }
 
 /// A created `kafka` exporter.
 pub struct KafkaExporter {
     cfg: KafkaExporterConfig,
+    /// The persistent sending queue (`sending_queue.storage`), opened at create.
+    queue: Option<Arc<PersistentQueue>>,
 }
 
 impl KafkaExporter {
@@ -363,7 +367,7 @@ impl KafkaExporter {
 
 impl Exporter for KafkaExporter {
     fn start(self: Box<Self>, ctx: ExporterContext) -> Result<Running, ComponentError> {
-        let cfg = self.cfg;
+        let KafkaExporter { cfg, queue } = *self;
         let exporter = ctx.id.to_string();
         let client_config = Self::producer_config(&cfg);
         let make = {
@@ -393,7 +397,7 @@ impl Exporter for KafkaExporter {
                 business: cfg.business.clone(),
             },
         });
-        Ok(start_exporter(ctx, &cfg.helper(), sender))
+        Ok(start_exporter_with(ctx, &cfg.helper(), queue, sender))
     }
 }
 

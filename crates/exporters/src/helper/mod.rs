@@ -28,22 +28,50 @@
 //! | `retry_on_failure.max_elapsed_time` | `300s` | give up after this long; `0` = retry forever |
 //! | `sending_queue.enabled` | `true` | without a queue, one batch is sent at a time |
 //! | `sending_queue.num_consumers` | `10` | concurrent senders |
-//! | `sending_queue.queue_size` | `1000` | queue capacity, in batches |
+//! | `sending_queue.queue_size` | `1000` | queue capacity, in batches (requests, the Collector's default sizer), in memory or on disk |
+//! | `sending_queue.storage` | | id of a storage extension (`file_storage`): the queue is kept on disk, survives restarts and `SIGKILL`; none: in memory |
 //!
 //! ```yaml
 //! timeout: 10s
 //! retry_on_failure: {enabled: true, initial_interval: 1s, max_elapsed_time: 0}
 //! sending_queue: {num_consumers: 4, queue_size: 200}
 //! ```
+//!
+//! **Persistent queue** (`sending_queue.storage`, as in the Collector's exporterhelper): each batch is written
+//! to the storage extension (namespace `exporter/<exporter id>`, one durable commit) before it is acknowledged
+//! upstream, sent by `num_consumers` senders in arrival order, and removed once the destination accepted it or
+//! it failed for good (counted as `send_failed` and logged). At the shutdown deadline, or after a crash, what is
+//! left stays on disk and is sent by the next start (at least once: a batch sent but not yet removed when the
+//! process died is sent again). At start the queue is counted reading 64 entries at a time, and senders read it
+//! in chunks of 64, so neither recovery nor a long queue is held in memory. At most `queue_size` batches are
+//! stored; a full queue stops reading the input, so receivers refuse new data with a retryable error
+//! (`bizpilot_receiver_refused_<items>_total{reason="queue_full"}`) and a Kafka receiver stops consuming:
+//! nothing is dropped. A batch that cannot be written is refused upstream
+//! (`bizpilot_exporter_enqueue_failed_<items>_total`); a stored batch that cannot be read back is logged,
+//! counted (`bizpilot_exporter_queue_corrupt_batches_total`) and removed. `bizpilot_exporter_queue_size` is
+//! then the number of batches stored (waiting or being sent). See `docs/durable-state.md`.
+//!
+//! ```yaml
+//! extensions:
+//!   file_storage: {directory: /var/lib/bizpilot}
+//! exporters:
+//!   otlp:
+//!     endpoint: collector:4317
+//!     sending_queue: {queue_size: 5000, storage: file_storage}
+//! service:
+//!   extensions: [file_storage]
+//! ```
 
 mod backoff;
+pub mod persistent;
 mod settings;
 
 pub use backoff::Backoff;
+pub use persistent::{PersistentQueue, QueueError, Recovered};
 pub use settings::{DEFAULT_TIMEOUT, HelperSettings, QueueSettings, RetrySettings};
 
-use bizpilot_core::telemetry::ExporterTelemetry;
-use bizpilot_core::{Batch, ExporterContext, Running};
+use bizpilot_core::telemetry::{ExporterTelemetry, item_counter_name};
+use bizpilot_core::{Batch, ComponentError, CreateContext, ExporterContext, Running, Signal};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -125,8 +153,50 @@ impl<S: BatchSender> BatchSender for Arc<S> {
 }
 
 /// Spawns the exporter's task: reads `ctx.input` into the sending queue and sends with
-/// `sender`, as described in the module documentation.
+/// `sender`, as described in the module documentation. A queue in storage is
+/// [`start_exporter_with`]'s.
 pub fn start_exporter<S: BatchSender>(ctx: ExporterContext, settings: &HelperSettings, sender: S) -> Running {
+    start_exporter_with(ctx, settings, None, sender)
+}
+
+/// The namespace of an exporter's persistent queue in its storage extension.
+pub fn queue_owner(exporter: &str) -> String {
+    format!("exporter/{exporter}")
+}
+
+/// Opens the persistent sending queue when `sending_queue.storage` names a storage extension (call it from the
+/// factory's `create`, so a queue that cannot be opened stops the start and `/readyz` waits for the recovery).
+pub fn open_queue(
+    settings: &HelperSettings,
+    ctx: &CreateContext<'_>,
+) -> Result<Option<Arc<PersistentQueue>>, ComponentError> {
+    let q = &settings.sending_queue;
+    let Some(storage) = q.storage.as_deref().filter(|_| q.enabled) else {
+        return Ok(None);
+    };
+    let exporter = ctx.id.to_string();
+    let client = bizpilot_core::storage::client_for(ctx.extensions, storage, &queue_owner(&exporter))?;
+    let (queue, recovered) = PersistentQueue::open(client, q.queue_size)
+        .map_err(|e| ComponentError::Other(format!("sending_queue.storage {storage}: {e}")))?;
+    if recovered.batches > 0 {
+        tracing::info!(
+            exporter = %exporter,
+            storage,
+            batches = recovered.batches,
+            bytes = recovered.bytes,
+            "persistent sending queue: resuming batches left by the previous run"
+        );
+    }
+    Ok(Some(Arc::new(queue)))
+}
+
+/// [`start_exporter`] with the persistent queue [`open_queue`] gave (`None`: the queue in memory).
+pub fn start_exporter_with<S: BatchSender>(
+    ctx: ExporterContext,
+    settings: &HelperSettings,
+    persistent: Option<Arc<PersistentQueue>>,
+    sender: S,
+) -> Running {
     let exporter = ctx.id.to_string();
     let telemetry = ExporterTelemetry::new(&exporter);
     let capacity = if settings.sending_queue.enabled {
@@ -134,19 +204,27 @@ pub fn start_exporter<S: BatchSender>(ctx: ExporterContext, settings: &HelperSet
     } else {
         0
     };
-    telemetry.queue(0, capacity);
-    let worker = Arc::new(Worker {
+    let persistent = persistent.filter(|_| settings.sending_queue.enabled);
+    let (size, capacity) = match &persistent {
+        Some(q) => (q.len(), q.capacity()),
+        None => (0, capacity),
+    };
+    telemetry.queue(size, capacity);
+    let worker = Arc::new(Worker::new(
         exporter,
         sender,
-        timeout: (!settings.timeout.is_zero()).then(|| settings.timeout.get()),
-        retry: settings.retry_on_failure.clone(),
+        settings,
         telemetry,
-        abort: ctx.abort.clone(),
-        queued: AtomicUsize::new(0),
+        ctx.abort.clone(),
         capacity,
-        aborted_batches: AtomicUsize::new(0),
-        aborted_items: AtomicUsize::new(0),
-    });
+    ));
+    if let Some(queue) = persistent {
+        let consumers = settings.sending_queue.num_consumers.max(1);
+        return Running::spawn(async move {
+            run_persistent(ctx, worker, consumers, queue).await;
+            Ok(())
+        });
+    }
     let queue = settings.sending_queue.clone();
     Running::spawn(async move {
         if queue.enabled {
@@ -169,6 +247,182 @@ struct Worker<S> {
     capacity: usize,
     aborted_batches: AtomicUsize,
     aborted_items: AtomicUsize,
+}
+
+impl<S> Worker<S> {
+    fn new(
+        exporter: String,
+        sender: S,
+        settings: &HelperSettings,
+        telemetry: ExporterTelemetry,
+        abort: CancellationToken,
+        capacity: usize,
+    ) -> Self {
+        Worker {
+            exporter,
+            sender,
+            timeout: (!settings.timeout.is_zero()).then(|| settings.timeout.get()),
+            retry: settings.retry_on_failure.clone(),
+            telemetry,
+            abort,
+            queued: AtomicUsize::new(0),
+            capacity,
+            aborted_batches: AtomicUsize::new(0),
+            aborted_items: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// How sending one batch ended.
+enum Outcome {
+    /// Accepted by the destination (counted as sent, rejected items as failed).
+    Sent,
+    /// Failed for good, with the reason.
+    Failed(String),
+    /// The drain deadline passed first.
+    Aborted,
+}
+
+/// With the queue in storage: the input is read only while fewer than `queue_size` batches are stored (a full
+/// queue backs pressure up the pipeline: receivers refuse with a retryable error, counted as
+/// `receiver_refused{reason="queue_full"}`); each batch is appended durably before it is acknowledged upstream
+/// (its acks are dropped as delivered), or refused when storage fails (its acks fail, counted as
+/// `enqueue_failed`); consumers send in sequence order and remove each batch once it is delivered or failed for
+/// good. At abort, what is left stays stored for the next start.
+async fn run_persistent<S: BatchSender>(
+    ctx: ExporterContext,
+    worker: Arc<Worker<S>>,
+    consumers: usize,
+    queue: Arc<PersistentQueue>,
+) {
+    let ExporterContext { mut input, abort, .. } = ctx;
+    let enqueue_failed =
+        Signal::ALL.map(|s| metrics::counter!(item_counter_name("exporter", "enqueue_failed", s), "exporter" => worker.exporter.clone()));
+    let mut tasks = JoinSet::new();
+    for _ in 0..consumers {
+        tasks.spawn(consume_persistent(worker.clone(), queue.clone()));
+    }
+    let mut refused_since_log = 0usize;
+    loop {
+        // Read the input only while there is room: backpressure, as with the queue in memory.
+        tokio::select! {
+            biased;
+            _ = abort.cancelled() => break,
+            _ = queue.wait_for_room() => {}
+        }
+        let next = tokio::select! {
+            biased;
+            _ = abort.cancelled() => break,
+            b = input.recv() => b,
+        };
+        let Some(batch) = next else { break };
+        // What else is waiting and fits goes into the same commit.
+        let mut group = vec![batch];
+        while group.len() < APPEND_GROUP
+            && queue.len() + group.len() < queue.capacity()
+            && let Ok(b) = input.try_recv()
+        {
+            group.push(b);
+        }
+        match queue.push_all(&mut group).await {
+            Ok(_) => {
+                worker.telemetry.queue(queue.len(), queue.capacity());
+                // Stored: dropping the batches acknowledges them upstream.
+            }
+            Err(e) => {
+                for batch in group {
+                    let signal = batch.signal();
+                    let items = batch.items();
+                    batch.fail();
+                    enqueue_failed[signal_index(signal)].increment(items as u64);
+                    // A storage that fails keeps failing: log the first and then every 1000th refusal, the
+                    // counter has them all.
+                    if refused_since_log == 0 {
+                        tracing::warn!(exporter = %worker.exporter, %signal, items, "refusing data: {e}");
+                    }
+                    refused_since_log = (refused_since_log + 1) % 1000;
+                }
+            }
+        }
+    }
+    queue.close(consumers);
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r
+            && e.is_panic()
+        {
+            tracing::error!(exporter = %worker.exporter, "exporter sender task panicked: {e}");
+        }
+    }
+    worker.telemetry.queue(queue.len(), queue.capacity());
+    // Not stored: fail what is still waiting in the input (only after an abort).
+    worker.fail_input(&mut input);
+    worker.report_aborted();
+    if !queue.is_empty() {
+        tracing::info!(
+            exporter = %worker.exporter,
+            batches = queue.len(),
+            "persistent sending queue: batches kept in storage for the next start"
+        );
+    }
+}
+
+/// Batches appended in one commit at most (those already waiting in the input).
+const APPEND_GROUP: usize = 16;
+
+fn signal_index(s: Signal) -> usize {
+    match s {
+        Signal::Traces => 0,
+        Signal::Metrics => 1,
+        Signal::Logs => 2,
+    }
+}
+
+async fn consume_persistent<S: BatchSender>(worker: Arc<Worker<S>>, queue: Arc<PersistentQueue>) {
+    let corrupt =
+        metrics::counter!("bizpilot_exporter_queue_corrupt_batches_total", "exporter" => worker.exporter.clone());
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = worker.abort.cancelled() => return,
+            t = queue.take() => t,
+        };
+        let taken = match next {
+            None => return,
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                tracing::error!(exporter = %worker.exporter, "persistent sending queue: cannot read: {e}");
+                tokio::select! {
+                    biased;
+                    _ = worker.abort.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        match taken.batch {
+            Ok(mut batch) => match worker.deliver(&mut batch).await {
+                Outcome::Sent => {}
+                Outcome::Failed(reason) => worker.fail(batch, &reason),
+                // Still stored: sent again at the next start.
+                Outcome::Aborted => return,
+            },
+            Err(reason) => {
+                corrupt.increment(1);
+                tracing::error!(
+                    exporter = %worker.exporter,
+                    seq = taken.seq,
+                    "persistent sending queue: dropping an unreadable batch: {reason}"
+                );
+            }
+        }
+        if let Err(e) = queue.remove(taken.seq).await {
+            tracing::error!(
+                exporter = %worker.exporter,
+                seq = taken.seq,
+                "persistent sending queue: cannot remove a finished batch (it will be sent again at the next start): {e}"
+            );
+        }
+        worker.telemetry.queue(queue.len(), queue.capacity());
+    }
 }
 
 /// Without a queue: one batch at a time, in the exporter's task.
@@ -264,6 +518,15 @@ async fn consume<S: BatchSender>(worker: Arc<Worker<S>>, queue: Arc<Mutex<mpsc::
 impl<S: BatchSender> Worker<S> {
     /// Sends one batch, retrying as configured, until it is delivered, fails, or abort.
     async fn export(&self, mut batch: Batch) {
+        match self.deliver(&mut batch).await {
+            Outcome::Sent => {}
+            Outcome::Failed(reason) => self.fail(batch, &reason),
+            Outcome::Aborted => self.give_up_aborted(batch),
+        }
+    }
+
+    /// Sends one batch, retrying as configured; counts what was sent.
+    async fn deliver(&self, batch: &mut Batch) -> Outcome {
         let signal = batch.signal();
         let items = batch.items();
         let started = Instant::now();
@@ -274,10 +537,10 @@ impl<S: BatchSender> Worker<S> {
             let result = tokio::select! {
                 biased;
                 _ = self.abort.cancelled() => None,
-                r = self.attempt(&mut batch) => Some(r),
+                r = self.attempt(batch) => Some(r),
             };
             let Some(result) = result else {
-                return self.give_up_aborted(batch);
+                return Outcome::Aborted;
             };
             let (reason, server_delay) = match result {
                 Ok(sent) => {
@@ -286,25 +549,22 @@ impl<S: BatchSender> Worker<S> {
                     if rejected > 0 {
                         self.telemetry.failed(signal, rejected);
                     }
-                    return;
+                    return Outcome::Sent;
                 }
                 Err(ExportError::Permanent { reason }) => {
-                    return self.fail(batch, &format!("not retryable: {reason}"));
+                    return Outcome::Failed(format!("not retryable: {reason}"));
                 }
                 Err(ExportError::Retryable { reason, retry_after }) => (reason, retry_after),
             };
             if !self.retry.enabled {
-                return self.fail(batch, &format!("{reason} (retry_on_failure is disabled)"));
+                return Outcome::Failed(format!("{reason} (retry_on_failure is disabled)"));
             }
             let elapsed = started.elapsed();
             let Some(delay) = backoff.next(elapsed, server_delay) else {
-                return self.fail(
-                    batch,
-                    &format!(
-                        "{reason} (giving up after {attempts} attempts in {:.1}s: max_elapsed_time reached)",
-                        elapsed.as_secs_f64()
-                    ),
-                );
+                return Outcome::Failed(format!(
+                    "{reason} (giving up after {attempts} attempts in {:.1}s: max_elapsed_time reached)",
+                    elapsed.as_secs_f64()
+                ));
             };
             self.telemetry.retry(signal);
             tracing::debug!(
@@ -321,7 +581,7 @@ impl<S: BatchSender> Worker<S> {
                 _ = tokio::time::sleep(delay) => true,
             };
             if !slept {
-                return self.give_up_aborted(batch);
+                return Outcome::Aborted;
             }
         }
     }

@@ -81,7 +81,10 @@ pub struct QueueSettings {
     /// Concurrent senders.
     pub num_consumers: usize,
     /// Capacity in batches. A full queue stops reading the input (backpressure), it never drops.
+    /// With `storage`: batches stored; beyond it new batches are refused upstream (counted).
     pub queue_size: usize,
+    /// Id of a storage extension (`file_storage`) that keeps the queue on disk; none: in memory.
+    pub storage: Option<String>,
 }
 
 impl Default for QueueSettings {
@@ -90,6 +93,7 @@ impl Default for QueueSettings {
             enabled: true,
             num_consumers: 10,
             queue_size: 1000,
+            storage: None,
         }
     }
 }
@@ -99,7 +103,18 @@ impl QueueSettings {
     pub fn validate(&self, prefix: &str) -> Vec<FieldError> {
         let mut e = Vec::new();
         if !self.enabled {
+            if self.storage.is_some() {
+                e.push(FieldError::new(
+                    format!("{prefix}.storage"),
+                    "needs the queue: remove `enabled: false` or the storage",
+                ));
+            }
             return e;
+        }
+        if let Some(s) = &self.storage
+            && let Err(m) = s.parse::<bizpilot_core::ComponentId>()
+        {
+            e.push(FieldError::new(format!("{prefix}.storage"), m.to_string()));
         }
         if self.num_consumers == 0 {
             e.push(FieldError::new(format!("{prefix}.num_consumers"), "must be at least 1"));

@@ -193,6 +193,7 @@ impl ExporterFactory for OtlpExporterFactory {
     fn create(&self, config: Self::Config, ctx: &CreateContext<'_>) -> Result<Box<dyn Exporter>, ComponentError> {
         let sender = GrpcSender::new(&config, &ctx.id.to_string())?;
         Ok(Box::new(OtlpExporter {
+            queue: helper::open_queue(&config.helper_settings(), ctx)?,
             settings: config.helper_settings(),
             sender,
         }))
@@ -201,13 +202,19 @@ impl ExporterFactory for OtlpExporterFactory {
 
 struct OtlpExporter {
     settings: HelperSettings,
+    queue: Option<std::sync::Arc<helper::PersistentQueue>>,
     sender: GrpcSender,
 }
 
 impl Exporter for OtlpExporter {
     fn start(self: Box<Self>, ctx: ExporterContext) -> Result<Running, ComponentError> {
         let this = *self;
-        Ok(helper::start_exporter(ctx, &this.settings, this.sender))
+        Ok(helper::start_exporter_with(
+            ctx,
+            &this.settings,
+            this.queue,
+            this.sender,
+        ))
     }
 }
 

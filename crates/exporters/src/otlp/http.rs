@@ -245,6 +245,7 @@ impl ExporterFactory for OtlpHttpExporterFactory {
             level: config.compression_level,
         };
         Ok(Box::new(OtlpHttpExporter {
+            queue: helper::open_queue(&config.helper_settings(), ctx)?,
             settings: config.helper_settings(),
             sender,
         }))
@@ -253,13 +254,19 @@ impl ExporterFactory for OtlpHttpExporterFactory {
 
 struct OtlpHttpExporter {
     settings: HelperSettings,
+    queue: Option<std::sync::Arc<helper::PersistentQueue>>,
     sender: HttpSender,
 }
 
 impl Exporter for OtlpHttpExporter {
     fn start(self: Box<Self>, ctx: ExporterContext) -> Result<Running, ComponentError> {
         let this = *self;
-        Ok(helper::start_exporter(ctx, &this.settings, this.sender))
+        Ok(helper::start_exporter_with(
+            ctx,
+            &this.settings,
+            this.queue,
+            this.sender,
+        ))
     }
 }
 

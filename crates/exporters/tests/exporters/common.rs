@@ -115,7 +115,7 @@ pub fn gauge(name: &str, exporter: &str) -> f64 {
 
 // ---------------------------------------------------------------- data
 
-fn kv(k: &str, v: &str) -> KeyValue {
+pub fn kv(k: &str, v: &str) -> KeyValue {
     KeyValue {
         key: k.into(),
         value: Some(AnyValue {

@@ -130,3 +130,28 @@ fn durations_need_units() {
     let e = check("otlp", "endpoint: a:1\ntimeout: 5").unwrap_err();
     assert_eq!(e[0].path, "timeout");
 }
+
+#[test]
+fn sending_queue_storage_names_a_storage_extension_and_needs_the_queue() {
+    check(
+        "otlp",
+        "endpoint: a:1\nsending_queue: {storage: file_storage, queue_size: 10}",
+    )
+    .unwrap();
+    check(
+        "otlphttp",
+        "endpoint: http://a:1\nsending_queue: {storage: file_storage/queue}",
+    )
+    .unwrap();
+    assert_eq!(
+        paths(check(
+            "otlp",
+            "endpoint: a:1\nsending_queue: {enabled: false, storage: file_storage}"
+        )),
+        vec!["sending_queue.storage"]
+    );
+    assert_eq!(
+        paths(check("otlphttp", "endpoint: http://a:1\nsending_queue: {storage: ''}")),
+        vec!["sending_queue.storage"]
+    );
+}

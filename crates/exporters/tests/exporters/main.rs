@@ -5,5 +5,7 @@ mod config;
 mod debug;
 mod grpc;
 mod http_exporter;
+mod persistent;
+mod queue_cost;
 mod sending;
 mod tls;

@@ -255,6 +255,7 @@ async fn helper_with_a_custom_sender() {
             enabled: true,
             num_consumers: 3,
             queue_size: 4,
+            storage: None,
         },
     };
     let (tx, rx) = mpsc::channel(2);
