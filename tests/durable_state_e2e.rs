@@ -394,6 +394,20 @@ fn business_impact_killed_mid_outage_and_restarted_ends_with_the_figures_of_an_u
         before["incidents"]["incidents"][0]["state"], "open",
         "killed while an incident is open: {before}"
     );
+    let journal_bytes = bp.metric_sum("bizpilot_storage_journal_bytes_total", &["owner=\"business_impact\""]);
+    let ops: u64 = ["checkout", "payment"]
+        .iter()
+        .map(|op| {
+            let s = &before[*op]["summary"][0];
+            s["operations"].as_u64().unwrap_or(0) + s["provisional"]["operations"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    let spans = spans_in(&requests[..kill_at]);
+    eprintln!(
+        "journal at the kill: {journal_bytes} bytes for {spans} spans ({:.0} bytes/span), {ops} operations ({:.0} bytes/operation)",
+        journal_bytes / spans as f64,
+        journal_bytes / ops.max(1) as f64
+    );
     bp.signal("KILL");
     bp.wait_exit(Duration::from_secs(10));
     let resend: Vec<ExportTraceServiceRequest> = requests[kill_at - 20..kill_at].to_vec();
@@ -406,6 +420,10 @@ fn business_impact_killed_mid_outage_and_restarted_ends_with_the_figures_of_an_u
         bp.metric_sum("bizpilot_connector_business_impact_restored_requests", &[]) > 0.0,
         "restored from the journal\n{}",
         bp.logs()
+    );
+    eprintln!(
+        "restored in {:.3} s",
+        bp.metric_sum("bizpilot_connector_business_impact_restore_seconds", &[])
     );
     sender.join().expect("sender");
     wait_journaled(&bp, spans_in(&requests[kill_at - 20..kill_at]));
