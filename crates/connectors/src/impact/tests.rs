@@ -635,9 +635,18 @@ fn an_engine_replayed_from_its_journal_continues_exactly_as_the_uninterrupted_on
     };
     let encoded = |r: &ExportTraceServiceRequestT| prost::Message::encode_to_vec(r);
 
-    // The uninterrupted run.
+    // The uninterrupted run; the input goes idle once after the first quarter (everything seen is final, incidents
+    // close as idle), a wall-clock decision the journal carries as a record.
+    let quarter = requests.len() / 4;
+    let idle = |e: &mut Engine| {
+        e.idle(std::time::Duration::MAX, std::time::Duration::ZERO);
+        e.idle_close(std::time::Duration::MAX, std::time::Duration::ZERO);
+    };
     let mut a = engine();
-    for r in &requests {
+    for (i, r) in requests.iter().enumerate() {
+        if i == quarter {
+            idle(&mut a);
+        }
         feed(&mut a, r, Path::Views);
     }
     a.flush();
@@ -657,7 +666,12 @@ fn an_engine_replayed_from_its_journal_continues_exactly_as_the_uninterrupted_on
     let (mut j, replay) = open();
     assert!(replay.records.is_empty());
     let mut b = engine();
-    for r in &requests[..half] {
+    for (i, r) in requests[..half].iter().enumerate() {
+        if i == quarter {
+            idle(&mut b);
+            j.append(durable::TAG_IDLE, &[]);
+            j.append(durable::TAG_IDLE_CLOSE, &[]);
+        }
         feed(&mut b, r, Path::Views);
         j.append(durable::TAG_TRACES, &encoded(r));
     }
@@ -671,7 +685,7 @@ fn an_engine_replayed_from_its_journal_continues_exactly_as_the_uninterrupted_on
     let (_j, replay) = open();
     let mut c = engine();
     let done = durable::replay(&mut c, &replay, "business_impact");
-    assert_eq!((done.requests, done.unreadable), (half as u64, 0));
+    assert_eq!((done.requests, done.idle, done.unreadable), (half as u64, 2, 0));
     assert_eq!(book_figures(&c), before, "restored exactly");
     let dup = c.stats().duplicates.get();
     for r in &requests[half - 10..] {
