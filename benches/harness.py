@@ -81,6 +81,15 @@ SCENARIOS = {
         collector="bizpilot", config="business.yaml", gzip=1, logs=True, otlp_out=True,
         phases=("max", "latency", "overload"),
     ),
+    "business-durable": dict(
+        label="(b') business with durable state: (b), business_impact journaled to file_storage (group commit 200 ms)",
+        collector="bizpilot", config="business.yaml", gzip=1, logs=True, otlp_out=True,
+        phases=("max", "latency"),
+        # Merged over the config (docs/durable-state.md): a redb file in the run's temporary directory.
+        overlay="extensions:\n  file_storage: {directory: %(tmp)s/storage}\n"
+                "connectors:\n  business_impact: {storage: file_storage, checkpoint_interval: 200ms}\n"
+                "service:\n  extensions: [business_state, file_storage]\n",
+    ),
     "ingest": dict(
         label="(c) ingest: OTLP in, enrich (demo preset), business_impact, Prometheus only",
         collector="bizpilot", config="ingest.yaml", gzip=1, logs=True, otlp_out=False,
@@ -95,7 +104,7 @@ SCENARIOS = {
         collector="rotel", config=None, gzip=None, logs=False, otlp_out=True, phases=("max", "latency"),
     ),
 }
-ORDER = ["rotel", "forward", "forward-gzip6", "business", "ingest", "decode"]
+ORDER = ["rotel", "forward", "forward-gzip6", "business", "business-durable", "ingest", "decode"]
 
 
 def log(msg):
@@ -272,7 +281,13 @@ def collector_cmd(sc, ports, tmp):
                 "--otlp-exporter-endpoint", "http://127.0.0.1:%d" % ports["sink"],
                 "--otlp-exporter-compression", "gzip", "--pid-file", os.path.join(tmp, "rotel.pid"),
                 "--log-file", os.path.join(tmp, "rotel.log")]
-    return [BIZPILOT, "run", "--config", os.path.join(PIPELINES, sc["config"])]
+    cmd = [BIZPILOT, "run", "--config", os.path.join(PIPELINES, sc["config"])]
+    if sc.get("overlay"):
+        path = os.path.join(tmp, "overlay.yaml")
+        with open(path, "w") as f:
+            f.write(sc["overlay"] % {"tmp": tmp})
+        cmd += ["--config", path]
+    return cmd
 
 
 def limiter_mib(sc):

@@ -184,3 +184,268 @@ fulfilment: {ship_delay: {min: 1s, max: 10s}, delivery_delay: {min: 1s, max: 10s
     assert!(again >= want, "restored {again} after a graceful stop");
     drop(bp);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// business_impact survives SIGKILL: the embedded default pipeline through a payment outage.
+
+use common::demo::{DemoConfig, DemoTraffic, Generation};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+
+/// As `tests/demo_conformance.rs` runs the default pipeline on replayed demo traffic: the figures are final once
+/// the input is idle for `idle_timeout` (10 s: longer than any pause of the sender, a kill and restart included,
+/// since a pause that long would finalize everything in one run and not in the other), and the join does not hold spans for business events this traffic
+/// does not have (a wall-clock hold in a replay would make them late in event time).
+const DEMO_OVERLAY: &str = r#"
+connectors:
+  business_impact:
+    idle_timeout: 10s
+    metrics_flush_interval: 200ms
+processors:
+  enrich/join:
+    join: {window: 0s}
+"#;
+
+struct Ports {
+    grpc: u16,
+    http: SocketAddr,
+    admin: SocketAddr,
+    prom: SocketAddr,
+}
+
+/// `bizpilot run` with the embedded default pipeline (`pipelines/opentelemetry-demo.yaml`, as `DEFAULT_PIPELINE`
+/// embeds it) and its durable state in `storage`.
+fn start_default(ports: &Ports, storage: &Path) -> Bizpilot {
+    let env = [
+        ("BIZPILOT_OTLP_GRPC_ENDPOINT", format!("127.0.0.1:{}", ports.grpc)),
+        ("BIZPILOT_OTLP_HTTP_ENDPOINT", ports.http.to_string()),
+        ("BIZPILOT_ADMIN_ENDPOINT", ports.admin.to_string()),
+        ("BIZPILOT_PROMETHEUS_ENDPOINT", ports.prom.to_string()),
+        ("BIZPILOT_STORAGE_DIR", storage.display().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    common::start_pipeline("pipelines/opentelemetry-demo.yaml", DEMO_OVERLAY, ports.admin, &env)
+}
+
+/// Sends `requests` over OTLP/gRPC as an SDK's exporter does: a request that fails or is not answered
+/// (connection refused or reset while the process restarts) is sent again, until it is accepted.
+fn send_retrying(port: u16, requests: &[ExportTraceServiceRequest]) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut client = None;
+        for req in requests {
+            loop {
+                assert!(Instant::now() < deadline, "the collector never accepted the data");
+                let c = match client.as_mut() {
+                    Some(c) => c,
+                    None => match TraceServiceClient::connect(format!("http://127.0.0.1:{port}")).await {
+                        Ok(c) => client.insert(c),
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                match c.export(req.clone()).await {
+                    Ok(_) => break,
+                    Err(_) => {
+                        client = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn spans_in(requests: &[ExportTraceServiceRequest]) -> usize {
+    requests
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum()
+}
+
+/// Every figure of the impact API (both operations, all records) and of the incidents API.
+fn figures(bp: &Bizpilot) -> serde_json::Value {
+    let get = |path: &str| {
+        let (status, body) = common::json_get(bp.admin, path);
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    };
+    serde_json::json!({
+        "checkout": get("/api/v1/impact?operation=checkout&limit=1000"),
+        "payment": get("/api/v1/impact?operation=payment&limit=1000"),
+        "incidents": get("/api/v1/incidents"),
+    })
+}
+
+/// Waits until `bp` has counted `want` operations of each operation and is idle (everything final).
+fn final_figures(bp: &Bizpilot, want: &[(&str, u64)]) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let f = figures(bp);
+        if want
+            .iter()
+            .all(|(op, n)| f[*op]["summary"][0]["operations"].as_u64() == Some(*n))
+        {
+            // Idle for `idle_timeout` (10 s): everything is final.
+            std::thread::sleep(Duration::from_secs(11));
+            return figures(bp);
+        }
+        assert!(Instant::now() < deadline, "never reached {want:?}: {f}\n{}", bp.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits until the connector has consumed `spans` and its journal holds every one of them durably.
+fn wait_journaled(bp: &Bizpilot, spans: usize) {
+    wait_metric(
+        bp,
+        "bizpilot_connector_consumed_spans_total",
+        &["connector=\"business_impact\""],
+        spans as f64,
+        Duration::from_secs(60),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bp.metric_sum(
+        "bizpilot_storage_journal_pending_records",
+        &["owner=\"business_impact\""],
+    ) > 0.0
+    {
+        assert!(Instant::now() < deadline, "journal never committed\n{}", bp.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn business_impact_killed_mid_outage_and_restarted_ends_with_the_figures_of_an_uninterrupted_run() {
+    let traffic = DemoTraffic::generate(&DemoConfig::outage(Generation::Current, 17));
+    let requests = &traffic.requests;
+    let (checkout, payment) = (traffic.truth("checkout"), traffic.truth("payment"));
+    let want = [
+        ("checkout", checkout.successful + checkout.failed),
+        ("payment", payment.successful + payment.failed),
+    ];
+    // The middle of the total outage (phases: 3 min healthy, 3 min at 10 %, 4 min at 100 %, …).
+    let c = &traffic.config;
+    let mid_outage = c.start_ns + (180 + 180 + 120) * 1_000_000_000;
+    let newest = |r: &ExportTraceServiceRequest| {
+        r.resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .map(|s| s.end_time_unix_nano)
+            .max()
+            .unwrap_or(0)
+    };
+    let kill_at = requests
+        .iter()
+        .position(|r| newest(r) >= mid_outage)
+        .expect("outage in the traffic");
+    assert!(
+        kill_at > 50 && kill_at + 50 < requests.len(),
+        "{kill_at} of {}",
+        requests.len()
+    );
+
+    // 1. Uninterrupted.
+    let dir = tempfile::tempdir().unwrap();
+    let ports = || Ports {
+        grpc: common::free_port(),
+        http: free_addr(),
+        admin: free_addr(),
+        prom: free_addr(),
+    };
+    let p = ports();
+    let mut bp = start_default(&p, &dir.path().join("a"));
+    send_retrying(p.grpc, requests);
+    let uninterrupted = final_figures(&bp, &want);
+    let dup_a = bp.metric_sum(
+        "bizpilot_connector_business_impact_dropped_spans_total",
+        &["reason=\"duplicate\""],
+    );
+    bp.signal("TERM");
+    bp.wait_exit(Duration::from_secs(20));
+    let incidents = uninterrupted["incidents"]["incidents"].as_array().map_or(0, Vec::len);
+    assert!(
+        incidents >= 1,
+        "the outage opens an incident: {}",
+        uninterrupted["incidents"]
+    );
+    assert_eq!(
+        uninterrupted["checkout"]["summary"][0]["failed"].as_u64(),
+        Some(checkout.failed),
+        "the uninterrupted run counts the truth"
+    );
+
+    // 2. The same traffic, SIGKILLed in the middle of the outage once the connector has journaled what it
+    //    received, and restarted at once on the same storage while the sender retries: it sends again the last 20
+    //    requests before the kill (as a client that got no answer would), which change nothing, then the rest.
+    let p = ports();
+    let storage = dir.path().join("b");
+    let mut bp = start_default(&p, &storage);
+    send_retrying(p.grpc, &requests[..kill_at]);
+    wait_journaled(&bp, spans_in(&requests[..kill_at]));
+    let before = figures(&bp);
+    assert_eq!(
+        before["incidents"]["incidents"][0]["state"], "open",
+        "killed while an incident is open: {before}"
+    );
+    let journal_bytes = bp.metric_sum("bizpilot_storage_journal_bytes_total", &["owner=\"business_impact\""]);
+    let ops: u64 = ["checkout", "payment"]
+        .iter()
+        .map(|op| {
+            let s = &before[*op]["summary"][0];
+            s["operations"].as_u64().unwrap_or(0) + s["provisional"]["operations"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    let spans = spans_in(&requests[..kill_at]);
+    eprintln!(
+        "journal at the kill: {journal_bytes} bytes for {spans} spans ({:.0} bytes/span), {ops} operations ({:.0} bytes/operation)",
+        journal_bytes / spans as f64,
+        journal_bytes / ops.max(1) as f64
+    );
+    bp.signal("KILL");
+    bp.wait_exit(Duration::from_secs(10));
+    let resend: Vec<ExportTraceServiceRequest> = requests[kill_at - 20..kill_at].to_vec();
+    let sender = {
+        let port = p.grpc;
+        std::thread::spawn(move || send_retrying(port, &resend))
+    };
+    let bp = start_default(&p, &storage);
+    assert!(
+        bp.metric_sum("bizpilot_connector_business_impact_restored_requests", &[]) > 0.0,
+        "restored from the journal\n{}",
+        bp.logs()
+    );
+    eprintln!(
+        "restored in {:.3} s",
+        bp.metric_sum("bizpilot_connector_business_impact_restore_seconds", &[])
+    );
+    sender.join().expect("sender");
+    wait_journaled(&bp, spans_in(&requests[kill_at - 20..kill_at]));
+    assert_eq!(
+        figures(&bp),
+        before,
+        "restored exactly; the re-sent requests counted nothing"
+    );
+    send_retrying(p.grpc, &requests[kill_at..]);
+    let restarted = final_figures(&bp, &want);
+    let dup_b = bp.metric_sum(
+        "bizpilot_connector_business_impact_dropped_spans_total",
+        &["reason=\"duplicate\""],
+    );
+    assert!(
+        dup_b > dup_a,
+        "the re-sent spans were recognized as duplicates ({dup_b} vs {dup_a})"
+    );
+    for part in ["checkout", "payment", "incidents"] {
+        assert_eq!(
+            restarted[part], uninterrupted[part],
+            "{part}: after SIGKILL and restart vs uninterrupted"
+        );
+    }
+}

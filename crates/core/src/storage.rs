@@ -99,6 +99,362 @@ pub fn client_for(
         .map_err(|e| crate::ComponentError::Other(e.to_string()))
 }
 
+/// The checks of a stateful component's `storage` and `checkpoint_interval` keys, the same for every component.
+pub fn validate_config(storage: Option<&str>, checkpoint_interval: crate::config::Duration) -> Vec<crate::FieldError> {
+    let mut e = Vec::new();
+    if checkpoint_interval.is_zero() {
+        e.push(crate::FieldError::new("checkpoint_interval", "must be greater than 0"));
+    }
+    if storage.is_some_and(|s| s.parse::<crate::ComponentId>().is_err()) {
+        e.push(crate::FieldError::new(
+            "storage",
+            "must be a component id such as file_storage",
+        ));
+    }
+    e
+}
+
+/// FNV-1a over `text`: a configuration's fingerprint (feed it the `Debug` form of the part of the config that
+/// shapes the state; stable within a build).
+pub fn fingerprint(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+const JOURNAL_FORMAT_KEY: &[u8] = b"_format";
+const JOURNAL_FINGERPRINT_KEY: &[u8] = b"_fingerprint";
+const JOURNAL_PREFIX: &[u8] = b"j/";
+
+/// What [`Journal::open`] found in the namespace.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// The records of every commit, in the order they were appended: (tag, bytes).
+    pub records: Vec<(u8, bytes::Bytes)>,
+    /// Commits read.
+    pub commits: u64,
+    /// Bytes of the records read (framing included).
+    pub bytes: u64,
+    /// The namespace held a journal of another configuration: it was discarded (the reason), and the
+    /// component starts empty.
+    pub discarded: Option<String>,
+}
+
+/// One group of records with the acknowledgements of the data they carry.
+struct Group {
+    ops: Vec<StorageOp>,
+    acks: Vec<crate::Ack>,
+    records: u64,
+}
+
+/// A write-ahead journal in a component's storage namespace, committed in groups: the component appends compact
+/// records of what changed its state (tag + bytes) and holds the acknowledgements of the data they came from;
+/// every `interval` (or on [`Journal::commit`]) the records appended since the last commit are written in one
+/// atomic batch by a writer thread, and only then are the held acknowledgements released (so a source that waits
+/// for them — the Kafka receiver committing offsets — never moves past data that is not durable). Commits are
+/// written in order, one at a time; a failed commit is retried (every 500 ms, logged and counted in
+/// `bizpilot_storage_journal_errors_total`) before any later one, so the journal never has a gap: while the
+/// store cannot be written the component's input backs up instead of being acknowledged. At start,
+/// [`Journal::open`] returns every record, for the component to re-apply (its state is a function of them).
+///
+/// Layout: `_format` (the component's format marker), `_fingerprint` (8 bytes, big-endian: its configuration's
+/// [`fingerprint`]), `j/<commit number, 8 bytes big-endian>` → records framed as `tag (1 byte), length (4 bytes,
+/// little-endian), bytes`.
+pub struct Journal {
+    owner: String,
+    buf: Vec<u8>,
+    records: u64,
+    acks: Vec<crate::Ack>,
+    next_seq: u64,
+    /// Records appended and not yet durable (`bizpilot_storage_journal_pending_records`).
+    pending: metrics::Gauge,
+    interval: std::time::Duration,
+    last_commit: std::time::Instant,
+    tx: Option<std::sync::mpsc::SyncSender<Group>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("owner", &self.owner)
+            .field("next_seq", &self.next_seq)
+            .field("buffered", &self.buf.len())
+            .finish()
+    }
+}
+
+fn decode_err(owner: &str, reason: impl Into<String>) -> StorageError {
+    StorageError::Decode {
+        owner: owner.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Splits a commit's value into its records.
+fn frames(owner: &str, value: &bytes::Bytes, out: &mut Vec<(u8, bytes::Bytes)>) -> Result<(), StorageError> {
+    let mut at = 0usize;
+    while at < value.len() {
+        let head = value
+            .get(at..at + 5)
+            .ok_or_else(|| decode_err(owner, "journal record cut short (header)"))?;
+        let tag = head[0];
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let start = at + 5;
+        let end = start
+            .checked_add(len)
+            .filter(|e| *e <= value.len())
+            .ok_or_else(|| decode_err(owner, "journal record cut short (body)"))?;
+        out.push((tag, value.slice(start..end)));
+        at = end;
+    }
+    Ok(())
+}
+
+impl Journal {
+    /// Opens the journal of `owner` in `client`: reads every record (a journal written under another
+    /// `fingerprint` is deleted and reported in [`Replay::discarded`]; one of another `format`, or one that
+    /// cannot be read, is an error: nothing is changed), and starts the writer.
+    pub fn open(
+        client: Arc<dyn StorageClient>,
+        owner: &str,
+        format: &str,
+        fingerprint: u64,
+        interval: std::time::Duration,
+    ) -> Result<(Journal, Replay), StorageError> {
+        let entries = client.load_all()?;
+        let mut replay = Replay::default();
+        let mut next_seq = 0u64;
+        let mut reset = Vec::new();
+        if !entries.is_empty() {
+            match entries.iter().find(|(k, _)| k == JOURNAL_FORMAT_KEY) {
+                Some((_, v)) if v == format.as_bytes() => {}
+                Some((_, v)) => {
+                    return Err(decode_err(
+                        owner,
+                        format!("format {:?}, this build reads {format:?}", String::from_utf8_lossy(v)),
+                    ));
+                }
+                None => return Err(decode_err(owner, format!("no format marker: not a {format} journal"))),
+            }
+            let stored = entries
+                .iter()
+                .find(|(k, _)| k == JOURNAL_FINGERPRINT_KEY)
+                .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map(u64::from_be_bytes);
+            if stored != Some(fingerprint) {
+                replay.discarded = Some(format!(
+                    "written under another configuration (fingerprint {stored:x?}, now {fingerprint:x})"
+                ));
+                reset = entries.iter().map(|(k, _)| StorageOp::Delete(k.clone())).collect();
+            } else {
+                for (k, v) in entries {
+                    let Some(seq) = k.strip_prefix(JOURNAL_PREFIX) else {
+                        continue;
+                    };
+                    let seq = <[u8; 8]>::try_from(seq)
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| decode_err(owner, "journal key is not a commit number"))?;
+                    if seq != next_seq {
+                        return Err(decode_err(
+                            owner,
+                            format!("journal commit {next_seq} missing (found {seq})"),
+                        ));
+                    }
+                    next_seq += 1;
+                    replay.commits += 1;
+                    replay.bytes += v.len() as u64;
+                    frames(owner, &bytes::Bytes::from(v), &mut replay.records)?;
+                }
+            }
+        }
+        let mut ops = reset;
+        ops.push(StorageOp::Put(JOURNAL_FORMAT_KEY.to_vec(), format.as_bytes().to_vec()));
+        ops.push(StorageOp::Put(
+            JOURNAL_FINGERPRINT_KEY.to_vec(),
+            fingerprint.to_be_bytes().to_vec(),
+        ));
+        client.apply(&ops)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Group>(64);
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let name = owner.to_string();
+            let closing = closing.clone();
+            std::thread::Builder::new()
+                .name("bizpilot-journal".into())
+                .spawn(move || write_groups(&*client, &name, &rx, &closing))
+                .map_err(|e| StorageError::Io {
+                    path: owner.to_string(),
+                    reason: format!("cannot start the journal writer: {e}"),
+                })?
+        };
+        Ok((
+            Journal {
+                owner: owner.to_string(),
+                buf: Vec::new(),
+                records: 0,
+                acks: Vec::new(),
+                next_seq,
+                pending: metrics::gauge!("bizpilot_storage_journal_pending_records", "owner" => owner.to_string()),
+                interval,
+                last_commit: std::time::Instant::now(),
+                tx: Some(tx),
+                writer: Some(writer),
+                closing,
+            },
+            replay,
+        ))
+    }
+
+    /// Appends a record (written at the next commit).
+    pub fn append(&mut self, tag: u8, data: &[u8]) {
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        self.buf.push(tag);
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(&data[..len as usize]);
+        self.records += 1;
+        self.pending.increment(1.0);
+    }
+
+    /// Holds acknowledgements until the records appended so far are committed.
+    pub fn hold(&mut self, acks: impl IntoIterator<Item = crate::Ack>) {
+        self.acks.extend(acks);
+    }
+
+    /// How often commits are due.
+    pub fn interval(&self) -> std::time::Duration {
+        self.interval
+    }
+
+    /// Bytes appended and not yet handed to the writer.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// When the next commit is due (`None`: nothing to commit).
+    pub fn due(&self) -> Option<std::time::Instant> {
+        (!self.buf.is_empty() || !self.acks.is_empty()).then(|| self.last_commit + self.interval)
+    }
+
+    /// Commits if `interval` has passed since the last commit.
+    pub fn commit_if_due(&mut self) {
+        if self.due().is_some_and(|d| d <= std::time::Instant::now()) {
+            self.commit();
+        }
+    }
+
+    /// Hands the records appended since the last commit to the writer (and the acknowledgements held with them).
+    pub fn commit(&mut self) {
+        self.last_commit = std::time::Instant::now();
+        if self.buf.is_empty() && self.acks.is_empty() {
+            return;
+        }
+        let mut ops = Vec::new();
+        if !self.buf.is_empty() {
+            let mut key = JOURNAL_PREFIX.to_vec();
+            key.extend_from_slice(&self.next_seq.to_be_bytes());
+            self.next_seq += 1;
+            ops.push(StorageOp::Put(key, std::mem::take(&mut self.buf)));
+        }
+        let group = Group {
+            ops,
+            acks: std::mem::take(&mut self.acks),
+            records: std::mem::take(&mut self.records),
+        };
+        if let Some(tx) = &self.tx
+            && let Err(e) = tx.send(group)
+        {
+            // The writer is gone (it cannot be, short of a panic): the data is not durable.
+            tracing::error!(owner = %self.owner, "journal writer stopped; commit not written");
+            for a in &e.0.acks {
+                a.fail();
+            }
+        }
+    }
+
+    /// Commits what is left and waits until everything is written (at shutdown). While the store cannot be
+    /// written, the writer keeps retrying for at most `give_up`, then fails the acknowledgements it holds.
+    pub fn close(&mut self, give_up: std::time::Duration) {
+        self.commit();
+        self.tx = None;
+        let deadline = std::time::Instant::now() + give_up;
+        if let Some(w) = self.writer.take() {
+            while !w.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            self.closing.store(true, std::sync::atomic::Ordering::Release);
+            if w.join().is_err() {
+                tracing::error!(owner = %self.owner, "journal writer panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            self.close(std::time::Duration::from_secs(5));
+        }
+    }
+}
+
+/// The writer thread: applies groups in order; a group that fails is retried before the next one.
+fn write_groups(
+    client: &dyn StorageClient,
+    owner: &str,
+    rx: &std::sync::mpsc::Receiver<Group>,
+    closing: &std::sync::atomic::AtomicBool,
+) {
+    let commits = metrics::counter!("bizpilot_storage_journal_commits_total", "owner" => owner.to_string());
+    let written = metrics::counter!("bizpilot_storage_journal_bytes_total", "owner" => owner.to_string());
+    let errors = metrics::counter!("bizpilot_storage_journal_errors_total", "owner" => owner.to_string());
+    let seconds = metrics::histogram!("bizpilot_storage_journal_commit_seconds", "owner" => owner.to_string());
+    let pending = metrics::gauge!("bizpilot_storage_journal_pending_records", "owner" => owner.to_string());
+    while let Ok(group) = rx.recv() {
+        let bytes: usize = group
+            .ops
+            .iter()
+            .map(|o| match o {
+                StorageOp::Put(k, v) => k.len() + v.len(),
+                StorageOp::Delete(k) => k.len(),
+            })
+            .sum();
+        loop {
+            if group.ops.is_empty() {
+                break;
+            }
+            let t = std::time::Instant::now();
+            match client.apply(&group.ops) {
+                Ok(()) => {
+                    seconds.record(t.elapsed().as_secs_f64());
+                    commits.increment(1);
+                    written.increment(bytes as u64);
+                    break;
+                }
+                Err(e) => {
+                    errors.increment(1);
+                    if closing.load(std::sync::atomic::Ordering::Acquire) {
+                        tracing::error!(owner, error = %e, "journal commit failed at shutdown; its data is not durable");
+                        for a in &group.acks {
+                            a.fail();
+                        }
+                        break;
+                    }
+                    tracing::error!(owner, error = %e, "journal commit failed; retrying in 500ms (input is not acknowledged meanwhile)");
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+            }
+        }
+        pending.decrement(group.records as f64);
+        // Dropping the acknowledgements releases them (delivered, unless failed above).
+        drop(group);
+    }
+}
+
 /// Extension types that provide storage: started before the other extensions.
 pub const STORAGE_EXTENSION_TYPES: &[&str] = &["file_storage"];
 
@@ -171,5 +527,140 @@ mod tests {
         assert!(b.load_all().unwrap().is_empty());
         // A second client of the same owner sees the same namespace.
         assert_eq!(s.client("a").unwrap().load_all().unwrap().len(), 1);
+    }
+
+    fn journal(s: &MemoryStorage, fp: u64) -> Result<(Journal, Replay), StorageError> {
+        Journal::open(
+            s.client("c").unwrap(),
+            "c",
+            "test/journal/1",
+            fp,
+            std::time::Duration::from_secs(3600),
+        )
+    }
+
+    #[test]
+    fn a_journal_gives_back_its_records_in_order_and_releases_acks_only_after_their_commit() {
+        let s = MemoryStorage::default();
+        let (mut j, r) = journal(&s, 7).unwrap();
+        assert!(r.records.is_empty() && r.discarded.is_none());
+        let (ack, mut rx) = crate::Ack::channel();
+        j.append(1, b"first");
+        j.append(2, b"");
+        j.hold([ack]);
+        assert!(j.due().is_some(), "records wait for a commit");
+        // Not committed yet: the acknowledgement is held.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(rx.try_recv().is_err(), "released before its commit");
+        j.commit();
+        j.append(1, b"second");
+        j.close(std::time::Duration::from_secs(5));
+        assert_eq!(rx.try_recv().unwrap(), crate::Delivery::Delivered);
+
+        let (_j2, r) = journal(&s, 7).unwrap();
+        let got: Vec<(u8, &[u8])> = r.records.iter().map(|(t, b)| (*t, &b[..])).collect();
+        assert_eq!(got, vec![(1, &b"first"[..]), (2, &b""[..]), (1, &b"second"[..])]);
+        assert_eq!(r.commits, 2);
+    }
+
+    #[test]
+    fn a_journal_of_another_configuration_is_discarded_and_a_foreign_one_refused() {
+        let s = MemoryStorage::default();
+        let (mut j, _) = journal(&s, 7).unwrap();
+        j.append(1, b"x");
+        j.close(std::time::Duration::from_secs(5));
+        let (_j, r) = journal(&s, 8).unwrap();
+        assert!(r.records.is_empty());
+        assert!(
+            r.discarded
+                .as_deref()
+                .is_some_and(|d| d.contains("another configuration")),
+            "{r:?}"
+        );
+        // Discarded for good: the old records are gone.
+        let (_j, r) = journal(&s, 8).unwrap();
+        assert!(r.records.is_empty() && r.discarded.is_none());
+
+        let other = MemoryStorage::default();
+        other
+            .client("c")
+            .unwrap()
+            .apply(&[StorageOp::Put(b"_format".to_vec(), b"business_state/1".to_vec())])
+            .unwrap();
+        let err = journal(&other, 7).unwrap_err().to_string();
+        assert!(
+            err.contains("business_state/1") && err.contains("test/journal/1"),
+            "{err}"
+        );
+
+        // A commit cut short is an error, not a silent half-replay.
+        let torn = MemoryStorage::default();
+        let (mut j, _) = journal(&torn, 7).unwrap();
+        j.close(std::time::Duration::from_secs(5));
+        torn.client("c")
+            .unwrap()
+            .apply(&[StorageOp::Put(
+                b"j/\0\0\0\0\0\0\0\0".to_vec(),
+                vec![1, 9, 0, 0, 0, b'a'],
+            )])
+            .unwrap();
+        let err = journal(&torn, 7).unwrap_err().to_string();
+        assert!(err.contains("cut short"), "{err}");
+    }
+
+    /// Fails its first `n` writes of records.
+    struct Flaky {
+        inner: Arc<dyn StorageClient>,
+        fail: std::sync::atomic::AtomicU32,
+    }
+
+    impl StorageClient for Flaky {
+        fn load_all(&self) -> Result<Entries, StorageError> {
+            self.inner.load_all()
+        }
+        fn apply(&self, ops: &[StorageOp]) -> Result<(), StorageError> {
+            let records = ops
+                .iter()
+                .any(|o| matches!(o, StorageOp::Put(k, _) if k.starts_with(b"j/")));
+            if records
+                && self
+                    .fail
+                    .fetch_update(
+                        std::sync::atomic::Ordering::AcqRel,
+                        std::sync::atomic::Ordering::Acquire,
+                        |n| n.checked_sub(1),
+                    )
+                    .is_ok()
+            {
+                return Err(StorageError::Io {
+                    path: "flaky".into(),
+                    reason: "disk full".into(),
+                });
+            }
+            self.inner.apply(ops)
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_is_retried_before_later_ones_and_its_acks_wait() {
+        let s = MemoryStorage::default();
+        let flaky = Arc::new(Flaky {
+            inner: s.client("c").unwrap(),
+            fail: std::sync::atomic::AtomicU32::new(2),
+        });
+        let (mut j, _) = Journal::open(flaky, "c", "test/journal/1", 1, std::time::Duration::from_secs(3600)).unwrap();
+        let (ack, mut rx) = crate::Ack::channel();
+        j.append(1, b"a");
+        j.hold([ack]);
+        j.commit();
+        j.append(1, b"b");
+        j.commit();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(rx.try_recv().is_err(), "acknowledged while its commit had failed");
+        j.close(std::time::Duration::from_secs(5));
+        assert_eq!(rx.try_recv().unwrap(), crate::Delivery::Delivered);
+        let (_j, r) = journal(&s, 1).unwrap();
+        let got: Vec<&[u8]> = r.records.iter().map(|(_, b)| &b[..]).collect();
+        assert_eq!(got, vec![&b"a"[..], &b"b"[..]], "in order, no gap");
     }
 }

@@ -105,17 +105,10 @@ impl ComponentConfig for BusinessStateConfig {
         if self.purge_interval.is_zero() {
             errs.push(FieldError::new("purge_interval", "must be greater than 0"));
         }
-        if self.checkpoint_interval.is_zero() {
-            errs.push(FieldError::new("checkpoint_interval", "must be greater than 0"));
-        }
-        if let Some(s) = &self.storage
-            && s.parse::<bizpilot_core::ComponentId>().is_err()
-        {
-            errs.push(FieldError::new(
-                "storage",
-                "must be a component id such as file_storage",
-            ));
-        }
+        errs.extend(bizpilot_core::storage::validate_config(
+            self.storage.as_deref(),
+            self.checkpoint_interval,
+        ));
         errs
     }
 }

@@ -30,7 +30,8 @@
 //!   extensions: [file_storage, business_state]
 //! ```
 //!
-//! Only one process may open a file at a time; a second one fails to start with "already open".
+//! Only one process may open a file at a time; a second one fails to start with "already open". redb's page cache
+//! is bounded at 16 MiB.
 //! Self-telemetry (label `extension`): `bizpilot_storage_commits_total`,
 //! `bizpilot_storage_commit_errors_total`, `bizpilot_storage_file_bytes` (gauge, after each commit).
 
@@ -53,6 +54,10 @@ pub const TYPE: &str = "file_storage";
 pub const FORMAT: &str = "bizpilot-file-storage/1";
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("bizpilot.meta");
+
+/// redb's page cache: 16 MiB (redb's default, 1 GiB, lets the resident size grow with everything written — a
+/// journal of every span, for one — up to that much). Checkpoints are written, and read back once at start.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Config of the `file_storage` extension.
 #[derive(Debug, Clone, Deserialize)]
@@ -203,19 +208,22 @@ impl FileStorage {
 
     fn open_checked(path: &Path) -> Result<Database, StorageError> {
         let existed = path.exists();
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => io(path, "already open by another process"),
-            // redb reports a file that is not a database (or is torn) as invalid data.
-            redb::DatabaseError::Storage(redb::StorageError::Io(err))
-                if !matches!(
-                    err.kind(),
-                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-                ) =>
-            {
-                io(path, err)
-            }
-            other => unusable(path, other),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => io(path, "already open by another process"),
+                // redb reports a file that is not a database (or is torn) as invalid data.
+                redb::DatabaseError::Storage(redb::StorageError::Io(err))
+                    if !matches!(
+                        err.kind(),
+                        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    io(path, err)
+                }
+                other => unusable(path, other),
+            })?;
         if existed {
             let rtx = db.begin_read().map_err(|e| unusable(path, e))?;
             let format = match rtx.open_table(META) {

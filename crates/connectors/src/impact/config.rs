@@ -315,6 +315,11 @@ pub struct BusinessImpactConfig {
     pub goals: Vec<GoalConfig>,
     /// Trace-aware operations: missing business context from other spans of the same trace ([`super::trace`]).
     pub trace_context: super::trace::TraceContextConfig,
+    /// Id of a storage extension (`file_storage`): the connector's input is journaled into it (group commit every
+    /// `checkpoint_interval`) and replayed at start; none: memory only.
+    pub storage: Option<String>,
+    /// How often the journal is committed (and the acknowledgements of the data in it released).
+    pub checkpoint_interval: Duration,
 }
 
 /// Bucket bounds (seconds) of the duration histogram: the OpenTelemetry semantic conventions' advice for
@@ -356,7 +361,21 @@ impl Default for BusinessImpactConfig {
             impact: ImpactConfig::default(),
             goals: Vec::new(),
             trace_context: super::trace::TraceContextConfig::default(),
+            storage: None,
+            checkpoint_interval: Duration::from_millis(200),
         }
+    }
+}
+
+impl BusinessImpactConfig {
+    /// A fingerprint of what shapes the state (not where or how often it is journaled, nor how often metrics
+    /// are emitted): a journal written under another fingerprint is not replayed.
+    pub fn fingerprint(&self) -> u64 {
+        let mut cfg = self.clone();
+        cfg.storage = None;
+        cfg.checkpoint_interval = Duration::default();
+        cfg.metrics_flush_interval = Duration::default();
+        bizpilot_core::storage::fingerprint(&format!("{cfg:?}"))
     }
 }
 
@@ -630,6 +649,10 @@ impl ComponentConfig for BusinessImpactConfig {
                 e.push(FieldError::new(format!("{p}.target"), "must be greater than 0"));
             }
         }
+        e.extend(bizpilot_core::storage::validate_config(
+            self.storage.as_deref(),
+            self.checkpoint_interval,
+        ));
         if self.trace_context.enabled && self.trace_context.max_traces == 0 {
             e.push(FieldError::new("trace_context.max_traces", "must be at least 1"));
         }

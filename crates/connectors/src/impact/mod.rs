@@ -75,9 +75,15 @@
 //! - **Cardinality**: each distinct (operation, dimension values) is a series; beyond `max_series`, measurements
 //!   go to one overflow series per operation with `otel.metric.overflow=true` instead of the dimensions (as
 //!   the OpenTelemetry SDK's cardinality limit), counted by `business.metric.overflowed_points`.
-//! - **Restarts**: metrics are cumulative sums whose start time is the connector's start; a restarted process
-//!   starts from zero with a new start time, which Prometheus reads as a counter reset. State (episodes,
-//!   windows, incidents) is not persisted.
+//! - **Restarts**: with `storage` (a `file_storage` extension), the connector journals its input — each traces
+//!   request as received, and the two wall-clock decisions (input idle) that changed its state — committing it
+//!   in groups every `checkpoint_interval` and releasing the data's acknowledgements only then, and at start
+//!   replays the journal into a fresh engine before any pipeline runs ([`durable`], `docs/durable-state.md`):
+//!   after a restart, graceful or `SIGKILL`, every figure (pending operations, span-id dedup set, episodes,
+//!   affected customers, incidents and their detectors' baselines, goals) continues as if it had not happened,
+//!   and a span sent again after the restart is a duplicate. The journal grows with the input (no compaction
+//!   yet). Without `storage` the state is memory only. Either way the metrics' start time is the process's: a
+//!   restarted process re-emits the restored cumulative sums with a new start time.
 //!
 //! **Reading spans.** Traces held encoded (as the OTLP receivers hand them on) are read through
 //! zero-copy views over the bytes ([`bizpilot_core::Traces::for_each_span`]), never decoded: a span
@@ -146,6 +152,8 @@
 //! | `duration_buckets` | `[0.005 … 10]` | histogram bounds in seconds |
 //! | `redact_customer` | `false` | show customers as their HMAC-SHA256 hash |
 //! | `hash_key_env` | `BIZPILOT_HASH_KEY` | environment variable holding the HMAC key (required at start with `redact_customer`) |
+//! | `storage` | — | id of a storage extension (`file_storage`): the input is journaled into it and replayed at start (durable state); none: memory only |
+//! | `checkpoint_interval` | `200ms` | with `storage`: how often the journal is committed (group commit); acknowledgements of the data wait for it |
 //! | `incident.detection` | `baseline` | `baseline` (relative to the learned normal rate) or `threshold` (fixed share) |
 //! | `incident.evaluation_interval` | `10s` | evaluation step (event time) |
 //! | `incident.cusum_threshold` | `16` | CUSUM threshold h (higher: fewer false incidents, later detection) |
@@ -214,6 +222,7 @@
 pub mod api;
 pub mod book;
 pub mod config;
+pub mod durable;
 pub mod engine;
 pub mod incident;
 pub mod output;
@@ -233,6 +242,7 @@ use tokio::time::Instant;
 
 use crate::otlp_out::wall_ns;
 use crate::tick::Ticker;
+use bizpilot_core::storage::Journal;
 
 use bizpilot_business::{BusinessState, KeyedHasher, Lookup};
 use bizpilot_core::stage::reason;
@@ -305,7 +315,11 @@ impl ConnectorFactory for BusinessImpactConnectorFactory {
         };
         let compiled = Compiled::new(&config, state, prices, hasher)?;
         let id = ctx.id.to_string();
-        let engine = Engine::new(compiled, &id);
+        let mut engine = Engine::new(compiled, &id);
+        let journal = match &config.storage {
+            Some(storage) => Some(durable::open(&mut engine, ctx, storage, &id, &config)?),
+            None => None,
+        };
         ctx.extensions.api().register(Arc::new(api::ImpactApi::new(
             id.clone(),
             engine.book(),
@@ -313,6 +327,7 @@ impl ConnectorFactory for BusinessImpactConnectorFactory {
         )));
         Ok(Box::new(BusinessImpactConnector {
             engine,
+            journal,
             incident_idle: config.incident.idle_timeout.get(),
             flush_interval: config.metrics_flush_interval.get(),
             idle_timeout: config.idle_timeout.unwrap_or(config.allowed_lateness).get(),
@@ -323,6 +338,7 @@ impl ConnectorFactory for BusinessImpactConnectorFactory {
 /// A `business_impact` connector.
 pub struct BusinessImpactConnector {
     engine: Engine,
+    journal: Option<Journal>,
     incident_idle: Duration,
     flush_interval: Duration,
     idle_timeout: Duration,
@@ -330,14 +346,18 @@ pub struct BusinessImpactConnector {
 
 impl Connector for BusinessImpactConnector {
     fn into_stage(self: Box<Self>) -> Box<dyn Stage> {
-        let step = self
+        let mut step = self
             .flush_interval
             .min(self.idle_timeout / 2)
             .min(self.incident_idle / 2)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        if let Some(j) = &self.journal {
+            step = step.min(j.interval().max(Duration::from_millis(10)));
+        }
         Box::new(Task {
             id: String::new(),
             engine: self.engine,
+            journal: self.journal,
             metrics: false,
             logs: false,
             flush_interval: self.flush_interval,
@@ -356,6 +376,8 @@ impl Connector for BusinessImpactConnector {
 struct Task {
     id: String,
     engine: Engine,
+    /// With `storage`: the journal of what changed the engine, and the acknowledgements waiting for its commit.
+    journal: Option<Journal>,
     /// Whether a metrics (logs) pipeline receives from the connector.
     metrics: bool,
     logs: bool,
@@ -419,6 +441,12 @@ impl Stage for Task {
         // decoded. Receivers validated the bytes: views cannot fail.
         if let Payload::Traces(t) = &mut batch.payload {
             self.engine.ingest_traces(t);
+            if let Some(j) = self.journal.as_mut() {
+                // Acknowledged once the journal holding it is committed.
+                j.append(durable::TAG_TRACES, &t.encoded());
+                j.hold(std::mem::take(&mut batch.acks));
+                j.commit_if_due();
+            }
             // Aggregated: the batch is delivered when dropped.
             out.consume(batch);
         } else {
@@ -437,8 +465,21 @@ impl Stage for Task {
             return;
         };
         self.engine.set_now(wall_ns());
+        // Wall-clock decisions are journaled when they changed the state, so a replay takes them again.
+        let before = (self.engine.watermark(), self.engine.any_open());
         self.engine.idle(tick.idle, self.idle_timeout);
+        let mid = (self.engine.watermark(), self.engine.any_open());
         self.engine.idle_close(tick.idle, self.incident_idle);
+        let after = (self.engine.watermark(), self.engine.any_open());
+        if let Some(j) = self.journal.as_mut() {
+            if mid != before {
+                j.append(durable::TAG_IDLE, &[]);
+            }
+            if after != mid {
+                j.append(durable::TAG_IDLE_CLOSE, &[]);
+            }
+            j.commit_if_due();
+        }
         self.send_logs(out);
         if tick.flush {
             self.send_metrics(out);
@@ -446,6 +487,11 @@ impl Stage for Task {
     }
 
     fn on_drain(&mut self, out: &mut Out) {
+        // Everything received is journaled before the final flush, which is not: a restart continues from the
+        // state before it (pending operations still pending, incidents still open), as if it had not stopped.
+        if let Some(j) = self.journal.as_mut() {
+            j.close(Duration::from_secs(5));
+        }
         self.engine.set_now(wall_ns());
         self.engine.flush();
         self.engine.close_all(book::CloseReason::Shutdown);

@@ -594,3 +594,114 @@ fn pending_operations_and_remembered_ids_are_compact() {
         );
     }
 }
+
+/// Everything the API shows of an engine (operations, goals, watermark, records, incidents), as text.
+fn book_figures(e: &Engine) -> String {
+    let book = e.book();
+    let b = book.lock().unwrap();
+    format!(
+        "{:?}\n{:?}\n{}\n{:?}\n{:?}",
+        b.operations,
+        b.goals,
+        b.watermark,
+        b.records().collect::<Vec<_>>(),
+        b.incidents().collect::<Vec<_>>()
+    )
+}
+
+#[test]
+fn an_engine_replayed_from_its_journal_continues_exactly_as_the_uninterrupted_one() {
+    use bizpilot_core::storage::{Journal, MemoryStorage, Storage};
+    let work = Shop::generate(&shop_config()).unwrap();
+    let requests = work.trace_requests(200);
+    let half = requests.len() / 2;
+    let raw: serde_yaml::Value = serde_yaml::from_str(IMPACT_CONFIG).unwrap();
+    let cfg: BusinessImpactConfig = parse_config(&raw).unwrap();
+    let state = || {
+        let state = Arc::new(BusinessState::new("business_state", StateConfig::default()));
+        let mapping = EventMapping::default();
+        for ev in work.events() {
+            if let Ok(Some(e)) = mapping.parse(&ev.to_log_record()) {
+                state.apply(&e);
+            }
+        }
+        state
+    };
+    let engine = || {
+        Engine::new(
+            Compiled::new(&cfg, Some(state()), None, None).unwrap(),
+            "business_impact",
+        )
+    };
+    let encoded = |r: &ExportTraceServiceRequestT| prost::Message::encode_to_vec(r);
+
+    // The uninterrupted run; the input goes idle once after the first quarter (everything seen is final, incidents
+    // close as idle), a wall-clock decision the journal carries as a record.
+    let quarter = requests.len() / 4;
+    let idle = |e: &mut Engine| {
+        e.idle(std::time::Duration::MAX, std::time::Duration::ZERO);
+        e.idle_close(std::time::Duration::MAX, std::time::Duration::ZERO);
+    };
+    let mut a = engine();
+    for (i, r) in requests.iter().enumerate() {
+        if i == quarter {
+            idle(&mut a);
+        }
+        feed(&mut a, r, Path::Views);
+    }
+    a.flush();
+
+    // The first half journaled, then the process is gone without a flush.
+    let storage = MemoryStorage::default();
+    let open = || {
+        Journal::open(
+            storage.client("business_impact").unwrap(),
+            "business_impact",
+            durable::FORMAT,
+            cfg.fingerprint(),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap()
+    };
+    let (mut j, replay) = open();
+    assert!(replay.records.is_empty());
+    let mut b = engine();
+    for (i, r) in requests[..half].iter().enumerate() {
+        if i == quarter {
+            idle(&mut b);
+            j.append(durable::TAG_IDLE, &[]);
+            j.append(durable::TAG_IDLE_CLOSE, &[]);
+        }
+        feed(&mut b, r, Path::Views);
+        j.append(durable::TAG_TRACES, &encoded(r));
+    }
+    j.close(std::time::Duration::from_secs(5));
+    let before = book_figures(&b);
+    assert!(b.pending() > 0, "killed with operations pending");
+    drop(b);
+
+    // Restored: the same state, and the rest (with the last requests before the kill sent again) ends where the
+    // uninterrupted run ends.
+    let (_j, replay) = open();
+    let mut c = engine();
+    let done = durable::replay(&mut c, &replay, "business_impact");
+    assert_eq!((done.requests, done.idle, done.unreadable), (half as u64, 2, 0));
+    assert_eq!(book_figures(&c), before, "restored exactly");
+    let dup = c.stats().duplicates.get();
+    for r in &requests[half - 10..] {
+        feed(&mut c, r, Path::Views);
+    }
+    assert!(c.stats().duplicates.get() > dup, "re-sent spans are duplicates");
+    c.flush();
+    assert_eq!(book_figures(&c), book_figures(&a));
+    assert_eq!(tier_counts(&c, 0), tier_counts(&a, 0));
+    assert_eq!(tier_counts(&c, 1), tier_counts(&a, 1));
+
+    // Without the journal the second half alone gives other figures (the test can fail).
+    let mut d = engine();
+    for r in &requests[half..] {
+        feed(&mut d, r, Path::Views);
+    }
+    d.flush();
+    assert_ne!(book_figures(&d), book_figures(&a));
+}

@@ -1,0 +1,122 @@
+//! Durable state of the `business_impact` connector (`storage:`): a write-ahead journal of its input.
+//!
+//! The engine's state is a deterministic function of what it was fed — the traces, in arrival order, and the
+//! two decisions the wall clock takes (the input went idle: everything seen is final; open incidents close as
+//! `idle`) — since everything else it does follows event time. So the connector journals exactly that, through
+//! [`bizpilot_core::storage::Journal`] (group commit every `checkpoint_interval`; the acknowledgements of the
+//! data are released only once its commit is written), and at start re-feeds the journal to a fresh engine
+//! before any pipeline runs. The restored engine is the one that was killed: pending operations, the span-id
+//! dedup set (consistent with the figures by construction: both come from the same records), open episodes,
+//! affected-customer windows, incidents with their detectors' baselines, goals.
+//!
+//! Records: `TAG_TRACES` (an OTLP `ExportTraceServiceRequest`, protobuf, as the connector received it),
+//! `TAG_IDLE`, `TAG_IDLE_CLOSE` (empty). Format marker `business_impact/journal/1`; the configuration's
+//! fingerprint (everything but `storage`, `checkpoint_interval` and `metrics_flush_interval`) is checked: a
+//! journal of another configuration is discarded with a warning (its figures would not line up), one of
+//! another format stops the start.
+
+use std::time::{Duration, Instant};
+
+use bizpilot_core::storage::{Journal, Replay, client_for};
+use bizpilot_core::{ComponentError, CreateContext, Traces};
+
+use super::config::BusinessImpactConfig;
+use super::engine::Engine;
+use crate::otlp_out::wall_ns;
+
+/// The journal's format marker.
+pub const FORMAT: &str = "business_impact/journal/1";
+/// An OTLP traces request, protobuf.
+pub const TAG_TRACES: u8 = 1;
+/// `Engine::idle` took effect (the input was idle for `idle_timeout`).
+pub const TAG_IDLE: u8 = 2;
+/// `Engine::idle_close` took effect (the input was idle for `incident.idle_timeout`).
+pub const TAG_IDLE_CLOSE: u8 = 3;
+
+/// What a replay did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    pub requests: u64,
+    pub idle: u64,
+    /// Records that could not be read (logged, counted, skipped).
+    pub unreadable: u64,
+}
+
+/// Feeds `records` to `engine` (a fresh one); the logs they produce were emitted before and are dropped.
+pub fn replay(engine: &mut Engine, journal: &Replay, owner: &str) -> Replayed {
+    let mut r = Replayed::default();
+    for (tag, data) in &journal.records {
+        match *tag {
+            TAG_TRACES => match Traces::from_bytes(data.clone()) {
+                Ok(mut t) => {
+                    engine.ingest_traces(&mut t);
+                    r.requests += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(connector = owner, error = %e, "journaled traces unreadable, skipped");
+                    r.unreadable += 1;
+                }
+            },
+            TAG_IDLE => {
+                engine.idle(Duration::MAX, Duration::ZERO);
+                r.idle += 1;
+            }
+            TAG_IDLE_CLOSE => {
+                engine.idle_close(Duration::MAX, Duration::ZERO);
+                r.idle += 1;
+            }
+            other => {
+                tracing::warn!(
+                    connector = owner,
+                    tag = other,
+                    "journal record of unknown kind, skipped"
+                );
+                r.unreadable += 1;
+            }
+        }
+    }
+    drop(engine.take_logs());
+    r
+}
+
+/// Opens the connector's journal in `storage` and restores `engine` from it.
+pub fn open(
+    engine: &mut Engine,
+    ctx: &CreateContext<'_>,
+    storage: &str,
+    id: &str,
+    config: &BusinessImpactConfig,
+) -> Result<Journal, ComponentError> {
+    let client = client_for(ctx.extensions, storage, id)?;
+    let started = Instant::now();
+    let (journal, records) = Journal::open(
+        client,
+        id,
+        FORMAT,
+        config.fingerprint(),
+        config.checkpoint_interval.get(),
+    )
+    .map_err(|e| ComponentError::Other(format!("{id}: {e} (storage {storage})")))?;
+    if let Some(why) = &records.discarded {
+        tracing::warn!(connector = id, storage, "stored state not used, starting empty: {why}");
+    }
+    engine.set_now(wall_ns());
+    let r = replay(engine, &records, id);
+    let secs = started.elapsed().as_secs_f64();
+    metrics::gauge!("bizpilot_connector_business_impact_restore_seconds", "connector" => id.to_string()).set(secs);
+    metrics::gauge!("bizpilot_connector_business_impact_restored_requests", "connector" => id.to_string())
+        .set(r.requests as f64);
+    tracing::info!(
+        connector = id,
+        storage,
+        commits = records.commits,
+        bytes = records.bytes,
+        requests = r.requests,
+        idle = r.idle,
+        unreadable = r.unreadable,
+        pending = engine.pending(),
+        seconds = secs,
+        "business_impact state restored from its journal"
+    );
+    Ok(journal)
+}
