@@ -199,6 +199,10 @@ pub enum Refusal {
     /// The pipeline is shutting down.
     #[error("pipeline is shutting down")]
     ShuttingDown,
+    /// The data entered the pipeline but was not confirmed delivered (a receiver that waits for
+    /// delivery: an exporter gave up, or the wait timed out). Retrying may deliver it twice.
+    #[error("not delivered: {0}")]
+    NotDelivered(String),
 }
 
 impl Refusal {
@@ -208,6 +212,7 @@ impl Refusal {
             Refusal::Full(_) => "queue_full",
             Refusal::MemoryLimit(_) => "memory_limit",
             Refusal::ShuttingDown => "shutting_down",
+            Refusal::NotDelivered(_) => "not_delivered",
         }
     }
 }

@@ -1385,3 +1385,68 @@ async fn ids_of_the_wrong_length_and_too_deep_values_are_refused_on_every_transp
     }
     h.stop().await;
 }
+
+/// `wait_for_delivery`: the client is answered only once the pipeline let go of the batch — OK when delivered,
+/// a retryable error when a consumer failed it or it was not confirmed within `delivery_timeout`.
+#[tokio::test]
+async fn wait_for_delivery_answers_after_the_acknowledgement() {
+    let yaml = format!("{BOTH}wait_for_delivery: true\ndelivery_timeout: 500ms\n");
+    let mut h = start(&yaml);
+    let client = http_client();
+    let url = h.url("/v1/traces");
+    let body = traces(2, "a").encode_to_vec();
+
+    // Delivered: no answer while the batch is held downstream, 200 once it is released.
+    let pending = tokio::spawn({
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        async move { post(&client, &url, "application/x-protobuf", body).await }
+    });
+    let held = h.next(Signal::Traces).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!pending.is_finished(), "answered before the batch was delivered");
+    drop(held);
+    let reply = pending.await.expect("request task");
+    assert_eq!(reply.status, 200);
+
+    // Failed downstream: retryable 503.
+    let pending = tokio::spawn({
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        async move { post(&client, &url, "application/x-protobuf", body).await }
+    });
+    let failed = h.next(Signal::Traces).await;
+    failed.fail();
+    drop(failed);
+    assert_eq!(pending.await.expect("request task").status, 503);
+
+    // Never confirmed within delivery_timeout: retryable 503 over gRPC too (UNAVAILABLE).
+    let ch = channel(h.grpc()).await;
+    let started = std::time::Instant::now();
+    let err = TraceServiceClient::new(ch)
+        .export(traces(1, "b"))
+        .await
+        .expect_err("not confirmed in time");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
+    let _kept = h.next(Signal::Traces).await;
+    h.stop().await;
+}
+
+/// Without `wait_for_delivery` (the default) the answer does not wait for the pipeline.
+#[tokio::test]
+async fn by_default_the_answer_does_not_wait_for_delivery() {
+    let mut h = start(BOTH);
+    let reply = post(
+        &http_client(),
+        &h.url("/v1/traces"),
+        "application/x-protobuf",
+        traces(1, "a").encode_to_vec(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let _held = h.next(Signal::Traces).await;
+    h.stop().await;
+}

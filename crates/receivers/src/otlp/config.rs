@@ -17,6 +17,11 @@ pub struct OtlpReceiverConfig {
     pub protocols: Protocols,
     /// How long a request may wait for room in the pipeline before it is refused.
     pub backpressure_wait: Duration,
+    /// Answer a request only once every component downstream confirmed it (delivered, stored in a
+    /// persistent queue or journal), instead of once it entered the pipeline.
+    pub wait_for_delivery: bool,
+    /// With `wait_for_delivery`: how long to wait before answering with a retryable error.
+    pub delivery_timeout: Duration,
 }
 
 impl Default for OtlpReceiverConfig {
@@ -24,6 +29,8 @@ impl Default for OtlpReceiverConfig {
         Self {
             protocols: Protocols::default(),
             backpressure_wait: Duration::from_secs(1),
+            wait_for_delivery: false,
+            delivery_timeout: Duration::from_secs(10),
         }
     }
 }

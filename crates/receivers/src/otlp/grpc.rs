@@ -76,7 +76,7 @@ fn signal_of(path: &str) -> Option<Signal> {
 pub(crate) fn refusal_status(r: &Refusal) -> Status {
     let code = match r {
         Refusal::MemoryLimit(_) => Code::ResourceExhausted,
-        Refusal::Full(_) | Refusal::ShuttingDown => Code::Unavailable,
+        Refusal::Full(_) | Refusal::ShuttingDown | Refusal::NotDelivered(_) => Code::Unavailable,
     };
     let message = r.to_string();
     let details = rpc::Status::new(code as i32, message.clone())

@@ -145,7 +145,9 @@ fn error_with(format: Format, status: StatusCode, s: rpc::Status) -> Response<Bo
 fn refusal_response(format: Format, r: &Refusal) -> Response<Body> {
     let (status, grpc_code) = match r {
         Refusal::MemoryLimit(_) => (StatusCode::TOO_MANY_REQUESTS, code::RESOURCE_EXHAUSTED),
-        Refusal::Full(_) | Refusal::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
+        Refusal::Full(_) | Refusal::ShuttingDown | Refusal::NotDelivered(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE)
+        }
     };
     let s = rpc::Status::new(grpc_code, r.to_string()).with_retry_delay(RETRY_DELAY);
     let mut resp = error_with(format, status, s);

@@ -2,7 +2,7 @@
 //! authentication, self-telemetry and rate-limited logging.
 
 use bizpilot_core::telemetry::ReceiverTelemetry;
-use bizpilot_core::{Batch, Output, Payload, ReceiverOutput, Refusal, Signal};
+use bizpilot_core::{Ack, Batch, Delivery, Output, Payload, ReceiverOutput, Refusal, Signal};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,8 @@ pub(crate) const RETRY_DELAY: Duration = Duration::from_secs(1);
 pub(crate) struct Ingest {
     outputs: [Option<Output>; 3],
     wait: Duration,
+    /// `wait_for_delivery`: how long a request waits for its acknowledgement before the answer.
+    delivery: Option<Duration>,
     pub(crate) telemetry: ReceiverTelemetry,
     pub(crate) id: String,
     refusal_log: LogLimit,
@@ -36,11 +38,13 @@ impl Ingest {
         transport: &'static str,
         output: &ReceiverOutput,
         wait: Duration,
+        delivery: Option<Duration>,
         hard_stop: CancellationToken,
     ) -> Self {
         Self {
             outputs: Signal::ALL.map(|s| output.get(s).cloned()),
             wait,
+            delivery,
             telemetry: ReceiverTelemetry::new(id, transport),
             id: id.to_string(),
             refusal_log: LogLimit::new(),
@@ -62,10 +66,30 @@ impl Ingest {
         if items == 0 {
             return Ok(());
         }
-        let sent = tokio::select! {
-            r = output.send_with_deadline(Batch::new(payload), self.wait) => r,
+        let (batch, delivered) = match self.delivery {
+            None => (Batch::new(payload), None),
+            Some(timeout) => {
+                let (ack, rx) = Ack::channel();
+                (Batch::with_ack(payload, ack), Some((rx, timeout)))
+            }
+        };
+        let mut sent = tokio::select! {
+            r = output.send_with_deadline(batch, self.wait) => r,
             () = self.hard_stop.cancelled() => Err(Refusal::ShuttingDown),
         };
+        // `wait_for_delivery`: answer once every consumer confirmed (the acknowledgement fires when the
+        // last holder of the batch lets go), so a client is never told "accepted" for data a crash loses.
+        if let (Ok(()), Some((rx, timeout))) = (&sent, delivered) {
+            sent = tokio::select! {
+                r = tokio::time::timeout(timeout, rx) => match r {
+                    Ok(Ok(Delivery::Delivered)) => Ok(()),
+                    Ok(Ok(Delivery::Failed)) => Err(Refusal::NotDelivered("a component downstream failed it".into())),
+                    Ok(Err(_)) => Err(Refusal::NotDelivered("the pipeline dropped it unconfirmed".into())),
+                    Err(_) => Err(Refusal::NotDelivered(format!("not confirmed within {timeout:?}"))),
+                },
+                () = self.hard_stop.cancelled() => Err(Refusal::ShuttingDown),
+            };
+        }
         match sent {
             Ok(()) => {
                 self.telemetry.accepted(signal, items);

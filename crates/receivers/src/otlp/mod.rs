@@ -25,6 +25,8 @@
 //! | `protocols.http.cors.allowed_headers` | `Accept`, `Content-Type`, `Content-Encoding`, `X-Requested-With` | extra request headers browsers may send; `*` for any |
 //! | `protocols.http.cors.max_age` | none | seconds browsers may cache a preflight answer |
 //! | `backpressure_wait` | `1s` | how long a request may wait for room in the pipeline before it is refused |
+//! | `wait_for_delivery` | `false` | answer a request only once every component downstream confirmed it — exported, stored in a persistent `sending_queue`, journaled — instead of once it entered the pipeline; a `SIGKILL` then never loses data a client was told was accepted. Costs latency (a `batch` processor's timeout, an export) and gives at-least-once: a refused request may have been delivered |
+//! | `delivery_timeout` | `10s` | with `wait_for_delivery`: how long a request waits for confirmation before the answer is a retryable error (gRPC `UNAVAILABLE`, HTTP 503) |
 //!
 //! At least one protocol must be enabled.
 //!
@@ -232,7 +234,10 @@ impl Receiver for OtlpReceiver {
         let wait: Duration = config.backpressure_wait.get();
         // In-flight requests may wait for room (at most `wait`) and need a moment to answer;
         // after that, whatever still waits is refused so shutdown takes a few seconds at most.
-        let grace = wait.min(Duration::from_secs(5)) + Duration::from_secs(2);
+        let delivery = config.wait_for_delivery.then(|| config.delivery_timeout.get());
+        let grace = wait.min(Duration::from_secs(5))
+            + delivery.unwrap_or_default().min(Duration::from_secs(5))
+            + Duration::from_secs(2);
         let hard_stop = CancellationToken::new();
 
         // Bind both listeners before serving, so a taken port fails the start.
@@ -244,7 +249,7 @@ impl Receiver for OtlpReceiver {
             let local = listener.local_addr()?;
             addrs.grpc = Some(local);
             let state = GrpcState {
-                ingest: Ingest::new(&id, "grpc", &output, wait, hard_stop.clone()),
+                ingest: Ingest::new(&id, "grpc", &output, wait, delivery, hard_stop.clone()),
                 auth: g.auth.as_ref().map(|a| BearerAuth::new(&a.bearer_token)),
                 max_message_size: g.max_recv_msg_size(),
             };
@@ -265,7 +270,7 @@ impl Receiver for OtlpReceiver {
             let listener = server::bind(&address)?;
             let local = listener.local_addr()?;
             addrs.http = Some(local);
-            let state = HttpState::new(Ingest::new(&id, "http", &output, wait, hard_stop.clone()), h);
+            let state = HttpState::new(Ingest::new(&id, "http", &output, wait, delivery, hard_stop.clone()), h);
             tracing::info!(receiver = %id, address = %local, tls = http_tls.is_some(), "OTLP/HTTP receiver listening");
             servers.push(Server {
                 listener,
