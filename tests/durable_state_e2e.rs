@@ -199,6 +199,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 const DEMO_OVERLAY: &str = r#"
 connectors:
   business_impact:
+    storage: file_storage
+    checkpoint_interval: 200ms
     idle_timeout: 10s
     metrics_flush_interval: 200ms
 processors:
