@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `--world independent` runs the world of `kpi_eval_world/world.rs` instead (its own generator and truth,
-//! see there; `--variant a` is the one the model was developed on, `b` is held out), and reports lead-time
+//! see there; `--variant a` is the one the model was developed on, `b` and `c` are held out — `c` also changes the
+//! stage-duration distributions), and reports lead-time
 //! recall per true cause, precision inside and outside incidents, calibration (ECE, Brier, reliability table)
 //! of hourly predictions, cause accuracy, and services named without overlapping evidence.
 //!
@@ -562,7 +563,8 @@ fn independent(a: &Args) {
     let sc = match a.variant.as_str() {
         "a" => world::Scenario::a(a.seed, a.days, a.rate * 3600.0),
         "b" => world::Scenario::b(a.seed, a.days, a.rate * 3600.0),
-        v => panic!("--variant a or b, got {v}"),
+        "c" => world::Scenario::c(a.seed, a.days, a.rate * 3600.0),
+        v => panic!("--variant a, b or c, got {v}"),
     };
     println!("# order_kpi evaluation: independent world, variant {}", a.variant);
     println!("scenario: {sc:?}; threshold {}", a.threshold);
@@ -801,6 +803,39 @@ fn independent(a: &Args) {
             );
         }
     }
+    // The same, split by whether a stage on the order's way was slowed (the connector's calibration regimes),
+    // with the raw (uncalibrated) probabilities next to the calibrated ones.
+    for (slowed, stage) in [(false, None), (true, Some(0u8)), (true, Some(1)), (true, Some(2))] {
+        let mut rb = [(0u64, 0f64, 0f64, 0u64); 10];
+        for p in predictions
+            .iter()
+            .filter(|p| p.slowed == slowed && stage.is_none_or(|s| s == p.stage))
+        {
+            let Some(&b) = truth.get(&*p.order_id) else { continue };
+            let x = f64::from(p.probability);
+            let k = ((x * 10.0) as usize).min(9);
+            rb[k].0 += 1;
+            rb[k].1 += x;
+            rb[k].2 += f64::from(p.raw);
+            rb[k].3 += u64::from(b);
+        }
+        println!(
+            "\n{} a stage on the way slowed{}: | predicted | predictions | mean predicted | mean raw | breached |",
+            if slowed { "with" } else { "without" },
+            stage.map(|s| format!(", order in stage {s}")).unwrap_or_default()
+        );
+        for (k, b) in rb.iter().enumerate().filter(|(_, b)| b.0 > 0) {
+            println!(
+                "| {:.1}–{:.1} | {} | {:.3} | {:.3} | {:.3} |",
+                k as f64 / 10.0,
+                (k + 1) as f64 / 10.0,
+                b.0,
+                b.1 / b.0 as f64,
+                b.2 / b.0 as f64,
+                b.3 as f64 / b.0 as f64
+            );
+        }
+    }
     let upper: Vec<_> = bins.iter().skip(1).filter(|b| b.0 > 0).collect();
     let n_upper: u64 = upper.iter().map(|b| b.0).sum();
     let ece_upper: f64 = upper
@@ -835,6 +870,21 @@ fn independent(a: &Args) {
                 _ => stage == c.stage() && service.is_none_or(|s| Some(s) == c.service()),
             };
             ok += u64::from(correct);
+            if diag && !correct {
+                let h = |t: u64| (t.saturating_sub(world::START)) as f64 / HOUR as f64;
+                println!(
+                    "WRONG {c:?} {} placed h{:.1} paid h{:.1} shipped h{:.1} delivered h{:.1} deadline h{:.1}; flagged h{:.1} in {:?} p {:?}: stage {stage:?} service {service:?}",
+                    o.id,
+                    h(o.placed),
+                    h(o.paid.unwrap_or(0)),
+                    h(o.shipped.unwrap_or(0)),
+                    h(o.delivered.unwrap_or(0)),
+                    h(o.deadline),
+                    h(r.flagged_at.unwrap_or(0)),
+                    r.flag_stage,
+                    r.flag_probability
+                );
+            }
             let both = correct && c.service().is_none_or(|s| service == Some(s));
             full += u64::from(both);
         }
