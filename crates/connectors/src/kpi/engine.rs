@@ -1423,7 +1423,13 @@ impl Engine {
             // replay gives what the live run gave to the last bit.
             let mut expected = vec![0u64; flows.len()];
             for (id, o) in orders.iter_mut() {
-                let age = o.clock;
+                // A stalled stage holds its orders while their own work goes on: their age is real time.
+                let stalled = flows.get(o.stage).is_some_and(StageFlow::stalled);
+                let age = if stalled {
+                    b.saturating_sub(o.entered()) as f64
+                } else {
+                    o.clock
+                };
                 let mixture = mixtures.get(o.stage).map_or(&[TimeChange::NORMAL][..], |v| &v[..]);
                 let waits = queues.get(o.stage).filter(|q| !q.is_empty()).and_then(|q| {
                     flows
@@ -1431,7 +1437,7 @@ impl Engine {
                         .queue_waits(q.partition_point(|e| *e < o.entered()), b, &episodes)
                 });
                 let stage_slowed = slowed.get(o.stage).copied().unwrap_or(false);
-                if let Some(x) = model.exit_probability(o.stage, o.cond, age, interval)
+                if let Some(x) = model.exit_probability(o.stage, o.cond, o.clock, interval)
                     && let Some(e) = expected.get_mut(o.stage)
                 {
                     *e += (x * 1e9).round() as u64;
@@ -1483,6 +1489,13 @@ impl Engine {
                     }
                     let at_risk = p.is_some_and(|p| f64::from(p) >= c.threshold);
                     // Would the order make it without the time slowdowns cost it? If not, they are not its cause.
+                    // (A stalled stage held the order while its own work went on: its real age counts there, and
+                    // only the time lost in earlier stages is given back.)
+                    let (age0, back) = if stalled {
+                        (o.clock + o.lost, o.lost_total - o.lost)
+                    } else {
+                        (o.clock, o.lost_total)
+                    };
                     let matters = at_risk
                         && o.lost_total > 0.0
                         && model
@@ -1491,8 +1504,8 @@ impl Engine {
                                 o.stage,
                                 kp.to,
                                 o.cond,
-                                age,
-                                (deadline - b).saturating_add(o.lost_total as u64),
+                                age0,
+                                (deadline - b).saturating_add(back.max(0.0) as u64),
                                 TimeChange::NORMAL,
                             )
                             .is_some_and(|p0| p0 < 0.5);

@@ -52,6 +52,9 @@ pub const QUADRATURE: usize = 32;
 pub const PRIOR_WEIGHT: f64 = 2.0;
 /// Ended slowdowns remembered (their lengths), per stage.
 pub const MAX_EPISODES: usize = 32;
+/// A slowed stage working below this speed is **stalled**: nothing leaves it; its orders are predicted to
+/// leave at the later of the stall's end and their own normal exit (see [`super::sketch::TimeChange`]).
+pub const STALL: f64 = 0.1;
 /// Shortest assumed remaining duration of a slowdown.
 pub const MIN_SPAN_NS: u64 = 3_600_000_000_000;
 
@@ -159,6 +162,7 @@ impl StageFlow {
             .map(|w| TimeChange {
                 rate: self.rate,
                 span: w,
+                hold: self.stalled(),
             })
             .collect()
     }
@@ -166,7 +170,7 @@ impl StageFlow {
     /// Whether orders in the stage are predicted as a queue ([`StageFlow::queue_waits`]): slowed but still
     /// working (`0.1 ≤ r < 1`).
     pub fn queueing(&self) -> bool {
-        self.slowed() && self.rate >= 0.1 && self.rate < 1.0 && self.observed_per_hour > 0.0
+        self.slowed() && self.rate >= STALL && self.rate < 1.0 && self.observed_per_hour > 0.0
     }
 
     /// Waits (ns) of an order with `ahead` orders before it in the stage, served first come first served:
@@ -200,6 +204,11 @@ impl StageFlow {
         self.slowed_since.is_some()
     }
 
+    /// Whether the stage is stalled now (slowed below [`STALL`]).
+    pub fn stalled(&self) -> bool {
+        self.slowed() && self.rate < STALL
+    }
+
     /// The clock change assumed for predictions made at `now`.
     pub fn time_change(&self, now: u64) -> TimeChange {
         if (self.rate - 1.0).abs() < 1e-9 {
@@ -209,6 +218,7 @@ impl StageFlow {
         TimeChange {
             rate: self.rate,
             span: lasted.max(MIN_SPAN_NS) as f64,
+            hold: self.stalled(),
         }
     }
 

@@ -46,6 +46,8 @@
 //!         = Σ_k m_k · S_R(L' − g(x_k − a)) / S_T(a)
 //! g(τ)    = τ / r            while τ < r·W       (the stage keeps working at r for W more)
 //!         = W + τ − r·W      after               (then normally)
+//!         = max(W, τ)        stalled (r < 0.1)   (held: leaves at the later of the stall's end and its own exit,
+//!                                                 a = its real age in the stage)
 //! W       ~ the slowdown's remaining length: P(W > x) = G(x)  (see [`flow`])
 //! L'      = L − Σ_{later stages m slowed} max(0, W_m(1 − r_m) − median T[s])
 //! ```
