@@ -1489,13 +1489,8 @@ impl Engine {
                     }
                     let at_risk = p.is_some_and(|p| f64::from(p) >= c.threshold);
                     // Would the order make it without the time slowdowns cost it? If not, they are not its cause.
-                    // (A stalled stage held the order while its own work went on: its real age counts there, and
-                    // only the time lost in earlier stages is given back.)
-                    let (age0, back) = if stalled {
-                        (o.clock + o.lost, o.lost_total - o.lost)
-                    } else {
-                        (o.clock, o.lost_total)
-                    };
+                    // (Its clock stood still while a stage was stalled: with the time lost given back, this is
+                    // also the question for an order held by a stall, which may have been due since it began.)
                     let matters = at_risk
                         && o.lost_total > 0.0
                         && model
@@ -1504,8 +1499,8 @@ impl Engine {
                                 o.stage,
                                 kp.to,
                                 o.cond,
-                                age0,
-                                (deadline - b).saturating_add(back.max(0.0) as u64),
+                                o.clock,
+                                (deadline - b).saturating_add(o.lost_total as u64),
                                 TimeChange::NORMAL,
                             )
                             .is_some_and(|p0| p0 < 0.5);
