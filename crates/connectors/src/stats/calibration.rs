@@ -51,7 +51,7 @@ impl Reliability {
 
     /// `weight` outcomes of predictions with raw probability `p`, of which `events` came true.
     pub fn observe(&mut self, p: f64, weight: f64, events: f64) {
-        if !(weight > 0.0) || p.is_nan() {
+        if weight.is_nan() || weight <= 0.0 || p.is_nan() {
             return;
         }
         if let Some(b) = self.bins.get_mut(bin(p)) {
