@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `--world independent` runs the world of `kpi_eval_world/world.rs` instead (its own generator and truth,
-//! see there; `--variant a` is the one the model was developed on, `b` is held out), and reports lead-time
+//! see there; `--variant a` is the one the model was developed on, `b` and `c` are held out — `c` also changes the
+//! stage-duration distributions), and reports lead-time
 //! recall per true cause, precision inside and outside incidents, calibration (ECE, Brier, reliability table)
 //! of hourly predictions, cause accuracy, and services named without overlapping evidence.
 //!
@@ -562,7 +563,8 @@ fn independent(a: &Args) {
     let sc = match a.variant.as_str() {
         "a" => world::Scenario::a(a.seed, a.days, a.rate * 3600.0),
         "b" => world::Scenario::b(a.seed, a.days, a.rate * 3600.0),
-        v => panic!("--variant a or b, got {v}"),
+        "c" => world::Scenario::c(a.seed, a.days, a.rate * 3600.0),
+        v => panic!("--variant a, b or c, got {v}"),
     };
     println!("# order_kpi evaluation: independent world, variant {}", a.variant);
     println!("scenario: {sc:?}; threshold {}", a.threshold);
@@ -733,7 +735,6 @@ fn independent(a: &Args) {
         );
     }
     if diag {
-        let h = |t: u64| (t.saturating_sub(world::START)) as f64 / HOUR as f64;
         for o in eligible
             .iter()
             .filter(|o| !o.breached && flag(o).is_some())
@@ -747,17 +748,9 @@ fn independent(a: &Args) {
         {
             let r = &res[&o.id];
             println!(
-                "FP {} touched {:?} placed h{:.1} paid h{:.1} shipped h{:.1} delivered h{:.1} deadline h{:.1}; flagged h{:.1} in {:?} p {:?} cause {:?}/{:?}",
-                o.id,
+                "FP touched {:?} {}; cause {:?}/{:?}",
                 o.touched_by,
-                h(o.placed),
-                h(o.paid.unwrap_or(0)),
-                h(o.shipped.unwrap_or(0)),
-                h(o.delivered.unwrap_or(0)),
-                h(o.deadline),
-                h(r.flagged_at.unwrap_or(0)),
-                r.flag_stage,
-                r.flag_probability,
+                timeline(o, r),
                 r.flag_cause_stage,
                 r.flag_service
             );
@@ -786,20 +779,45 @@ fn independent(a: &Args) {
         .filter(|b| b.0 > 0)
         .map(|b| b.0 as f64 / n.max(1) as f64 * (b.1 / b.0 as f64 - b.2 as f64 / b.0 as f64).abs())
         .sum();
-    println!("\n## Calibration ({n} hourly predictions of open orders)");
-    println!("| predicted | predictions | mean predicted | breached |");
-    println!("|---|---|---|---|");
-    for (k, b) in bins.iter().enumerate() {
-        if b.0 > 0 {
+    // The reliability table of a set of predictions: per tenth of the predicted probability, how many, their
+    // mean, their mean raw (uncalibrated) value and the share that breached.
+    let table = |label: String, keep: &dyn Fn(&bizpilot_connectors::kpi::engine::Prediction) -> bool| {
+        let mut rb = [(0u64, 0f64, 0f64, 0u64); 10];
+        for p in predictions.iter().filter(|p| keep(p)) {
+            let Some(&b) = truth.get(&*p.order_id) else { continue };
+            let x = f64::from(p.probability);
+            let k = ((x * 10.0) as usize).min(9);
+            rb[k].0 += 1;
+            rb[k].1 += x;
+            rb[k].2 += f64::from(p.raw);
+            rb[k].3 += u64::from(b);
+        }
+        println!("\n{label}");
+        println!("| predicted | predictions | mean predicted | mean raw | breached |");
+        println!("|---|---|---|---|---|");
+        for (k, b) in rb.iter().enumerate().filter(|(_, b)| b.0 > 0) {
             println!(
-                "| {:.1}–{:.1} | {} | {:.3} | {:.3} |",
+                "| {:.1}–{:.1} | {} | {:.3} | {:.3} | {:.3} |",
                 k as f64 / 10.0,
                 (k + 1) as f64 / 10.0,
                 b.0,
                 b.1 / b.0 as f64,
-                b.2 as f64 / b.0 as f64
+                b.2 / b.0 as f64,
+                b.3 as f64 / b.0 as f64
             );
         }
+    };
+    table(
+        format!("## Calibration ({n} hourly predictions of open orders)"),
+        &|_| true,
+    );
+    // The same, split by whether a stage on the order's way was slowed (the connector's calibration regimes).
+    table("without a stage on the way slowed:".into(), &|p| !p.slowed);
+    for stage in 0u8..3 {
+        table(
+            format!("with a stage on the way slowed, order in stage {stage}:"),
+            &|p| p.slowed && p.stage == stage,
+        );
     }
     let upper: Vec<_> = bins.iter().skip(1).filter(|b| b.0 > 0).collect();
     let n_upper: u64 = upper.iter().map(|b| b.0).sum();
@@ -835,6 +853,9 @@ fn independent(a: &Args) {
                 _ => stage == c.stage() && service.is_none_or(|s| Some(s) == c.service()),
             };
             ok += u64::from(correct);
+            if diag && !correct {
+                println!("WRONG {c:?} {}: stage {stage:?} service {service:?}", timeline(o, r));
+            }
             let both = correct && c.service().is_none_or(|s| service == Some(s));
             full += u64::from(both);
         }
@@ -885,6 +906,23 @@ fn independent(a: &Args) {
             )
         );
     }
+}
+
+/// An order's way through the independent world (hours from its start) and its first flag.
+fn timeline(o: &world::OrderTruth, r: &Resolution) -> String {
+    let h = |t: u64| (t.saturating_sub(world::START)) as f64 / world::HOUR as f64;
+    format!(
+        "{} placed h{:.1} paid h{:.1} shipped h{:.1} delivered h{:.1} deadline h{:.1}; flagged h{:.1} in {:?} p {:?}",
+        o.id,
+        h(o.placed),
+        h(o.paid.unwrap_or(0)),
+        h(o.shipped.unwrap_or(0)),
+        h(o.delivered.unwrap_or(0)),
+        h(o.deadline),
+        h(r.flagged_at.unwrap_or(0)),
+        r.flag_stage,
+        r.flag_probability
+    )
 }
 
 fn frac(n: u64, d: u64) -> String {

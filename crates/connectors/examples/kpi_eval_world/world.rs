@@ -96,6 +96,14 @@ pub struct Scenario {
     pub carrier_hours: f64,
     pub brownout_start: f64,
     pub brownout_minutes: f64,
+    /// Picking time: log-normal median (h) and sigma; share of picks with a long tail (10–30 h more).
+    pub pick_median: f64,
+    pub pick_sigma: f64,
+    pub pick_tail: f64,
+    /// Transit: log-normal median (h) and sigma; share with a long tail (10–30 h more).
+    pub transit_median: f64,
+    pub transit_sigma: f64,
+    pub transit_tail: f64,
 }
 
 impl Scenario {
@@ -112,6 +120,12 @@ impl Scenario {
             carrier_hours: 6.0,
             brownout_start: 82.0,
             brownout_minutes: 20.0,
+            pick_median: 2.5,
+            pick_sigma: 0.45,
+            pick_tail: 0.007,
+            transit_median: 9.0,
+            transit_sigma: 0.3,
+            transit_tail: 0.008,
         }
     }
     /// The held-out variant: other times, lengths and severities.
@@ -127,6 +141,29 @@ impl Scenario {
             carrier_hours: 7.0,
             brownout_start: 39.0,
             brownout_minutes: 30.0,
+            ..Scenario::a(seed, days, rate)
+        }
+    }
+    /// A second held-out variant with another shape of world: slower picking and faster, wider transit, more
+    /// long tails, a harsher and earlier backlog, a longer carrier stop, a longer brown-out.
+    pub fn c(seed: u64, days: f64, rate: f64) -> Scenario {
+        Scenario {
+            seed,
+            days,
+            rate,
+            backlog_start: 40.0,
+            backlog_hours: 8.0,
+            backlog_capacity: 0.15,
+            carrier_start: 125.0,
+            carrier_hours: 9.0,
+            brownout_start: 100.0,
+            brownout_minutes: 45.0,
+            pick_median: 4.0,
+            pick_sigma: 0.5,
+            pick_tail: 0.01,
+            transit_median: 7.0,
+            transit_sigma: 0.4,
+            transit_tail: 0.01,
         }
     }
     fn at(&self, h: f64) -> u64 {
@@ -358,12 +395,12 @@ pub fn generate(sc: &Scenario) -> World {
             cancelled = Some(at + HOUR);
         }
         let natural_paid = t0 + SEC / 5 + hf(rng.between(1.5, 5.5) / 3600.0);
-        let mut pick = rng.lognormal(2.5, 0.45).min(14.0);
-        if rng.chance(0.007) {
+        let mut pick = rng.lognormal(sc.pick_median, sc.pick_sigma).min(14.0);
+        if rng.chance(sc.pick_tail) {
             pick += rng.between(10.0, 30.0);
         }
-        let mut transit = rng.lognormal(9.0, 0.3).min(20.0);
-        if rng.chance(0.008) {
+        let mut transit = rng.lognormal(sc.transit_median, sc.transit_sigma).min(20.0);
+        if rng.chance(sc.transit_tail) {
             transit += rng.between(10.0, 30.0);
         }
         let p = paid.unwrap_or(natural_paid);

@@ -208,6 +208,11 @@ pub struct Prediction {
     pub order_id: Box<str>,
     pub time: u64,
     pub probability: f32,
+    /// The probability before calibration ([`Model::calibrated`]), the order's stage and whether a stage on its
+    /// way was slowed (the calibration regime).
+    pub raw: f32,
+    pub stage: u8,
+    pub slowed: bool,
 }
 
 /// Why an order's KPI ended.
@@ -314,6 +319,9 @@ struct KpiState {
     max_p: Option<f32>,
     at_risk: bool,
     cause: Option<Cause>,
+    /// Calibration bins of the raw probabilities given to the order, per regime (see [`Model::calibrated`]).
+    #[serde(default)]
+    bins: [u32; 2],
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -332,8 +340,14 @@ struct Order {
     /// Stage clock (ns of normal work in the current stage, see [`super::flow`]) as of `clock_at`.
     clock: f64,
     clock_at: u64,
-    /// The latest stage that was slowed for everybody while this order was in it (it ate the order's slack).
+    /// The latest stage whose slowdown cost this order at least `long_wait` (it ate the order's slack).
     hit: Option<u8>,
+    /// Time (ns) lost in the current stage to the stage's slowdowns: `Σ elapsed × (1 − r)` while `r < 1`.
+    #[serde(default)]
+    lost: f64,
+    /// The same over every stage the order went through.
+    #[serde(default)]
+    lost_total: f64,
     /// The order's value, from the latest event (by event time) that stated one.
     value: Option<bizpilot_core::Money>,
 }
@@ -984,6 +998,8 @@ impl Engine {
                 clock: 0.0,
                 clock_at: time,
                 hit: None,
+                lost: 0.0,
+                lost_total: 0.0,
                 value: None,
             };
             self.orders.insert(id.clone(), o);
@@ -1028,6 +1044,7 @@ impl Engine {
                 }
                 o.stage = j;
                 o.clock = 0.0;
+                o.lost = 0.0;
                 o.clock_at = time;
             } else {
                 self.stats.events_out_of_order += 1;
@@ -1147,6 +1164,7 @@ impl Engine {
             &self.stage_service_ids,
             o,
             slowed,
+            slowed || o.hit.is_some(),
             &self.medians(),
             long_wait(&self.c.kpis),
         )
@@ -1200,8 +1218,10 @@ impl Engine {
         let flag_stage = o.kpis[k].flag_stage;
         let flag_p = o.kpis[k].flag_p;
         let flag_services = std::mem::take(&mut o.kpis[k].flag_services);
+        let bins = o.kpis[k].bins;
         match outcome {
             Outcome::InTime | Outcome::Breached => {
+                self.model.outcome(k, bins, outcome == Outcome::Breached);
                 let sid = o.sid;
                 let fig = &mut self.figures[k];
                 let slot = fig.by_series.entry(sid).or_insert([0, 0]);
@@ -1293,19 +1313,25 @@ impl Engine {
                 c,
                 ..
             } = self;
+            let long = long_wait(&c.kpis) as f64;
             for (id, o) in orders.iter_mut() {
                 let rate = flows.get(o.stage).map_or(1.0, |f| f.rate);
-                o.clock += b.saturating_sub(o.clock_at) as f64 * rate;
+                let elapsed = b.saturating_sub(o.clock_at) as f64;
+                o.clock += elapsed * rate;
+                if rate < 1.0 {
+                    o.lost += elapsed * (1.0 - rate);
+                    o.lost_total += elapsed * (1.0 - rate);
+                }
                 o.clock_at = o.clock_at.max(b);
+                if o.lost >= long {
+                    o.hit = u8::try_from(o.stage).ok();
+                }
                 if b.saturating_sub(o.first_seen) > c.max_order_age {
                     expired.push(id.clone());
                     continue;
                 }
                 if let Some(f) = flows.get_mut(o.stage) {
                     f.backlog += 1;
-                    if f.slowed() {
-                        o.hit = u8::try_from(o.stage).ok();
-                    }
                 }
                 let cond = condition_of(health, stage_service_ids, o, o.stage);
                 o.cond = cond;
@@ -1376,7 +1402,9 @@ impl Engine {
             } = self;
             let interval = c.eval as f64;
             let changes: Vec<TimeChange> = flows.iter().map(|f| f.time_change(b)).collect();
-            let mixtures: Vec<Vec<TimeChange>> = flows.iter().map(|f| f.time_changes(b)).collect();
+            // The slowdowns seen to end, of every stage: what the connector knows of how long slowdowns last.
+            let episodes: Vec<u64> = flows.iter().flat_map(|f| f.episodes.iter().copied()).collect();
+            let mixtures: Vec<Vec<TimeChange>> = flows.iter().map(|f| f.time_changes(b, &episodes)).collect();
             // First come, first served: the entry times of the orders in each slowed stage, for "backlog ahead".
             let mut queues: Vec<Vec<u64>> = vec![Vec::new(); flows.len()];
             for o in orders.values() {
@@ -1395,15 +1423,21 @@ impl Engine {
             // replay gives what the live run gave to the last bit.
             let mut expected = vec![0u64; flows.len()];
             for (id, o) in orders.iter_mut() {
-                let age = o.clock;
+                // A stalled stage holds its orders while their own work goes on: their age is real time.
+                let stalled = flows.get(o.stage).is_some_and(StageFlow::stalled);
+                let age = if stalled {
+                    b.saturating_sub(o.entered()) as f64
+                } else {
+                    o.clock
+                };
                 let mixture = mixtures.get(o.stage).map_or(&[TimeChange::NORMAL][..], |v| &v[..]);
                 let waits = queues.get(o.stage).filter(|q| !q.is_empty()).and_then(|q| {
                     flows
                         .get(o.stage)?
-                        .queue_waits(q.partition_point(|e| *e < o.entered()), b)
+                        .queue_waits(q.partition_point(|e| *e < o.entered()), b, &episodes)
                 });
                 let stage_slowed = slowed.get(o.stage).copied().unwrap_or(false);
-                if let Some(x) = model.exit_probability(o.stage, o.cond, age, interval)
+                if let Some(x) = model.exit_probability(o.stage, o.cond, o.clock, interval)
                     && let Some(e) = expected.get_mut(o.stage)
                 {
                     *e += (x * 1e9).round() as u64;
@@ -1438,18 +1472,49 @@ impl Engine {
                             .map(|tc| model.miss_changed(k, o.stage, kp.to, o.cond, age, left, *tc))
                             .collect(),
                     };
-                    let p = ps.map(|v| (v.iter().sum::<f64>() / v.len().max(1) as f64) as f32);
+                    // The raw probability, then calibrated on the outcomes of the raw probabilities given before.
+                    let regime = usize::from(waits.is_some() || mixture.len() > 1 || later > 0.0);
+                    let raw = ps.map(|v| v.iter().sum::<f64>() / v.len().max(1) as f64);
+                    let p = raw.map(|r| model.calibrated(k, regime, r) as f32);
                     if hourly && let (Some(v), Some(p)) = (predictions.as_mut(), p) {
                         v.push(Prediction {
                             kpi: k,
                             order_id: id.clone(),
                             time: b,
                             probability: p,
+                            raw: raw.unwrap_or(0.0) as f32,
+                            stage: u8::try_from(o.stage).unwrap_or(u8::MAX),
+                            slowed: regime == 1,
                         });
                     }
                     let at_risk = p.is_some_and(|p| f64::from(p) >= c.threshold);
-                    let cause = at_risk
-                        .then(|| cause_of(health, stage_service_ids, o, stage_slowed, &medians, long_wait(&c.kpis)));
+                    // Would the order make it without the time slowdowns cost it? If not, they are not its cause.
+                    // (Its clock stood still while a stage was stalled: with the time lost given back, this is
+                    // also the question for an order held by a stall, which may have been due since it began.)
+                    let matters = at_risk
+                        && o.lost_total > 0.0
+                        && model
+                            .miss_changed(
+                                k,
+                                o.stage,
+                                kp.to,
+                                o.cond,
+                                o.clock,
+                                (deadline - b).saturating_add(o.lost_total as u64),
+                                TimeChange::NORMAL,
+                            )
+                            .is_some_and(|p0| p0 < 0.5);
+                    let cause = at_risk.then(|| {
+                        cause_of(
+                            health,
+                            stage_service_ids,
+                            o,
+                            stage_slowed && matters,
+                            matters,
+                            &medians,
+                            long_wait(&c.kpis),
+                        )
+                    });
                     let services: Vec<u16> = if at_risk && st.flagged_at.is_none() {
                         o.evidence.iter().filter(|e| e.bad() > 0).map(|e| e.service).collect()
                     } else {
@@ -1457,6 +1522,9 @@ impl Engine {
                     };
                     let stage = o.stage;
                     let Some(st) = o.kpis.get_mut(k) else { continue };
+                    if let (Some(r), Some(mask)) = (raw, st.bins.get_mut(regime)) {
+                        *mask |= 1 << crate::stats::calibration::bin(r);
+                    }
                     st.p = p;
                     if let Some(p) = p {
                         st.max_p = Some(st.max_p.map_or(p, |m| m.max(p)));
@@ -1896,11 +1964,18 @@ fn cause_of(
     stage_services: &[Vec<u16>],
     o: &Order,
     slowed: bool,
+    matters: bool,
     medians: &[f64],
     long_wait: u64,
 ) -> Cause {
     let services = stage_services.get(o.stage).map_or(&[][..], |v| &v[..]);
-    let stage = if slowed { u8::try_from(o.stage).ok() } else { o.hit };
+    let stage = if slowed {
+        u8::try_from(o.stage).ok()
+    } else if matters {
+        o.hit
+    } else {
+        None
+    };
     let own = |e: &Evidence| Cause {
         service: Some(e.service),
         issue: Some(if e.errors > 0 { Issue::Errors } else { Issue::Latency }),

@@ -4,7 +4,8 @@
 //! should leave it within the next evaluation interval at normal speed (the **expected** exits,
 //! `E = Σ_orders 1 − S(c + Δ) / S(c)`, `c` the order's clock age, `Δ` the interval), and counts at the next
 //! evaluation how many of those orders did leave (the **observed** exits, `O`; orders that entered and left
-//! within one interval are not counted on either side). Over the last `window` intervals, a one-sided Poisson
+//! within one interval are not counted on either side). Over the last [`WINDOW_NS`] (30 min, as many intervals
+//! as fit in it), a one-sided Poisson
 //! test ([`crate::stats::rate`]) compares `O` with `E`: when `O` is significantly low (`P(X ≤ O | E) < α`)
 //! and `O/E ≤ 0.7`, the stage is **slowed** and works at the rate `r = O/E`; significantly high and
 //! `O/E ≥ 1.3` (a backlog being cleared) it works at `r = min(O/E, 4)`; otherwise `r = 1`. Because `E` comes
@@ -14,9 +15,23 @@
 //! Each order carries a **stage clock**: its age in the stage measured in normal work, advanced by
 //! `r × elapsed` at each evaluation. The stage durations are learned in clock time, so a backlog does not
 //! teach the model that the stage is always slow, and a stalled order does not look "about to leave" only
-//! because it is old. For the prediction, the stage is assumed to keep working at `r` for the next
-//! `D = max(time slowed so far, 1 h)` (an ongoing slowdown is expected to last about as long again as it has
-//! lasted), then normally: see [`super::sketch::TimeChange`].
+//! because it is old. For the prediction, the stage is assumed to keep working at `r` for an uncertain
+//! remaining length `W` (below), then normally: see [`super::sketch::TimeChange`].
+//!
+//! # How long will a slowdown last?
+//!
+//! With `m = max(time slowed so far, 1 h)`, the remaining length `W` of the slowdown has the survival
+//!
+//! ```text
+//! G(x) = P(W > x) = (k₀ · m / (m + x) + #{past slowdowns L_i > m + x}) / (k₀ + #{past slowdowns L_i > m})
+//! ```
+//!
+//! the "it lasts about as long again as it has lasted" prior (`m / (m + x)`, median `m`; weight
+//! [`PRIOR_WEIGHT`] episodes) updated with the lengths of the slowdowns the connector has seen end (of every
+//! stage, the latest [`MAX_EPISODES`]): the prior is what is believed before any slowdown was seen, the data
+//! take over as they accumulate. The predictions integrate over `W` with [`QUADRATURE`] equally likely points
+//! (the mid-quantiles of `G`), so the probability of a miss is a continuous function of the order's slack
+//! rather than a few steps.
 
 use std::collections::VecDeque;
 
@@ -29,8 +44,17 @@ pub const ALPHA: f64 = 1e-4;
 pub const MIN_CHANGE: f64 = 0.3;
 /// Expected exits over the window needed to judge a stage.
 pub const MIN_EXPECTED: f64 = 10.0;
-/// Intervals in the test's window.
-pub const WINDOW: usize = 6;
+/// The test's window (a duration: as many evaluation intervals as fit in it, at least one).
+pub const WINDOW_NS: u64 = 1_800_000_000_000;
+/// Points of the quadrature over the remaining length of a slowdown.
+pub const QUADRATURE: usize = 32;
+/// Weight of the prior on a slowdown's length, in episodes.
+pub const PRIOR_WEIGHT: f64 = 2.0;
+/// Ended slowdowns remembered (their lengths), per stage.
+pub const MAX_EPISODES: usize = 32;
+/// A slowed stage working below this speed is **stalled**: nothing leaves it; its orders are predicted to
+/// leave at the later of the stall's end and their own normal exit (see [`super::sketch::TimeChange`]).
+pub const STALL: f64 = 0.1;
 /// Shortest assumed remaining duration of a slowdown.
 pub const MIN_SPAN_NS: u64 = 3_600_000_000_000;
 
@@ -51,12 +75,15 @@ pub struct StageFlow {
     pub observed_per_hour: f64,
     /// Orders in the stage at the last evaluation.
     pub backlog: u64,
+    /// Lengths (ns) of the latest slowdowns of this stage that ended, oldest first.
+    #[serde(default)]
+    pub episodes: VecDeque<u64>,
 }
 
 impl Default for StageFlow {
     fn default() -> Self {
         StageFlow {
-            history: VecDeque::with_capacity(WINDOW + 1),
+            history: VecDeque::new(),
             expected_next: 0.0,
             observed: 0.0,
             rate: 1.0,
@@ -64,15 +91,23 @@ impl Default for StageFlow {
             normal_per_hour: 0.0,
             observed_per_hour: 0.0,
             backlog: 0,
+            episodes: VecDeque::new(),
         }
     }
+}
+
+/// Evaluation intervals in the test's window for an interval of `interval` ns.
+pub fn window_intervals(interval: u64) -> usize {
+    usize::try_from(WINDOW_NS.div_ceil(interval.max(1)))
+        .unwrap_or(usize::MAX)
+        .max(1)
 }
 
 impl StageFlow {
     /// Closes the interval ending at `now` (of length `interval` ns) and decides the stage's rate.
     pub fn close_interval(&mut self, now: u64, interval: u64) {
         self.history.push_back((self.observed, self.expected_next));
-        while self.history.len() > WINDOW {
+        while self.history.len() > window_intervals(interval) {
             self.history.pop_front();
         }
         self.observed = 0.0;
@@ -88,11 +123,21 @@ impl StageFlow {
             }
             RateVerdict::High(r) => {
                 self.rate = r.min(4.0);
-                self.slowed_since = None;
+                self.end_slowdown(now);
             }
             RateVerdict::Normal => {
                 self.rate = 1.0;
-                self.slowed_since = None;
+                self.end_slowdown(now);
+            }
+        }
+    }
+
+    /// The current slowdown, if any, ended at `now`: its length is remembered.
+    fn end_slowdown(&mut self, now: u64) {
+        if let Some(since) = self.slowed_since.take() {
+            self.episodes.push_back(now.saturating_sub(since));
+            while self.episodes.len() > MAX_EPISODES {
+                self.episodes.pop_front();
             }
         }
     }
@@ -104,19 +149,20 @@ impl StageFlow {
     }
 
     /// The clock changes assumed for predictions made at `now`, each equally likely: one (`NORMAL`) unless
-    /// the stage is slowed; then the slowdown's remaining length `W` is uncertain — with `m = max(time slowed
-    /// so far, 1 h)`, `P(W > x) = m / (m + x)` (it lasts as long again as it has lasted, at the median) — and
-    /// is taken at its quantiles 0.1, 0.3, 0.5, 0.7, 0.9 (`W_q = m·q / (1 − q)`).
-    pub fn time_changes(&self, now: u64) -> Vec<TimeChange> {
+    /// the stage is slowed; then the slowdown's remaining length `W` is uncertain and taken at the
+    /// [`QUADRATURE`] mid-quantiles of its survival `G` (see the module doc; `episodes`: the lengths of the
+    /// slowdowns seen to end, of every stage).
+    pub fn time_changes(&self, now: u64, episodes: &[u64]) -> Vec<TimeChange> {
         if self.rate >= 1.0 || self.slowed_since.is_none() {
             return vec![self.time_change(now)];
         }
         let m = self.time_change(now).span;
-        [0.1, 0.3, 0.5, 0.7, 0.9]
-            .iter()
-            .map(|q| TimeChange {
+        remaining_quantiles(m, episodes)
+            .into_iter()
+            .map(|w| TimeChange {
                 rate: self.rate,
-                span: m * q / (1.0 - q),
+                span: w,
+                hold: self.stalled(),
             })
             .collect()
     }
@@ -124,7 +170,7 @@ impl StageFlow {
     /// Whether orders in the stage are predicted as a queue ([`StageFlow::queue_waits`]): slowed but still
     /// working (`0.1 ≤ r < 1`).
     pub fn queueing(&self) -> bool {
-        self.slowed() && self.rate >= 0.1 && self.rate < 1.0 && self.observed_per_hour > 0.0
+        self.slowed() && self.rate >= STALL && self.rate < 1.0 && self.observed_per_hour > 0.0
     }
 
     /// Waits (ns) of an order with `ahead` orders before it in the stage, served first come first served:
@@ -132,7 +178,7 @@ impl StageFlow {
     /// at the normal pace (`c_n` = expected exits per hour): for each equally likely remaining length `W` of
     /// the slowdown (as in [`StageFlow::time_changes`]), `ahead / c_s` if `ahead ≤ c_s·W`, else
     /// `W + (ahead − c_s·W) / c_n`. `None` unless [`StageFlow::queueing`].
-    pub fn queue_waits(&self, ahead: usize, now: u64) -> Option<Vec<f64>> {
+    pub fn queue_waits(&self, ahead: usize, now: u64, episodes: &[u64]) -> Option<Vec<f64>> {
         if !self.queueing() {
             return None;
         }
@@ -143,7 +189,7 @@ impl StageFlow {
         );
         let n = ahead as f64;
         Some(
-            self.time_changes(now)
+            self.time_changes(now, episodes)
                 .iter()
                 .map(|tc| {
                     let w = tc.span;
@@ -158,6 +204,11 @@ impl StageFlow {
         self.slowed_since.is_some()
     }
 
+    /// Whether the stage is stalled now (slowed below [`STALL`]).
+    pub fn stalled(&self) -> bool {
+        self.slowed() && self.rate < STALL
+    }
+
     /// The clock change assumed for predictions made at `now`.
     pub fn time_change(&self, now: u64) -> TimeChange {
         if (self.rate - 1.0).abs() < 1e-9 {
@@ -167,6 +218,7 @@ impl StageFlow {
         TimeChange {
             rate: self.rate,
             span: lasted.max(MIN_SPAN_NS) as f64,
+            hold: self.stalled(),
         }
     }
 
@@ -184,6 +236,41 @@ impl StageFlow {
     }
 }
 
+/// `G(x) = P(W > x)`, the remaining length of a slowdown that has lasted `m` ns (see the module doc).
+pub fn remaining_survival(m: f64, episodes: &[u64], x: f64) -> f64 {
+    let m = m.max(1.0);
+    let x = x.max(0.0);
+    let longer = |t: f64| episodes.iter().filter(|l| **l as f64 > t).count() as f64;
+    (PRIOR_WEIGHT * m / (m + x) + longer(m + x)) / (PRIOR_WEIGHT + longer(m))
+}
+
+/// The [`QUADRATURE`] mid-quantiles of `W` (ns, ascending): `W_i` with `G(W_i) = 1 − (i + ½) / n`.
+pub fn remaining_quantiles(m: f64, episodes: &[u64]) -> Vec<f64> {
+    let n = QUADRATURE;
+    (0..n)
+        .map(|i| {
+            let target = 1.0 - (i as f64 + 0.5) / n as f64;
+            // G falls from 1 to 0: bisection between 0 and an upper bound where G is below the target (the
+            // prior part alone is below it from `m·(k₀/(target·(k₀ + n_m)) − 1)` on; the data part from the
+            // longest episode on).
+            let mut hi = m.max(1.0);
+            while remaining_survival(m, episodes, hi) > target && hi < 1e22 {
+                hi *= 2.0;
+            }
+            let mut lo = 0.0;
+            for _ in 0..60 {
+                let mid = 0.5 * (lo + hi);
+                if remaining_survival(m, episodes, mid) > target {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            hi
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,7 +281,7 @@ mod tests {
     fn a_stalled_stage_is_slowed_and_recovers() {
         let mut f = StageFlow::default();
         let mut now = 0;
-        for _ in 0..WINDOW {
+        for _ in 0..window_intervals(M5) {
             now += M5;
             f.expected_next = 20.0;
             f.observed = 19.0;
@@ -213,7 +300,7 @@ mod tests {
         let tc = f.time_change(now);
         assert!(tc.span >= MIN_SPAN_NS as f64);
         assert!(f.extra_delay(now, 0.0) > 0.0);
-        for _ in 0..WINDOW {
+        for _ in 0..window_intervals(M5) {
             now += M5;
             f.expected_next = 20.0;
             f.observed = 60.0;
@@ -221,5 +308,36 @@ mod tests {
         }
         assert!(!f.slowed());
         assert!(f.rate > 1.3);
+        assert_eq!(f.episodes.len(), 1, "the ended slowdown is remembered");
+    }
+
+    #[test]
+    fn the_window_is_a_duration() {
+        assert_eq!(window_intervals(M5), 6);
+        assert_eq!(window_intervals(30_000_000_000), 60);
+        assert_eq!(window_intervals(3_600_000_000_000), 1);
+    }
+
+    #[test]
+    fn slowdown_length_prior_is_lasts_as_long_again_and_learns_from_episodes() {
+        let h = 3_600e9;
+        // No episode seen: P(W > x) = m / (m + x), median m.
+        assert!((remaining_survival(2.0 * h, &[], 2.0 * h) - 0.5).abs() < 1e-12);
+        assert!((remaining_survival(2.0 * h, &[], 6.0 * h) - 0.25).abs() < 1e-12);
+        let q = remaining_quantiles(2.0 * h, &[]);
+        assert_eq!(q.len(), QUADRATURE);
+        assert!(q.windows(2).all(|w| w[0] < w[1]), "ascending");
+        let med = 0.5 * (q[QUADRATURE / 2 - 1] + q[QUADRATURE / 2]);
+        assert!((med / h - 2.0).abs() < 0.2, "median {}", med / h);
+        // Many slowdowns seen to end after 3 h: one that has lasted 2 h has about 1 h left, rarely more.
+        let eps = vec![(3.0 * h) as u64; 20];
+        let g = remaining_survival(2.0 * h, &eps, 2.0 * h);
+        assert!(g < 0.1, "{g}");
+        let q = remaining_quantiles(2.0 * h, &eps);
+        let med = 0.5 * (q[QUADRATURE / 2 - 1] + q[QUADRATURE / 2]);
+        assert!(med < 1.1 * h && med > 0.9 * h, "median {}", med / h);
+        // Episodes shorter than the time lasted say nothing: the prior again.
+        let short = vec![h as u64; 20];
+        assert!((remaining_survival(2.0 * h, &short, 2.0 * h) - 0.5).abs() < 1e-12);
     }
 }

@@ -46,8 +46,18 @@
 //!         = Σ_k m_k · S_R(L' − g(x_k − a)) / S_T(a)
 //! g(τ)    = τ / r            while τ < r·W       (the stage keeps working at r for W more)
 //!         = W + τ − r·W      after               (then normally)
-//! W       = max(time the stage has been slowed, 1 h);   L' = L − Σ_{later stages m slowed} max(0, W_m(1 − r_m) − median T[s])
+//!         = max(W, τ)        stalled (r < 0.1)   (held: leaves at the later of the stall's end and its own exit,
+//!                                                 a = its real age in the stage)
+//! W       ~ the slowdown's remaining length: P(W > x) = G(x)  (see [`flow`])
+//! L'      = L − Σ_{later stages m slowed} max(0, W_m(1 − r_m) − median T[s])
 //! ```
+//!
+//! averaged over `W` (32 equally likely mid-quantiles of `G`: `P(W > x) = m / (m + x)` with
+//! `m = max(time slowed so far, 1 h)` — it lasts about as long again as it has lasted — updated with the
+//! lengths of the slowdowns seen to end). The probability given is that raw value **calibrated**: mapped to how
+//! often raw values like it came true for the orders resolved so far, separately while the order's way works
+//! normally and while a stage on it is slowed (20 bins, isotonic, 20 pseudo-observations of the raw value per
+//! bin, see [`crate::stats::calibration`]; the identity until outcomes are known).
 //!
 //! (`r = 1`: `g(τ) = τ`, the plain semi-Markov model). The stage's speed `r` comes from a Poisson test of the
 //! exits its orders made over the last 30 minutes against the exits their learned durations expected (see
@@ -76,9 +86,12 @@
 //!   flags most orders when `P` just reaches the threshold, so about `1 − threshold` of the flags are false
 //!   alarms: the default `0.93` keeps precision above 0.9 with a margin for model error. Lower it for earlier,
 //!   less certain warnings.
-//! - **Cause** of an at-risk order. The **stage** is named when it is slowed for everybody (a cohort cause:
-//!   "backlog in stage paid: 1,840 orders, throughput 35 % of normal since …"), with or without an IT signal,
-//!   or when an earlier stage was slowed while the order was in it (the backlog ate its slack).
+//! - **Cause** of an at-risk order. The **stage** is named when slowdowns cost the order its deadline: it
+//!   would likely (`P < 0.5`, same model, stage working normally) make it with the time they cost it given back
+//!   (`Σ elapsed × (1 − r)` over the stages it went through). Then the stage named is its current stage if
+//!   slowed for everybody (a cohort cause: "backlog in stage paid: 1,840 orders, throughput 35 % of normal
+//!   since …"), with or without an IT signal, else the latest earlier stage whose slowdown cost it at least 1/24
+//!   of the deadline (the backlog ate its slack). An order deep in its own long tail is not blamed on a stage.
 //!   A **service** is named only when its trouble overlaps the order's current delay in path and time: (1) a
 //!   service of its current stage with failed (`errors`) or slow (`latency`) spans of this order that ended at
 //!   most 1 h before the order entered the stage or later; else (2) a service of an earlier stage the order

@@ -7,6 +7,10 @@
 //! orders still open are added as censored at their current age, and a Kaplan–Meier survival is estimated.
 
 use super::sketch::{LogHistogram, Scale, Survival, TimeChange, miss_probability_changed};
+use crate::stats::calibration::{self, Reliability};
+
+/// Pseudo-observations of the raw probability per calibration bin (see [`crate::stats::calibration`]).
+pub const CALIBRATION_PRIOR: f64 = 20.0;
 
 /// Whether the IT services serving an order's stage were in trouble for that order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -81,6 +85,10 @@ pub struct Model {
     /// Estimates of the current evaluation.
     dur_survival: Vec<[Option<Survival>; 2]>,
     rem_survival: Vec<Vec<Option<Survival>>>,
+    /// `[kpi][regime]`: how often the raw probabilities came true, regime 0 while the order's way is working
+    /// normally, 1 while a stage on it is slowed (see [`Model::calibrated`]).
+    #[serde(default)]
+    calibration: Vec<[Reliability; 2]>,
 }
 
 impl Model {
@@ -95,6 +103,9 @@ impl Model {
                 .collect(),
             dur_survival: (0..stages).map(|_| [None, None]).collect(),
             rem_survival: (0..kpis).map(|_| vec![None; stages]).collect(),
+            calibration: (0..kpis)
+                .map(|_| [Reliability::new(CALIBRATION_PRIOR), Reliability::new(CALIBRATION_PRIOR)])
+                .collect(),
         }
     }
 
@@ -141,6 +152,9 @@ impl Model {
                 s.exits.decay(f);
                 s.censored.decay(f);
             }
+            for r in self.calibration.iter_mut().flatten() {
+                r.decay(f);
+            }
         }
         self.last_decay = Some(now);
         for s in self
@@ -170,6 +184,9 @@ impl Model {
     /// Ends the evaluation's preparation: estimates the survivals. A condition with fewer than `min_samples`
     /// observations uses both conditions pooled; with fewer still, there is no estimate.
     pub fn estimate(&mut self) {
+        for r in self.calibration.iter_mut().flatten() {
+            r.refresh();
+        }
         let min = self.min_samples;
         for (st, out) in self.durations.iter().zip(self.dur_survival.iter_mut()) {
             let pooled = Sketch::merged(&st[0], &st[1]);
@@ -238,6 +255,32 @@ impl Model {
             return Some(1.0);
         }
         Some((1.0 - t.at(age + dt) / sa).clamp(0.0, 1.0))
+    }
+
+    /// The calibrated probability of a raw probability `p` of KPI `kpi` in `regime` (0: the order's way works
+    /// normally, 1: a stage on it is slowed): how often raw probabilities like it came true for the orders
+    /// resolved so far (see [`crate::stats::calibration`]; the identity while none was).
+    pub fn calibrated(&self, kpi: usize, regime: usize, p: f64) -> f64 {
+        self.calibration
+            .get(kpi)
+            .and_then(|r| r.get(regime))
+            .map_or(p, |r| r.map(p))
+    }
+
+    /// An order of KPI `kpi` was resolved (`breached` or in time) after raw probabilities in the calibration
+    /// bins `bins[regime]` (bit `b` set: bin `b`) were given to it.
+    pub fn outcome(&mut self, kpi: usize, bins: [u32; 2], breached: bool) {
+        let Some(rs) = self.calibration.get_mut(kpi) else {
+            return;
+        };
+        for (r, mask) in rs.iter_mut().zip(bins) {
+            for b in 0..calibration::BINS {
+                if mask & (1 << b) != 0 {
+                    let mid = (b as f64 + 0.5) / calibration::BINS as f64;
+                    r.observe(mid, 1.0, f64::from(u8::from(breached)));
+                }
+            }
+        }
     }
 
     /// The median stage duration learned for (`stage`, `c`), ns.

@@ -289,19 +289,29 @@ impl Survival {
 
 /// A change of a stage's clock: the stage works at `rate` × its normal speed for the next `span` ns, then at
 /// its normal speed again. A residual of `τ` ns of normal (clock) time takes `real(τ)` ns of real time:
-/// `τ / rate` while `τ < rate·span`, else `span + τ − rate·span`.
+/// `τ / rate` while `τ < rate·span`, else `span + τ − rate·span`. With `hold` (a stalled stage: nothing leaves
+/// it, but its orders' own work goes on, like parcels travelling while deliveries are held) it is
+/// `max(span, τ)`: an order leaves at the later of the stall's end and its own normal exit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TimeChange {
     pub rate: f64,
     pub span: f64,
+    pub hold: bool,
 }
 
 impl TimeChange {
     /// The stage works normally.
-    pub const NORMAL: TimeChange = TimeChange { rate: 1.0, span: 0.0 };
+    pub const NORMAL: TimeChange = TimeChange {
+        rate: 1.0,
+        span: 0.0,
+        hold: false,
+    };
 
     /// Real time needed for `tau` ns of clock time.
     pub fn real(&self, tau: f64) -> f64 {
+        if self.hold {
+            return self.span.max(tau);
+        }
         let r = self.rate.max(0.0);
         if tau < r * self.span {
             tau / r
@@ -310,8 +320,12 @@ impl TimeChange {
         }
     }
 
-    /// Clock time done in `y` ns of real time (the inverse of [`TimeChange::real`]).
+    /// Clock time done in `y` ns of real time (the inverse of [`TimeChange::real`]; with `hold`, none can be
+    /// used to leave before the stall ends: `0` before `span`, `y` after).
     pub fn clock(&self, y: f64) -> f64 {
+        if self.hold {
+            return if y < self.span { 0.0 } else { y };
+        }
         let r = self.rate.max(0.0);
         if y < self.span {
             y * r
@@ -454,5 +468,26 @@ mod tests {
         let p = miss_probability(&t, 20.0 * H, 4.0 * H, Some(&r));
         assert!(p < 0.01, "{p}");
         assert_eq!(miss_probability(&t, 0.0, 0.0, None), 1.0);
+    }
+
+    #[test]
+    fn a_held_order_leaves_at_the_later_of_the_stalls_end_and_its_own_exit() {
+        let hold = TimeChange {
+            rate: 0.0,
+            span: 3.0 * H,
+            hold: true,
+        };
+        assert_eq!(hold.real(1.0 * H), 3.0 * H);
+        assert_eq!(hold.real(5.0 * H), 5.0 * H);
+        // T uniform-ish on 1..=10 h, age 0, no rest: the stall (3 h) is all that matters before 3 h.
+        let t = Survival::estimate(&hist(&(1..=10).map(f64::from).collect::<Vec<_>>()), &[]).unwrap();
+        assert_eq!(miss_probability_changed(&t, 0.0, 2.0 * H, None, hold), 1.0);
+        let normal = miss_probability(&t, 0.0, 5.5 * H, None);
+        let held = miss_probability_changed(&t, 0.0, 5.5 * H, None, hold);
+        assert!((held - normal).abs() < 1e-9, "{held} {normal}");
+        // A pause of the same length costs every order the full 3 h instead.
+        let pause = TimeChange { hold: false, ..hold };
+        let paused = miss_probability_changed(&t, 0.0, 5.5 * H, None, pause);
+        assert!(paused > held + 0.2, "{paused} {held}");
     }
 }

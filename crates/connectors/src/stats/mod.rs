@@ -5,5 +5,6 @@
 
 pub mod baseline;
 pub mod binomial;
+pub mod calibration;
 pub mod cusum;
 pub mod rate;
