@@ -20,7 +20,7 @@ pub use opentelemetry_proto::tonic as proto;
 
 /// Work done on a whole request, counted so that tests can hold every stage to its budget ("one walk per
 /// request", issue #15): per thread ([`work_on_this_thread`], for tests that drive a stage directly) and in the
-/// self-telemetry counter `bizpilot_pdata_work_total{op}` (for tests and operators of a running process).
+/// self-telemetry counter `bizpilot_pdata_work_total{signal, op}` (for tests and operators of a running process).
 ///
 /// | `op` | counted when |
 /// |---|---|
@@ -83,8 +83,9 @@ thread_local! {
     static WORK: std::cell::Cell<[u64; 5]> = const { std::cell::Cell::new([0; 5]) };
 }
 
-/// Counts one piece of [`Work`] (on this thread and in the self-telemetry).
-pub fn count_work(w: Work) {
+/// Counts one piece of [`Work`] on data of `signal` (on this thread, and in the self-telemetry with labels
+/// `signal` and `op`).
+pub fn count_work(signal: Signal, w: Work) {
     WORK.with(|c| {
         let mut a = c.get();
         if let Some(x) = a.get_mut(w as usize) {
@@ -92,7 +93,7 @@ pub fn count_work(w: Work) {
         }
         c.set(a);
     });
-    metrics::counter!("bizpilot_pdata_work_total", "op" => w.as_str()).increment(1);
+    metrics::counter!("bizpilot_pdata_work_total", "signal" => signal.as_str(), "op" => w.as_str()).increment(1);
 }
 
 /// The [`Work`] counted on this thread so far.
@@ -201,10 +202,10 @@ impl<M: OtlpMessage> Otlp<M> {
     /// no exporter we know writes it) are decoded here, so that the zero-copy views used later
     /// never read them differently from a decoder.
     pub fn from_bytes(bytes: Bytes) -> Result<Self, WireError> {
-        count_work(Work::Validate);
+        count_work(M::SIGNAL, Work::Validate);
         let v = wire::validate(M::schema(), &bytes)?;
         if v.non_canonical {
-            count_work(Work::Decode);
+            count_work(M::SIGNAL, Work::Decode);
             let msg = M::decode(bytes).map_err(|_| WireError {
                 offset: 0,
                 at: M::SIGNAL.as_str().to_string(),
@@ -235,8 +236,8 @@ impl<M: OtlpMessage> Otlp<M> {
         M: serde::de::DeserializeOwned,
     {
         let msg: M = serde_json::from_slice(json).map_err(|e| DataError::Json(e.to_string()))?;
-        count_work(Work::Encode);
-        count_work(Work::Validate);
+        count_work(M::SIGNAL, Work::Encode);
+        count_work(M::SIGNAL, Work::Validate);
         // The rules protobuf input is held to (id lengths, AnyValue nesting) hold for JSON too:
         // the same walk, over the message's encoding.
         wire::validate_and_count(M::schema(), &msg.encode_to_vec())
@@ -271,7 +272,7 @@ impl<M: OtlpMessage> Otlp<M> {
         if let Some(b) = &self.bytes {
             return b.clone();
         }
-        count_work(Work::Encode);
+        count_work(M::SIGNAL, Work::Encode);
         let b = Bytes::from(self.msg.as_ref().map(|m| m.encode_to_vec()).unwrap_or_default());
         self.bytes = Some(b.clone());
         b
@@ -282,7 +283,7 @@ impl<M: OtlpMessage> Otlp<M> {
         match (&self.bytes, &self.msg) {
             (Some(b), _) => b.clone(),
             (None, Some(m)) => {
-                count_work(Work::Encode);
+                count_work(M::SIGNAL, Work::Encode);
                 Bytes::from(m.encode_to_vec())
             }
             (None, None) => Bytes::new(),
@@ -293,6 +294,17 @@ impl<M: OtlpMessage> Otlp<M> {
     /// component pick the cheaper of two paths for data that arrives in either form.
     pub fn decoded(&self) -> Option<&M> {
         self.msg.as_ref()
+    }
+
+    /// A copy holding only the encoding (encoding once if needed): sharing the bytes, not walking them again
+    /// and not copying a decoded message.
+    pub fn encoded_copy(&mut self) -> Self {
+        let bytes = self.encoded();
+        Self {
+            bytes: Some(bytes),
+            msg: None,
+            items: self.items,
+        }
     }
 
     /// The encoding if it is held (no encoding).
@@ -330,7 +342,7 @@ impl<M: OtlpMessage> Otlp<M> {
         if self.msg.is_none() {
             let m = match &self.bytes {
                 Some(b) => {
-                    count_work(Work::Decode);
+                    count_work(M::SIGNAL, Work::Decode);
                     M::decode(b.as_ref())?
                 }
                 None => M::default(),
@@ -389,6 +401,7 @@ impl<M: OtlpMessage> Otlp<M> {
         collect(b, &mut edits);
         let n = edits.len();
         if let Some(out) = edits.apply(b) {
+            count_work(M::SIGNAL, Work::Copy);
             self.bytes = Some(Bytes::from(out));
             self.msg = None;
         }
@@ -416,6 +429,16 @@ impl<M: OtlpMessage> Otlp<M> {
 pub type Traces = Otlp<ExportTraceServiceRequest>;
 
 impl Traces {
+    /// A request that core's own splitter wrote from validated bytes, with its span count
+    /// ([`crate::view::TraceGroup::into_traces`]): valid by construction, not walked again.
+    pub(crate) fn from_split(bytes: Bytes, items: usize) -> Traces {
+        Traces {
+            bytes: Some(bytes),
+            msg: None,
+            items,
+        }
+    }
+
     /// Calls `f` for every span through zero-copy views over the encoding (encoding once,
     /// cached, when the data is only held decoded). Nothing is allocated per span.
     pub fn for_each_span<'a>(&'a mut self, f: impl FnMut(&crate::view::ResourceView<'a>, &crate::view::SpanView<'a>)) {

@@ -12,7 +12,7 @@
 //! they read.
 
 use crate::pb::{len_field_size, put_len_field, put_varint, read_varint, varint_len};
-use crate::pdata::{Work, count_work};
+use crate::pdata::{Signal, Work, count_work};
 use std::ops::Range;
 
 /// One protobuf field value.
@@ -326,7 +326,7 @@ impl<'a> ResourceView<'a> {
 
 /// Calls `f` with the resource of every span and the span, in order.
 pub fn for_each_span<'a>(request: &'a [u8], mut f: impl FnMut(&ResourceView<'a>, &SpanView<'a>)) {
-    count_work(Work::Walk);
+    count_work(Signal::Traces, Work::Walk);
     for (tag, w, _) in Fields::new(request) {
         let (1, Wire::Bytes(rs)) = (tag, w) else { continue };
         let resource = resource_of(rs);
@@ -612,7 +612,7 @@ pub fn try_rewrite_span_bytes<'a>(
     let mut changes: Vec<Change> = Vec::new();
     let mut arena: Vec<u8> = Vec::new();
     let mut scratch = SpanEdit::default();
-    count_work(Work::Walk);
+    count_work(Signal::Traces, Work::Walk);
     // First pass: let `edit` see every span; assemble the bodies of changed spans in `arena`.
     for (tag, w, _) in Fields::new(request) {
         let (1, Wire::Bytes(rs)) = (tag, w) else { continue };
@@ -655,7 +655,7 @@ pub fn try_rewrite_span_bytes<'a>(
     if changes.is_empty() {
         return ControlFlow::Continue(None);
     }
-    count_work(Work::Copy);
+    count_work(Signal::Traces, Work::Copy);
     // Second pass: copy, replacing changed spans and fixing the lengths around them.
     let grow: i64 = changes.iter().map(Change::delta).sum::<i64>().max(0);
     let mut out = Vec::with_capacity(request.len() + usize::try_from(grow).unwrap_or(0) + 64);
@@ -738,11 +738,62 @@ pub fn try_rewrite_span_bytes<'a>(
 /// exporter's `partition_traces_by_id`, as the Collector's `batchpersignal.SplitTraces`).
 ///
 /// Returns `(trace id, encoded ExportTraceServiceRequest)` per distinct trace id, in order of first
-/// appearance. Each request keeps, for its spans, their `ResourceSpans` and `ScopeSpans` headers (every
-/// field but the span lists, copied byte for byte), and the spans in input order, each copied once. Spans
-/// whose trace id is empty or all zeros form one group under an empty id. `None` when the request holds
-/// one trace id only (or no span): the caller forwards its bytes as they are.
+/// appearance ([`split_traces`]); `None` when the request holds one trace id only (or no span): the caller
+/// forwards its bytes as they are.
 pub fn split_by_trace_id(request: &[u8]) -> Option<Vec<(&[u8], Vec<u8>)>> {
+    match split_traces(request) {
+        TraceSplit::One(_) => None,
+        TraceSplit::Many(groups) => Some(groups.into_iter().map(|g| (g.trace_id, g.request)).collect()),
+    }
+}
+
+/// What [`split_traces`] found.
+#[derive(Debug)]
+pub enum TraceSplit<'a> {
+    /// Every span has this trace id (empty: no span, or spans without a trace id): nothing to split.
+    One(&'a [u8]),
+    /// The spans of each trace id, as a request of their own, in order of first appearance.
+    Many(Vec<TraceGroup<'a>>),
+}
+
+/// The spans of one trace id, split from a request by [`split_traces`].
+#[derive(Debug)]
+pub struct TraceGroup<'a> {
+    trace_id: &'a [u8],
+    spans: usize,
+    request: Vec<u8>,
+}
+
+impl<'a> TraceGroup<'a> {
+    /// The trace id (empty for spans whose trace id is empty or all zeros).
+    pub fn trace_id(&self) -> &'a [u8] {
+        self.trace_id
+    }
+
+    /// The number of spans.
+    pub fn spans(&self) -> usize {
+        self.spans
+    }
+
+    /// The encoded request.
+    pub fn request(&self) -> &[u8] {
+        &self.request
+    }
+
+    /// The group as pipeline data, without walking it again: it was written from a validated request, with
+    /// its spans counted on the way.
+    pub fn into_traces(self) -> crate::Traces {
+        crate::Traces::from_split(bytes::Bytes::from(self.request), self.spans)
+    }
+}
+
+/// One walk over an encoded traces request that splits it per trace id, without decoding it.
+///
+/// Each group's request keeps, for its spans, their `ResourceSpans` and `ScopeSpans` headers (every field but
+/// the span lists, copied byte for byte), and the spans in input order, each copied once. Spans whose trace id
+/// is empty or all zeros form one group under an empty id. A request of one trace id only (or no span) is not
+/// copied ([`TraceSplit::One`]).
+pub fn split_traces(request: &[u8]) -> TraceSplit<'_> {
     use std::collections::HashMap;
     // A span: (resource index, scope index, encoded span).
     type Entry<'a> = (usize, usize, &'a [u8]);
@@ -751,7 +802,7 @@ pub fn split_by_trace_id(request: &[u8]) -> Option<Vec<(&[u8], Vec<u8>)>> {
     // Header fields (raw, tag included) of each resource, and of each scope per resource.
     let mut rs_heads: Vec<Vec<&[u8]>> = Vec::new();
     let mut ss_heads: Vec<Vec<Vec<&[u8]>>> = Vec::new();
-    count_work(Work::Walk);
+    count_work(Signal::Traces, Work::Walk);
     for (tag, w, _) in Fields::new(request) {
         let (1, Wire::Bytes(rs)) = (tag, w) else { continue };
         let ri = rs_heads.len();
@@ -793,9 +844,9 @@ pub fn split_by_trace_id(request: &[u8]) -> Option<Vec<(&[u8], Vec<u8>)>> {
         ss_heads.push(scopes);
     }
     if groups.len() <= 1 {
-        return None;
+        return TraceSplit::One(groups.first().map_or(&[][..], |g| g.0));
     }
-    count_work(Work::Copy);
+    count_work(Signal::Traces, Work::Copy);
     let empty: Vec<&[u8]> = Vec::new();
     let mut out = Vec::with_capacity(groups.len());
     let (mut rs_body, mut ss_body) = (Vec::new(), Vec::new());
@@ -826,9 +877,13 @@ pub fn split_by_trace_id(request: &[u8]) -> Option<Vec<(&[u8], Vec<u8>)>> {
             }
             put_len_field(&mut req, 1, &rs_body);
         }
-        out.push((id, req));
+        out.push(TraceGroup {
+            trace_id: id,
+            spans: entries.len(),
+            request: req,
+        });
     }
-    Some(out)
+    TraceSplit::Many(out)
 }
 
 // --- field edits: replace or delete fields at any depth, applied in one pass ---
@@ -907,7 +962,6 @@ impl FieldEdits {
         write_edited(msg, 0, &self.edits, &self.arena, &self.lens, &mut next, &mut out);
         self.edits.clear();
         self.arena.clear();
-        count_work(Work::Copy);
         Some(out)
     }
 }
@@ -1016,7 +1070,7 @@ impl AttrPlace {
 /// [`FieldEdits`] edit names). The order is the encoding's: for a canonical encoding, a resource's
 /// attributes, then per scope its attributes and per span its attributes, events, links and status.
 pub fn for_each_trace_attribute<'a>(request: &'a [u8], mut f: impl FnMut(AttrPlace, &'a [u8], Range<usize>)) {
-    count_work(Work::Walk);
+    count_work(Signal::Traces, Work::Walk);
     // The attributes (field `tag`) of message `m`.
     fn attrs_of<'a>(
         request: &'a [u8],
