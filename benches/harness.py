@@ -481,10 +481,10 @@ def heap_summary(prefix):
                         "--print-temporary", "0", "--print-leaks", "0", "-n", "8", "-s", "4"],
                        capture_output=True, text=True)
     out = {"file": path}
-    m = re.search(r"peak heap memory consumption: ([0-9.]+)([KMG]?)B", r.stdout)
+    m = re.search(r"peak heap memory consumption: ([0-9.]+)([KMG]?)B?", r.stdout)
     if m:
         out["peak_heap_mb"] = round(float(m.group(1)) * {"": 1e-6, "K": 1e-3, "M": 1, "G": 1e3}[m.group(2)], 1)
-    m = re.search(r"peak RSS \(including heaptrack overhead\): ([0-9.]+)([KMG]?)B", r.stdout)
+    m = re.search(r"peak RSS \(including heaptrack overhead\): ([0-9.]+)([KMG]?)B?", r.stdout)
     if m:
         out["peak_rss_with_heaptrack_mb"] = round(float(m.group(1)) * {"": 1e-6, "K": 1e-3, "M": 1, "G": 1e3}[m.group(2)], 1)
     out["peaks"] = r.stdout[r.stdout.find("PEAK MEMORY CONSUMERS"):][:6000]
