@@ -428,9 +428,16 @@ def memory_phase(rate, seconds, args, overload_after=None):
                BIZPILOT_ADMIN_ENDPOINT="127.0.0.1:%d" % ports["admin"],
                BIZPILOT_PROMETHEUS_ENDPOINT="127.0.0.1:%d" % ports["prom"],
                BIZPILOT_HEALTH_ENDPOINT="127.0.0.1:%d" % ports["health"])
+    if args.malloc_arena_max:
+        env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
     tmp = tempfile.mkdtemp(prefix="bench-memory-")
     coll_log = open(os.path.join(tmp, "collector.log"), "w")
-    coll = start([BIZPILOT, "run"], 1, env=env, out=coll_log, err=coll_log)
+    cmd = [BIZPILOT, "run"]
+    heap_file = os.path.join(tmp, "heaptrack")
+    if args.heaptrack:
+        # The collector's heap profile (peak heap, what allocated it); RSS and CPU then include heaptrack's own.
+        cmd = ["heaptrack", "-o", heap_file] + cmd
+    coll = start(cmd, 1, env=env, out=coll_log, err=coll_log)
     grpc = "127.0.0.1:%d" % ports["grpc"]
     res = {"rate": rate, "seconds": seconds, "load_before": loadavg()}
     try:
@@ -466,8 +473,37 @@ def memory_phase(rate, seconds, args, overload_after=None):
         res["rss_mib"] = rss.samples
         res["load_after"] = loadavg()
     finally:
+        if args.heaptrack:
+            # heaptrack runs the collector as its child: stop the whole group, then let heaptrack write its file.
+            try:
+                os.killpg(coll.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         stop(coll)
+    res["malloc_arena_max"] = args.malloc_arena_max
+    if args.heaptrack:
+        res["heap"] = heap_summary(heap_file)
     return res
+
+
+def heap_summary(prefix):
+    """Peak heap and the top allocation sites by peak from a heaptrack file (heaptrack_print)."""
+    files = [f for f in os.listdir(os.path.dirname(prefix)) if f.startswith(os.path.basename(prefix))]
+    if not files:
+        return {"error": "no heaptrack file"}
+    path = os.path.join(os.path.dirname(prefix), sorted(files)[-1])
+    r = subprocess.run(["heaptrack_print", "-f", path, "--print-peaks", "1", "--print-allocators", "0",
+                        "--print-temporary", "0", "--print-leaks", "0", "-n", "8", "-s", "4"],
+                       capture_output=True, text=True)
+    out = {"file": path}
+    m = re.search(r"peak heap memory consumption: ([0-9.]+)([KMG]?)B?", r.stdout)
+    if m:
+        out["peak_heap_mb"] = round(float(m.group(1)) * {"": 1e-6, "K": 1e-3, "M": 1, "G": 1e3}[m.group(2)], 1)
+    m = re.search(r"peak RSS \(including heaptrack overhead\): ([0-9.]+)([KMG]?)B?", r.stdout)
+    if m:
+        out["peak_rss_with_heaptrack_mb"] = round(float(m.group(1)) * {"": 1e-6, "K": 1e-3, "M": 1, "G": 1e3}[m.group(2)], 1)
+    out["peaks"] = r.stdout[r.stdout.find("PEAK MEMORY CONSUMERS"):][:6000]
+    return out
 
 
 def memory_main(args):
@@ -488,20 +524,24 @@ def memory_main(args):
         r = memory_phase(None, args.duration, args, overload_after=5)
         log("  max %s spans/s, overload: %s" % (fmt(r.get("achieved_spans_per_sec")), r.get("overload")))
         report["phases"].append(r)
-    L = ["| phase | offered | achieved spans/s | CPU-s / M spans | peak RSS | RSS at the end | pending ops | "
-         "RSS trajectory (MiB, every ~10 % of the run) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    L = ["Collector: %s%s%s." % (os.path.relpath(BIZPILOT, ROOT),
+                                 ", MALLOC_ARENA_MAX=%d" % args.malloc_arena_max if args.malloc_arena_max else "",
+                                 ", under heaptrack" if args.heaptrack else ""), "",
+         "| phase | offered | achieved spans/s | CPU-s / M spans | peak RSS | RSS at the end | pending ops | "
+         "peak heap | RSS trajectory (MiB, every ~10 % of the run) |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["phases"]:
         traj = r.get("rss_mib") or []
         step = max(1, len(traj) // 10)
         pend = [v for k, v in (r.get("impact") or {}).items() if "pending_spans" in k]
-        L.append("| %s | %s | %s | %s | %s MiB | %s MiB | %s | %s |" % (
+        heap = (r.get("heap") or {}).get("peak_heap_mb")
+        L.append("| %s | %s | %s | %s | %s MiB | %s MiB | %s | %s | %s |" % (
             "fixed rate" if r["rate"] else "maximum (closed loop)", fmt(r["rate"]) if r["rate"] else "max",
             fmt(r.get("achieved_spans_per_sec")), fmt(r.get("cpu_s_per_million_spans"), "", 2),
             r.get("peak_rss_mib"), r.get("final_rss_mib"), fmt(pend[0]) if pend else "n/a",
-            " ".join(str(m) for _, m in traj[::step])))
+            "%s MB" % heap if heap is not None else "—", " ".join(str(m) for _, m in traj[::step])))
         ov = r.get("overload")
         if ov:
-            L.append("| 5× overload, open loop | %s | %s | — | %s MiB | — | — | refused %s %s, unsent %s, errors %s, "
+            L.append("| 5× overload, open loop | %s | %s | — | %s MiB | — | — | — | refused %s %s, unsent %s, errors %s, "
                      "peak in flight %s |" % (
                          fmt(ov["offered_spans_per_sec"]), fmt(ov["acknowledged_spans_per_sec"]),
                          ov["peak_rss_mib"], fmt(ov["refused"]), ov["refused_by_status"] or "", fmt(ov["unsent_spans"]),
@@ -724,6 +764,11 @@ def main():
     ap.add_argument("--no-realtime", action="store_true",
                     help="--memory with the generator's ring replayed as is (event time advances by the ring's "
                          "simulated period per lap, much faster than the wall clock)")
+    ap.add_argument("--malloc-arena-max", type=int, default=0,
+                    help="--memory: run the collector with MALLOC_ARENA_MAX set to this (glibc malloc arenas)")
+    ap.add_argument("--heaptrack", action="store_true",
+                    help="--memory: run the collector under heaptrack and report its peak heap (RSS then includes "
+                         "heaptrack's own)")
     ap.add_argument("--bizpilot", metavar="PATH", help="the bizpilot binary to measure (default: the release build)")
     ap.add_argument("--quick", action="store_true", help="1 short run per scenario (checks the harness)")
     ap.add_argument("--no-build", action="store_true")

@@ -18,6 +18,89 @@ use crate::wire::{self, WireError};
 
 pub use opentelemetry_proto::tonic as proto;
 
+/// Work done on a whole request, counted so that tests can hold every stage to its budget ("one walk per
+/// request", issue #15): per thread ([`work_on_this_thread`], for tests that drive a stage directly) and in the
+/// self-telemetry counter `bizpilot_pdata_work_total{signal, op}` (for tests and operators of a running process).
+///
+/// | `op` | counted when |
+/// |---|---|
+/// | `validate` | a request's validating walk ([`Otlp::from_bytes`], [`Otlp::from_json`]) |
+/// | `decode` | encoded data is decoded into owned structs |
+/// | `encode` | owned structs are encoded |
+/// | `walk` | a component walks an encoded request's spans or attributes through views (a rewrite included) |
+/// | `copy` | a rewrite writes a new encoding of a request (spans or attributes changed) |
+///
+/// Not counted: the batch processor's appends (concatenations of encoded requests) and the exporters' own
+/// encodings of other formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    Validate = 0,
+    Decode = 1,
+    Encode = 2,
+    Walk = 3,
+    Copy = 4,
+}
+
+impl Work {
+    pub const ALL: [Work; 5] = [Work::Validate, Work::Decode, Work::Encode, Work::Walk, Work::Copy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Work::Validate => "validate",
+            Work::Decode => "decode",
+            Work::Encode => "encode",
+            Work::Walk => "walk",
+            Work::Copy => "copy",
+        }
+    }
+}
+
+/// Counts of [`Work`], indexed by `Work as usize`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkCounts(pub [u64; 5]);
+
+impl WorkCounts {
+    pub fn get(&self, w: Work) -> u64 {
+        self.0.get(w as usize).copied().unwrap_or(0)
+    }
+
+    /// What was counted since `earlier`.
+    pub fn since(&self, earlier: &WorkCounts) -> WorkCounts {
+        let mut d = [0u64; 5];
+        for (i, x) in d.iter_mut().enumerate() {
+            *x = self
+                .0
+                .get(i)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(earlier.0.get(i).copied().unwrap_or(0));
+        }
+        WorkCounts(d)
+    }
+}
+
+thread_local! {
+    static WORK: std::cell::Cell<[u64; 5]> = const { std::cell::Cell::new([0; 5]) };
+}
+
+/// Counts one piece of [`Work`] on data of `signal` (on this thread, and in the self-telemetry with labels
+/// `signal` and `op`).
+pub fn count_work(signal: Signal, w: Work) {
+    WORK.with(|c| {
+        let mut a = c.get();
+        if let Some(x) = a.get_mut(w as usize) {
+            *x += 1;
+        }
+        c.set(a);
+    });
+    metrics::counter!("bizpilot_pdata_work_total", "signal" => signal.as_str(), "op" => w.as_str()).increment(1);
+}
+
+/// The [`Work`] counted on this thread so far.
+pub fn work_on_this_thread() -> WorkCounts {
+    WorkCounts(WORK.with(|c| c.get()))
+}
+
 /// The three OTLP signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Signal {
@@ -119,8 +202,10 @@ impl<M: OtlpMessage> Otlp<M> {
     /// no exporter we know writes it) are decoded here, so that the zero-copy views used later
     /// never read them differently from a decoder.
     pub fn from_bytes(bytes: Bytes) -> Result<Self, WireError> {
+        count_work(M::SIGNAL, Work::Validate);
         let v = wire::validate(M::schema(), &bytes)?;
         if v.non_canonical {
+            count_work(M::SIGNAL, Work::Decode);
             let msg = M::decode(bytes).map_err(|_| WireError {
                 offset: 0,
                 at: M::SIGNAL.as_str().to_string(),
@@ -151,6 +236,8 @@ impl<M: OtlpMessage> Otlp<M> {
         M: serde::de::DeserializeOwned,
     {
         let msg: M = serde_json::from_slice(json).map_err(|e| DataError::Json(e.to_string()))?;
+        count_work(M::SIGNAL, Work::Encode);
+        count_work(M::SIGNAL, Work::Validate);
         // The rules protobuf input is held to (id lengths, AnyValue nesting) hold for JSON too:
         // the same walk, over the message's encoding.
         wire::validate_and_count(M::schema(), &msg.encode_to_vec())
@@ -185,6 +272,7 @@ impl<M: OtlpMessage> Otlp<M> {
         if let Some(b) = &self.bytes {
             return b.clone();
         }
+        count_work(M::SIGNAL, Work::Encode);
         let b = Bytes::from(self.msg.as_ref().map(|m| m.encode_to_vec()).unwrap_or_default());
         self.bytes = Some(b.clone());
         b
@@ -194,7 +282,10 @@ impl<M: OtlpMessage> Otlp<M> {
     pub fn to_bytes(&self) -> Bytes {
         match (&self.bytes, &self.msg) {
             (Some(b), _) => b.clone(),
-            (None, Some(m)) => Bytes::from(m.encode_to_vec()),
+            (None, Some(m)) => {
+                count_work(M::SIGNAL, Work::Encode);
+                Bytes::from(m.encode_to_vec())
+            }
             (None, None) => Bytes::new(),
         }
     }
@@ -203,6 +294,17 @@ impl<M: OtlpMessage> Otlp<M> {
     /// component pick the cheaper of two paths for data that arrives in either form.
     pub fn decoded(&self) -> Option<&M> {
         self.msg.as_ref()
+    }
+
+    /// A copy holding only the encoding (encoding once if needed): sharing the bytes, not walking them again
+    /// and not copying a decoded message.
+    pub fn encoded_copy(&mut self) -> Self {
+        let bytes = self.encoded();
+        Self {
+            bytes: Some(bytes),
+            msg: None,
+            items: self.items,
+        }
     }
 
     /// The encoding if it is held (no encoding).
@@ -239,7 +341,10 @@ impl<M: OtlpMessage> Otlp<M> {
     fn ensure_decoded(&mut self) -> Result<(), DataError> {
         if self.msg.is_none() {
             let m = match &self.bytes {
-                Some(b) => M::decode(b.as_ref())?,
+                Some(b) => {
+                    count_work(M::SIGNAL, Work::Decode);
+                    M::decode(b.as_ref())?
+                }
                 None => M::default(),
             };
             self.msg = Some(m);
@@ -283,6 +388,26 @@ impl<M: OtlpMessage> Otlp<M> {
         Ok(())
     }
 
+    /// Replaces or deletes fields anywhere in the encoding, in one pass ([`crate::view::FieldEdits`]):
+    /// `collect` walks the encoded bytes and records its edits, which are then applied at once, copying
+    /// the bytes once when there is any. The edits must not add or remove items (spans, data points, log
+    /// records): the item count stays. Data held only decoded is encoded first. Returns the number of edits.
+    pub fn edit_fields(&mut self, collect: impl FnOnce(&[u8], &mut crate::view::FieldEdits)) -> usize {
+        if self.bytes.is_none() {
+            self.encoded();
+        }
+        let Some(b) = &self.bytes else { return 0 };
+        let mut edits = crate::view::FieldEdits::default();
+        collect(b, &mut edits);
+        let n = edits.len();
+        if let Some(out) = edits.apply(b) {
+            count_work(M::SIGNAL, Work::Copy);
+            self.bytes = Some(Bytes::from(out));
+            self.msg = None;
+        }
+        n
+    }
+
     /// Splits off everything after the first `n` items. Encoded payloads are split at
     /// resource boundaries when one falls exactly on `n`, otherwise decoded.
     pub fn split_off(&mut self, n: usize) -> Result<Self, DataError> {
@@ -304,6 +429,16 @@ impl<M: OtlpMessage> Otlp<M> {
 pub type Traces = Otlp<ExportTraceServiceRequest>;
 
 impl Traces {
+    /// A request that core's own splitter wrote from validated bytes, with its span count
+    /// ([`crate::view::TraceGroup::into_traces`]): valid by construction, not walked again.
+    pub(crate) fn from_split(bytes: Bytes, items: usize) -> Traces {
+        Traces {
+            bytes: Some(bytes),
+            msg: None,
+            items,
+        }
+    }
+
     /// Calls `f` for every span through zero-copy views over the encoding (encoding once,
     /// cached, when the data is only held decoded). Nothing is allocated per span.
     pub fn for_each_span<'a>(&'a mut self, f: impl FnMut(&crate::view::ResourceView<'a>, &crate::view::SpanView<'a>)) {

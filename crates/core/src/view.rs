@@ -12,6 +12,8 @@
 //! they read.
 
 use crate::pb::{len_field_size, put_len_field, put_varint, read_varint, varint_len};
+use crate::pdata::{Signal, Work, count_work};
+use std::ops::Range;
 
 /// One protobuf field value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -324,6 +326,7 @@ impl<'a> ResourceView<'a> {
 
 /// Calls `f` with the resource of every span and the span, in order.
 pub fn for_each_span<'a>(request: &'a [u8], mut f: impl FnMut(&ResourceView<'a>, &SpanView<'a>)) {
+    count_work(Signal::Traces, Work::Walk);
     for (tag, w, _) in Fields::new(request) {
         let (1, Wire::Bytes(rs)) = (tag, w) else { continue };
         let resource = resource_of(rs);
@@ -609,6 +612,7 @@ pub fn try_rewrite_span_bytes<'a>(
     let mut changes: Vec<Change> = Vec::new();
     let mut arena: Vec<u8> = Vec::new();
     let mut scratch = SpanEdit::default();
+    count_work(Signal::Traces, Work::Walk);
     // First pass: let `edit` see every span; assemble the bodies of changed spans in `arena`.
     for (tag, w, _) in Fields::new(request) {
         let (1, Wire::Bytes(rs)) = (tag, w) else { continue };
@@ -651,6 +655,7 @@ pub fn try_rewrite_span_bytes<'a>(
     if changes.is_empty() {
         return ControlFlow::Continue(None);
     }
+    count_work(Signal::Traces, Work::Copy);
     // Second pass: copy, replacing changed spans and fixing the lengths around them.
     let grow: i64 = changes.iter().map(Change::delta).sum::<i64>().max(0);
     let mut out = Vec::with_capacity(request.len() + usize::try_from(grow).unwrap_or(0) + 64);
@@ -733,11 +738,62 @@ pub fn try_rewrite_span_bytes<'a>(
 /// exporter's `partition_traces_by_id`, as the Collector's `batchpersignal.SplitTraces`).
 ///
 /// Returns `(trace id, encoded ExportTraceServiceRequest)` per distinct trace id, in order of first
-/// appearance. Each request keeps, for its spans, their `ResourceSpans` and `ScopeSpans` headers (every
-/// field but the span lists, copied byte for byte), and the spans in input order, each copied once. Spans
-/// whose trace id is empty or all zeros form one group under an empty id. `None` when the request holds
-/// one trace id only (or no span): the caller forwards its bytes as they are.
+/// appearance ([`split_traces`]); `None` when the request holds one trace id only (or no span): the caller
+/// forwards its bytes as they are.
 pub fn split_by_trace_id(request: &[u8]) -> Option<Vec<(&[u8], Vec<u8>)>> {
+    match split_traces(request) {
+        TraceSplit::One(_) => None,
+        TraceSplit::Many(groups) => Some(groups.into_iter().map(|g| (g.trace_id, g.request)).collect()),
+    }
+}
+
+/// What [`split_traces`] found.
+#[derive(Debug)]
+pub enum TraceSplit<'a> {
+    /// Every span has this trace id (empty: no span, or spans without a trace id): nothing to split.
+    One(&'a [u8]),
+    /// The spans of each trace id, as a request of their own, in order of first appearance.
+    Many(Vec<TraceGroup<'a>>),
+}
+
+/// The spans of one trace id, split from a request by [`split_traces`].
+#[derive(Debug)]
+pub struct TraceGroup<'a> {
+    trace_id: &'a [u8],
+    spans: usize,
+    request: Vec<u8>,
+}
+
+impl<'a> TraceGroup<'a> {
+    /// The trace id (empty for spans whose trace id is empty or all zeros).
+    pub fn trace_id(&self) -> &'a [u8] {
+        self.trace_id
+    }
+
+    /// The number of spans.
+    pub fn spans(&self) -> usize {
+        self.spans
+    }
+
+    /// The encoded request.
+    pub fn request(&self) -> &[u8] {
+        &self.request
+    }
+
+    /// The group as pipeline data, without walking it again: it was written from a validated request, with
+    /// its spans counted on the way.
+    pub fn into_traces(self) -> crate::Traces {
+        crate::Traces::from_split(bytes::Bytes::from(self.request), self.spans)
+    }
+}
+
+/// One walk over an encoded traces request that splits it per trace id, without decoding it.
+///
+/// Each group's request keeps, for its spans, their `ResourceSpans` and `ScopeSpans` headers (every field but
+/// the span lists, copied byte for byte), and the spans in input order, each copied once. Spans whose trace id
+/// is empty or all zeros form one group under an empty id. A request of one trace id only (or no span) is not
+/// copied ([`TraceSplit::One`]).
+pub fn split_traces(request: &[u8]) -> TraceSplit<'_> {
     use std::collections::HashMap;
     // A span: (resource index, scope index, encoded span).
     type Entry<'a> = (usize, usize, &'a [u8]);
@@ -746,6 +802,7 @@ pub fn split_by_trace_id(request: &[u8]) -> Option<Vec<(&[u8], Vec<u8>)>> {
     // Header fields (raw, tag included) of each resource, and of each scope per resource.
     let mut rs_heads: Vec<Vec<&[u8]>> = Vec::new();
     let mut ss_heads: Vec<Vec<Vec<&[u8]>>> = Vec::new();
+    count_work(Signal::Traces, Work::Walk);
     for (tag, w, _) in Fields::new(request) {
         let (1, Wire::Bytes(rs)) = (tag, w) else { continue };
         let ri = rs_heads.len();
@@ -787,8 +844,9 @@ pub fn split_by_trace_id(request: &[u8]) -> Option<Vec<(&[u8], Vec<u8>)>> {
         ss_heads.push(scopes);
     }
     if groups.len() <= 1 {
-        return None;
+        return TraceSplit::One(groups.first().map_or(&[][..], |g| g.0));
     }
+    count_work(Signal::Traces, Work::Copy);
     let empty: Vec<&[u8]> = Vec::new();
     let mut out = Vec::with_capacity(groups.len());
     let (mut rs_body, mut ss_body) = (Vec::new(), Vec::new());
@@ -819,9 +877,245 @@ pub fn split_by_trace_id(request: &[u8]) -> Option<Vec<(&[u8], Vec<u8>)>> {
             }
             put_len_field(&mut req, 1, &rs_body);
         }
-        out.push((id, req));
+        out.push(TraceGroup {
+            trace_id: id,
+            spans: entries.len(),
+            request: req,
+        });
     }
-    Some(out)
+    TraceSplit::Many(out)
+}
+
+// --- field edits: replace or delete fields at any depth, applied in one pass ---
+
+/// Replacements and deletions of whole fields anywhere in an encoded message, collected during a walk over
+/// it and applied in one pass ([`FieldEdits::apply`]): the message is copied once, fields without an edit
+/// byte for byte, and the length of every message around an edited field is fixed on the way. Nothing is
+/// decoded. The redaction processor deletes and rewrites attributes with it.
+///
+/// An edit names a field by its byte range in the message, tag and length included (what [`Fields`]
+/// yields, offset to the message's start); the replacement is any number of encoded fields (none: the field
+/// is deleted). An edit inside another edit's field is dropped (the outer one wins); a range that is not
+/// a field of the message is ignored.
+#[derive(Debug, Default)]
+pub struct FieldEdits {
+    /// (the field's range in the message, its replacement's range in `arena`).
+    edits: Vec<(Range<usize>, Range<usize>)>,
+    arena: Vec<u8>,
+    /// New body lengths of the messages around edits, in the order `apply` meets them.
+    lens: Vec<usize>,
+}
+
+impl FieldEdits {
+    pub fn is_empty(&self) -> bool {
+        self.edits.is_empty()
+    }
+
+    /// Number of edits recorded.
+    pub fn len(&self) -> usize {
+        self.edits.len()
+    }
+
+    /// Forgets every edit (keeping the buffers).
+    pub fn clear(&mut self) {
+        self.edits.clear();
+        self.arena.clear();
+        self.lens.clear();
+    }
+
+    /// Deletes the field at `field`.
+    pub fn delete(&mut self, field: Range<usize>) {
+        self.replace_with(field, |_| {});
+    }
+
+    /// Replaces the field at `field` by what `write` appends (encoded fields, tags included).
+    pub fn replace_with(&mut self, field: Range<usize>, write: impl FnOnce(&mut Vec<u8>)) {
+        let from = self.arena.len();
+        write(&mut self.arena);
+        self.edits.push((field, from..self.arena.len()));
+    }
+
+    /// Replaces the field at `field` by the length-delimited field `tag` holding `body`.
+    pub fn replace_len_field(&mut self, field: Range<usize>, tag: u32, body: &[u8]) {
+        self.replace_with(field, |out| put_len_field(out, tag, body));
+    }
+
+    /// The edited encoding of `msg` (written in one pass into a buffer of the final size), or `None`
+    /// without edits. The edits are consumed.
+    pub fn apply(&mut self, msg: &[u8]) -> Option<Vec<u8>> {
+        if self.edits.is_empty() {
+            return None;
+        }
+        self.edits.sort_by_key(|(r, _)| (r.start, std::cmp::Reverse(r.end)));
+        let mut end = 0usize;
+        self.edits.retain(|(r, _)| {
+            let keep = r.start >= end && r.start < r.end && r.end <= msg.len();
+            if keep {
+                end = r.end;
+            }
+            keep
+        });
+        self.lens.clear();
+        let n = measure_edited(msg, 0, &self.edits, &mut self.lens);
+        let mut out = Vec::with_capacity(n);
+        let mut next = 0;
+        write_edited(msg, 0, &self.edits, &self.arena, &self.lens, &mut next, &mut out);
+        self.edits.clear();
+        self.arena.clear();
+        Some(out)
+    }
+}
+
+type Edit = (Range<usize>, Range<usize>);
+
+/// The edits (`edits[i..j]`) that fall inside the field at `f` (absolute), after skipping those before it
+/// (misplaced: not on a field boundary).
+#[inline]
+fn edits_in(edits: &[Edit], i: &mut usize, f: &Range<usize>) -> Range<usize> {
+    while edits.get(*i).is_some_and(|(r, _)| r.start < f.start) {
+        *i += 1;
+    }
+    let mut j = *i;
+    while edits.get(j).is_some_and(|(r, _)| r.end <= f.end) {
+        j += 1;
+    }
+    *i..j
+}
+
+/// The length of `msg` (at `base` in the whole message) once `edits` (inside it, sorted) are applied;
+/// pushes the new body length of every message entered, in pre-order.
+fn measure_edited(msg: &[u8], base: usize, edits: &[Edit], lens: &mut Vec<usize>) -> usize {
+    let mut len = 0usize;
+    let mut i = 0usize;
+    for (tag, w, r) in Fields::new(msg) {
+        let f = base + r.start..base + r.end;
+        let inner = edits_in(edits, &mut i, &f);
+        i = inner.end;
+        match (edits.get(inner), w) {
+            (None | Some([]), _) => len += r.len(),
+            (Some([(er, rep)]), _) if *er == f => len += rep.len(),
+            (Some(sub), Wire::Bytes(body)) => {
+                let at = lens.len();
+                lens.push(0);
+                let n = measure_edited(body, base + offset_in(msg, body), sub, lens);
+                if let Some(l) = lens.get_mut(at) {
+                    *l = n;
+                }
+                len += len_field_size(tag, n);
+            }
+            (Some(_), _) => len += r.len(),
+        }
+    }
+    len
+}
+
+/// Writes `msg` with `edits` applied, taking the new body lengths [`measure_edited`] pushed.
+fn write_edited(
+    msg: &[u8],
+    base: usize,
+    edits: &[Edit],
+    arena: &[u8],
+    lens: &[usize],
+    next: &mut usize,
+    out: &mut Vec<u8>,
+) {
+    let mut i = 0usize;
+    for (tag, w, r) in Fields::new(msg) {
+        let f = base + r.start..base + r.end;
+        let inner = edits_in(edits, &mut i, &f);
+        i = inner.end;
+        match (edits.get(inner), w) {
+            (None | Some([]), _) => out.extend_from_slice(msg.get(r).unwrap_or(&[])),
+            (Some([(er, rep)]), _) if *er == f => out.extend_from_slice(arena.get(rep.clone()).unwrap_or(&[])),
+            (Some(sub), Wire::Bytes(body)) => {
+                let n = lens.get(*next).copied().unwrap_or(0);
+                *next += 1;
+                put_varint(out, (u64::from(tag) << 3) | 2);
+                put_varint(out, n as u64);
+                write_edited(body, base + offset_in(msg, body), sub, arena, lens, next, out);
+            }
+            (Some(_), _) => out.extend_from_slice(msg.get(r).unwrap_or(&[])),
+        }
+    }
+}
+
+/// Where an attribute sits in a traces request (or, for [`AttrPlace::Status`], a span's status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttrPlace {
+    Resource,
+    Scope,
+    Span,
+    Event,
+    Link,
+    /// Not an attribute: a span's `Status` message.
+    Status,
+}
+
+impl AttrPlace {
+    /// The field number of the attributes in the message holding them (`Resource.attributes` = 1, …).
+    pub fn field(self) -> u32 {
+        match self {
+            AttrPlace::Resource => 1,
+            AttrPlace::Scope | AttrPlace::Event => 3,
+            AttrPlace::Link => 4,
+            AttrPlace::Span => 9,
+            AttrPlace::Status => 15,
+        }
+    }
+}
+
+/// One walk over a traces request that calls `f` with every attribute (the encoded `KeyValue`) of its
+/// resources, scopes, spans, span events and span links, and with every span's encoded `Status`
+/// ([`AttrPlace::Status`]), each with the byte range of its field in `request` (tag included: what a
+/// [`FieldEdits`] edit names). The order is the encoding's: for a canonical encoding, a resource's
+/// attributes, then per scope its attributes and per span its attributes, events, links and status.
+pub fn for_each_trace_attribute<'a>(request: &'a [u8], mut f: impl FnMut(AttrPlace, &'a [u8], Range<usize>)) {
+    count_work(Signal::Traces, Work::Walk);
+    // The attributes (field `tag`) of message `m`.
+    fn attrs_of<'a>(
+        request: &'a [u8],
+        place: AttrPlace,
+        m: &'a [u8],
+        f: &mut impl FnMut(AttrPlace, &'a [u8], Range<usize>),
+    ) {
+        let base = offset_in(request, m);
+        let tag = place.field();
+        for (t, w, r) in Fields::new(m) {
+            if let (true, Wire::Bytes(kv)) = (t == tag, w) {
+                f(place, kv, base + r.start..base + r.end);
+            }
+        }
+    }
+    for (tag, w, _) in Fields::new(request) {
+        let (1, Wire::Bytes(rs)) = (tag, w) else { continue };
+        for (t, w, _) in Fields::new(rs) {
+            match (t, w) {
+                (1, Wire::Bytes(res)) => attrs_of(request, AttrPlace::Resource, res, &mut f),
+                (2, Wire::Bytes(ss)) => {
+                    for (t2, w2, _) in Fields::new(ss) {
+                        match (t2, w2) {
+                            (1, Wire::Bytes(scope)) => attrs_of(request, AttrPlace::Scope, scope, &mut f),
+                            (2, Wire::Bytes(span)) => {
+                                let base = offset_in(request, span);
+                                for (t3, w3, r3) in Fields::new(span) {
+                                    let range = base + r3.start..base + r3.end;
+                                    match (t3, w3) {
+                                        (9, Wire::Bytes(kv)) => f(AttrPlace::Span, kv, range),
+                                        (11, Wire::Bytes(ev)) => attrs_of(request, AttrPlace::Event, ev, &mut f),
+                                        (13, Wire::Bytes(link)) => attrs_of(request, AttrPlace::Link, link, &mut f),
+                                        (15, Wire::Bytes(st)) => f(AttrPlace::Status, st, range),
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// The resource of an encoded `ResourceSpans` (the last one, as a decoder keeps).
@@ -1092,6 +1386,204 @@ mod tests {
                 None => assert_eq!(req, want, "round {round}: nothing to change"),
             }
         }
+    }
+
+    /// A random request with attributes in every place `for_each_trace_attribute` visits (long keys and
+    /// values, so that lengths need multi-byte varints), and status messages.
+    fn random_attr_request(rng: &mut Rng, round: u64) -> ExportTraceServiceRequest {
+        use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+        use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+        let attrs = |rng: &mut Rng, max: u64| -> Vec<KeyValue> {
+            (0..rng.below(max))
+                .map(|a| {
+                    let long = "x".repeat(rng.below(200) as usize);
+                    kv(
+                        &format!("k{a}{long}"),
+                        any_value::Value::StringValue(format!("{round}{long}")),
+                    )
+                })
+                .collect()
+        };
+        let mut req = ExportTraceServiceRequest::default();
+        for _ in 0..rng.below(4) {
+            let mut rs = ResourceSpans {
+                resource: (rng.below(3) > 0).then(|| Resource {
+                    attributes: attrs(rng, 4),
+                    ..Default::default()
+                }),
+                schema_url: "r".into(),
+                ..Default::default()
+            };
+            for _ in 0..rng.below(4) {
+                let mut ss = ScopeSpans {
+                    scope: (rng.below(2) > 0).then(|| InstrumentationScope {
+                        name: "lib".into(),
+                        attributes: attrs(rng, 3),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                for i in 0..rng.below(5) {
+                    ss.spans.push(Span {
+                        name: format!("s{round}-{i}"),
+                        span_id: vec![i as u8; 8],
+                        attributes: attrs(rng, 5),
+                        events: (0..rng.below(3))
+                            .map(|_| Event {
+                                name: "e".into(),
+                                attributes: attrs(rng, 3),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        links: (0..rng.below(2))
+                            .map(|_| Link {
+                                span_id: vec![9; 8],
+                                attributes: attrs(rng, 3),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        status: (rng.below(2) > 0).then(|| Status {
+                            message: "m".repeat(rng.below(150) as usize),
+                            code: 2,
+                        }),
+                        ..Default::default()
+                    });
+                }
+                rs.scope_spans.push(ss);
+            }
+            req.resource_spans.push(rs);
+        }
+        req
+    }
+
+    /// Every attribute list of a decoded request, in the order `for_each_trace_attribute` visits them
+    /// on its (canonical) encoding, with the span's status after its lists.
+    fn visit_decoded(
+        req: &mut ExportTraceServiceRequest,
+        mut list: impl FnMut(AttrPlace, &mut Vec<KeyValue>),
+        mut status: impl FnMut(&mut Status),
+    ) {
+        for rs in &mut req.resource_spans {
+            if let Some(r) = rs.resource.as_mut() {
+                list(AttrPlace::Resource, &mut r.attributes);
+            }
+            for ss in &mut rs.scope_spans {
+                if let Some(sc) = ss.scope.as_mut() {
+                    list(AttrPlace::Scope, &mut sc.attributes);
+                }
+                for sp in &mut ss.spans {
+                    list(AttrPlace::Span, &mut sp.attributes);
+                    for e in &mut sp.events {
+                        list(AttrPlace::Event, &mut e.attributes);
+                    }
+                    for l in &mut sp.links {
+                        list(AttrPlace::Link, &mut l.attributes);
+                    }
+                    if let Some(st) = sp.status.as_mut() {
+                        status(st);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Random deletions and replacements of attributes and statuses at every depth, applied through
+    /// `FieldEdits` on the encoding, decode to what the same edits give on the decoded request.
+    #[test]
+    fn field_edits_match_decoded_edits() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut edited_rounds = 0;
+        for round in 0..400 {
+            let req = random_attr_request(&mut rng, round);
+            let bytes = req.encode_to_vec();
+            // Per visited attribute: 0 keep, 1 delete, 2 replace the value; per status: keep or replace.
+            let mut plan: Vec<u64> = Vec::new();
+            let mut edits = FieldEdits::default();
+            let mut places = Vec::new();
+            for_each_trace_attribute(&bytes, |place, field, range| {
+                if place == AttrPlace::Status {
+                    let n = rng.below(2) * (1 + rng.below(200));
+                    plan.push(n);
+                    if n > 0 {
+                        let st = Status {
+                            message: "z".repeat(n as usize),
+                            code: 1,
+                        };
+                        edits.replace_len_field(range, 15, &st.encode_to_vec());
+                    }
+                    return;
+                }
+                let (key, _) = split_key_value(field);
+                assert_eq!(
+                    bytes.get(range.clone()).map(|f| f.len()),
+                    Some(len_field_size(place.field(), field.len()))
+                );
+                places.push(place);
+                let action = rng.below(3);
+                plan.push(action);
+                match action {
+                    1 => edits.delete(range),
+                    2 => {
+                        let key = std::str::from_utf8(key).unwrap().to_string();
+                        let value = "v".repeat(rng.below(300) as usize);
+                        plan.push(value.len() as u64);
+                        let kv = kv(&key, any_value::Value::StringValue(value));
+                        edits.replace_len_field(range, place.field(), &kv.encode_to_vec());
+                    }
+                    _ => {}
+                }
+            });
+            let any = !edits.is_empty();
+            let out = edits.apply(&bytes);
+            assert_eq!(out.is_some(), any, "round {round}");
+            let mut want = req.clone();
+            let step = std::cell::RefCell::new(plan.iter().copied());
+            let mut seen = Vec::new();
+            visit_decoded(
+                &mut want,
+                |place, attrs| {
+                    let mut kept = Vec::new();
+                    for mut a in std::mem::take(attrs) {
+                        seen.push(place);
+                        let action = step.borrow_mut().next();
+                        match action {
+                            Some(1) => continue,
+                            Some(2) => {
+                                let n = step.borrow_mut().next().unwrap_or(0) as usize;
+                                a.value = Some(AnyValue {
+                                    value: Some(any_value::Value::StringValue("v".repeat(n))),
+                                });
+                            }
+                            _ => {}
+                        }
+                        kept.push(a);
+                    }
+                    *attrs = kept;
+                },
+                |st| {
+                    let n = step.borrow_mut().next().unwrap_or(0);
+                    if n > 0 {
+                        st.message = "z".repeat(n as usize);
+                        st.code = 1;
+                    }
+                },
+            );
+            assert_eq!(seen, places, "round {round}: visited in the decoded order");
+            assert!(step.borrow_mut().next().is_none(), "round {round}");
+            match out {
+                Some(out) => {
+                    edited_rounds += 1;
+                    assert_eq!(
+                        ExportTraceServiceRequest::decode(out.as_slice()).expect("valid"),
+                        want,
+                        "round {round}"
+                    );
+                    assert!(crate::Traces::from_bytes(out.into()).is_ok(), "round {round}");
+                }
+                None => assert_eq!(req, want, "round {round}: nothing to change"),
+            }
+        }
+        assert!(edited_rounds > 200, "{edited_rounds}");
     }
 
     #[test]

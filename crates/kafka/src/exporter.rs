@@ -82,6 +82,7 @@ use bizpilot_core::pdata::proto::logs::v1::{ResourceLogs, ScopeLogs};
 use bizpilot_core::pdata::proto::resource::v1::Resource;
 use bizpilot_core::pdata::proto::trace::v1::{ResourceSpans, ScopeSpans};
 use bizpilot_core::tls::TlsClientSettings;
+use bizpilot_core::view::TraceSplit;
 use bizpilot_core::{
     Batch, ComponentConfig, ComponentError, ComponentInfo, ComponentKind, CreateContext, Exporter, ExporterContext,
     ExporterFactory, FieldError, Logs, Metrics, Payload, Running, Signal, Stability, Traces,
@@ -541,25 +542,28 @@ impl Plan {
         let topic = self.topic_for(Signal::Traces, &[], &[]);
         let bytes = payload.encoded();
         let key = |id: &[u8]| (!id.is_empty()).then(|| hex(id));
-        let groups: Vec<(Option<String>, Bytes)> = match bizpilot_core::view::split_by_trace_id(&bytes) {
-            Some(parts) => parts.into_iter().map(|(id, b)| (key(id), Bytes::from(b))).collect(),
-            None => {
-                if payload.items() == 0 {
+        if payload.items() == 0 {
+            return Ok(Vec::new());
+        }
+        // One walk: the groups come with their span counts, so they are not walked again.
+        let groups: Vec<(Option<String>, Bytes, Payload)> = match bizpilot_core::view::split_traces(&bytes) {
+            TraceSplit::Many(parts) => parts
+                .into_iter()
+                .map(|g| {
+                    let k = key(g.trace_id());
+                    let mut part = Payload::Traces(g.into_traces());
+                    (k, part.encoded(), part)
+                })
+                .collect(),
+            TraceSplit::One(id) => {
+                let Payload::Traces(t) = payload else {
                     return Ok(Vec::new());
-                }
-                let mut id: &[u8] = &[];
-                bizpilot_core::view::for_each_span(&bytes, |_, s| {
-                    if id.is_empty() && s.trace_id.iter().any(|b| *b != 0) {
-                        id = s.trace_id;
-                    }
-                });
-                vec![(key(id), bytes.clone())]
+                };
+                vec![(key(id), bytes.clone(), Payload::Traces(t.encoded_copy()))]
             }
         };
         let mut out = Vec::with_capacity(groups.len());
-        for (key, value) in groups {
-            let part = Traces::from_bytes(value.clone()).map_err(|e| PlanError(e.to_string()))?;
-            let part = Payload::Traces(part);
+        for (key, value, part) in groups {
             if value.len() > self.max_bytes && part.items() > 1 {
                 self.encode_sized(topic.clone(), key, part, &mut out)?;
                 continue;
@@ -1117,9 +1121,19 @@ mod tests {
         let p = plan("partition_by: attribute:order.id\npartition_traces_by_id: true");
         let bytes = spans(&[("o1", &[1; 16]), ("o2", &[2; 16]), ("o1", &[1; 16]), ("o3", &[0; 16])]).encoded();
         let mut forwarded = Payload::Traces(Traces::from_bytes(bytes.clone()).unwrap());
+        let before = bizpilot_core::pdata::work_on_this_thread();
         let m = p.messages(&mut forwarded).unwrap();
+        let work = bizpilot_core::pdata::work_on_this_thread().since(&before);
         let Payload::Traces(t) = &forwarded else { panic!() };
         assert!(t.decoded().is_none(), "the request was not decoded");
+        {
+            use bizpilot_core::pdata::Work::*;
+            assert_eq!(
+                [Validate, Decode, Encode, Walk, Copy].map(|w| work.get(w)),
+                [0, 0, 0, 1, 1],
+                "one walk and one copy (the split), nothing validated, decoded or encoded again"
+            );
+        }
         let keys: Vec<Option<String>> = m.iter().map(|x| x.key.clone()).collect();
         assert_eq!(
             keys,
@@ -1129,11 +1143,14 @@ mod tests {
         assert_eq!(names(m[0].part.as_ref().unwrap()), ["span-o1", "span-o1"]);
         let decoded = ExportTraceServiceRequest::decode_from(&m[0].value);
         assert_eq!(decoded.resource_spans.len(), 2, "each span keeps its own resource");
-        // One trace: the request's bytes, as they came.
+        // One trace: the request's bytes, as they came, after one walk.
         let one = spans(&[("a", &[5; 16]), ("b", &[5; 16])]).encoded();
-        let m = p
-            .messages(&mut Payload::Traces(Traces::from_bytes(one.clone()).unwrap()))
-            .unwrap();
+        let mut one_payload = Payload::Traces(Traces::from_bytes(one.clone()).unwrap());
+        let before = bizpilot_core::pdata::work_on_this_thread();
+        let m = p.messages(&mut one_payload).unwrap();
+        let work = bizpilot_core::pdata::work_on_this_thread().since(&before);
+        assert_eq!(work.get(bizpilot_core::pdata::Work::Walk), 1);
+        assert_eq!(work.get(bizpilot_core::pdata::Work::Validate), 0);
         assert_eq!(
             (m.len(), m[0].value.clone(), m[0].key.clone()),
             (1, one, Some("05".repeat(16)))

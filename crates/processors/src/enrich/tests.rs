@@ -643,3 +643,149 @@ async fn the_view_path_is_taken_unless_a_span_must_wait() {
     drop(h.tx);
     h.running.join().await.unwrap();
 }
+
+/// The embedded default pipeline's `enrich/opentelemetry-demo` rules, from pipelines/opentelemetry-demo.yaml.
+fn preset_rules() -> String {
+    let preset: serde_yaml::Value =
+        serde_yaml::from_str(include_str!("../../../../pipelines/opentelemetry-demo.yaml")).unwrap();
+    serde_yaml::to_string(&preset["processors"]["enrich/opentelemetry-demo"]).unwrap()
+}
+
+/// Runs `yaml`'s rules on `bytes` both ways: decoded (`apply_traces`) and on the encoding
+/// (`apply_encoded`). Asserts the same spans (attributes compared as sets: the view path appends an
+/// attribute that replaces one of the span's own, the decoded path replaces it in place), the same
+/// counts, and that the view path decoded and encoded nothing and walked the request once. Returns the
+/// number of spans enriched.
+fn assert_enrich_paths_agree(yaml: &str, bytes: &[u8], what: &str) -> u64 {
+    use bizpilot_core::pdata::{Work, work_on_this_thread};
+    let Ok(mut t) = Traces::from_bytes(bytes.to_vec().into()) else {
+        return 0;
+    };
+    if t.encoded_bytes().is_none() {
+        return 0; // non-canonical bytes are held decoded: there is only the decoded path
+    }
+    let e1 = Engine::from_yaml(yaml, &Extensions::default()).unwrap();
+    let e2 = Engine::from_yaml(yaml, &Extensions::default()).unwrap();
+    let mut want = ExportTraceServiceRequest::decode(bytes).expect("the walk accepted it");
+    let na = e1.apply_traces(&mut want);
+    let before = work_on_this_thread();
+    let nb = e2.apply_encoded(&mut t);
+    let work = work_on_this_thread().since(&before);
+    assert!(t.decoded().is_none(), "{what}: the view path decoded the request");
+    assert_eq!(
+        [Work::Decode, Work::Encode, Work::Walk].map(|w| work.get(w)),
+        [0, 0, 1],
+        "{what}: one walk, no decode, no encode"
+    );
+    assert_eq!(
+        work.get(Work::Copy),
+        u64::from(nb > 0),
+        "{what}: one copy iff a span changed"
+    );
+    let got = t.into_message().unwrap();
+    assert_eq!((na, nb), (nb, na), "{what}: enriched");
+    assert_eq!(e1.stats(), e2.stats(), "{what}: counts");
+    let (a, b) = (spans(&want), spans(&got));
+    assert_eq!(a.len(), b.len(), "{what}: spans");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        let sorted = |sp: &Span| {
+            let mut v: Vec<String> = sp.attributes.iter().map(|kv| format!("{kv:?}")).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(x), sorted(y), "{what}: span {i} attributes");
+        let mut x = (*x).clone();
+        let mut y = (*y).clone();
+        x.attributes.clear();
+        y.attributes.clear();
+        assert_eq!(format!("{x:?}"), format!("{y:?}"), "{what}: span {i}");
+    }
+    nb
+}
+
+/// The preset's rules on shop traffic of both attribute generations (the OpenTelemetry Demo's span tree and
+/// attributes, amounts as doubles and as strings) and on the fuzz seed corpora: the view path equals the
+/// decoded path.
+#[test]
+fn preset_rules_give_the_same_on_views_and_decoded_for_shop_traffic_and_fuzz_corpora() {
+    let rules = preset_rules();
+    let mut enriched = 0;
+    for (prefix, money) in [("demo", "double"), ("app", "string")] {
+        let shop: bizpilot_shopgen::ShopConfig = serde_yaml::from_str(&format!(
+            "seed: 3\nduration: 2m\norders_per_sec: 2\ncustomers: 500\nattribute_prefix: {prefix}\nmoney_attributes: {money}"
+        ))
+        .unwrap();
+        let workload = bizpilot_shopgen::Shop::generate(&shop).unwrap();
+        for (i, bytes) in workload.trace_requests_encoded(300).iter().enumerate() {
+            enriched += assert_enrich_paths_agree(&rules, bytes, &format!("{prefix} request {i}"));
+        }
+    }
+    assert!(enriched > 100, "{enriched} spans enriched");
+    for target in ["otlp_protobuf", "view_equivalence", "view_walk"] {
+        for (path, data) in bizpilot_core::fuzz::seed_corpus(target) {
+            assert_enrich_paths_agree(&rules, &data, &path.display().to_string());
+        }
+    }
+}
+
+/// Property: random spans carrying the preset's source attributes (repeated keys, absent values, strings,
+/// ints and doubles where amounts are read, targets already present) give the same on both paths.
+#[test]
+fn preset_rules_give_the_same_on_views_and_decoded_for_random_spans() {
+    use bizpilot_business::attrs::{AnyValue, Value};
+    let rules = preset_rules();
+    const KEYS: &[&str] = &[
+        "demo.order.id",
+        "app.order.id",
+        "user.id",
+        "app.user.id",
+        "demo.user_context.loyalty_level",
+        "demo.user_context.selected_currency",
+        "demo.order.amount",
+        "demo.payment.amount",
+        "app.payment.amount",
+        "demo.shipping.amount",
+        "demo.order.items.count",
+        "demo.cart.items.count",
+        "demo.product.id",
+        "business.order.id",
+        "business.order.value",
+        "other",
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut below = |n: u64| {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+    };
+    let mut enriched = 0;
+    for round in 0..400 {
+        let mut sp = Vec::new();
+        for i in 0..below(6) {
+            let mut a = Vec::new();
+            for _ in 0..below(8) {
+                let key = KEYS[below(KEYS.len() as u64) as usize];
+                let value = match below(7) {
+                    0 => None,
+                    1 => Some(Value::IntValue(below(100_000) as i64)),
+                    2 => Some(Value::DoubleValue(below(100_000) as f64 / 100.0)),
+                    3 => Some(Value::StringValue(
+                        ["EUR", "USD", "gold", "x"][below(4) as usize].into(),
+                    )),
+                    4 => Some(Value::BoolValue(true)),
+                    _ => Some(Value::StringValue(format!("{}.{:02}", below(2000), below(100)))),
+                };
+                a.push(KeyValue {
+                    key: key.into(),
+                    value: (below(10) > 0).then_some(AnyValue { value }),
+                    ..Default::default()
+                });
+            }
+            sp.push(span(&format!("s{i}"), a));
+        }
+        let bytes = request("checkout", sp).encode_to_vec();
+        enriched += assert_enrich_paths_agree(&rules, &bytes, &format!("round {round}"));
+    }
+    assert!(enriched > 200, "{enriched} spans enriched");
+}
