@@ -352,17 +352,26 @@ impl<M: OtlpMessage> Otlp<M> {
         Ok(())
     }
 
-    /// Appends `other` to `self`. Two encoded payloads are joined by concatenating
-    /// their bytes (a protobuf message's repeated fields concatenate), without decoding.
+    /// Appends `other` to `self`. When either side is encoded, the other is encoded too and the
+    /// two are joined by concatenating their bytes (a protobuf message's repeated fields
+    /// concatenate): nothing is decoded. Only two payloads held decoded are appended decoded.
     pub fn append(&mut self, mut other: Self) -> Result<(), DataError> {
         if other.items == 0 && other.encoded_len() == 0 {
             return Ok(());
         }
-        if self.msg.is_none()
-            && other.msg.is_none()
-            && self.bytes.is_some()
-            && let Some(b) = other.bytes.as_ref()
-        {
+        if self.items == 0 && self.encoded_len() == 0 {
+            // Nothing held yet (`Default` holds an empty message): take `other` as it is, in
+            // whichever form.
+            *self = other;
+            return Ok(());
+        }
+        if self.bytes.is_some() || other.bytes.is_some() {
+            // Either side is encoded: join encoded. Encoding the decoded side (one pass, no
+            // allocation per field) is cheaper than decoding the encoded one, the result is a fraction
+            // of the decoded size, and the stages after a merge (business_impact) read encoded data.
+            self.encoded();
+            let b = other.encoded();
+            self.msg = None;
             let a = self.bytes.take().unwrap_or_default();
             // Reuse our buffer when we own it, so repeated appends stay linear.
             let mut joined = match a.try_into_mut() {
@@ -373,7 +382,7 @@ impl<M: OtlpMessage> Otlp<M> {
                     m
                 }
             };
-            joined.extend_from_slice(b);
+            joined.extend_from_slice(&b);
             self.bytes = Some(joined.freeze());
             self.items += other.items;
             return Ok(());
@@ -925,6 +934,48 @@ mod tests {
         let m = a.into_message().unwrap();
         assert_eq!(m.resource_spans.len(), 2);
         assert_eq!(m.item_count(), 5);
+    }
+
+    /// A decoded payload merged with encoded ones (the batch processor, after a stage that held data
+    /// decoded) is encoded once and concatenated: nothing is decoded, in either order, and an empty
+    /// accumulator takes the first payload as it is.
+    #[test]
+    fn mixed_append_encodes_the_decoded_side_and_never_decodes() {
+        use super::{Work, work_on_this_thread};
+        for decoded_first in [true, false] {
+            let before = work_on_this_thread();
+            let mut acc = Traces::default();
+            let enc = || Traces::from_bytes(traces(2, "e").encode_to_vec().into()).unwrap();
+            let dec = || Traces::from_message(traces(3, "d"));
+            let (first, second) = if decoded_first { (dec(), enc()) } else { (enc(), dec()) };
+            acc.append(first).unwrap();
+            acc.append(second).unwrap();
+            acc.append(enc()).unwrap();
+            let work = work_on_this_thread().since(&before);
+            assert_eq!(work.get(Work::Decode), 0, "decoded_first={decoded_first}");
+            assert_eq!(work.get(Work::Encode), 1, "decoded_first={decoded_first}");
+            assert!(acc.decoded().is_none());
+            assert_eq!(acc.items(), 7);
+            let names: Vec<String> = acc
+                .into_message()
+                .unwrap()
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+                .map(|s| s.name.clone())
+                .collect();
+            let (x, y) = if decoded_first { ("d", "e") } else { ("e", "d") };
+            let mut want: Vec<String> = Vec::new();
+            for (p, n) in [
+                (x, if decoded_first { 3 } else { 2 }),
+                (y, if decoded_first { 2 } else { 3 }),
+                ("e", 2),
+            ] {
+                want.extend((0..n).map(|i| format!("{p}-{i}")));
+            }
+            assert_eq!(names, want, "order kept");
+        }
     }
 
     #[test]
