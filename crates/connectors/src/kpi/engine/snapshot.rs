@@ -88,20 +88,15 @@ struct In {
 }
 
 impl Engine {
-    /// A fingerprint of the configuration: FNV-1a over its debug form (stable within a build).
+    /// A fingerprint of the configuration: [`bizpilot_core::storage::fingerprint`] (FNV-1a) of its debug form
+    /// (stable within a build), as `business_impact`'s journal does.
     fn fingerprint(&self) -> u64 {
         // What does not shape the state is left out: where and how often it is checkpointed, the API.
         let mut cfg = self.c.cfg.clone();
         cfg.storage = None;
         cfg.checkpoint_interval = Default::default();
         cfg.api = Default::default();
-        let text = format!("{cfg:?}");
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in text.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h
+        bizpilot_core::storage::fingerprint(&format!("{cfg:?}"))
     }
 
     /// The engine's state, encoded. Take it between batches, after the outputs were taken.
