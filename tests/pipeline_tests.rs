@@ -145,3 +145,58 @@ fn a_malformed_test_file_is_an_error_naming_the_place() {
     );
     assert!(stdout.ends_with("0 passed, 1 failed\n"), "{stdout}");
 }
+
+/// Each case of a pipeline with durable storage gets a file store of its own in a fresh temporary directory
+/// (so checkpoint code runs under `bizpilot test`), and nothing is left behind.
+#[test]
+fn storage_runs_in_a_fresh_directory_per_case_and_is_removed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bizpilot"))
+        .args(["test", "--config", "pipelines/business-join.yaml"])
+        .current_dir(root())
+        .env("TMPDIR", tmp.path())
+        .env_remove("BIZPILOT_CUSTOMERS_FILE")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run bizpilot test");
+    fn stores(dir: &Path, found: &mut std::collections::BTreeSet<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stores(&p, found);
+            } else if p.extension().is_some_and(|x| x == "redb") {
+                found.insert(p.strip_prefix(dir).map(Path::to_path_buf).unwrap_or(p));
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut case_dirs = std::collections::BTreeSet::new();
+    while child.try_wait().expect("wait").is_none() {
+        let mut now = std::collections::BTreeSet::new();
+        stores(tmp.path(), &mut now);
+        for e in std::fs::read_dir(tmp.path()).into_iter().flatten().flatten() {
+            case_dirs.insert(e.file_name());
+        }
+        seen.extend(now);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (passed, failed) = summary(&stdout);
+    assert!(out.status.success() && failed == 0 && passed > 1, "{stdout}");
+    assert!(
+        !seen.is_empty(),
+        "no store file appeared under {}",
+        tmp.path().display()
+    );
+    assert!(
+        case_dirs.len() > 1,
+        "the cases shared one storage directory: {case_dirs:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -528,6 +528,32 @@ struct Rewired {
     receivers: HashMap<String, String>,
     /// Pipeline id → its own injection receiver.
     pipelines: HashMap<String, String>,
+    /// The case's storage directory, removed when the case ends.
+    _storage: Option<CaseDir>,
+}
+
+/// A fresh directory under the system's temporary directory, removed on drop.
+struct CaseDir(PathBuf);
+
+impl CaseDir {
+    fn create() -> std::io::Result<CaseDir> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!("bizpilot-test-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(CaseDir(dir))
+    }
+}
+
+impl Drop for CaseDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::debug!(dir = %self.0.display(), error = %e, "could not remove a test's storage directory");
+        }
+    }
 }
 
 fn rewire(base: &Config, case: &TestCase, shared: &Shared) -> Result<Rewired, TestError> {
@@ -569,17 +595,27 @@ fn rewire(base: &Config, case: &TestCase, shared: &Shared) -> Result<Rewired, Te
     cfg.extensions.retain(|id| !listens(id));
     cfg.components
         .retain(|(k, id, _)| !(*k == ComponentKind::Extension && listens(id)));
-    // Durable storage would carry state from one case into the next (and write files): every case starts from
-    // empty state in memory.
+    // Durable storage would carry state from one case into the next: every case gets storage of its own, in a
+    // fresh directory removed when the case ends, so the checkpoint and journal code runs in pipeline tests too.
     let stores = |id: &ComponentId| bizpilot_core::storage::STORAGE_EXTENSION_TYPES.contains(&id.type_name());
-    cfg.extensions.retain(|id| !stores(id));
-    cfg.components
-        .retain(|(k, id, _)| !(*k == ComponentKind::Extension && stores(id)));
-    for (_, _, v) in cfg.components.iter_mut() {
-        if let Some(m) = v.as_mapping_mut() {
-            m.remove("storage");
+    let storage = if cfg.extensions.iter().any(stores) {
+        let dir = CaseDir::create().map_err(|e| TestError::Setup(format!("storage directory: {e}")))?;
+        for (k, id, v) in cfg.components.iter_mut() {
+            if *k == ComponentKind::Extension && stores(id) {
+                if v.is_null() {
+                    *v = serde_yaml::Value::Mapping(serde_yaml::Mapping::new());
+                }
+                if let Some(m) = v.as_mapping_mut() {
+                    let own = dir.0.join(id.to_string().replace('/', "_"));
+                    m.insert("directory".into(), own.to_string_lossy().into_owned().into());
+                    m.insert("create_directory".into(), true.into());
+                }
+            }
         }
-    }
+        Some(dir)
+    } else {
+        None
+    };
     for new in replaced.values() {
         let kind = if new.type_name() == INJECT {
             ComponentKind::Receiver
@@ -689,6 +725,7 @@ fn rewire(base: &Config, case: &TestCase, shared: &Shared) -> Result<Rewired, Te
         cfg,
         receivers,
         pipelines,
+        _storage: storage,
     })
 }
 
