@@ -166,6 +166,29 @@ impl Scenario {
             transit_tail: 0.01,
         }
     }
+    /// A third held-out variant, added after the model was last changed and never tuned on: wider picking and
+    /// slower transit, fewer long tails, a long mild backlog, a short carrier stop early in the week and a short
+    /// brown-out late in it.
+    pub fn d(seed: u64, days: f64, rate: f64) -> Scenario {
+        Scenario {
+            seed,
+            days,
+            rate,
+            backlog_start: 90.0,
+            backlog_hours: 14.0,
+            backlog_capacity: 0.45,
+            carrier_start: 60.0,
+            carrier_hours: 5.0,
+            brownout_start: 122.0,
+            brownout_minutes: 15.0,
+            pick_median: 3.0,
+            pick_sigma: 0.6,
+            pick_tail: 0.005,
+            transit_median: 10.0,
+            transit_sigma: 0.35,
+            transit_tail: 0.005,
+        }
+    }
     fn at(&self, h: f64) -> u64 {
         START + (h * HOUR as f64) as u64
     }
@@ -216,6 +239,8 @@ pub struct OrderTruth {
     pub touched_by: Option<TrueCause>,
     /// Failed or slow spans: (service, end time).
     pub bad_spans: Vec<(&'static str, u64)>,
+    /// The delay (ns) the injection that delayed it most (`touched_by`) added to its delivery.
+    pub incident_delay: u64,
 }
 
 impl OrderTruth {
@@ -498,6 +523,7 @@ pub fn generate(sc: &Scenario) -> World {
             touched: p.payment_delayed,
             touched_by: p.payment_delayed.then_some(TrueCause::PaymentBrownout),
             bad_spans: p.bad,
+            incident_delay: 0,
         };
         match (p.paid, p.cancelled) {
             (None, Some(c)) => {
@@ -531,6 +557,7 @@ pub fn generate(sc: &Scenario) -> World {
                 c.sort_by_key(|x| std::cmp::Reverse(x.0));
                 if c[0].0 > 0 {
                     truth.touched_by = Some(c[0].1);
+                    truth.incident_delay = c[0].0;
                 }
                 if truth.breached && natural <= deadline {
                     truth.cause = if c[0].0 > 0 { c[0].1 } else { TrueCause::Natural };

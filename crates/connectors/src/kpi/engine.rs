@@ -1221,7 +1221,8 @@ impl Engine {
         let bins = o.kpis[k].bins;
         match outcome {
             Outcome::InTime | Outcome::Breached => {
-                self.model.outcome(k, bins, outcome == Outcome::Breached);
+                self.model
+                    .outcome(k, bins, outcome == Outcome::Breached, deadline.unwrap_or(time));
                 let sid = o.sid;
                 let fig = &mut self.figures[k];
                 let slot = fig.by_series.entry(sid).or_insert([0, 0]);
@@ -1297,6 +1298,8 @@ impl Engine {
                 }
             }
         }
+        let slowed = self.flows.iter().any(StageFlow::slowed);
+        self.model.learn_outcomes(b, slowed);
         for f in &mut self.flows {
             f.backlog = 0;
         }
@@ -1423,13 +1426,16 @@ impl Engine {
             // replay gives what the live run gave to the last bit.
             let mut expected = vec![0u64; flows.len()];
             for (id, o) in orders.iter_mut() {
-                // A stalled stage holds its orders while their own work goes on: their age is real time.
-                let stalled = flows.get(o.stage).is_some_and(StageFlow::stalled);
-                let age = if stalled {
-                    b.saturating_sub(o.entered()) as f64
-                } else {
-                    o.clock
-                };
+                // A stalled stage holds its orders while their own work goes on: an order leaves at the later of
+                // the stall's end and its own exit, which may already have come while it was held. So its own
+                // duration is conditioned on its clock age (which stood still since the stall began), and the
+                // time it has been held (`held`) counts towards its own work: see [`TimeChange::held_for`].
+                let held = flows
+                    .get(o.stage)
+                    .filter(|f| f.stalled())
+                    .and_then(|f| f.slowed_since)
+                    .map_or(0, |s| b.saturating_sub(s.max(o.entered())));
+                let age = o.clock;
                 let mixture = mixtures.get(o.stage).map_or(&[TimeChange::NORMAL][..], |v| &v[..]);
                 let waits = queues.get(o.stage).filter(|q| !q.is_empty()).and_then(|q| {
                     flows
@@ -1469,7 +1475,10 @@ impl Engine {
                             .collect(),
                         None => mixture
                             .iter()
-                            .map(|tc| model.miss_changed(k, o.stage, kp.to, o.cond, age, left, *tc))
+                            .map(|tc| {
+                                let (tc, left) = tc.held_for(left, held);
+                                model.miss_changed(k, o.stage, kp.to, o.cond, age, left, tc)
+                            })
                             .collect(),
                     };
                     // The raw probability, then calibrated on the outcomes of the raw probabilities given before.
@@ -2013,7 +2022,12 @@ fn cause_of(
             }
         }
     }
+    // A service of the stage unhealthy now, unless the order's own spans of it were fine: then the service's
+    // trouble did not touch this order (the same rule as [`condition_of`]).
     for s in services {
+        if o.evidence.iter().any(|e| e.service == *s) {
+            continue;
+        }
         if let Some(issue) = health.issue(*s) {
             return Cause {
                 service: Some(*s),

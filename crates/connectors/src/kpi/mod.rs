@@ -46,8 +46,9 @@
 //!         = Σ_k m_k · S_R(L' − g(x_k − a)) / S_T(a)
 //! g(τ)    = τ / r            while τ < r·W       (the stage keeps working at r for W more)
 //!         = W + τ − r·W      after               (then normally)
-//!         = max(W, τ)        stalled (r < 0.1)   (held: leaves at the later of the stall's end and its own exit,
-//!                                                 a = its real age in the stage)
+//!         = max(W, τ − h)    stalled (r < 0.1)   (held for h so far: leaves at the later of the stall's end and
+//!                                                 its own exit, which may have come while it was held; a = its
+//!                                                 clock age, its age when the stall began)
 //! W       ~ the slowdown's remaining length: P(W > x) = G(x)  (see [`flow`])
 //! L'      = L − Σ_{later stages m slowed} max(0, W_m(1 − r_m) − median T[s])
 //! ```
@@ -57,7 +58,9 @@
 //! lengths of the slowdowns seen to end). The probability given is that raw value **calibrated**: mapped to how
 //! often raw values like it came true for the orders resolved so far, separately while the order's way works
 //! normally and while a stage on it is slowed (20 bins, isotonic, 20 pseudo-observations of the raw value per
-//! bin, see [`crate::stats::calibration`]; the identity until outcomes are known).
+//! bin, see [`crate::stats::calibration`]; the identity until outcomes are known). An outcome is learned once
+//! the order's deadline has passed, and one given while a stage was slowed once no stage is slowed any more
+//! (see [`model::Model::learn_outcomes`]): a slowdown's misses are known before its successes.
 //!
 //! (`r = 1`: `g(τ) = τ`, the plain semi-Markov model). The stage's speed `r` comes from a Poisson test of the
 //! exits its orders made over the last 30 minutes against the exits their learned durations expected (see
@@ -97,7 +100,8 @@
 //!   most 1 h before the order entered the stage or later; else (2) a service of an earlier stage the order
 //!   waited unusually long in (≥ 1/24 of the deadline, 1 h for 24 h, and ≥ 4 × that stage's median), with failed or slow spans of this order
 //!   during that wait (a payment failure that kept it 10 h in `placed`); else (3) a service of its stage
-//!   unhealthy now (service-wide). A card decline retried within minutes is not blamed for a delivery delay a day later.
+//!   unhealthy now (service-wide) of which the order has no spans of its own (if it has, they were fine or too
+//!   old to overlap: the trouble did not touch it). A card decline retried within minutes is not blamed for a delivery delay a day later.
 //!   Labels read `shipping latency`, `payment errors`, `paid stage slowdown` (stage only), or `none` ("no IT
 //!   cause found").
 //! - **Action.** Every at-risk order carries one (`kpi.action`): fix the named service, and "expedite: must

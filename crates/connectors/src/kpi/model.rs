@@ -89,7 +89,14 @@ pub struct Model {
     /// normally, 1 while a stage on it is slowed (see [`Model::calibrated`]).
     #[serde(default)]
     calibration: Vec<[Reliability; 2]>,
+    /// Outcomes waiting for their order's deadline before the calibration learns them: `(deadline, kpi,
+    /// bins, breached)` (see [`Model::outcome`]).
+    #[serde(default)]
+    pending: Vec<(u64, usize, [u32; 2], bool)>,
 }
+
+/// Most outcomes waiting for their deadline ([`Model::outcome`]); beyond it the oldest are learned at once.
+pub const MAX_PENDING_OUTCOMES: usize = 1 << 20;
 
 impl Model {
     pub fn new(stages: usize, kpis: usize, min_samples: f64, half_life_ns: u64) -> Model {
@@ -106,6 +113,7 @@ impl Model {
             calibration: (0..kpis)
                 .map(|_| [Reliability::new(CALIBRATION_PRIOR), Reliability::new(CALIBRATION_PRIOR)])
                 .collect(),
+            pending: Vec::new(),
         }
     }
 
@@ -267,9 +275,50 @@ impl Model {
             .map_or(p, |r| r.map(p))
     }
 
-    /// An order of KPI `kpi` was resolved (`breached` or in time) after raw probabilities in the calibration
-    /// bins `bins[regime]` (bit `b` set: bin `b`) were given to it.
-    pub fn outcome(&mut self, kpi: usize, bins: [u32; 2], breached: bool) {
+    /// An order of KPI `kpi` with deadline `deadline` was resolved (`breached` or in time) after raw
+    /// probabilities in the calibration bins `bins[regime]` (bit `b` set: bin `b`) were given to it. The
+    /// calibration learns it once the deadline has passed, whatever the outcome (a breach is known only then,
+    /// an order in time as soon as it arrives: learning those at once would learn from a set biased towards
+    /// them), and what was given while a stage was slowed (regime 1) only once no stage is slowed any more
+    /// ([`Model::learn_outcomes`]).
+    pub fn outcome(&mut self, kpi: usize, bins: [u32; 2], breached: bool, deadline: u64) {
+        if self.pending.len() >= MAX_PENDING_OUTCOMES {
+            let (_, k, b, y) = self.pending.remove(0);
+            self.learn(k, b, y);
+        }
+        self.pending.push((deadline, kpi, bins, breached));
+    }
+
+    /// Learns the outcomes whose deadline is at or before `now`, in the order they were resolved; while a stage
+    /// is `slowed`, only what was given to them with no stage on their way slowed (regime 0). A slowdown's own
+    /// outcomes are learned once it is over: while it lasts, the orders it has made miss are known (their
+    /// deadlines came during it) and the ones it will let through are not yet, so learning them then would
+    /// teach the map that every probability given during a slowdown comes true — the slowdown's length, not
+    /// the calibration of the model.
+    pub fn learn_outcomes(&mut self, now: u64, slowed: bool) {
+        if !self.pending.iter().any(|p| p.0 <= now) {
+            return;
+        }
+        let mut keep = Vec::with_capacity(self.pending.len());
+        for (d, k, mut b, y) in std::mem::take(&mut self.pending) {
+            if d > now {
+                keep.push((d, k, b, y));
+                continue;
+            }
+            if slowed {
+                self.learn(k, [b[0], 0], y);
+                b[0] = 0;
+                if b[1] != 0 {
+                    keep.push((d, k, b, y));
+                }
+            } else {
+                self.learn(k, b, y);
+            }
+        }
+        self.pending = keep;
+    }
+
+    fn learn(&mut self, kpi: usize, bins: [u32; 2], breached: bool) {
         let Some(rs) = self.calibration.get_mut(kpi) else {
             return;
         };
@@ -339,6 +388,41 @@ mod tests {
         let p_d = m.miss(0, 1, 3, Condition::Degraded, 0, 20 * H).unwrap();
         assert!(p_d > 0.9, "{p_d}");
         assert!(m.miss(0, 0, 3, Condition::Healthy, 0, H).is_none(), "stage 0 unknown");
+    }
+
+    #[test]
+    fn outcomes_are_learned_at_their_deadline_whatever_they_are() {
+        let mut m = Model::new(2, 1, 1.0, 0);
+        let bin = 1 << calibration::bin(0.5);
+        // Two orders given a raw 0.5: one in time (known at once, its deadline at 10 h), one that missed
+        // its deadline at 4 h.
+        m.outcome(0, [bin, 0], false, 10 * H);
+        m.outcome(0, [bin, 0], true, 4 * H);
+        m.begin(5 * H);
+        m.learn_outcomes(5 * H, false);
+        m.estimate();
+        // Only the breach is learned by 5 h: the map moves up from the raw value.
+        let after_breach = m.calibrated(0, 0, 0.5);
+        assert!(after_breach > 0.5, "{after_breach}");
+        m.begin(10 * H);
+        m.learn_outcomes(10 * H, false);
+        m.estimate();
+        // The order in time is learned at its deadline: one of two came true.
+        let both = m.calibrated(0, 0, 0.5);
+        assert!(both < after_breach, "{both} {after_breach}");
+        assert!(m.pending.is_empty());
+        // The other regime learned nothing.
+        assert_eq!(m.calibrated(0, 1, 0.5), 0.5);
+        // Given during a slowdown (regime 1) and missed: learned only once no stage is slowed.
+        m.outcome(0, [0, bin], true, 11 * H);
+        m.learn_outcomes(12 * H, true);
+        m.estimate();
+        assert_eq!(m.calibrated(0, 1, 0.5), 0.5);
+        assert_eq!(m.pending.len(), 1);
+        m.learn_outcomes(13 * H, false);
+        m.estimate();
+        assert!(m.calibrated(0, 1, 0.5) > 0.5);
+        assert!(m.pending.is_empty());
     }
 
     #[test]

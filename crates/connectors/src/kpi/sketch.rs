@@ -320,6 +320,24 @@ impl TimeChange {
         }
     }
 
+    /// The clock change and time left (ns) for an order that a stall (`hold`) has held for `held` ns, predicted
+    /// from its clock age (its age when the stall began, its clock stood still since): its own residual `τ` from
+    /// then ends `τ − held` from now — its own work may have ended while it was held — and it leaves at the later
+    /// of that and the stall's end `W`: `max(W, τ − held) = max(W + held, τ) − held`, the hold rule with the
+    /// stall's span and the time left both lengthened by `held`. Any other change is returned as it is.
+    pub fn held_for(self, left: u64, held: u64) -> (TimeChange, u64) {
+        if !self.hold || held == 0 {
+            return (self, left);
+        }
+        (
+            TimeChange {
+                span: self.span + held as f64,
+                ..self
+            },
+            left.saturating_add(held),
+        )
+    }
+
     /// Clock time done in `y` ns of real time (the inverse of [`TimeChange::real`]; with `hold`, none can be
     /// used to leave before the stall ends: `0` before `span`, `y` after).
     pub fn clock(&self, y: f64) -> f64 {
@@ -489,5 +507,30 @@ mod tests {
         let pause = TimeChange { hold: false, ..hold };
         let paused = miss_probability_changed(&t, 0.0, 5.5 * H, None, pause);
         assert!(paused > held + 0.2, "{paused} {held}");
+    }
+
+    #[test]
+    fn an_order_held_by_a_stall_is_not_taken_for_a_straggler() {
+        // Half the orders take 2 h, half 10 h. An order 1 h into the stage when the stall began has been held
+        // 3 h (4 h old in real time); the stall has 0.5 h left and the order 2 h to its deadline.
+        let t = Survival::estimate(&hist(&[2.0, 2.0, 2.0, 2.0, 10.0, 10.0, 10.0, 10.0]), &[]).unwrap();
+        let stall = TimeChange {
+            rate: 0.0,
+            span: 0.5 * H,
+            hold: true,
+        };
+        let (tc, left) = stall.held_for((2.0 * H) as u64, (3.0 * H) as u64);
+        // From its clock age (1 h): a 2 h order's own work ended while it was held, it leaves when the stall
+        // ends (in time); a 10 h order leaves 6 h from now (late): P(miss) = 1/2.
+        let p = miss_probability_changed(&t, 1.0 * H, left as f64, None, tc);
+        assert!((p - 0.5).abs() < 1e-6, "{p}");
+        // Conditioning on its real age (4 h) instead would leave only the 10 h orders: a sure miss.
+        let real_age = miss_probability_changed(&t, 4.0 * H, 2.0 * H, None, stall);
+        assert!(real_age > 0.99, "{real_age}");
+        // A stall that outlasts the time left is a sure miss either way; no hold, no change.
+        let long = TimeChange { span: 3.0 * H, ..stall };
+        let (tc, left) = long.held_for((2.0 * H) as u64, (3.0 * H) as u64);
+        assert_eq!(miss_probability_changed(&t, 1.0 * H, left as f64, None, tc), 1.0);
+        assert_eq!(TimeChange::NORMAL.held_for(5, 7), (TimeChange::NORMAL, 5));
     }
 }

@@ -418,6 +418,18 @@ fn the_api_lists_at_risk_orders_with_explanations() {
     assert_eq!(n1["cause"]["label"], "shipping errors");
     let probs: Vec<f64> = orders.iter().map(|o| o["probability"].as_f64().unwrap()).collect();
     assert!(probs.windows(2).all(|w| w[0] >= w[1]), "highest probability first");
+    // Every at-risk order carries a recommended action; one with failed shipping spans is told to fix them.
+    for o in orders {
+        assert!(
+            o["action"].as_str().is_some_and(|a| !a.trim().is_empty()),
+            "no action: {o}"
+        );
+    }
+    assert!(
+        n1["action"].as_str().unwrap().starts_with("fix shipping errors; "),
+        "{}",
+        n1["action"]
+    );
     assert!(
         r.body["summary"]["headline"]
             .as_str()
