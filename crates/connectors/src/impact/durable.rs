@@ -9,8 +9,11 @@
 //! dedup set (consistent with the figures by construction: both come from the same records), open episodes,
 //! affected-customer windows, incidents with their detectors' baselines, goals.
 //!
-//! Records: `TAG_TRACES` (an OTLP `ExportTraceServiceRequest`, protobuf, as the connector received it),
-//! `TAG_IDLE`, `TAG_IDLE_CLOSE` (empty). Format marker `business_impact/journal/1`; the configuration's
+//! Records: `TAG_SPANS` (what the engine read of a traces request: its newest event time and the spans that
+//! matter to it — ERROR spans, operations, every span with `trace_context` — with only the fields and attributes
+//! it reads, [`super::compact`]; replaying them gives the identical engine), `TAG_IDLE`, `TAG_IDLE_CLOSE`
+//! (empty); `TAG_TRACES` (a whole OTLP request, as format 1 journaled) is still replayed. Format marker
+//! `business_impact/journal/2`; the configuration's
 //! fingerprint (everything but `storage`, `checkpoint_interval` and `metrics_flush_interval`) is checked: a
 //! journal of another configuration is discarded with a warning (its figures would not line up), one of
 //! another format stops the start.
@@ -25,13 +28,16 @@ use super::engine::Engine;
 use crate::otlp_out::wall_ns;
 
 /// The journal's format marker.
-pub const FORMAT: &str = "business_impact/journal/1";
-/// An OTLP traces request, protobuf.
+pub const FORMAT: &str = "business_impact/journal/2";
+/// An OTLP traces request, protobuf, whole (replayed; no longer written: [`TAG_SPANS`] replaced it).
 pub const TAG_TRACES: u8 = 1;
 /// `Engine::idle` took effect (the input was idle for `idle_timeout`).
 pub const TAG_IDLE: u8 = 2;
 /// `Engine::idle_close` took effect (the input was idle for `incident.idle_timeout`).
 pub const TAG_IDLE_CLOSE: u8 = 3;
+/// What the engine read of a traces request ([`super::compact`]): its newest event time and the spans it read,
+/// with the attributes its configuration names.
+pub const TAG_SPANS: u8 = 4;
 
 /// What a replay did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +51,16 @@ pub struct Replayed {
 /// Feeds `records` to `engine` (a fresh one); the logs they produce were emitted before and are dropped.
 pub fn replay(engine: &mut Engine, journal: &Replay, owner: &str) -> Replayed {
     let mut r = Replayed::default();
+    let keys = engine.read_keys();
     for (tag, data) in &journal.records {
         match *tag {
+            TAG_SPANS => match engine.ingest_record(data, &keys) {
+                Ok(()) => r.requests += 1,
+                Err(e) => {
+                    tracing::warn!(connector = owner, error = %e, "journaled spans unreadable, skipped");
+                    r.unreadable += 1;
+                }
+            },
             TAG_TRACES => match Traces::from_bytes(data.clone()) {
                 Ok(mut t) => {
                     engine.ingest_traces(&mut t);
@@ -102,6 +116,7 @@ pub fn open(
     }
     engine.set_now(wall_ns());
     let r = replay(engine, &records, id);
+    engine.capture_input();
     let secs = started.elapsed().as_secs_f64();
     metrics::gauge!("bizpilot_connector_business_impact_restore_seconds", "connector" => id.to_string()).set(secs);
     metrics::gauge!("bizpilot_connector_business_impact_restored_requests", "connector" => id.to_string())

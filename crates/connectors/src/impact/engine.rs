@@ -30,6 +30,7 @@ use super::book::{
     Book, Cause, CloseReason, GoalSummary, ImpactRecord, Incident, IncidentKind, IncidentState, Provisional,
     WindowCount,
 };
+use super::compact::{self, Capture};
 use super::config::{BusinessImpactConfig, CmpOp, Condition, Detection, Scalar, ValueConfig};
 use super::incident::{
     BaselineDetector, BaselineParams, Detector, Evaluation, ThresholdDetector, Thresholds, Transition,
@@ -655,6 +656,8 @@ pub struct Engine {
     stats: Stats,
     dirty: bool,
     trace: Option<TraceContext>,
+    /// With a journal: what the engine reads of each request, as its record ([`super::compact`]).
+    capture: Option<Capture>,
 }
 
 fn lock(b: &Mutex<Book>) -> MutexGuard<'_, Book> {
@@ -736,7 +739,54 @@ impl Engine {
             stats: Stats::new(connector),
             dirty: true,
             trace: c_trace.map(|(cfg, keys)| TraceContext::new(&cfg, keys, connector)),
+            capture: None,
         }
+    }
+
+    /// The attribute keys the engine may read of a span or its resource (a journal record keeps these only).
+    pub(super) fn read_keys(&self) -> Vec<String> {
+        let c = &self.c;
+        let mut keys = Vec::new();
+        for o in &c.ops {
+            keys.extend(o.attributes.iter().map(|(k, _)| k.clone()));
+            keys.extend(o.conditions.iter().map(|c| c.attribute.clone()));
+            keys.push(o.key.clone());
+            keys.push(o.value.attribute.clone());
+            keys.push(o.value.currency_attribute.clone());
+        }
+        keys.extend(c.customer_attr.clone());
+        keys.push(c.tier_attr.clone());
+        keys.push(c.order_attr.clone());
+        keys.push(c.items_attr.clone());
+        keys.extend(c.dims.iter().map(|(_, src, _)| src.clone()));
+        if let Some((_, tk)) = &c.trace {
+            keys.extend(tk.iter().cloned());
+        }
+        compact::read_keys(keys)
+    }
+
+    /// From now on, records what the engine reads of each request ([`Engine::captured`]).
+    pub fn capture_input(&mut self) {
+        self.capture = Some(Capture::new(self.read_keys()));
+    }
+
+    /// The record of the last request ingested (with [`Engine::capture_input`]); `None` when it changed nothing
+    /// the engine reads.
+    pub fn captured(&self) -> Option<&[u8]> {
+        self.capture.as_ref().and_then(Capture::record)
+    }
+
+    /// Applies a request's record as [`Engine::ingest`] applied the request it came from. A record that cannot be
+    /// read changes nothing.
+    pub fn ingest_record(&mut self, record: &[u8], keys: &[String]) -> Result<(), compact::CompactError> {
+        let req = compact::Request::parse(record, keys)?;
+        let mut newest = self.max_event;
+        for span in &req.spans {
+            let res = &req.resources[span.res];
+            self.observe(span, res, &res.service, &mut newest);
+        }
+        self.finish_ingest(newest.max(req.newest));
+        Ok(())
     }
 
     /// The findings shared with the HTTP API.
@@ -811,6 +861,9 @@ impl Engine {
     /// Reads the spans of one decoded request.
     pub fn ingest(&mut self, req: &ExportTraceServiceRequest) {
         let mut newest = self.max_event;
+        if let Some(c) = self.capture.as_mut() {
+            c.begin(newest);
+        }
         for rs in &req.resource_spans {
             let res: &[KeyValue] = rs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
             let service = attrs::get_str(res, "service.name").unwrap_or("");
@@ -829,6 +882,9 @@ impl Engine {
     /// and only what the engine keeps is allocated.
     pub fn ingest_encoded(&mut self, request: &[u8]) {
         let mut newest = self.max_event;
+        if let Some(c) = self.capture.as_mut() {
+            c.begin(newest);
+        }
         let mut services = ServiceCache::default();
         view::for_each_span(request, |res, span| {
             let service = services.of(res);
@@ -845,6 +901,9 @@ impl Engine {
             return;
         }
         let mut newest = self.max_event;
+        if let Some(c) = self.capture.as_mut() {
+            c.begin(newest);
+        }
         let mut services = ServiceCache::default();
         t.for_each_span(|res, span| {
             let service = services.of(res);
@@ -888,11 +947,19 @@ impl Engine {
         if let Some(tc) = self.trace.as_mut() {
             tc.observe(span, t);
         }
-        self.ingest_span(span, res, service, t);
+        let matched = self.ingest_span(span, res, service, t);
+        if let Some(c) = self.capture.as_mut()
+            && (matched || span.is_error() || self.trace.is_some())
+        {
+            c.span(span, res, service);
+        }
     }
 
     /// After the spans of a request: move the watermark, bound the pending operations.
     fn finish_ingest(&mut self, newest: u64) {
+        if let Some(c) = self.capture.as_mut() {
+            c.finish(newest);
+        }
         self.max_event = newest;
         self.advance_to(newest.saturating_sub(self.c.lateness));
         while self.pending.len() > self.c.max_pending {
@@ -906,7 +973,14 @@ impl Engine {
         self.sync_book();
     }
 
-    fn ingest_span<S: SpanRead + ?Sized, R: ResRead + ?Sized>(&mut self, span: &S, res: &R, service: &str, t: u64) {
+    /// Whether the span is an operation (whatever became of it).
+    fn ingest_span<S: SpanRead + ?Sized, R: ResRead + ?Sized>(
+        &mut self,
+        span: &S,
+        res: &R,
+        service: &str,
+        t: u64,
+    ) -> bool {
         let mut checked = false;
         for i in 0..self.c.ops.len() {
             let spec = &self.c.ops[i];
@@ -922,11 +996,11 @@ impl Engine {
                     || (t < self.watermark && self.dedup.was_finalized(t, hash, self.watermark))
                 {
                     self.stats.duplicates.add(1);
-                    return;
+                    return true;
                 }
                 if t < self.watermark {
                     self.stats.late.add(1);
-                    return;
+                    return true;
                 }
                 self.dedup.insert_pending(hash);
             }
@@ -1040,6 +1114,7 @@ impl Engine {
                 prov_risk,
             })));
         }
+        checked
     }
 
     /// Called while no span arrives: after `idle_for` ≥ `idle_timeout`, everything seen is final (the watermark

@@ -75,8 +75,9 @@
 //! - **Cardinality**: each distinct (operation, dimension values) is a series; beyond `max_series`, measurements
 //!   go to one overflow series per operation with `otel.metric.overflow=true` instead of the dimensions (as
 //!   the OpenTelemetry SDK's cardinality limit), counted by `business.metric.overflowed_points`.
-//! - **Restarts**: with `storage` (a `file_storage` extension), the connector journals its input — each traces
-//!   request as received, and the two wall-clock decisions (input idle) that changed its state — committing it
+//! - **Restarts**: with `storage` (a `file_storage` extension), the connector journals its input — what the engine
+//!   read of each traces request (its newest event time, and the ERROR and operation spans with the attributes the
+//!   configuration names, in a compact binary record, about 100 bytes per such span), and the two wall-clock decisions (input idle) that changed its state — committing it
 //!   in groups every `checkpoint_interval` and releasing the data's acknowledgements only then, and at start
 //!   replays the journal into a fresh engine before any pipeline runs ([`durable`], `docs/durable-state.md`):
 //!   after a restart, graceful or `SIGKILL`, every figure (pending operations, span-id dedup set, episodes,
@@ -221,6 +222,7 @@
 
 pub mod api;
 pub mod book;
+mod compact;
 pub mod config;
 pub mod durable;
 pub mod engine;
@@ -443,7 +445,9 @@ impl Stage for Task {
             self.engine.ingest_traces(t);
             if let Some(j) = self.journal.as_mut() {
                 // Acknowledged once the journal holding it is committed.
-                j.append(durable::TAG_TRACES, &t.encoded());
+                if let Some(record) = self.engine.captured() {
+                    j.append(durable::TAG_SPANS, record);
+                }
                 j.hold(std::mem::take(&mut batch.acks));
                 j.commit_if_due();
             }
