@@ -38,6 +38,9 @@ pub enum StorageError {
     /// A component's stored state could not be read back.
     #[error("stored state of {owner}: {reason}")]
     Decode { owner: String, reason: String },
+    /// A journal record longer than its 4-byte length can frame: not written.
+    #[error("journal of {owner}: a record of {len} bytes is longer than the {max} a record can hold; not journaled")]
+    RecordTooLarge { owner: String, len: usize, max: usize },
 }
 
 /// Keys and values, in key order.
@@ -171,6 +174,8 @@ pub struct Journal {
     next_seq: u64,
     /// Records appended and not yet durable (`bizpilot_storage_journal_pending_records`).
     pending: metrics::Gauge,
+    /// Records refused (`bizpilot_storage_journal_rejected_records_total`).
+    rejected: metrics::Counter,
     interval: std::time::Duration,
     last_commit: std::time::Instant,
     tx: Option<std::sync::mpsc::SyncSender<Group>>,
@@ -300,6 +305,7 @@ impl Journal {
                 acks: Vec::new(),
                 next_seq,
                 pending: metrics::gauge!("bizpilot_storage_journal_pending_records", "owner" => owner.to_string()),
+                rejected: metrics::counter!("bizpilot_storage_journal_rejected_records_total", "owner" => owner.to_string()),
                 interval,
                 last_commit: std::time::Instant::now(),
                 tx: Some(tx),
@@ -310,14 +316,32 @@ impl Journal {
         ))
     }
 
-    /// Appends a record (written at the next commit).
-    pub fn append(&mut self, tag: u8, data: &[u8]) {
-        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    /// Appends a record (written at the next commit). A record longer than `u32::MAX` bytes cannot be framed: it
+    /// is refused with [`StorageError::RecordTooLarge`] and counted
+    /// (`bizpilot_storage_journal_rejected_records_total`), and the journal is unchanged.
+    pub fn append(&mut self, tag: u8, data: &[u8]) -> Result<(), StorageError> {
+        self.append_limited(tag, data, u32::MAX as usize)
+    }
+
+    /// [`Journal::append`] with a smaller limit than the framing's (so the refusal can be tested without 4 GiB).
+    fn append_limited(&mut self, tag: u8, data: &[u8], max: usize) -> Result<(), StorageError> {
+        let len = match u32::try_from(data.len()) {
+            Ok(len) if data.len() <= max => len,
+            _ => {
+                self.rejected.increment(1);
+                return Err(StorageError::RecordTooLarge {
+                    owner: self.owner.clone(),
+                    len: data.len(),
+                    max,
+                });
+            }
+        };
         self.buf.push(tag);
         self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(&data[..len as usize]);
+        self.buf.extend_from_slice(data);
         self.records += 1;
         self.pending.increment(1.0);
+        Ok(())
     }
 
     /// Holds acknowledgements until the records appended so far are committed.
@@ -545,15 +569,15 @@ mod tests {
         let (mut j, r) = journal(&s, 7).unwrap();
         assert!(r.records.is_empty() && r.discarded.is_none());
         let (ack, mut rx) = crate::Ack::channel();
-        j.append(1, b"first");
-        j.append(2, b"");
+        j.append(1, b"first").unwrap();
+        j.append(2, b"").unwrap();
         j.hold([ack]);
         assert!(j.due().is_some(), "records wait for a commit");
         // Not committed yet: the acknowledgement is held.
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(rx.try_recv().is_err(), "released before its commit");
         j.commit();
-        j.append(1, b"second");
+        j.append(1, b"second").unwrap();
         j.close(std::time::Duration::from_secs(5));
         assert_eq!(rx.try_recv().unwrap(), crate::Delivery::Delivered);
 
@@ -567,7 +591,7 @@ mod tests {
     fn a_journal_of_another_configuration_is_discarded_and_a_foreign_one_refused() {
         let s = MemoryStorage::default();
         let (mut j, _) = journal(&s, 7).unwrap();
-        j.append(1, b"x");
+        j.append(1, b"x").unwrap();
         j.close(std::time::Duration::from_secs(5));
         let (_j, r) = journal(&s, 8).unwrap();
         assert!(r.records.is_empty());
@@ -606,6 +630,28 @@ mod tests {
             .unwrap();
         let err = journal(&torn, 7).unwrap_err().to_string();
         assert!(err.contains("cut short"), "{err}");
+    }
+
+    #[test]
+    fn a_record_too_long_to_frame_is_refused_not_cut() {
+        let s = MemoryStorage::default();
+        let (mut j, _) = journal(&s, 7).unwrap();
+        j.append(1, b"kept").unwrap();
+        let err = j.append_limited(1, b"too long", 7).unwrap_err();
+        assert_eq!(
+            err,
+            StorageError::RecordTooLarge {
+                owner: "c".into(),
+                len: 8,
+                max: 7
+            }
+        );
+        assert!(err.to_string().contains("8 bytes"), "{err}");
+        j.append_limited(1, b"fits", 7).unwrap();
+        j.close(std::time::Duration::from_secs(5));
+        let (_j, r) = journal(&s, 7).unwrap();
+        let got: Vec<&[u8]> = r.records.iter().map(|(_, b)| &b[..]).collect();
+        assert_eq!(got, vec![&b"kept"[..], &b"fits"[..]], "nothing of the refused record");
     }
 
     /// Fails its first `n` writes of records.
@@ -650,10 +696,10 @@ mod tests {
         });
         let (mut j, _) = Journal::open(flaky, "c", "test/journal/1", 1, std::time::Duration::from_secs(3600)).unwrap();
         let (ack, mut rx) = crate::Ack::channel();
-        j.append(1, b"a");
+        j.append(1, b"a").unwrap();
         j.hold([ack]);
         j.commit();
-        j.append(1, b"b");
+        j.append(1, b"b").unwrap();
         j.commit();
         std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(rx.try_recv().is_err(), "acknowledged while its commit had failed");

@@ -443,16 +443,26 @@ impl Stage for Task {
         // decoded. Receivers validated the bytes: views cannot fail.
         if let Payload::Traces(t) = &mut batch.payload {
             self.engine.ingest_traces(t);
-            if let Some(j) = self.journal.as_mut() {
-                // Acknowledged once the journal holding it is committed.
-                if let Some(record) = self.engine.captured() {
-                    j.append(durable::TAG_SPANS, record);
+            let journaled = match (self.journal.as_mut(), self.engine.captured()) {
+                (Some(j), Some(record)) => j.append(durable::TAG_SPANS, record),
+                _ => Ok(()),
+            };
+            match (self.journal.as_mut(), journaled) {
+                (Some(j), Ok(())) => {
+                    // Acknowledged once the journal holding it is committed.
+                    j.hold(std::mem::take(&mut batch.acks));
+                    j.commit_if_due();
+                    out.consume(batch);
                 }
-                j.hold(std::mem::take(&mut batch.acks));
-                j.commit_if_due();
+                (Some(_), Err(e)) => {
+                    // Counted by the journal. The engine counted the data, but a restart would not: the sender
+                    // is told it was not delivered.
+                    tracing::error!(connector = %self.id, error = %e, "traces not journaled");
+                    out.fail(batch, reason::ERROR);
+                }
+                // Aggregated: the batch is delivered when dropped.
+                (None, _) => out.consume(batch),
             }
-            // Aggregated: the batch is delivered when dropped.
-            out.consume(batch);
         } else {
             tracing::warn!(connector = %self.id, signal = %batch.signal(), "not traces; dropped");
             out.fail(batch, reason::UNSUPPORTED_SIGNAL);
@@ -476,11 +486,12 @@ impl Stage for Task {
         self.engine.idle_close(tick.idle, self.incident_idle);
         let after = (self.engine.watermark(), self.engine.any_open());
         if let Some(j) = self.journal.as_mut() {
+            // Empty records always fit.
             if mid != before {
-                j.append(durable::TAG_IDLE, &[]);
+                let _ = j.append(durable::TAG_IDLE, &[]);
             }
             if after != mid {
-                j.append(durable::TAG_IDLE_CLOSE, &[]);
+                let _ = j.append(durable::TAG_IDLE_CLOSE, &[]);
             }
             j.commit_if_due();
         }

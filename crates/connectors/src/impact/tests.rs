@@ -681,8 +681,8 @@ fn replayed_from_the_journal(trace_context: bool) {
     for (i, r) in requests[..half].iter().enumerate() {
         if i == quarter {
             idle(&mut b);
-            j.append(durable::TAG_IDLE, &[]);
-            j.append(durable::TAG_IDLE_CLOSE, &[]);
+            j.append(durable::TAG_IDLE, &[]).unwrap();
+            j.append(durable::TAG_IDLE_CLOSE, &[]).unwrap();
         }
         feed(&mut b, r, if i % 3 == 0 { Path::Decoded } else { Path::Views });
         spans += r
@@ -694,7 +694,7 @@ fn replayed_from_the_journal(trace_context: bool) {
         request_bytes += prost::Message::encoded_len(r);
         if let Some(rec) = b.captured() {
             record_bytes += rec.len() + 5;
-            j.append(durable::TAG_SPANS, rec);
+            j.append(durable::TAG_SPANS, rec).unwrap();
         }
     }
     j.close(std::time::Duration::from_secs(5));
