@@ -131,11 +131,15 @@ pub fn fingerprint(text: &str) -> u64 {
 const JOURNAL_FORMAT_KEY: &[u8] = b"_format";
 const JOURNAL_FINGERPRINT_KEY: &[u8] = b"_fingerprint";
 const JOURNAL_PREFIX: &[u8] = b"j/";
+const JOURNAL_SNAPSHOT_KEY: &[u8] = b"_snapshot";
 
 /// What [`Journal::open`] found in the namespace.
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// The records of every commit, in the order they were appended: (tag, bytes).
+    /// The component's latest snapshot ([`Journal::snapshot`]): its state after every record before
+    /// [`Replay::records`].
+    pub snapshot: Option<bytes::Bytes>,
+    /// The records of every commit after the snapshot, in the order they were appended: (tag, bytes).
     pub records: Vec<(u8, bytes::Bytes)>,
     /// Commits read.
     pub commits: u64,
@@ -163,19 +167,34 @@ struct Group {
 /// store cannot be written the component's input backs up instead of being acknowledged. At start,
 /// [`Journal::open`] returns every record, for the component to re-apply (its state is a function of them).
 ///
+/// **Compaction**: [`Journal::snapshot`] writes the component's state (its own encoding) and deletes the commits
+/// it covers, in one atomic batch applied in order with the commits, so a crash leaves either the old snapshot and
+/// every commit after it or the new one and every commit after it; at start the component loads the snapshot and
+/// re-applies the commits after it. What is stored is therefore bounded by the snapshot plus the journal written
+/// since (the component decides when to snapshot, [`Journal::since_snapshot`]).
+///
 /// Layout: `_format` (the component's format marker), `_fingerprint` (8 bytes, big-endian: its configuration's
-/// [`fingerprint`]), `j/<commit number, 8 bytes big-endian>` → records framed as `tag (1 byte), length (4 bytes,
-/// little-endian), bytes`.
+/// [`fingerprint`]), `_snapshot` → `first commit number not covered (8 bytes, big-endian), the state`,
+/// `j/<commit number, 8 bytes big-endian>` → records framed as `tag (1 byte), length (4 bytes, little-endian),
+/// bytes`.
 pub struct Journal {
     owner: String,
     buf: Vec<u8>,
     records: u64,
     acks: Vec<crate::Ack>,
     next_seq: u64,
+    /// The first commit the latest snapshot does not cover.
+    first_live: u64,
+    /// Bytes of records appended since the latest snapshot (framing included).
+    since_snapshot: u64,
+    /// Size of the latest snapshot.
+    snapshot_bytes: u64,
     /// Records appended and not yet durable (`bizpilot_storage_journal_pending_records`).
     pending: metrics::Gauge,
     /// Records refused (`bizpilot_storage_journal_rejected_records_total`).
     rejected: metrics::Counter,
+    /// Snapshots written (`bizpilot_storage_journal_snapshots_total`).
+    snapshots: metrics::Counter,
     interval: std::time::Duration,
     last_commit: std::time::Instant,
     tx: Option<std::sync::mpsc::SyncSender<Group>>,
@@ -257,6 +276,15 @@ impl Journal {
                 ));
                 reset = entries.iter().map(|(k, _)| StorageOp::Delete(k.clone())).collect();
             } else {
+                if let Some((_, v)) = entries.iter().find(|(k, _)| k == JOURNAL_SNAPSHOT_KEY) {
+                    let covered = v
+                        .get(..8)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or_else(|| decode_err(owner, "snapshot cut short (header)"))?;
+                    next_seq = covered;
+                    replay.snapshot = Some(bytes::Bytes::copy_from_slice(&v[8..]));
+                }
                 for (k, v) in entries {
                     let Some(seq) = k.strip_prefix(JOURNAL_PREFIX) else {
                         continue;
@@ -264,6 +292,11 @@ impl Journal {
                     let seq = <[u8; 8]>::try_from(seq)
                         .map(u64::from_be_bytes)
                         .map_err(|_| decode_err(owner, "journal key is not a commit number"))?;
+                    if seq < next_seq && replay.commits == 0 && replay.snapshot.is_some() {
+                        // Covered by the snapshot (it is deleted with the snapshot's write; cannot be here, but harmless).
+                        reset.push(StorageOp::Delete(k));
+                        continue;
+                    }
                     if seq != next_seq {
                         return Err(decode_err(
                             owner,
@@ -277,6 +310,8 @@ impl Journal {
                 }
             }
         }
+        let first_live = replay.snapshot.as_ref().map_or(0, |_| next_seq - replay.commits);
+        let snapshot_bytes = replay.snapshot.as_ref().map_or(0, |s| s.len() as u64);
         let mut ops = reset;
         ops.push(StorageOp::Put(JOURNAL_FORMAT_KEY.to_vec(), format.as_bytes().to_vec()));
         ops.push(StorageOp::Put(
@@ -304,8 +339,12 @@ impl Journal {
                 records: 0,
                 acks: Vec::new(),
                 next_seq,
+                first_live,
+                since_snapshot: replay.bytes,
+                snapshot_bytes,
                 pending: metrics::gauge!("bizpilot_storage_journal_pending_records", "owner" => owner.to_string()),
                 rejected: metrics::counter!("bizpilot_storage_journal_rejected_records_total", "owner" => owner.to_string()),
+                snapshots: metrics::counter!("bizpilot_storage_journal_snapshots_total", "owner" => owner.to_string()),
                 interval,
                 last_commit: std::time::Instant::now(),
                 tx: Some(tx),
@@ -339,6 +378,7 @@ impl Journal {
         self.buf.push(tag);
         self.buf.extend_from_slice(&len.to_le_bytes());
         self.buf.extend_from_slice(data);
+        self.since_snapshot += 5 + u64::from(len);
         self.records += 1;
         self.pending.increment(1.0);
         Ok(())
@@ -389,6 +429,10 @@ impl Journal {
             acks: std::mem::take(&mut self.acks),
             records: std::mem::take(&mut self.records),
         };
+        self.send(group);
+    }
+
+    fn send(&mut self, group: Group) {
         if let Some(tx) = &self.tx
             && let Err(e) = tx.send(group)
         {
@@ -398,6 +442,47 @@ impl Journal {
                 a.fail();
             }
         }
+    }
+
+    /// The component whose journal this is.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Bytes of records appended since the latest snapshot (or since the journal began).
+    pub fn since_snapshot(&self) -> u64 {
+        self.since_snapshot
+    }
+
+    /// Size of the latest snapshot (0: none).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_bytes
+    }
+
+    /// Compaction: `state` is the component's state after every record appended so far. Commits those records,
+    /// then writes `state` as the snapshot and deletes every commit it covers, in one atomic batch after them (the
+    /// writer applies batches in order): after a crash the namespace holds either the previous snapshot and every
+    /// commit after it, or this one and the commits after it.
+    pub fn snapshot(&mut self, state: &[u8]) {
+        self.commit();
+        let mut value = Vec::with_capacity(8 + state.len());
+        value.extend_from_slice(&self.next_seq.to_be_bytes());
+        value.extend_from_slice(state);
+        let mut ops = vec![StorageOp::Put(JOURNAL_SNAPSHOT_KEY.to_vec(), value)];
+        for seq in self.first_live..self.next_seq {
+            let mut key = JOURNAL_PREFIX.to_vec();
+            key.extend_from_slice(&seq.to_be_bytes());
+            ops.push(StorageOp::Delete(key));
+        }
+        self.first_live = self.next_seq;
+        self.since_snapshot = 0;
+        self.snapshot_bytes = state.len() as u64;
+        self.snapshots.increment(1);
+        self.send(Group {
+            ops,
+            acks: Vec::new(),
+            records: 0,
+        });
     }
 
     /// Commits what is left and waits until everything is written (at shutdown). While the store cannot be
@@ -630,6 +715,40 @@ mod tests {
             .unwrap();
         let err = journal(&torn, 7).unwrap_err().to_string();
         assert!(err.contains("cut short"), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_commits_it_covers_and_the_tail_follows_it() {
+        let s = MemoryStorage::default();
+        let (mut j, _) = journal(&s, 7).unwrap();
+        j.append(1, b"a").unwrap();
+        j.commit();
+        j.append(1, b"b").unwrap();
+        assert_eq!(j.since_snapshot(), 12);
+        j.snapshot(b"state after a, b");
+        assert_eq!((j.since_snapshot(), j.snapshot_bytes()), (0, 16));
+        j.append(1, b"c").unwrap();
+        j.commit();
+        j.close(std::time::Duration::from_secs(5));
+        let stored = s.client("c").unwrap().load_all().unwrap();
+        let commits = stored.iter().filter(|(k, _)| k.starts_with(b"j/")).count();
+        assert_eq!(commits, 1, "the covered commits are gone: {stored:?}");
+        let (mut j, r) = journal(&s, 7).unwrap();
+        assert_eq!(r.snapshot.as_deref(), Some(&b"state after a, b"[..]));
+        let got: Vec<&[u8]> = r.records.iter().map(|(_, b)| &b[..]).collect();
+        assert_eq!(got, vec![&b"c"[..]], "only the tail");
+        assert_eq!(j.since_snapshot(), 6);
+        // A second snapshot after a restart covers the tail; commits continue after it.
+        j.snapshot(b"state after c");
+        j.append(1, b"d").unwrap();
+        j.close(std::time::Duration::from_secs(5));
+        let (_j, r) = journal(&s, 7).unwrap();
+        assert_eq!(r.snapshot.as_deref(), Some(&b"state after c"[..]));
+        let got: Vec<&[u8]> = r.records.iter().map(|(_, b)| &b[..]).collect();
+        assert_eq!(got, vec![&b"d"[..]]);
+        // Another configuration discards the snapshot too.
+        let (_j, r) = journal(&s, 8).unwrap();
+        assert!(r.snapshot.is_none() && r.records.is_empty() && r.discarded.is_some());
     }
 
     #[test]

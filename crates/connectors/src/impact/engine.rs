@@ -40,6 +40,7 @@ use super::pending::{OpRec, Packed, SpanIds};
 use super::read::{ResRead, SpanRead};
 use super::series::{MoneyKind, SeriesTable};
 use super::sketch::Distinct;
+use super::snapshot::{self, SnapshotError};
 use super::trace::{self, TraceContext, TraceContextConfig};
 use crate::stats::baseline::LogScale;
 
@@ -381,7 +382,38 @@ pub struct Stats {
     pub overflowed_points: Count,
 }
 
+/// Counters in [`Stats`].
+const STATS: usize = 10;
+
 impl Stats {
+    fn all(&mut self) -> [&mut Count; STATS] {
+        [
+            &mut self.operations,
+            &mut self.duplicates,
+            &mut self.late,
+            &mut self.forced,
+            &mut self.missing_key,
+            &mut self.missing_value,
+            &mut self.invalid_value,
+            &mut self.evicted_keys,
+            &mut self.evicted_span_ids,
+            &mut self.overflowed_points,
+        ]
+    }
+
+    /// The counts, for a snapshot.
+    fn counts(&self) -> [u64; STATS] {
+        let mut s = self.clone();
+        s.all().map(|c| c.local)
+    }
+
+    /// Adds a snapshot's counts (to the self-telemetry too, as re-applying the input would).
+    fn restore(&mut self, counts: [u64; STATS]) {
+        for (c, n) in self.all().into_iter().zip(counts) {
+            c.add(n);
+        }
+    }
+
     fn new(connector: &str) -> Self {
         let dropped = "bizpilot_connector_business_impact_dropped_spans_total";
         let missing = "bizpilot_connector_business_impact_missing_total";
@@ -430,6 +462,7 @@ pub(super) fn id8(b: &[u8]) -> [u8; 8] {
 }
 
 /// A pending operation in the heap, ordered by (event time, arrival).
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Pending(Packed);
 
 impl PartialEq for Pending {
@@ -451,7 +484,7 @@ impl Ord for Pending {
 }
 
 /// An ERROR span, kept to find the root cause of a failure in the same trace.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct ErrorSpan {
     span_id: [u8; 8],
     parent: [u8; 8],
@@ -459,7 +492,7 @@ struct ErrorSpan {
 }
 
 /// ERROR spans by trace, bounded.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct RootCauses {
     by_trace: HashMap<[u8; 16], (u64, Vec<ErrorSpan>)>,
     order: VecDeque<[u8; 16]>,
@@ -507,7 +540,7 @@ impl RootCauses {
 }
 
 /// A revenue-at-risk episode of one business key (see shopgen's ground truth for the definition).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Episode {
     epi: u64,
     end: u64,
@@ -521,7 +554,7 @@ struct Episode {
 }
 
 /// A finalized failure kept for the trailing incident window.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct FailureRec {
     time: u64,
     key: Box<str>,
@@ -538,7 +571,7 @@ struct FailureRec {
 }
 
 /// A goal's current period.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GoalState {
     pub name: String,
     pub op: usize,
@@ -588,14 +621,18 @@ impl GoalState {
 }
 
 /// Per-operation state.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct OpState {
     pub operations: u64,
     pub successful: u64,
     pub failed: u64,
+    #[serde(with = "super::snapshot::money_totals")]
     pub revenue: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub at_risk: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub recovered: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub lost: MoneyTotals,
     episodes: HashMap<Box<str>, Episode>,
     expiry: VecDeque<(u64, Box<str>, u64)>,
@@ -617,11 +654,13 @@ pub struct OpState {
 }
 
 /// Pending operations' figures, kept as they are pushed and finalized.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProvState {
     pub operations: u64,
     pub failed: u64,
+    #[serde(with = "super::snapshot::money_totals")]
     pub revenue: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub at_risk: MoneyTotals,
     failed_keys: HashMap<Box<str>, u32>,
 }
@@ -774,6 +813,88 @@ impl Engine {
     /// the engine reads.
     pub fn captured(&self) -> Option<&[u8]> {
         self.capture.as_ref().and_then(Capture::record)
+    }
+
+    /// The engine's state as a snapshot ([`super::snapshot`]), for the configuration of `fingerprint`: everything
+    /// its figures and its future depend on (pending operations, span ids, series, per-operation state, goals,
+    /// root causes, the API's book, counters, trace records); not the configuration, the extensions, or the logs
+    /// not yet taken.
+    pub fn save(&self, fingerprint: u64) -> Result<Vec<u8>, SnapshotError> {
+        let book = lock(&self.book);
+        let scalars = (
+            self.watermark,
+            self.max_event,
+            self.seq,
+            self.last_eval,
+            self.next_gen,
+            self.next_record,
+            self.next_incident,
+            self.dirty,
+        );
+        snapshot::encode(
+            fingerprint,
+            &(
+                scalars,
+                &self.pending,
+                &self.dedup,
+                &self.series,
+                &self.ops,
+                &self.goals,
+                &self.causes,
+                &*book,
+                self.stats.counts(),
+                self.trace.as_ref().map(TraceContext::save),
+            ),
+        )
+    }
+
+    /// Takes the state of a snapshot [`Engine::save`] wrote under the same configuration (`fingerprint`). On an
+    /// error the engine is unchanged.
+    pub fn load(&mut self, fingerprint: u64, bytes: &[u8]) -> Result<(), SnapshotError> {
+        type Saved = (
+            (u64, u64, u64, Option<u64>, u64, u64, u64, bool),
+            BinaryHeap<Pending>,
+            SpanIds,
+            SeriesTable,
+            Vec<OpState>,
+            Vec<GoalState>,
+            RootCauses,
+            Book,
+            [u64; STATS],
+            Option<trace::Saved>,
+        );
+        let (scalars, pending, dedup, series, ops, goals, causes, book, counts, tc): Saved =
+            snapshot::decode(fingerprint, bytes)?;
+        if ops.len() != self.ops.len() || goals.len() != self.goals.len() || tc.is_some() != self.trace.is_some() {
+            return Err(SnapshotError::Shape(format!(
+                "{} operations, {} goals, trace_context {}",
+                ops.len(),
+                goals.len(),
+                tc.is_some()
+            )));
+        }
+        (
+            self.watermark,
+            self.max_event,
+            self.seq,
+            self.last_eval,
+            self.next_gen,
+            self.next_record,
+            self.next_incident,
+            self.dirty,
+        ) = scalars;
+        self.pending = pending;
+        self.dedup = dedup;
+        self.series = series;
+        self.ops = ops;
+        self.goals = goals;
+        self.causes = causes;
+        *lock(&self.book) = book;
+        self.stats.restore(counts);
+        if let (Some(t), Some(saved)) = (self.trace.as_mut(), tc) {
+            t.load(saved);
+        }
+        Ok(())
     }
 
     /// Applies a request's record as [`Engine::ingest`] applied the request it came from. A record that cannot be
