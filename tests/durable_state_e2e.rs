@@ -199,8 +199,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 const DEMO_OVERLAY: &str = r#"
 connectors:
   business_impact:
-    storage: file_storage
-    checkpoint_interval: 200ms
+    # `storage: file_storage` and `checkpoint_interval: 200ms` are the default pipeline's own.
     # Small, so that the kill comes after several snapshots: the restart loads the latest and replays the tail.
     snapshot_min_journal: 64KiB
     idle_timeout: 10s
