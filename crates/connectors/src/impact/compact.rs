@@ -9,9 +9,11 @@
 //! requests: see `docs/durable-state.md`).
 //!
 //! Layout (little-endian, lengths as LEB128 varints; the journal's format marker versions it):
-//! `newest event time (u64)`, `spans (u32)`, then per span: `flags (u8: 1 = ERROR, 2 = same resource as the previous span)`,
-//! unless flag 2: `service (str)`, `resource attributes (list)`; then `start (u64)`, `end (u64)`, `trace id`,
-//! `span id`, `parent span id` (bytes), `name`, `status message` (str), `attributes (list)`. A list is a count
+//! `newest event time (u64)`, `spans (u32)`, then per span: `flags (u8: 1 = ERROR, 2 = same resource as the previous span,
+//! 4 = read for its trace only)`, unless flag 2 or 4: `service (str)`, `resource attributes (list)`; then `start (u64)`,
+//! `end (u64)`, `trace id`, `span id`, `parent span id` (bytes), unless flag 4: `name`, `status message` (str); then
+//! `attributes (list)`. A span read for its trace only (`trace_context` on; neither ERROR nor an operation) keeps
+//! just what the trace's record reads: no resource, no name or status, the `trace_context` attributes. A list is a count
 //! and (key index in [`read_keys`], value) pairs; a value is `kind (u8: 0 string, 1 bool, 2 int, 3 double,
 //! 4 other)` and its payload (other: an encoded OTLP `AnyValue`).
 
@@ -40,6 +42,7 @@ pub enum CompactError {
 
 const ERROR: u8 = 1;
 const SAME_RESOURCE: u8 = 2;
+const TRACE_ONLY: u8 = 4;
 /// Newest event time and span count.
 const HEADER: usize = 12;
 
@@ -98,10 +101,23 @@ fn put_value(buf: &mut Vec<u8>, v: &ValueRef<'_>) {
     }
 }
 
+/// Writes the count `n` of a list at `at`, where one byte was reserved: a varint, one byte below 128.
+fn set_count(out: &mut Vec<u8>, at: usize, n: u64) {
+    if n < 0x80 {
+        out[at] = n as u8;
+    } else {
+        let mut count = Vec::new();
+        put_varint(&mut count, n);
+        out.splice(at..at + 1, count);
+    }
+}
+
 /// Writes the records of what the engine reads, request by request.
 #[derive(Debug)]
 pub(super) struct Capture {
     keys: Vec<String>,
+    /// Indexes in `keys` of the attributes `trace_context` keeps.
+    trace_keys: Vec<usize>,
     buf: Vec<u8>,
     res: Vec<u8>,
     last_res: Vec<u8>,
@@ -113,9 +129,17 @@ pub(super) struct Capture {
 }
 
 impl Capture {
-    pub(super) fn new(keys: Vec<String>) -> Self {
+    /// `trace_keys`: the attributes `trace_context` keeps (each must be in `keys`).
+    pub(super) fn new(keys: Vec<String>, trace_keys: &[String]) -> Self {
+        let mut trace_keys: Vec<usize> = trace_keys
+            .iter()
+            .filter_map(|k| keys.iter().position(|x| x == k))
+            .collect();
+        trace_keys.sort_unstable();
+        trace_keys.dedup();
         Capture {
             keys,
+            trace_keys,
             buf: Vec::new(),
             res: Vec::new(),
             last_res: Vec::new(),
@@ -164,6 +188,28 @@ impl Capture {
         self.spans += 1;
     }
 
+    /// A span read for its trace only (`trace_context` on; neither ERROR nor an operation).
+    pub(super) fn traced<S: SpanRead + ?Sized>(&mut self, span: &S) {
+        self.buf.push(TRACE_ONLY);
+        self.buf.extend_from_slice(&span.start_time().to_le_bytes());
+        self.buf.extend_from_slice(&span.end_time().to_le_bytes());
+        put_bytes(&mut self.buf, span.trace_id());
+        put_bytes(&mut self.buf, span.span_id());
+        put_bytes(&mut self.buf, span.parent_span_id());
+        let count_at = self.buf.len();
+        self.buf.push(0);
+        let mut n = 0u64;
+        for &i in &self.trace_keys {
+            if let Some(v) = span.attr(&self.keys[i]) {
+                put_varint(&mut self.buf, i as u64);
+                put_value(&mut self.buf, &v);
+                n += 1;
+            }
+        }
+        set_count(&mut self.buf, count_at, n);
+        self.spans += 1;
+    }
+
     /// The attributes named in `keys` that `get` finds, into the resource scratch (`res`) or the record.
     fn attrs<'a>(&mut self, get: impl Fn(&str) -> Option<ValueRef<'a>>, res: bool) {
         let out = if res { &mut self.res } else { &mut self.buf };
@@ -177,14 +223,7 @@ impl Capture {
                 n += 1;
             }
         }
-        // The count, a varint: one byte (the placeholder) below 128.
-        if n < 0x80 {
-            out[count_at] = n as u8;
-        } else {
-            let mut count = Vec::new();
-            put_varint(&mut count, n);
-            out.splice(count_at..count_at + 1, count);
-        }
+        set_count(out, count_at, n);
     }
 
     /// Ends the record: `newest` is the newest event time after the request.
@@ -252,7 +291,8 @@ impl ResRead for Res<'_> {
 /// A span read back (only what the engine reads of it).
 #[derive(Debug)]
 pub(super) struct Span<'k> {
-    pub(super) res: usize,
+    /// Its resource; `None`: read for its trace only.
+    pub(super) res: Option<usize>,
     error: bool,
     start: u64,
     end: u64,
@@ -384,21 +424,29 @@ impl<'k> Request<'k> {
         let mut spans = Vec::new();
         for _ in 0..n {
             let flags = r.u8()?;
-            if flags & SAME_RESOURCE == 0 || resources.is_empty() {
+            let traced = flags & TRACE_ONLY != 0;
+            if !traced && (flags & SAME_RESOURCE == 0 || resources.is_empty()) {
                 let service = r.str()?;
                 let attrs = r.attrs(keys.len())?;
                 resources.push(Res { service, attrs, keys });
             }
+            let (start, end) = (r.u64()?, r.u64()?);
+            let (trace_id, span_id, parent) = (r.bytes()?.to_vec(), r.bytes()?.to_vec(), r.bytes()?.to_vec());
+            let (name, status) = if traced {
+                (String::new(), String::new())
+            } else {
+                (r.str()?, r.str()?)
+            };
             spans.push(Span {
-                res: resources.len() - 1,
+                res: (!traced).then(|| resources.len() - 1),
                 error: flags & ERROR != 0,
-                start: r.u64()?,
-                end: r.u64()?,
-                trace_id: r.bytes()?.to_vec(),
-                span_id: r.bytes()?.to_vec(),
-                parent: r.bytes()?.to_vec(),
-                name: r.str()?,
-                status: r.str()?,
+                start,
+                end,
+                trace_id,
+                span_id,
+                parent,
+                name,
+                status,
                 attrs: r.attrs(keys.len())?,
                 keys,
             });
@@ -481,21 +529,27 @@ mod tests {
         let res = Plain {
             attrs: vec![("n".into(), AnyValueKind::IntValue(-4))],
         };
-        let mut c = Capture::new(keys.clone());
+        let mut c = Capture::new(keys.clone(), &["c".to_string()]);
         c.begin(10);
         c.finish(10);
         assert!(c.record().is_none(), "nothing read, no newer time: no record");
         c.begin(10);
         c.span(&span, &res, "shop");
         c.span(&span, &res, "shop");
+        c.traced(&span);
         c.finish(42);
         let rec = c.record().unwrap().to_vec();
         let got = Request::parse(&rec, &keys).unwrap();
         assert_eq!(got.newest, 42);
         assert_eq!(got.resources.len(), 1, "the second span shares the resource");
-        assert_eq!(got.spans.len(), 2);
+        assert_eq!(got.spans.len(), 3);
+        let t = &got.spans[2];
+        assert_eq!(t.res, None, "read for its trace only");
+        assert_eq!((t.start_time(), t.end_time(), t.trace_id()), (5, 9, &[7u8; 16][..]));
+        assert_eq!(t.attr("c"), SpanRead::attr(&span, "c"));
+        assert_eq!(t.attr("v"), None, "only the trace's attributes");
         let s = &got.spans[1];
-        let r = &got.resources[s.res];
+        let r = &got.resources[s.res.unwrap()];
         assert_eq!(r.service, "shop");
         assert_eq!(ResRead::attr(r, "n"), Some(ValueRef::Int(-4)));
         assert_eq!(

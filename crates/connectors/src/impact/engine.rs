@@ -806,7 +806,8 @@ impl Engine {
 
     /// From now on, records what the engine reads of each request ([`Engine::captured`]).
     pub fn capture_input(&mut self) {
-        self.capture = Some(Capture::new(self.read_keys()));
+        let trace_keys = self.c.trace.as_ref().map(|(_, k)| k.as_slice()).unwrap_or(&[]);
+        self.capture = Some(Capture::new(self.read_keys(), trace_keys));
     }
 
     /// The record of the last request ingested (with [`Engine::capture_input`]); `None` when it changed nothing
@@ -903,8 +904,10 @@ impl Engine {
         let req = compact::Request::parse(record, keys)?;
         let mut newest = self.max_event;
         for span in &req.spans {
-            let res = &req.resources[span.res];
-            self.observe(span, res, &res.service, &mut newest);
+            match span.res.and_then(|r| req.resources.get(r)) {
+                Some(res) => self.observe(span, res, &res.service, &mut newest),
+                None => self.observe_traced(span, &mut newest),
+            }
         }
         self.finish_ingest(newest.max(req.newest));
         Ok(())
@@ -1069,10 +1072,29 @@ impl Engine {
             tc.observe(span, t);
         }
         let matched = self.ingest_span(span, res, service, t);
-        if let Some(c) = self.capture.as_mut()
-            && (matched || span.is_error() || self.trace.is_some())
-        {
-            c.span(span, res, service);
+        if let Some(c) = self.capture.as_mut() {
+            if matched || span.is_error() {
+                c.span(span, res, service);
+            } else if self.trace.is_some() {
+                c.traced(span);
+            }
+        }
+    }
+
+    /// A span that is neither ERROR nor an operation, read back from the journal: only its trace's record reads
+    /// it (what [`Engine::observe`] did with it).
+    fn observe_traced<S: SpanRead + ?Sized>(&mut self, span: &S, newest: &mut u64) {
+        let t = if span.end_time() != 0 {
+            span.end_time()
+        } else {
+            span.start_time()
+        };
+        if t == 0 {
+            return;
+        }
+        *newest = (*newest).max(t);
+        if let Some(tc) = self.trace.as_mut() {
+            tc.observe(span, t);
         }
     }
 
