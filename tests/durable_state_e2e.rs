@@ -199,8 +199,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 const DEMO_OVERLAY: &str = r#"
 connectors:
   business_impact:
-    storage: file_storage
-    checkpoint_interval: 200ms
+    # `storage: file_storage` and `checkpoint_interval: 200ms` are the default pipeline's own.
+    # Small, so that the kill comes after several snapshots: the restart loads the latest and replays the tail.
+    snapshot_min_journal: 64KiB
     idle_timeout: 10s
     metrics_flush_interval: 200ms
 processors:
@@ -397,6 +398,14 @@ fn business_impact_killed_mid_outage_and_restarted_ends_with_the_figures_of_an_u
         "killed while an incident is open: {before}"
     );
     let journal_bytes = bp.metric_sum("bizpilot_storage_journal_bytes_total", &["owner=\"business_impact\""]);
+    let snapshots = bp.metric_sum(
+        "bizpilot_storage_journal_snapshots_total",
+        &["owner=\"business_impact\""],
+    );
+    assert!(snapshots >= 1.0, "compacted before the kill\n{}", bp.logs());
+    let stored: u64 = std::fs::read_dir(&storage)
+        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0);
     let ops: u64 = ["checkout", "payment"]
         .iter()
         .map(|op| {
@@ -406,7 +415,8 @@ fn business_impact_killed_mid_outage_and_restarted_ends_with_the_figures_of_an_u
         .sum();
     let spans = spans_in(&requests[..kill_at]);
     eprintln!(
-        "journal at the kill: {journal_bytes} bytes for {spans} spans ({:.0} bytes/span), {ops} operations ({:.0} bytes/operation)",
+        "at the kill: {journal_bytes} bytes written (journal and {snapshots} snapshots) for {spans} spans ({:.0} \
+         bytes/span), {ops} operations ({:.0} bytes/operation); storage directory {stored} bytes",
         journal_bytes / spans as f64,
         journal_bytes / ops.max(1) as f64
     );

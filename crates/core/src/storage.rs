@@ -38,6 +38,9 @@ pub enum StorageError {
     /// A component's stored state could not be read back.
     #[error("stored state of {owner}: {reason}")]
     Decode { owner: String, reason: String },
+    /// A journal record longer than its 4-byte length can frame: not written.
+    #[error("journal of {owner}: a record of {len} bytes is longer than the {max} a record can hold; not journaled")]
+    RecordTooLarge { owner: String, len: usize, max: usize },
 }
 
 /// Keys and values, in key order.
@@ -128,11 +131,15 @@ pub fn fingerprint(text: &str) -> u64 {
 const JOURNAL_FORMAT_KEY: &[u8] = b"_format";
 const JOURNAL_FINGERPRINT_KEY: &[u8] = b"_fingerprint";
 const JOURNAL_PREFIX: &[u8] = b"j/";
+const JOURNAL_SNAPSHOT_KEY: &[u8] = b"_snapshot";
 
 /// What [`Journal::open`] found in the namespace.
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// The records of every commit, in the order they were appended: (tag, bytes).
+    /// The component's latest snapshot ([`Journal::snapshot`]): its state after every record before
+    /// [`Replay::records`].
+    pub snapshot: Option<bytes::Bytes>,
+    /// The records of every commit after the snapshot, in the order they were appended: (tag, bytes).
     pub records: Vec<(u8, bytes::Bytes)>,
     /// Commits read.
     pub commits: u64,
@@ -160,17 +167,34 @@ struct Group {
 /// store cannot be written the component's input backs up instead of being acknowledged. At start,
 /// [`Journal::open`] returns every record, for the component to re-apply (its state is a function of them).
 ///
+/// **Compaction**: [`Journal::snapshot`] writes the component's state (its own encoding) and deletes the commits
+/// it covers, in one atomic batch applied in order with the commits, so a crash leaves either the old snapshot and
+/// every commit after it or the new one and every commit after it; at start the component loads the snapshot and
+/// re-applies the commits after it. What is stored is therefore bounded by the snapshot plus the journal written
+/// since (the component decides when to snapshot, [`Journal::since_snapshot`]).
+///
 /// Layout: `_format` (the component's format marker), `_fingerprint` (8 bytes, big-endian: its configuration's
-/// [`fingerprint`]), `j/<commit number, 8 bytes big-endian>` → records framed as `tag (1 byte), length (4 bytes,
-/// little-endian), bytes`.
+/// [`fingerprint`]), `_snapshot` → `first commit number not covered (8 bytes, big-endian), the state`,
+/// `j/<commit number, 8 bytes big-endian>` → records framed as `tag (1 byte), length (4 bytes, little-endian),
+/// bytes`.
 pub struct Journal {
     owner: String,
     buf: Vec<u8>,
     records: u64,
     acks: Vec<crate::Ack>,
     next_seq: u64,
+    /// The first commit the latest snapshot does not cover.
+    first_live: u64,
+    /// Bytes of records appended since the latest snapshot (framing included).
+    since_snapshot: u64,
+    /// Size of the latest snapshot.
+    snapshot_bytes: u64,
     /// Records appended and not yet durable (`bizpilot_storage_journal_pending_records`).
     pending: metrics::Gauge,
+    /// Records refused (`bizpilot_storage_journal_rejected_records_total`).
+    rejected: metrics::Counter,
+    /// Snapshots written (`bizpilot_storage_journal_snapshots_total`).
+    snapshots: metrics::Counter,
     interval: std::time::Duration,
     last_commit: std::time::Instant,
     tx: Option<std::sync::mpsc::SyncSender<Group>>,
@@ -252,6 +276,15 @@ impl Journal {
                 ));
                 reset = entries.iter().map(|(k, _)| StorageOp::Delete(k.clone())).collect();
             } else {
+                if let Some((_, v)) = entries.iter().find(|(k, _)| k == JOURNAL_SNAPSHOT_KEY) {
+                    let covered = v
+                        .get(..8)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or_else(|| decode_err(owner, "snapshot cut short (header)"))?;
+                    next_seq = covered;
+                    replay.snapshot = Some(bytes::Bytes::copy_from_slice(&v[8..]));
+                }
                 for (k, v) in entries {
                     let Some(seq) = k.strip_prefix(JOURNAL_PREFIX) else {
                         continue;
@@ -259,6 +292,11 @@ impl Journal {
                     let seq = <[u8; 8]>::try_from(seq)
                         .map(u64::from_be_bytes)
                         .map_err(|_| decode_err(owner, "journal key is not a commit number"))?;
+                    if seq < next_seq && replay.commits == 0 && replay.snapshot.is_some() {
+                        // Covered by the snapshot (it is deleted with the snapshot's write; cannot be here, but harmless).
+                        reset.push(StorageOp::Delete(k));
+                        continue;
+                    }
                     if seq != next_seq {
                         return Err(decode_err(
                             owner,
@@ -272,6 +310,8 @@ impl Journal {
                 }
             }
         }
+        let first_live = replay.snapshot.as_ref().map_or(0, |_| next_seq - replay.commits);
+        let snapshot_bytes = replay.snapshot.as_ref().map_or(0, |s| s.len() as u64);
         let mut ops = reset;
         ops.push(StorageOp::Put(JOURNAL_FORMAT_KEY.to_vec(), format.as_bytes().to_vec()));
         ops.push(StorageOp::Put(
@@ -299,7 +339,12 @@ impl Journal {
                 records: 0,
                 acks: Vec::new(),
                 next_seq,
+                first_live,
+                since_snapshot: replay.bytes,
+                snapshot_bytes,
                 pending: metrics::gauge!("bizpilot_storage_journal_pending_records", "owner" => owner.to_string()),
+                rejected: metrics::counter!("bizpilot_storage_journal_rejected_records_total", "owner" => owner.to_string()),
+                snapshots: metrics::counter!("bizpilot_storage_journal_snapshots_total", "owner" => owner.to_string()),
                 interval,
                 last_commit: std::time::Instant::now(),
                 tx: Some(tx),
@@ -310,14 +355,33 @@ impl Journal {
         ))
     }
 
-    /// Appends a record (written at the next commit).
-    pub fn append(&mut self, tag: u8, data: &[u8]) {
-        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    /// Appends a record (written at the next commit). A record longer than `u32::MAX` bytes cannot be framed: it
+    /// is refused with [`StorageError::RecordTooLarge`] and counted
+    /// (`bizpilot_storage_journal_rejected_records_total`), and the journal is unchanged.
+    pub fn append(&mut self, tag: u8, data: &[u8]) -> Result<(), StorageError> {
+        self.append_limited(tag, data, u32::MAX as usize)
+    }
+
+    /// [`Journal::append`] with a smaller limit than the framing's (so the refusal can be tested without 4 GiB).
+    fn append_limited(&mut self, tag: u8, data: &[u8], max: usize) -> Result<(), StorageError> {
+        let len = match u32::try_from(data.len()) {
+            Ok(len) if data.len() <= max => len,
+            _ => {
+                self.rejected.increment(1);
+                return Err(StorageError::RecordTooLarge {
+                    owner: self.owner.clone(),
+                    len: data.len(),
+                    max,
+                });
+            }
+        };
         self.buf.push(tag);
         self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(&data[..len as usize]);
+        self.buf.extend_from_slice(data);
+        self.since_snapshot += 5 + u64::from(len);
         self.records += 1;
         self.pending.increment(1.0);
+        Ok(())
     }
 
     /// Holds acknowledgements until the records appended so far are committed.
@@ -365,6 +429,10 @@ impl Journal {
             acks: std::mem::take(&mut self.acks),
             records: std::mem::take(&mut self.records),
         };
+        self.send(group);
+    }
+
+    fn send(&mut self, group: Group) {
         if let Some(tx) = &self.tx
             && let Err(e) = tx.send(group)
         {
@@ -374,6 +442,47 @@ impl Journal {
                 a.fail();
             }
         }
+    }
+
+    /// The component whose journal this is.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Bytes of records appended since the latest snapshot (or since the journal began).
+    pub fn since_snapshot(&self) -> u64 {
+        self.since_snapshot
+    }
+
+    /// Size of the latest snapshot (0: none).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_bytes
+    }
+
+    /// Compaction: `state` is the component's state after every record appended so far. Commits those records,
+    /// then writes `state` as the snapshot and deletes every commit it covers, in one atomic batch after them (the
+    /// writer applies batches in order): after a crash the namespace holds either the previous snapshot and every
+    /// commit after it, or this one and the commits after it.
+    pub fn snapshot(&mut self, state: &[u8]) {
+        self.commit();
+        let mut value = Vec::with_capacity(8 + state.len());
+        value.extend_from_slice(&self.next_seq.to_be_bytes());
+        value.extend_from_slice(state);
+        let mut ops = vec![StorageOp::Put(JOURNAL_SNAPSHOT_KEY.to_vec(), value)];
+        for seq in self.first_live..self.next_seq {
+            let mut key = JOURNAL_PREFIX.to_vec();
+            key.extend_from_slice(&seq.to_be_bytes());
+            ops.push(StorageOp::Delete(key));
+        }
+        self.first_live = self.next_seq;
+        self.since_snapshot = 0;
+        self.snapshot_bytes = state.len() as u64;
+        self.snapshots.increment(1);
+        self.send(Group {
+            ops,
+            acks: Vec::new(),
+            records: 0,
+        });
     }
 
     /// Commits what is left and waits until everything is written (at shutdown). While the store cannot be
@@ -545,15 +654,15 @@ mod tests {
         let (mut j, r) = journal(&s, 7).unwrap();
         assert!(r.records.is_empty() && r.discarded.is_none());
         let (ack, mut rx) = crate::Ack::channel();
-        j.append(1, b"first");
-        j.append(2, b"");
+        j.append(1, b"first").unwrap();
+        j.append(2, b"").unwrap();
         j.hold([ack]);
         assert!(j.due().is_some(), "records wait for a commit");
         // Not committed yet: the acknowledgement is held.
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(rx.try_recv().is_err(), "released before its commit");
         j.commit();
-        j.append(1, b"second");
+        j.append(1, b"second").unwrap();
         j.close(std::time::Duration::from_secs(5));
         assert_eq!(rx.try_recv().unwrap(), crate::Delivery::Delivered);
 
@@ -567,7 +676,7 @@ mod tests {
     fn a_journal_of_another_configuration_is_discarded_and_a_foreign_one_refused() {
         let s = MemoryStorage::default();
         let (mut j, _) = journal(&s, 7).unwrap();
-        j.append(1, b"x");
+        j.append(1, b"x").unwrap();
         j.close(std::time::Duration::from_secs(5));
         let (_j, r) = journal(&s, 8).unwrap();
         assert!(r.records.is_empty());
@@ -606,6 +715,62 @@ mod tests {
             .unwrap();
         let err = journal(&torn, 7).unwrap_err().to_string();
         assert!(err.contains("cut short"), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_commits_it_covers_and_the_tail_follows_it() {
+        let s = MemoryStorage::default();
+        let (mut j, _) = journal(&s, 7).unwrap();
+        j.append(1, b"a").unwrap();
+        j.commit();
+        j.append(1, b"b").unwrap();
+        assert_eq!(j.since_snapshot(), 12);
+        j.snapshot(b"state after a, b");
+        assert_eq!((j.since_snapshot(), j.snapshot_bytes()), (0, 16));
+        j.append(1, b"c").unwrap();
+        j.commit();
+        j.close(std::time::Duration::from_secs(5));
+        let stored = s.client("c").unwrap().load_all().unwrap();
+        let commits = stored.iter().filter(|(k, _)| k.starts_with(b"j/")).count();
+        assert_eq!(commits, 1, "the covered commits are gone: {stored:?}");
+        let (mut j, r) = journal(&s, 7).unwrap();
+        assert_eq!(r.snapshot.as_deref(), Some(&b"state after a, b"[..]));
+        let got: Vec<&[u8]> = r.records.iter().map(|(_, b)| &b[..]).collect();
+        assert_eq!(got, vec![&b"c"[..]], "only the tail");
+        assert_eq!(j.since_snapshot(), 6);
+        // A second snapshot after a restart covers the tail; commits continue after it.
+        j.snapshot(b"state after c");
+        j.append(1, b"d").unwrap();
+        j.close(std::time::Duration::from_secs(5));
+        let (_j, r) = journal(&s, 7).unwrap();
+        assert_eq!(r.snapshot.as_deref(), Some(&b"state after c"[..]));
+        let got: Vec<&[u8]> = r.records.iter().map(|(_, b)| &b[..]).collect();
+        assert_eq!(got, vec![&b"d"[..]]);
+        // Another configuration discards the snapshot too.
+        let (_j, r) = journal(&s, 8).unwrap();
+        assert!(r.snapshot.is_none() && r.records.is_empty() && r.discarded.is_some());
+    }
+
+    #[test]
+    fn a_record_too_long_to_frame_is_refused_not_cut() {
+        let s = MemoryStorage::default();
+        let (mut j, _) = journal(&s, 7).unwrap();
+        j.append(1, b"kept").unwrap();
+        let err = j.append_limited(1, b"too long", 7).unwrap_err();
+        assert_eq!(
+            err,
+            StorageError::RecordTooLarge {
+                owner: "c".into(),
+                len: 8,
+                max: 7
+            }
+        );
+        assert!(err.to_string().contains("8 bytes"), "{err}");
+        j.append_limited(1, b"fits", 7).unwrap();
+        j.close(std::time::Duration::from_secs(5));
+        let (_j, r) = journal(&s, 7).unwrap();
+        let got: Vec<&[u8]> = r.records.iter().map(|(_, b)| &b[..]).collect();
+        assert_eq!(got, vec![&b"kept"[..], &b"fits"[..]], "nothing of the refused record");
     }
 
     /// Fails its first `n` writes of records.
@@ -650,10 +815,10 @@ mod tests {
         });
         let (mut j, _) = Journal::open(flaky, "c", "test/journal/1", 1, std::time::Duration::from_secs(3600)).unwrap();
         let (ack, mut rx) = crate::Ack::channel();
-        j.append(1, b"a");
+        j.append(1, b"a").unwrap();
         j.hold([ack]);
         j.commit();
-        j.append(1, b"b");
+        j.append(1, b"b").unwrap();
         j.commit();
         std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(rx.try_recv().is_err(), "acknowledged while its commit had failed");

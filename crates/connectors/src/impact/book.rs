@@ -17,7 +17,7 @@ use std::iter::Peekable;
 use std::ops::Deref;
 
 /// A failed span: where, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Cause {
     pub service: String,
     pub span_name: String,
@@ -26,7 +26,7 @@ pub struct Cause {
 
 /// One affected customer in one incident, or in no incident yet (`incident_seq` 0, `incident_id` empty):
 /// every customer with a failed operation has a record, whether or not an incident covers the failure.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ImpactRecord {
     pub id: u64,
     pub operation: String,
@@ -57,7 +57,7 @@ pub struct ImpactRecord {
 
 /// A record's place in the API's order: highest cart value first (unknown values last), then customer, then
 /// time, then id. (Values of different currencies compare by their nano-units, as the API always did.)
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 struct Rank {
     unknown_value: bool,
     value: Reverse<i128>,
@@ -129,7 +129,7 @@ impl<'a> Iterator for ByValue<'a> {
 }
 
 /// Open or closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum IncidentState {
     Open,
     Closed,
@@ -145,7 +145,7 @@ impl IncidentState {
 }
 
 /// What an incident is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum IncidentKind {
     /// The operation's failure rate is above normal.
     Failures,
@@ -163,7 +163,7 @@ impl IncidentKind {
 }
 
 /// Why an incident closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CloseReason {
     /// Event time showed the rate back to normal.
     Recovered,
@@ -184,7 +184,7 @@ impl CloseReason {
 }
 
 /// An incident of one operation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Incident {
     pub seq: u64,
     pub id: String,
@@ -206,7 +206,9 @@ pub struct Incident {
     pub window_operations: u64,
     pub window_failed: u64,
     pub failed_operations: u64,
+    #[serde(with = "super::snapshot::money_totals")]
     pub revenue_at_risk: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub recovered_revenue: MoneyTotals,
     pub affected_customers: u64,
     /// (service, status message) → failed operations.
@@ -228,7 +230,7 @@ impl Incident {
 }
 
 /// Distinct affected customers of one window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WindowCount {
     pub start: u64,
     pub end: u64,
@@ -237,17 +239,22 @@ pub struct WindowCount {
 }
 
 /// Totals of one operation.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OperationSummary {
     pub name: String,
     pub operations: u64,
     pub successful: u64,
     pub failed: u64,
+    #[serde(with = "super::snapshot::money_totals")]
     pub revenue: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub revenue_at_risk: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub recovered_revenue: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub lost_revenue: MoneyTotals,
     /// Revenue at risk neither recovered nor lost yet (episodes still open).
+    #[serde(with = "super::snapshot::money_totals")]
     pub open_at_risk: MoneyTotals,
     /// The window holding the watermark.
     pub current_window: Option<WindowCount>,
@@ -261,11 +268,13 @@ pub struct OperationSummary {
 /// Figures of the operations not final yet: published at once, replaced by the final figures when the
 /// watermark passes them. `revenue_at_risk` counts a customer's first pending failure unless an episode of
 /// theirs is already at risk (the final figure also ends episodes and recovers sales, so it may differ).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Provisional {
     pub operations: u64,
     pub failed: u64,
+    #[serde(with = "super::snapshot::money_totals")]
     pub revenue: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub revenue_at_risk: MoneyTotals,
     /// Distinct customers with a pending failure.
     pub affected_customers: u64,
@@ -274,7 +283,7 @@ pub struct Provisional {
 }
 
 /// A goal's current period as of the watermark (for the API and the live board).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GoalSummary {
     pub name: String,
     pub operation: String,
@@ -290,7 +299,7 @@ pub struct GoalSummary {
 }
 
 /// The shared findings.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Book {
     pub operations: Vec<OperationSummary>,
     pub goals: Vec<GoalSummary>,

@@ -320,6 +320,9 @@ pub struct BusinessImpactConfig {
     pub storage: Option<String>,
     /// How often the journal is committed (and the acknowledgements of the data in it released).
     pub checkpoint_interval: Duration,
+    /// Journal written since the last snapshot that makes the next one due, at least (then also twice the last
+    /// snapshot's size): bounds what is stored and the replay at start ([`super::durable::snapshot_if_due`]).
+    pub snapshot_min_journal: bizpilot_core::config::ByteSize,
 }
 
 /// Bucket bounds (seconds) of the duration histogram: the OpenTelemetry semantic conventions' advice for
@@ -363,17 +366,19 @@ impl Default for BusinessImpactConfig {
             trace_context: super::trace::TraceContextConfig::default(),
             storage: None,
             checkpoint_interval: Duration::from_millis(200),
+            snapshot_min_journal: bizpilot_core::config::ByteSize(super::durable::SNAPSHOT_MIN_JOURNAL_BYTES),
         }
     }
 }
 
 impl BusinessImpactConfig {
-    /// A fingerprint of what shapes the state (not where or how often it is journaled, nor how often metrics
+    /// A fingerprint of what shapes the state (not where or how often it is journaled or snapshotted, nor how often metrics
     /// are emitted): a journal written under another fingerprint is not replayed.
     pub fn fingerprint(&self) -> u64 {
         let mut cfg = self.clone();
         cfg.storage = None;
         cfg.checkpoint_interval = Duration::default();
+        cfg.snapshot_min_journal = bizpilot_core::config::ByteSize(0);
         cfg.metrics_flush_interval = Duration::default();
         bizpilot_core::storage::fingerprint(&format!("{cfg:?}"))
     }

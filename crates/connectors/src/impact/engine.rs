@@ -30,6 +30,7 @@ use super::book::{
     Book, Cause, CloseReason, GoalSummary, ImpactRecord, Incident, IncidentKind, IncidentState, Provisional,
     WindowCount,
 };
+use super::compact::{self, Capture};
 use super::config::{BusinessImpactConfig, CmpOp, Condition, Detection, Scalar, ValueConfig};
 use super::incident::{
     BaselineDetector, BaselineParams, Detector, Evaluation, ThresholdDetector, Thresholds, Transition,
@@ -39,6 +40,7 @@ use super::pending::{OpRec, Packed, SpanIds};
 use super::read::{ResRead, SpanRead};
 use super::series::{MoneyKind, SeriesTable};
 use super::sketch::Distinct;
+use super::snapshot::{self, SnapshotError};
 use super::trace::{self, TraceContext, TraceContextConfig};
 use crate::stats::baseline::LogScale;
 
@@ -380,7 +382,38 @@ pub struct Stats {
     pub overflowed_points: Count,
 }
 
+/// Counters in [`Stats`].
+const STATS: usize = 10;
+
 impl Stats {
+    fn all(&mut self) -> [&mut Count; STATS] {
+        [
+            &mut self.operations,
+            &mut self.duplicates,
+            &mut self.late,
+            &mut self.forced,
+            &mut self.missing_key,
+            &mut self.missing_value,
+            &mut self.invalid_value,
+            &mut self.evicted_keys,
+            &mut self.evicted_span_ids,
+            &mut self.overflowed_points,
+        ]
+    }
+
+    /// The counts, for a snapshot.
+    fn counts(&self) -> [u64; STATS] {
+        let mut s = self.clone();
+        s.all().map(|c| c.local)
+    }
+
+    /// Adds a snapshot's counts (to the self-telemetry too, as re-applying the input would).
+    fn restore(&mut self, counts: [u64; STATS]) {
+        for (c, n) in self.all().into_iter().zip(counts) {
+            c.add(n);
+        }
+    }
+
     fn new(connector: &str) -> Self {
         let dropped = "bizpilot_connector_business_impact_dropped_spans_total";
         let missing = "bizpilot_connector_business_impact_missing_total";
@@ -429,6 +462,7 @@ pub(super) fn id8(b: &[u8]) -> [u8; 8] {
 }
 
 /// A pending operation in the heap, ordered by (event time, arrival).
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Pending(Packed);
 
 impl PartialEq for Pending {
@@ -450,7 +484,7 @@ impl Ord for Pending {
 }
 
 /// An ERROR span, kept to find the root cause of a failure in the same trace.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct ErrorSpan {
     span_id: [u8; 8],
     parent: [u8; 8],
@@ -458,7 +492,7 @@ struct ErrorSpan {
 }
 
 /// ERROR spans by trace, bounded.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct RootCauses {
     by_trace: HashMap<[u8; 16], (u64, Vec<ErrorSpan>)>,
     order: VecDeque<[u8; 16]>,
@@ -506,7 +540,7 @@ impl RootCauses {
 }
 
 /// A revenue-at-risk episode of one business key (see shopgen's ground truth for the definition).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Episode {
     epi: u64,
     end: u64,
@@ -520,7 +554,7 @@ struct Episode {
 }
 
 /// A finalized failure kept for the trailing incident window.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct FailureRec {
     time: u64,
     key: Box<str>,
@@ -537,7 +571,7 @@ struct FailureRec {
 }
 
 /// A goal's current period.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GoalState {
     pub name: String,
     pub op: usize,
@@ -587,14 +621,18 @@ impl GoalState {
 }
 
 /// Per-operation state.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct OpState {
     pub operations: u64,
     pub successful: u64,
     pub failed: u64,
+    #[serde(with = "super::snapshot::money_totals")]
     pub revenue: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub at_risk: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub recovered: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub lost: MoneyTotals,
     episodes: HashMap<Box<str>, Episode>,
     expiry: VecDeque<(u64, Box<str>, u64)>,
@@ -616,11 +654,13 @@ pub struct OpState {
 }
 
 /// Pending operations' figures, kept as they are pushed and finalized.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProvState {
     pub operations: u64,
     pub failed: u64,
+    #[serde(with = "super::snapshot::money_totals")]
     pub revenue: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub at_risk: MoneyTotals,
     failed_keys: HashMap<Box<str>, u32>,
 }
@@ -655,6 +695,8 @@ pub struct Engine {
     stats: Stats,
     dirty: bool,
     trace: Option<TraceContext>,
+    /// With a journal: what the engine reads of each request, as its record ([`super::compact`]).
+    capture: Option<Capture>,
 }
 
 fn lock(b: &Mutex<Book>) -> MutexGuard<'_, Book> {
@@ -736,7 +778,139 @@ impl Engine {
             stats: Stats::new(connector),
             dirty: true,
             trace: c_trace.map(|(cfg, keys)| TraceContext::new(&cfg, keys, connector)),
+            capture: None,
         }
+    }
+
+    /// The attribute keys the engine may read of a span or its resource (a journal record keeps these only).
+    pub(super) fn read_keys(&self) -> Vec<String> {
+        let c = &self.c;
+        let mut keys = Vec::new();
+        for o in &c.ops {
+            keys.extend(o.attributes.iter().map(|(k, _)| k.clone()));
+            keys.extend(o.conditions.iter().map(|c| c.attribute.clone()));
+            keys.push(o.key.clone());
+            keys.push(o.value.attribute.clone());
+            keys.push(o.value.currency_attribute.clone());
+        }
+        keys.extend(c.customer_attr.clone());
+        keys.push(c.tier_attr.clone());
+        keys.push(c.order_attr.clone());
+        keys.push(c.items_attr.clone());
+        keys.extend(c.dims.iter().map(|(_, src, _)| src.clone()));
+        if let Some((_, tk)) = &c.trace {
+            keys.extend(tk.iter().cloned());
+        }
+        compact::read_keys(keys)
+    }
+
+    /// From now on, records what the engine reads of each request ([`Engine::captured`]).
+    pub fn capture_input(&mut self) {
+        let trace_keys = self.c.trace.as_ref().map(|(_, k)| k.as_slice()).unwrap_or(&[]);
+        self.capture = Some(Capture::new(self.read_keys(), trace_keys));
+    }
+
+    /// The record of the last request ingested (with [`Engine::capture_input`]); `None` when it changed nothing
+    /// the engine reads.
+    pub fn captured(&self) -> Option<&[u8]> {
+        self.capture.as_ref().and_then(Capture::record)
+    }
+
+    /// The engine's state as a snapshot ([`super::snapshot`]), for the configuration of `fingerprint`: everything
+    /// its figures and its future depend on (pending operations, span ids, series, per-operation state, goals,
+    /// root causes, the API's book, counters, trace records); not the configuration, the extensions, or the logs
+    /// not yet taken.
+    pub fn save(&self, fingerprint: u64) -> Result<Vec<u8>, SnapshotError> {
+        let book = lock(&self.book);
+        let scalars = (
+            self.watermark,
+            self.max_event,
+            self.seq,
+            self.last_eval,
+            self.next_gen,
+            self.next_record,
+            self.next_incident,
+            self.dirty,
+        );
+        snapshot::encode(
+            fingerprint,
+            &(
+                scalars,
+                &self.pending,
+                &self.dedup,
+                &self.series,
+                &self.ops,
+                &self.goals,
+                &self.causes,
+                &*book,
+                self.stats.counts(),
+                self.trace.as_ref().map(TraceContext::save),
+            ),
+        )
+    }
+
+    /// Takes the state of a snapshot [`Engine::save`] wrote under the same configuration (`fingerprint`). On an
+    /// error the engine is unchanged.
+    pub fn load(&mut self, fingerprint: u64, bytes: &[u8]) -> Result<(), SnapshotError> {
+        type Saved = (
+            (u64, u64, u64, Option<u64>, u64, u64, u64, bool),
+            BinaryHeap<Pending>,
+            SpanIds,
+            SeriesTable,
+            Vec<OpState>,
+            Vec<GoalState>,
+            RootCauses,
+            Book,
+            [u64; STATS],
+            Option<trace::Saved>,
+        );
+        let (scalars, pending, dedup, series, ops, goals, causes, book, counts, tc): Saved =
+            snapshot::decode(fingerprint, bytes)?;
+        if ops.len() != self.ops.len() || goals.len() != self.goals.len() || tc.is_some() != self.trace.is_some() {
+            return Err(SnapshotError::Shape(format!(
+                "{} operations, {} goals, trace_context {}",
+                ops.len(),
+                goals.len(),
+                tc.is_some()
+            )));
+        }
+        (
+            self.watermark,
+            self.max_event,
+            self.seq,
+            self.last_eval,
+            self.next_gen,
+            self.next_record,
+            self.next_incident,
+            self.dirty,
+        ) = scalars;
+        self.pending = pending;
+        self.dedup = dedup;
+        self.series = series;
+        self.ops = ops;
+        self.goals = goals;
+        self.causes = causes;
+        *lock(&self.book) = book;
+        self.stats.restore(counts);
+        if let (Some(t), Some(saved)) = (self.trace.as_mut(), tc) {
+            t.load(saved);
+        }
+        Ok(())
+    }
+
+    /// Applies a request's record as [`Engine::ingest`] applied the request it came from. A record that cannot be
+    /// read changes nothing.
+    pub fn ingest_record(&mut self, record: &[u8], keys: &[String]) -> Result<(), compact::CompactError> {
+        let req = compact::Request::parse(record, keys)?;
+        let mut newest = self.max_event;
+        for span in &req.spans {
+            match span.res.and_then(|r| req.resources.get(r)) {
+                Some(res) => self.observe(span, res, &res.service, &mut newest),
+                None => self.observe_traced(span, &mut newest),
+            }
+        }
+        self.finish_ingest(newest.max(req.newest));
+        Ok(())
     }
 
     /// The findings shared with the HTTP API.
@@ -811,6 +985,9 @@ impl Engine {
     /// Reads the spans of one decoded request.
     pub fn ingest(&mut self, req: &ExportTraceServiceRequest) {
         let mut newest = self.max_event;
+        if let Some(c) = self.capture.as_mut() {
+            c.begin(newest);
+        }
         for rs in &req.resource_spans {
             let res: &[KeyValue] = rs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
             let service = attrs::get_str(res, "service.name").unwrap_or("");
@@ -829,6 +1006,9 @@ impl Engine {
     /// and only what the engine keeps is allocated.
     pub fn ingest_encoded(&mut self, request: &[u8]) {
         let mut newest = self.max_event;
+        if let Some(c) = self.capture.as_mut() {
+            c.begin(newest);
+        }
         let mut services = ServiceCache::default();
         view::for_each_span(request, |res, span| {
             let service = services.of(res);
@@ -845,6 +1025,9 @@ impl Engine {
             return;
         }
         let mut newest = self.max_event;
+        if let Some(c) = self.capture.as_mut() {
+            c.begin(newest);
+        }
         let mut services = ServiceCache::default();
         t.for_each_span(|res, span| {
             let service = services.of(res);
@@ -888,11 +1071,38 @@ impl Engine {
         if let Some(tc) = self.trace.as_mut() {
             tc.observe(span, t);
         }
-        self.ingest_span(span, res, service, t);
+        let matched = self.ingest_span(span, res, service, t);
+        if let Some(c) = self.capture.as_mut() {
+            if matched || span.is_error() {
+                c.span(span, res, service);
+            } else if self.trace.is_some() {
+                c.traced(span);
+            }
+        }
+    }
+
+    /// A span that is neither ERROR nor an operation, read back from the journal: only its trace's record reads
+    /// it (what [`Engine::observe`] did with it).
+    fn observe_traced<S: SpanRead + ?Sized>(&mut self, span: &S, newest: &mut u64) {
+        let t = if span.end_time() != 0 {
+            span.end_time()
+        } else {
+            span.start_time()
+        };
+        if t == 0 {
+            return;
+        }
+        *newest = (*newest).max(t);
+        if let Some(tc) = self.trace.as_mut() {
+            tc.observe(span, t);
+        }
     }
 
     /// After the spans of a request: move the watermark, bound the pending operations.
     fn finish_ingest(&mut self, newest: u64) {
+        if let Some(c) = self.capture.as_mut() {
+            c.finish(newest);
+        }
         self.max_event = newest;
         self.advance_to(newest.saturating_sub(self.c.lateness));
         while self.pending.len() > self.c.max_pending {
@@ -906,7 +1116,14 @@ impl Engine {
         self.sync_book();
     }
 
-    fn ingest_span<S: SpanRead + ?Sized, R: ResRead + ?Sized>(&mut self, span: &S, res: &R, service: &str, t: u64) {
+    /// Whether the span is an operation (whatever became of it).
+    fn ingest_span<S: SpanRead + ?Sized, R: ResRead + ?Sized>(
+        &mut self,
+        span: &S,
+        res: &R,
+        service: &str,
+        t: u64,
+    ) -> bool {
         let mut checked = false;
         for i in 0..self.c.ops.len() {
             let spec = &self.c.ops[i];
@@ -922,11 +1139,11 @@ impl Engine {
                     || (t < self.watermark && self.dedup.was_finalized(t, hash, self.watermark))
                 {
                     self.stats.duplicates.add(1);
-                    return;
+                    return true;
                 }
                 if t < self.watermark {
                     self.stats.late.add(1);
-                    return;
+                    return true;
                 }
                 self.dedup.insert_pending(hash);
             }
@@ -1040,6 +1257,7 @@ impl Engine {
                 prov_risk,
             })));
         }
+        checked
     }
 
     /// Called while no span arrives: after `idle_for` ≥ `idle_timeout`, everything seen is final (the watermark

@@ -27,7 +27,7 @@ use crate::stats::binomial;
 use crate::stats::cusum::{self, BernoulliCusum};
 
 /// Operations of one evaluation interval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Bucket {
     pub start: u64,
     pub total: u64,
@@ -64,7 +64,7 @@ pub struct Evaluation {
 }
 
 /// Thresholds of a [`Detector`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Thresholds {
     pub interval_ns: u64,
     pub window_buckets: u64,
@@ -73,14 +73,14 @@ pub struct Thresholds {
     pub min_operations: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Open {
     start: u64,
     last_bad_end: u64,
 }
 
 /// The failure-rate state machine of one operation (`detection: threshold`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ThresholdDetector {
     th: Thresholds,
     /// Chronological; only intervals that had operations, none older than the window.
@@ -232,7 +232,7 @@ impl ThresholdDetector {
 }
 
 /// Parameters of a [`BaselineDetector`] (see `docs/incident-detection.md` for the arithmetic).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BaselineParams {
     pub interval_ns: u64,
     /// CUSUM threshold `h`.
@@ -256,7 +256,7 @@ pub struct BaselineParams {
 /// Intervals remembered for dating an incident's start back.
 pub const HISTORY: usize = 64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct OpenRun {
     start: u64,
     last_bad_end: u64,
@@ -276,7 +276,7 @@ struct OpenRun {
 /// - **Baseline**: learned from every evaluated interval while no incident is open, each interval's failures
 ///   capped at the alternative rate `p1` (an outage before detection moves it by at most its share of
 ///   the half-life times `p1 − p0`), never while one is open.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BaselineDetector {
     p: BaselineParams,
     baseline: RateBaseline,
@@ -464,7 +464,7 @@ impl BaselineDetector {
 }
 
 /// The detector of one stream: baseline-relative (the default) or fixed thresholds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Detector {
     Baseline(Box<BaselineDetector>),
     Threshold(ThresholdDetector),

@@ -75,14 +75,18 @@
 //! - **Cardinality**: each distinct (operation, dimension values) is a series; beyond `max_series`, measurements
 //!   go to one overflow series per operation with `otel.metric.overflow=true` instead of the dimensions (as
 //!   the OpenTelemetry SDK's cardinality limit), counted by `business.metric.overflowed_points`.
-//! - **Restarts**: with `storage` (a `file_storage` extension), the connector journals its input — each traces
-//!   request as received, and the two wall-clock decisions (input idle) that changed its state — committing it
+//! - **Restarts**: with `storage` (a `file_storage` extension), the connector journals its input — what the engine
+//!   read of each traces request (its newest event time, and the ERROR and operation spans with the attributes the
+//!   configuration names, in a compact binary record, about 100 bytes per such span), and the two wall-clock decisions (input idle) that changed its state — committing it
 //!   in groups every `checkpoint_interval` and releasing the data's acknowledgements only then, and at start
 //!   replays the journal into a fresh engine before any pipeline runs ([`durable`], `docs/durable-state.md`):
 //!   after a restart, graceful or `SIGKILL`, every figure (pending operations, span-id dedup set, episodes,
 //!   affected customers, incidents and their detectors' baselines, goals) continues as if it had not happened,
-//!   and a span sent again after the restart is a duplicate. The journal grows with the input (no compaction
-//!   yet). Without `storage` the state is memory only. Either way the metrics' start time is the process's: a
+//!   and a span sent again after the restart is a duplicate. **Compaction**: once the journal written since the
+//!   last snapshot reaches `snapshot_min_journal` and twice that snapshot's size, a snapshot of the engine's state
+//!   (CBOR, versioned, config-fingerprinted: [`snapshot`]) replaces the journal it covers, atomically, and at
+//!   graceful shutdown a last one is written; a start loads the snapshot and replays the journal after it. What
+//!   is stored stays below about three snapshots plus `snapshot_min_journal`. Without `storage` the state is memory only. Either way the metrics' start time is the process's: a
 //!   restarted process re-emits the restored cumulative sums with a new start time.
 //!
 //! **Reading spans.** Traces held encoded (as the OTLP receivers hand them on) are read through
@@ -154,6 +158,7 @@
 //! | `hash_key_env` | `BIZPILOT_HASH_KEY` | environment variable holding the HMAC key (required at start with `redact_customer`) |
 //! | `storage` | — | id of a storage extension (`file_storage`): the input is journaled into it and replayed at start (durable state); none: memory only |
 //! | `checkpoint_interval` | `200ms` | with `storage`: how often the journal is committed (group commit); acknowledgements of the data wait for it |
+//! | `snapshot_min_journal` | `16MiB` | with `storage`: a snapshot of the state replaces the journal once the journal since the last one is this large and twice that snapshot |
 //! | `incident.detection` | `baseline` | `baseline` (relative to the learned normal rate) or `threshold` (fixed share) |
 //! | `incident.evaluation_interval` | `10s` | evaluation step (event time) |
 //! | `incident.cusum_threshold` | `16` | CUSUM threshold h (higher: fewer false incidents, later detection) |
@@ -221,6 +226,7 @@
 
 pub mod api;
 pub mod book;
+mod compact;
 pub mod config;
 pub mod durable;
 pub mod engine;
@@ -230,6 +236,7 @@ mod pending;
 mod read;
 pub mod series;
 pub mod sketch;
+pub mod snapshot;
 pub mod trace;
 
 pub use config::BusinessImpactConfig;
@@ -328,6 +335,8 @@ impl ConnectorFactory for BusinessImpactConnectorFactory {
         Ok(Box::new(BusinessImpactConnector {
             engine,
             journal,
+            fingerprint: config.fingerprint(),
+            snapshot_min: config.snapshot_min_journal.bytes(),
             incident_idle: config.incident.idle_timeout.get(),
             flush_interval: config.metrics_flush_interval.get(),
             idle_timeout: config.idle_timeout.unwrap_or(config.allowed_lateness).get(),
@@ -339,6 +348,8 @@ impl ConnectorFactory for BusinessImpactConnectorFactory {
 pub struct BusinessImpactConnector {
     engine: Engine,
     journal: Option<Journal>,
+    fingerprint: u64,
+    snapshot_min: u64,
     incident_idle: Duration,
     flush_interval: Duration,
     idle_timeout: Duration,
@@ -358,6 +369,8 @@ impl Connector for BusinessImpactConnector {
             id: String::new(),
             engine: self.engine,
             journal: self.journal,
+            fingerprint: self.fingerprint,
+            snapshot_min: self.snapshot_min,
             metrics: false,
             logs: false,
             flush_interval: self.flush_interval,
@@ -378,6 +391,9 @@ struct Task {
     engine: Engine,
     /// With `storage`: the journal of what changed the engine, and the acknowledgements waiting for its commit.
     journal: Option<Journal>,
+    /// The configuration's fingerprint (snapshots carry it) and the journal that makes a snapshot due.
+    fingerprint: u64,
+    snapshot_min: u64,
     /// Whether a metrics (logs) pipeline receives from the connector.
     metrics: bool,
     logs: bool,
@@ -441,14 +457,27 @@ impl Stage for Task {
         // decoded. Receivers validated the bytes: views cannot fail.
         if let Payload::Traces(t) = &mut batch.payload {
             self.engine.ingest_traces(t);
-            if let Some(j) = self.journal.as_mut() {
-                // Acknowledged once the journal holding it is committed.
-                j.append(durable::TAG_TRACES, &t.encoded());
-                j.hold(std::mem::take(&mut batch.acks));
-                j.commit_if_due();
+            let journaled = match (self.journal.as_mut(), self.engine.captured()) {
+                (Some(j), Some(record)) => j.append(durable::TAG_SPANS, record),
+                _ => Ok(()),
+            };
+            match (self.journal.as_mut(), journaled) {
+                (Some(j), Ok(())) => {
+                    // Acknowledged once the journal holding it is committed.
+                    j.hold(std::mem::take(&mut batch.acks));
+                    j.commit_if_due();
+                    durable::snapshot_if_due(&self.engine, j, self.fingerprint, self.snapshot_min);
+                    out.consume(batch);
+                }
+                (Some(_), Err(e)) => {
+                    // Counted by the journal. The engine counted the data, but a restart would not: the sender
+                    // is told it was not delivered.
+                    tracing::error!(connector = %self.id, error = %e, "traces not journaled");
+                    out.fail(batch, reason::ERROR);
+                }
+                // Aggregated: the batch is delivered when dropped.
+                (None, _) => out.consume(batch),
             }
-            // Aggregated: the batch is delivered when dropped.
-            out.consume(batch);
         } else {
             tracing::warn!(connector = %self.id, signal = %batch.signal(), "not traces; dropped");
             out.fail(batch, reason::UNSUPPORTED_SIGNAL);
@@ -472,13 +501,15 @@ impl Stage for Task {
         self.engine.idle_close(tick.idle, self.incident_idle);
         let after = (self.engine.watermark(), self.engine.any_open());
         if let Some(j) = self.journal.as_mut() {
+            // Empty records always fit.
             if mid != before {
-                j.append(durable::TAG_IDLE, &[]);
+                let _ = j.append(durable::TAG_IDLE, &[]);
             }
             if after != mid {
-                j.append(durable::TAG_IDLE_CLOSE, &[]);
+                let _ = j.append(durable::TAG_IDLE_CLOSE, &[]);
             }
             j.commit_if_due();
+            durable::snapshot_if_due(&self.engine, j, self.fingerprint, self.snapshot_min);
         }
         self.send_logs(out);
         if tick.flush {
@@ -490,6 +521,10 @@ impl Stage for Task {
         // Everything received is journaled before the final flush, which is not: a restart continues from the
         // state before it (pending operations still pending, incidents still open), as if it had not stopped.
         if let Some(j) = self.journal.as_mut() {
+            // A restart then starts from the snapshot alone.
+            if j.since_snapshot() > 0 {
+                durable::snapshot_now(&self.engine, j, self.fingerprint);
+            }
             j.close(Duration::from_secs(5));
         }
         self.engine.set_now(wall_ns());

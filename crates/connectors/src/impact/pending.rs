@@ -14,8 +14,9 @@
 //!
 //! # Duplicate span ids
 //!
-//! A span is identified by a 64-bit keyed hash (SipHash-1-3 with a per-process random key, as
-//! `std::collections::HashMap` uses) of its trace id and span id. Two kinds of memory:
+//! A span is identified by a 64-bit keyed hash (SipHash-2-4 with a random 128-bit key drawn when the engine
+//! starts empty and kept in its snapshot, so a restored engine hashes as the one that saved it) of its trace id
+//! and span id. Two kinds of memory:
 //!
 //! - **Pending** operations (event time at or after the watermark): an exact set of their hashes, 8 bytes
 //!   each (plus the table's control bytes and slack). A new span whose hash is in it is a duplicate. Two
@@ -37,7 +38,7 @@
 //! still within the lateness) instead of being dropped as a duplicate.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 
 use bizpilot_core::{Currency, Money};
 use opentelemetry_proto::tonic::common::v1::AnyValue;
@@ -70,9 +71,10 @@ type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
 const BUCKETS: u64 = 4096;
 
 /// Span ids remembered for dropping duplicates (see the module docs).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct SpanIds {
-    key: RandomState,
+    /// The hash key (k0, k1).
+    key: (u64, u64),
     pending: IdSet,
     /// Finalized ids: 32 bits of their hash, in buckets of event time `width`; `buckets[i]` holds slot
     /// `first_slot + i`; the front bucket's first `front_start` entries are already forgotten.
@@ -88,7 +90,10 @@ impl SpanIds {
     pub(super) fn new(window: u64) -> Self {
         let window = window.max(1);
         SpanIds {
-            key: RandomState::new(),
+            key: {
+                let r = RandomState::new();
+                (r.hash_one(0u8), r.hash_one(1u8))
+            },
             pending: IdSet::default(),
             buckets: VecDeque::new(),
             first_slot: 0,
@@ -101,7 +106,10 @@ impl SpanIds {
 
     /// The 64-bit id of a span.
     pub(super) fn hash(&self, trace: &[u8; 16], span: &[u8; 8]) -> u64 {
-        self.key.hash_one((trace, span))
+        #[allow(deprecated)] // SipHasher (2-4) is the std's only keyed hasher whose key can be saved
+        let mut h = std::hash::SipHasher::new_with_keys(self.key.0, self.key.1);
+        (trace, span).hash(&mut h);
+        h.finish()
     }
 
     /// Ids remembered (pending and finalized, including finalized ids of a bucket partly behind the window).
@@ -262,7 +270,7 @@ const SUCCESS: u8 = 1;
 const PROV_RISK: u8 = 2;
 
 /// A pending operation, packed: 80 bytes and one allocation for its variable part.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Packed {
     pub time: u64,
     pub seq: u64,

@@ -9,7 +9,7 @@ use bizpilot_core::{Money, MoneyTotals};
 use std::collections::HashMap;
 
 /// A fixed-bucket histogram of durations in seconds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Histogram {
     /// One count per bound plus the overflow bucket.
     pub counts: Vec<u64>,
@@ -44,7 +44,7 @@ impl Histogram {
 }
 
 /// What one series holds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Series {
     pub op: usize,
     /// Dimension values in configured order; `None` for the overflow series.
@@ -53,9 +53,13 @@ pub struct Series {
     pub failed: u64,
     pub duration_ok: Histogram,
     pub duration_failed: Histogram,
+    #[serde(with = "super::snapshot::money_totals")]
     pub revenue: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub at_risk: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub recovered: MoneyTotals,
+    #[serde(with = "super::snapshot::money_totals")]
     pub lost: MoneyTotals,
 }
 
@@ -93,7 +97,7 @@ pub enum MoneyKind {
 pub type DimValues = Box<[Box<str>]>;
 
 /// The series of all operations, bounded by `max_series`.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct SeriesTable {
     max: usize,
     bounds: Vec<f64>,

@@ -29,7 +29,7 @@ pub fn hash64(s: &str) -> u64 {
 }
 
 /// A HyperLogLog sketch with 2¹⁴ one-byte registers.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HyperLogLog {
     registers: Box<[u8]>,
 }
@@ -94,7 +94,7 @@ impl HyperLogLog {
 }
 
 /// A distinct counter: exact up to `limit` values, then a [`HyperLogLog`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Distinct {
     Exact { set: HashSet<u64>, limit: usize },
     Sketch(Box<HyperLogLog>),

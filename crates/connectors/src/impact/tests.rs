@@ -611,12 +611,23 @@ fn book_figures(e: &Engine) -> String {
 
 #[test]
 fn an_engine_replayed_from_its_journal_continues_exactly_as_the_uninterrupted_one() {
+    for trace_context in [false, true] {
+        replayed_from_the_journal(trace_context);
+    }
+}
+
+/// The journal holds what the engine read of each request (not the request); replayed, it gives the engine that
+/// was killed, which then continues exactly as the uninterrupted one.
+fn replayed_from_the_journal(trace_context: bool) {
     use bizpilot_core::storage::{Journal, MemoryStorage, Storage};
     let work = Shop::generate(&shop_config()).unwrap();
     let requests = work.trace_requests(200);
     let half = requests.len() / 2;
-    let raw: serde_yaml::Value = serde_yaml::from_str(IMPACT_CONFIG).unwrap();
+    let mut raw: serde_yaml::Value = serde_yaml::from_str(IMPACT_CONFIG).unwrap();
+    // IMPACT_CONFIG reads the tier from the trace.
+    raw["trace_context"]["enabled"] = serde_yaml::Value::Bool(trace_context);
     let cfg: BusinessImpactConfig = parse_config(&raw).unwrap();
+    assert_eq!(cfg.trace_context.enabled, trace_context);
     let state = || {
         let state = Arc::new(BusinessState::new("business_state", StateConfig::default()));
         let mapping = EventMapping::default();
@@ -633,7 +644,6 @@ fn an_engine_replayed_from_its_journal_continues_exactly_as_the_uninterrupted_on
             "business_impact",
         )
     };
-    let encoded = |r: &ExportTraceServiceRequestT| prost::Message::encode_to_vec(r);
 
     // The uninterrupted run; the input goes idle once after the first quarter (everything seen is final, incidents
     // close as idle), a wall-clock decision the journal carries as a record.
@@ -651,7 +661,7 @@ fn an_engine_replayed_from_its_journal_continues_exactly_as_the_uninterrupted_on
     }
     a.flush();
 
-    // The first half journaled, then the process is gone without a flush.
+    // The first half journaled (both ways of reading a request), then the process is gone without a flush.
     let storage = MemoryStorage::default();
     let open = || {
         Journal::open(
@@ -666,27 +676,96 @@ fn an_engine_replayed_from_its_journal_continues_exactly_as_the_uninterrupted_on
     let (mut j, replay) = open();
     assert!(replay.records.is_empty());
     let mut b = engine();
+    b.capture_input();
+    let (mut spans, mut request_bytes, mut record_bytes) = (0usize, 0usize, 0usize);
+    // Compaction: a snapshot once 64 KiB of journal (and twice the last snapshot) is written; what is stored
+    // stays below the last snapshot plus the journal allowed after it (plus one commit in flight).
+    let min_journal = 64u64 << 10;
+    let stored = || -> u64 {
+        let c = storage.client("business_impact").unwrap();
+        c.load_all()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum()
+    };
+    let (mut snapshots, mut max_stored, mut max_snapshot) = (0u32, 0u64, 0u64);
     for (i, r) in requests[..half].iter().enumerate() {
         if i == quarter {
             idle(&mut b);
-            j.append(durable::TAG_IDLE, &[]);
-            j.append(durable::TAG_IDLE_CLOSE, &[]);
+            j.append(durable::TAG_IDLE, &[]).unwrap();
+            j.append(durable::TAG_IDLE_CLOSE, &[]).unwrap();
         }
-        feed(&mut b, r, Path::Views);
-        j.append(durable::TAG_TRACES, &encoded(r));
+        feed(&mut b, r, if i % 3 == 0 { Path::Decoded } else { Path::Views });
+        spans += r
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum::<usize>();
+        request_bytes += prost::Message::encoded_len(r);
+        if let Some(rec) = b.captured() {
+            record_bytes += rec.len() + 5;
+            j.append(durable::TAG_SPANS, rec).unwrap();
+        }
+        if durable::snapshot_if_due(&b, &mut j, cfg.fingerprint(), min_journal) {
+            snapshots += 1;
+            max_snapshot = max_snapshot.max(j.snapshot_bytes());
+        }
+        if i % 8 == 0 {
+            j.commit();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let bound = max_snapshot + min_journal.max(2 * max_snapshot) + 64 * 1024;
+            let now = stored();
+            max_stored = max_stored.max(now);
+            assert!(now <= bound, "stored {now} B > bound {bound} B after request {i}");
+        }
     }
     j.close(std::time::Duration::from_secs(5));
+    println!(
+        "trace_context {trace_context}: {snapshots} snapshots (largest {max_snapshot} B), at most {max_stored} B \
+         stored, journal written {record_bytes} B"
+    );
+    assert!(snapshots >= 2, "compaction ran ({snapshots} snapshots)");
+    println!(
+        "trace_context {trace_context}: {spans} spans, requests {:.1} B/span, journal records {:.1} B/span",
+        request_bytes as f64 / spans as f64,
+        record_bytes as f64 / spans as f64
+    );
+    assert!(
+        record_bytes * 3 < request_bytes,
+        "records ({record_bytes} B) are a fraction of the requests ({request_bytes} B)"
+    );
     let before = book_figures(&b);
     assert!(b.pending() > 0, "killed with operations pending");
     drop(b);
 
     // Restored: the same state, and the rest (with the last requests before the kill sent again) ends where the
     // uninterrupted run ends.
-    let (_j, replay) = open();
+    let (mut j, replay) = open();
     let mut c = engine();
+    let snapshot = replay.snapshot.as_ref().expect("a snapshot was written");
+    c.load(cfg.fingerprint(), snapshot).unwrap();
     let done = durable::replay(&mut c, &replay, "business_impact");
-    assert_eq!((done.requests, done.idle, done.unreadable), (half as u64, 2, 0));
-    assert_eq!(book_figures(&c), before, "restored exactly");
+    assert_eq!(done.unreadable, 0);
+    assert!(
+        done.requests > 0 && done.requests < half as u64,
+        "the tail only: {done:?}"
+    );
+    assert_eq!(book_figures(&c), before, "restored exactly (snapshot + journal tail)");
+    // A snapshot of the restored engine alone restores it too.
+    assert!(durable::snapshot_now(&c, &mut j, cfg.fingerprint()));
+    j.close(std::time::Duration::from_secs(5));
+    let (_j, replay) = open();
+    assert!(replay.records.is_empty());
+    let mut c = engine();
+    c.load(cfg.fingerprint(), replay.snapshot.as_ref().unwrap()).unwrap();
+    assert_eq!(book_figures(&c), before, "restored exactly (snapshot alone)");
+    assert!(
+        c.load(cfg.fingerprint() ^ 1, replay.snapshot.as_ref().unwrap())
+            .is_err(),
+        "another configuration's snapshot is refused"
+    );
     let dup = c.stats().duplicates.get();
     for r in &requests[half - 10..] {
         feed(&mut c, r, Path::Views);

@@ -80,15 +80,16 @@ impl Default for TraceContextConfig {
 }
 
 /// One attribute found in a trace: the value of the earliest-starting span that carries it.
-#[derive(Debug)]
-struct Found {
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct Found {
     start: u64,
     span: [u8; 8],
+    #[serde(with = "super::snapshot::any_value")]
     value: AnyValueKind,
 }
 
-#[derive(Debug)]
-struct Rec {
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct Rec {
     /// The attributes found, by their index in `keys` (only those found: a trace seen only through spans
     /// without them, such as its root, costs no allocation).
     vals: Vec<(u16, Found)>,
@@ -132,7 +133,30 @@ pub struct Unresolved {
     pub dims: Box<[Option<Box<str>>]>,
 }
 
+/// What a snapshot keeps of a [`TraceContext`]: the records in flight, their order, the counters.
+pub(super) type Saved = (HashMap<[u8; 16], Rec>, Order, [u64; 3]);
+/// Traces in the order they were first seen, with their newest time then.
+type Order = VecDeque<([u8; 16], u64)>;
+
 impl TraceContext {
+    /// The state a snapshot keeps (borrowed).
+    pub(super) fn save(&self) -> (&HashMap<[u8; 16], Rec>, &Order, [u64; 3]) {
+        let s = &self.stats;
+        (&self.traces, &self.order, [s.incomplete, s.evicted, s.late])
+    }
+
+    /// Takes the state of a snapshot (the counters are added, to the self-telemetry too).
+    pub(super) fn load(&mut self, (traces, order, counts): Saved) {
+        self.traces = traces;
+        self.order = order;
+        let s = &mut self.stats;
+        s.incomplete += counts[0];
+        s.evicted += counts[1];
+        s.late += counts[2];
+        s.incomplete_m.increment(counts[0]);
+        s.evicted_m.increment(counts[1]);
+        s.late_m.increment(counts[2]);
+    }
     /// `keys`: the attributes to keep (deduplicated here).
     pub fn new(cfg: &TraceContextConfig, keys: Vec<String>, connector: &str) -> Self {
         let mut uniq: Vec<String> = Vec::new();

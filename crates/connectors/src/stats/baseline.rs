@@ -13,7 +13,7 @@
 //! the current estimate (a slow outlier moves it little).
 
 /// A failure probability learned from counts.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RateBaseline {
     decay: f64,
     n: f64,
@@ -64,7 +64,7 @@ impl RateBaseline {
 }
 
 /// The typical size of a positive quantity, on a log scale.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogScale {
     mean_ln: f64,
     count: u64,

@@ -16,7 +16,7 @@
 //! expected delay when the true rate is `p` is about `h / μ(p)` observations ([`drift`]).
 
 /// A Bernoulli CUSUM.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BernoulliCusum {
     h: f64,
     s: f64,

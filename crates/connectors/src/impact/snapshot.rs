@@ -1,0 +1,153 @@
+//! The `business_impact` engine's snapshot: its own state types (serde-derived), in CBOR, behind a header that
+//! names the format and the configuration's fingerprint. The journal ([`super::durable`]) writes one every so
+//! often and drops the records it covers; a restart loads it and re-applies the records after it.
+//!
+//! Layout: `format marker length (u8)`, `format marker` ([`FORMAT`]), `fingerprint (u64, big-endian)`, then the
+//! CBOR of the engine's state ([`super::Engine::save`]). CBOR (`ciborium`, as `order_kpi`'s snapshot) because the
+//! state has maps with non-string keys (span-id hashes, (operation, dimensions) series keys, trace ids).
+
+use bizpilot_core::{Money, MoneyTotals};
+
+/// The snapshot's format marker.
+pub const FORMAT: &str = "business_impact/snapshot/1";
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot could not be encoded: {0}")]
+    Encode(String),
+    #[error("snapshot unreadable: {0}")]
+    Decode(String),
+    #[error("snapshot of format {found:?}, this build reads {FORMAT:?}")]
+    Format { found: String },
+    #[error("snapshot written under another configuration (fingerprint {found:x}, now {want:x})")]
+    Fingerprint { found: u64, want: u64 },
+    #[error("snapshot does not fit this configuration: {0}")]
+    Shape(String),
+}
+
+/// Header + CBOR of `state`.
+pub fn encode<T: serde::Serialize>(fingerprint: u64, state: &T) -> Result<Vec<u8>, SnapshotError> {
+    let mut out = Vec::with_capacity(1 << 16);
+    out.push(FORMAT.len() as u8);
+    out.extend_from_slice(FORMAT.as_bytes());
+    out.extend_from_slice(&fingerprint.to_be_bytes());
+    ciborium::into_writer(state, &mut out).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    Ok(out)
+}
+
+/// Checks the header (format, `fingerprint`) and reads the state.
+pub fn decode<T: serde::de::DeserializeOwned>(fingerprint: u64, bytes: &[u8]) -> Result<T, SnapshotError> {
+    let short = || SnapshotError::Decode("cut short (header)".into());
+    let n = usize::from(*bytes.first().ok_or_else(short)?);
+    let format = bytes.get(1..1 + n).ok_or_else(short)?;
+    if format != FORMAT.as_bytes() {
+        return Err(SnapshotError::Format {
+            found: String::from_utf8_lossy(format).into_owned(),
+        });
+    }
+    let fp = bytes
+        .get(1 + n..9 + n)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(short)?;
+    if fp != fingerprint {
+        return Err(SnapshotError::Fingerprint {
+            found: fp,
+            want: fingerprint,
+        });
+    }
+    ciborium::from_reader(&bytes[9 + n..]).map_err(|e| SnapshotError::Decode(e.to_string()))
+}
+
+/// `MoneyTotals` as its list of per-currency totals (exact amounts, see `Money`'s serde form).
+pub mod money_totals {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(t: &MoneyTotals, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(t.iter())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<MoneyTotals, D::Error> {
+        let list: Vec<Money> = serde::Deserialize::deserialize(d)?;
+        let mut t = MoneyTotals::default();
+        for m in list {
+            t.add(m).map_err(serde::de::Error::custom)?;
+        }
+        Ok(t)
+    }
+}
+
+/// An OTLP `AnyValue` as its protobuf encoding (exact for every value kind).
+pub mod any_value {
+    use bizpilot_core::view::AnyValueKind;
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
+    use prost::Message;
+
+    pub fn serialize<S: serde::Serializer>(v: &AnyValueKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&AnyValue { value: Some(v.clone()) }.encode_to_vec())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<AnyValueKind, D::Error> {
+        let b: serde_bytes_like::Bytes = serde::Deserialize::deserialize(d)?;
+        AnyValue::decode(b.0.as_slice())
+            .map_err(serde::de::Error::custom)?
+            .value
+            .ok_or_else(|| serde::de::Error::custom("empty value"))
+    }
+
+    /// Bytes read from a CBOR byte string (or a sequence of integers).
+    mod serde_bytes_like {
+        pub struct Bytes(pub Vec<u8>);
+
+        impl<'de> serde::Deserialize<'de> for Bytes {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Bytes;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("bytes")
+                    }
+                    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                        Ok(Bytes(v.to_vec()))
+                    }
+                    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                        Ok(Bytes(v))
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Bytes, A::Error> {
+                        let mut out = Vec::new();
+                        while let Some(b) = a.next_element::<u8>()? {
+                            out.push(b);
+                        }
+                        Ok(Bytes(out))
+                    }
+                }
+                d.deserialize_bytes(V)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_names_format_and_configuration() {
+        let b = encode(7, &(1u64, "x")).unwrap();
+        assert_eq!(decode::<(u64, String)>(7, &b).unwrap(), (1, "x".into()));
+        assert_eq!(
+            decode::<(u64, String)>(8, &b).unwrap_err(),
+            SnapshotError::Fingerprint { found: 7, want: 8 }
+        );
+        let mut other = b.clone();
+        other[1] = b'B';
+        assert!(matches!(
+            decode::<(u64, String)>(7, &other),
+            Err(SnapshotError::Format { .. })
+        ));
+        for cut in 0..b.len() {
+            assert!(decode::<(u64, String)>(7, &b[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+}
