@@ -438,14 +438,38 @@ impl<M: OtlpMessage> Otlp<M> {
 pub type Traces = Otlp<ExportTraceServiceRequest>;
 
 impl Traces {
-    /// A request that core's own splitter wrote from validated bytes, with its span count
-    /// ([`crate::view::TraceGroup::into_traces`]): valid by construction, not walked again.
-    pub(crate) fn from_split(bytes: Bytes, items: usize) -> Traces {
+    /// A request written from parts of validated requests, with its span count: core's own splitter
+    /// ([`crate::view::TraceGroup::into_traces`]), spans released from a join window with their resources and
+    /// scopes. Valid by construction, not walked again.
+    pub fn from_written(bytes: impl Into<Bytes>, items: usize) -> Traces {
         Traces {
-            bytes: Some(bytes),
+            bytes: Some(bytes.into()),
             msg: None,
             items,
         }
+    }
+
+    /// Lets `edit` change each span on the encoding ([`crate::view::edit_spans`]: one walk, one edit list,
+    /// the request written once when anything changed): add or remove attributes, or take the span out
+    /// (the item count drops by the spans taken out, which is returned). Data held only decoded is encoded
+    /// first.
+    pub fn edit_spans(&mut self, mut edit: impl FnMut(&crate::view::SpanAt<'_>, &mut crate::view::SpanEdit)) -> usize {
+        if self.bytes.is_none() {
+            self.encoded();
+        }
+        let Some(b) = &self.bytes else { return 0 };
+        let std::ops::ControlFlow::Continue(edited) = crate::view::edit_spans(b, |at, e| {
+            edit(at, e);
+            std::ops::ControlFlow::Continue(())
+        }) else {
+            return 0;
+        };
+        if let Some(out) = edited.bytes {
+            self.bytes = Some(Bytes::from(out));
+            self.msg = None;
+            self.items = self.items.saturating_sub(edited.dropped);
+        }
+        edited.dropped
     }
 
     /// Calls `f` for every span through zero-copy views over the encoding (encoding once,
