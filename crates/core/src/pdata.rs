@@ -157,6 +157,9 @@ pub trait OtlpMessage: Message + Default + Clone + PartialEq + Send + Sync + 'st
     fn append(&mut self, other: &mut Self);
     /// Moves items beyond the first `n` into a new message, keeping resource and scope.
     fn split_off_items(&mut self, n: usize) -> Self;
+    /// Whether [`Otlp::split_off`] splits the encoding itself ([`crate::view::split_nested_at`]): the
+    /// request is resources (field 1) of scopes (field 2) of items (field 2), one item each (traces, logs).
+    const SPLITS_ENCODED: bool = false;
 }
 
 /// OTLP data of one signal, encoded or decoded.
@@ -417,11 +420,29 @@ impl<M: OtlpMessage> Otlp<M> {
         n
     }
 
-    /// Splits off everything after the first `n` items. Encoded payloads are split at
-    /// resource boundaries when one falls exactly on `n`, otherwise decoded.
+    /// Splits off everything after the first `n` items. Encoded traces and logs are split on their encoding
+    /// ([`crate::view::split_nested_at`]: one walk, each part written once, the resource and scope of the item
+    /// split at kept on both sides, as the decoded split does); metrics, and data held only decoded, are
+    /// split decoded.
     pub fn split_off(&mut self, n: usize) -> Result<Self, DataError> {
         if n >= self.items {
             return Ok(Self::default());
+        }
+        if M::SPLITS_ENCODED
+            && self.msg.is_none()
+            && let Some(b) = &self.bytes
+        {
+            count_work(M::SIGNAL, Work::Walk);
+            count_work(M::SIGNAL, Work::Copy);
+            let (head, tail) = crate::view::split_nested_at(b, n);
+            let rest = self.items - n;
+            self.bytes = Some(Bytes::from(head));
+            self.items = n;
+            return Ok(Self {
+                bytes: Some(Bytes::from(tail)),
+                msg: None,
+                items: rest,
+            });
         }
         self.ensure_decoded()?;
         let rest = match self.msg.as_mut() {
@@ -588,6 +609,7 @@ macro_rules! split_nested {
 
 impl OtlpMessage for ExportTraceServiceRequest {
     const SIGNAL: Signal = Signal::Traces;
+    const SPLITS_ENCODED: bool = true;
     fn schema() -> &'static wire::Schema {
         &wire::TRACES_REQUEST
     }
@@ -611,6 +633,7 @@ impl OtlpMessage for ExportTraceServiceRequest {
 
 impl OtlpMessage for ExportLogsServiceRequest {
     const SIGNAL: Signal = Signal::Logs;
+    const SPLITS_ENCODED: bool = true;
     fn schema() -> &'static wire::Schema {
         &wire::LOGS_REQUEST
     }
@@ -1012,6 +1035,24 @@ mod tests {
         let second = rest.into_message().unwrap();
         assert_eq!(first.resource_spans[0].scope_spans[0].spans[3].name, "x-3");
         assert_eq!(second.resource_spans[0].scope_spans[0].spans[0].name, "x-4");
+    }
+
+    /// Encoded traces are split on the encoding: no decode, no encode, and the parts are what the decoded
+    /// split gives.
+    #[test]
+    fn encoded_split_never_decodes() {
+        let msg = traces(10, "x");
+        let mut a = Traces::from_bytes(msg.encode_to_vec().into()).unwrap();
+        let before = work_on_this_thread();
+        let rest = a.split_off(4).unwrap();
+        let work = work_on_this_thread().since(&before);
+        assert_eq!((work.get(Work::Decode), work.get(Work::Encode)), (0, 0));
+        assert!(a.decoded().is_none() && rest.decoded().is_none());
+        assert_eq!((a.items(), rest.items()), (4, 6));
+        let mut want = msg.clone();
+        let want_rest = want.split_off_items(4);
+        assert_eq!(a.into_message().unwrap(), want);
+        assert_eq!(rest.into_message().unwrap(), want_rest);
     }
 
     #[test]

@@ -868,6 +868,90 @@ pub fn split_traces(request: &[u8]) -> TraceSplit<'_> {
     TraceSplit::Many(out)
 }
 
+/// Splits an encoded request of resources (field 1) of scopes (field 2) of items (field 2) — a traces or a
+/// logs request — after its first `n` items, without decoding: `(head, tail)`, each written once. As the
+/// decoded split (`OtlpMessage::split_off_items`): whole resources and scopes go to the side of their items;
+/// the resource and the scope the split falls in are kept on both sides (their other fields copied). Other
+/// fields of the request stay in the head.
+pub fn split_nested_at(request: &[u8], n: usize) -> (Vec<u8>, Vec<u8>) {
+    let mut head = Vec::with_capacity(request.len());
+    let mut tail = Vec::new();
+    let mut remaining = n;
+    for (tag, w, range) in Fields::new(request) {
+        let field = request.get(range).unwrap_or(&[]);
+        let (1, Wire::Bytes(rs)) = (tag, w) else {
+            head.extend_from_slice(field);
+            continue;
+        };
+        if remaining == 0 {
+            tail.extend_from_slice(field);
+            continue;
+        }
+        let items_in = |ss: &[u8]| {
+            Fields::new(ss)
+                .filter(|(t, w, _)| *t == 2 && matches!(w, Wire::Bytes(_)))
+                .count()
+        };
+        let count: usize = Fields::new(rs)
+            .filter_map(|(t, w, _)| match (t, w) {
+                (2, Wire::Bytes(ss)) => Some(items_in(ss)),
+                _ => None,
+            })
+            .sum();
+        if count < remaining {
+            remaining -= count;
+            head.extend_from_slice(field);
+            continue;
+        }
+        // The split falls in this resource (or at its last item: its scopes after that one go to the tail, as
+        // the decoded split moves them): its other fields go to both sides.
+        let (mut rs_head, mut rs_tail) = (Vec::new(), Vec::new());
+        let mut moved_scopes = false;
+        for (t, w, r) in Fields::new(rs) {
+            let f = rs.get(r).unwrap_or(&[]);
+            let (2, Wire::Bytes(ss)) = (t, w) else {
+                rs_head.extend_from_slice(f);
+                rs_tail.extend_from_slice(f);
+                continue;
+            };
+            if remaining == 0 {
+                rs_tail.extend_from_slice(f);
+                moved_scopes = true;
+                continue;
+            }
+            let k = items_in(ss);
+            if k <= remaining {
+                remaining -= k;
+                rs_head.extend_from_slice(f);
+                continue;
+            }
+            let (mut ss_head, mut ss_tail) = (Vec::new(), Vec::new());
+            for (t2, w2, r2) in Fields::new(ss) {
+                let f2 = ss.get(r2).unwrap_or(&[]);
+                match (t2, w2) {
+                    (2, Wire::Bytes(_)) if remaining > 0 => {
+                        remaining -= 1;
+                        ss_head.extend_from_slice(f2);
+                    }
+                    (2, Wire::Bytes(_)) => ss_tail.extend_from_slice(f2),
+                    _ => {
+                        ss_head.extend_from_slice(f2);
+                        ss_tail.extend_from_slice(f2);
+                    }
+                }
+            }
+            put_len_field(&mut rs_head, 2, &ss_head);
+            put_len_field(&mut rs_tail, 2, &ss_tail);
+            moved_scopes = true;
+        }
+        put_len_field(&mut head, 1, &rs_head);
+        if moved_scopes {
+            put_len_field(&mut tail, 1, &rs_tail);
+        }
+    }
+    (head, tail)
+}
+
 // --- field edits: replace or delete fields at any depth, applied in one pass ---
 
 /// Replacements and deletions of whole fields anywhere in an encoded message, collected during a walk over
@@ -1925,5 +2009,44 @@ mod tests {
         assert_eq!(spans.len(), 1, "the second span deleted, its append dropped");
         let keys: Vec<&str> = spans[0].attributes.iter().map(|a| a.key.as_str()).collect();
         assert_eq!(keys, ["b", "x", "y"]);
+    }
+
+    /// The encoded split equals the decoded split at every point of random requests (traces; logs share the
+    /// layout), and each part's item count is exact.
+    #[test]
+    fn split_nested_at_equals_the_decoded_split() {
+        use crate::pdata::OtlpMessage;
+        let mut rng = Rng(0x51_7cc1_b727_220a);
+        for round in 0..200 {
+            let req = random_request(&mut rng, round, 40);
+            let bytes = req.encode_to_vec();
+            let total = req.item_count();
+            for n in 1..total {
+                let (head, tail) = split_nested_at(&bytes, n);
+                let mut want_head = req.clone();
+                let want_tail = want_head.split_off_items(n);
+                let got_head = ExportTraceServiceRequest::decode(head.as_slice()).expect("valid head");
+                let got_tail = ExportTraceServiceRequest::decode(tail.as_slice()).expect("valid tail");
+                let shape = |r: &ExportTraceServiceRequest| {
+                    r.resource_spans
+                        .iter()
+                        .map(|rs| {
+                            rs.scope_spans
+                                .iter()
+                                .map(|ss| ss.spans.iter().map(|s| s.name.clone()).collect::<Vec<_>>())
+                                .collect::<Vec<_>>()
+                        })
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(
+                    (shape(&got_head), shape(&got_tail)),
+                    (shape(&want_head), shape(&want_tail)),
+                    "round {round}, n {n}"
+                );
+                assert_eq!((&got_head, &got_tail), (&want_head, &want_tail), "round {round}, n {n}");
+                assert_eq!((got_head.item_count(), got_tail.item_count()), (n, total - n));
+                assert_eq!(head, want_head.encode_to_vec(), "canonical stays canonical");
+            }
+        }
     }
 }
