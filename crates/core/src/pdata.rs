@@ -400,6 +400,28 @@ impl<M: OtlpMessage> Otlp<M> {
         Ok(())
     }
 
+    /// Joins `parts` in order into one encoded payload, each part's bytes copied once into a buffer of the
+    /// exact total size (parts held only decoded are encoded first, once). What repeated [`Otlp::append`]s
+    /// give, without their intermediate buffers and repeated copies: a protobuf message's repeated fields
+    /// concatenate.
+    pub fn concat(mut parts: Vec<Self>) -> Self {
+        if parts.len() <= 1 {
+            return parts.pop().unwrap_or_default();
+        }
+        let total: usize = parts.iter().map(Self::encoded_len).sum();
+        let mut out = Vec::with_capacity(total);
+        let mut items = 0;
+        for p in &mut parts {
+            out.extend_from_slice(&p.encoded());
+            items += p.items;
+        }
+        Self {
+            bytes: Some(Bytes::from(out)),
+            msg: None,
+            items,
+        }
+    }
+
     /// Replaces or deletes fields anywhere in the encoding, in one pass ([`crate::view::FieldEdits`]):
     /// `collect` walks the encoded bytes and records its edits, which are then applied at once, copying
     /// the bytes once when there is any. The edits must not add or remove items (spans, data points, log
@@ -755,6 +777,15 @@ impl Payload {
         }
     }
 
+    /// Whether the payload is held encoded.
+    pub fn is_encoded(&self) -> bool {
+        match self {
+            Payload::Traces(d) => d.encoded_bytes().is_some(),
+            Payload::Metrics(d) => d.encoded_bytes().is_some(),
+            Payload::Logs(d) => d.encoded_bytes().is_some(),
+        }
+    }
+
     pub fn encoded_len(&self) -> usize {
         match self {
             Payload::Traces(d) => d.encoded_len(),
@@ -817,6 +848,35 @@ impl Payload {
             (Payload::Logs(a), Payload::Logs(b)) => a.append(b).map_err(AppendError::Data),
             (_, other) => Err(AppendError::SignalMismatch(other)),
         }
+    }
+
+    /// Joins payloads of one signal in order, encoded ([`Otlp::concat`]: each part copied once). Parts of
+    /// mixed signals are given back unchanged.
+    pub fn concat(parts: Vec<Payload>) -> Result<Payload, Vec<Payload>> {
+        let Some(signal) = parts.first().map(Payload::signal) else {
+            return Err(parts);
+        };
+        if parts.iter().any(|p| p.signal() != signal) {
+            return Err(parts);
+        }
+        macro_rules! join {
+            ($v:ident) => {
+                Payload::$v(Otlp::concat(
+                    parts
+                        .into_iter()
+                        .filter_map(|p| match p {
+                            Payload::$v(d) => Some(d),
+                            _ => None,
+                        })
+                        .collect(),
+                ))
+            };
+        }
+        Ok(match signal {
+            Signal::Traces => join!(Traces),
+            Signal::Metrics => join!(Metrics),
+            Signal::Logs => join!(Logs),
+        })
     }
 
     /// Splits off everything after the first `n` items.
@@ -1023,6 +1083,38 @@ mod tests {
             }
             assert_eq!(names, want, "order kept");
         }
+    }
+
+    /// `concat` gives the bytes repeated appends give, in one buffer of the exact size: encoded and decoded
+    /// parts in any order, each decoded part encoded once, nothing decoded.
+    #[test]
+    fn concat_equals_repeated_appends_and_copies_once() {
+        use super::{Work, work_on_this_thread};
+        let enc = |n, p| Traces::from_bytes(traces(n, p).encode_to_vec().into()).unwrap();
+        let dec = |n, p| Traces::from_message(traces(n, p));
+        let parts = || vec![dec(3, "a"), enc(2, "b"), enc(4, "c"), dec(1, "d"), enc(5, "e")];
+        let mut appended = Traces::default();
+        for p in parts() {
+            appended.append(p).unwrap();
+        }
+        let before = work_on_this_thread();
+        let joined = Traces::concat(parts());
+        let work = work_on_this_thread().since(&before);
+        assert_eq!(
+            (work.get(Work::Decode), work.get(Work::Encode)),
+            (0, 2),
+            "the two decoded parts encoded once"
+        );
+        assert_eq!(joined.items(), 15);
+        let bytes = joined.encoded_bytes().unwrap();
+        assert_eq!(bytes, appended.encoded_bytes().unwrap());
+        let total: usize = parts().iter().map(Traces::encoded_len).sum();
+        assert_eq!(bytes.len(), total);
+        let mixed = Payload::concat(vec![Payload::Traces(enc(1, "x")), Payload::Logs(Logs::default())]);
+        assert!(
+            mixed.is_err_and(|given_back| given_back.len() == 2),
+            "mixed signals are given back"
+        );
     }
 
     #[test]
