@@ -430,6 +430,10 @@ def memory_phase(rate, seconds, args, overload_after=None):
                BIZPILOT_HEALTH_ENDPOINT="127.0.0.1:%d" % ports["health"])
     if args.malloc_arena_max:
         env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
+    if args.preload:
+        # Another allocator without rebuilding: e.g. /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 (Debian's
+        # libjemalloc2) or libmimalloc.so.2 (libmimalloc2.0).
+        env["LD_PRELOAD"] = args.preload
     tmp = tempfile.mkdtemp(prefix="bench-memory-")
     coll_log = open(os.path.join(tmp, "collector.log"), "w")
     cmd = [BIZPILOT, "run"]
@@ -481,6 +485,7 @@ def memory_phase(rate, seconds, args, overload_after=None):
                 pass
         stop(coll)
     res["malloc_arena_max"] = args.malloc_arena_max
+    res["preload"] = args.preload
     if args.heaptrack:
         res["heap"] = heap_summary(heap_file)
     return res
@@ -524,8 +529,9 @@ def memory_main(args):
         r = memory_phase(None, args.duration, args, overload_after=5)
         log("  max %s spans/s, overload: %s" % (fmt(r.get("achieved_spans_per_sec")), r.get("overload")))
         report["phases"].append(r)
-    L = ["Collector: %s%s%s." % (os.path.relpath(BIZPILOT, ROOT),
+    L = ["Collector: %s%s%s%s." % (os.path.relpath(BIZPILOT, ROOT),
                                  ", MALLOC_ARENA_MAX=%d" % args.malloc_arena_max if args.malloc_arena_max else "",
+                                 ", LD_PRELOAD=%s" % args.preload if args.preload else "",
                                  ", under heaptrack" if args.heaptrack else ""), "",
          "| phase | offered | achieved spans/s | CPU-s / M spans | peak RSS | RSS at the end | pending ops | "
          "peak heap | RSS trajectory (MiB, every ~10 % of the run) |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -766,6 +772,8 @@ def main():
                          "simulated period per lap, much faster than the wall clock)")
     ap.add_argument("--malloc-arena-max", type=int, default=0,
                     help="--memory: run the collector with MALLOC_ARENA_MAX set to this (glibc malloc arenas)")
+    ap.add_argument("--preload", metavar="LIB", default="",
+                    help="--memory: run the collector with LD_PRELOAD=LIB (another malloc, e.g. libjemalloc.so.2)")
     ap.add_argument("--heaptrack", action="store_true",
                     help="--memory: run the collector under heaptrack and report its peak heap (RSS then includes "
                          "heaptrack's own)")

@@ -157,6 +157,9 @@ pub trait OtlpMessage: Message + Default + Clone + PartialEq + Send + Sync + 'st
     fn append(&mut self, other: &mut Self);
     /// Moves items beyond the first `n` into a new message, keeping resource and scope.
     fn split_off_items(&mut self, n: usize) -> Self;
+    /// Whether [`Otlp::split_off`] splits the encoding itself ([`crate::view::split_nested_at`]): the
+    /// request is resources (field 1) of scopes (field 2) of items (field 2), one item each (traces, logs).
+    const SPLITS_ENCODED: bool = false;
 }
 
 /// OTLP data of one signal, encoded or decoded.
@@ -397,6 +400,28 @@ impl<M: OtlpMessage> Otlp<M> {
         Ok(())
     }
 
+    /// Joins `parts` in order into one encoded payload, each part's bytes copied once into a buffer of the
+    /// exact total size (parts held only decoded are encoded first, once). What repeated [`Otlp::append`]s
+    /// give, without their intermediate buffers and repeated copies: a protobuf message's repeated fields
+    /// concatenate.
+    pub fn concat(mut parts: Vec<Self>) -> Self {
+        if parts.len() <= 1 {
+            return parts.pop().unwrap_or_default();
+        }
+        let total: usize = parts.iter().map(Self::encoded_len).sum();
+        let mut out = Vec::with_capacity(total);
+        let mut items = 0;
+        for p in &mut parts {
+            out.extend_from_slice(&p.encoded());
+            items += p.items;
+        }
+        Self {
+            bytes: Some(Bytes::from(out)),
+            msg: None,
+            items,
+        }
+    }
+
     /// Replaces or deletes fields anywhere in the encoding, in one pass ([`crate::view::FieldEdits`]):
     /// `collect` walks the encoded bytes and records its edits, which are then applied at once, copying
     /// the bytes once when there is any. The edits must not add or remove items (spans, data points, log
@@ -417,11 +442,29 @@ impl<M: OtlpMessage> Otlp<M> {
         n
     }
 
-    /// Splits off everything after the first `n` items. Encoded payloads are split at
-    /// resource boundaries when one falls exactly on `n`, otherwise decoded.
+    /// Splits off everything after the first `n` items. Encoded traces and logs are split on their encoding
+    /// ([`crate::view::split_nested_at`]: one walk, each part written once, the resource and scope of the item
+    /// split at kept on both sides, as the decoded split does); metrics, and data held only decoded, are
+    /// split decoded.
     pub fn split_off(&mut self, n: usize) -> Result<Self, DataError> {
         if n >= self.items {
             return Ok(Self::default());
+        }
+        if M::SPLITS_ENCODED
+            && self.msg.is_none()
+            && let Some(b) = &self.bytes
+        {
+            count_work(M::SIGNAL, Work::Walk);
+            count_work(M::SIGNAL, Work::Copy);
+            let (head, tail) = crate::view::split_nested_at(b, n);
+            let rest = self.items - n;
+            self.bytes = Some(Bytes::from(head));
+            self.items = n;
+            return Ok(Self {
+                bytes: Some(Bytes::from(tail)),
+                msg: None,
+                items: rest,
+            });
         }
         self.ensure_decoded()?;
         let rest = match self.msg.as_mut() {
@@ -438,14 +481,38 @@ impl<M: OtlpMessage> Otlp<M> {
 pub type Traces = Otlp<ExportTraceServiceRequest>;
 
 impl Traces {
-    /// A request that core's own splitter wrote from validated bytes, with its span count
-    /// ([`crate::view::TraceGroup::into_traces`]): valid by construction, not walked again.
-    pub(crate) fn from_split(bytes: Bytes, items: usize) -> Traces {
+    /// A request written from parts of validated requests, with its span count: core's own splitter
+    /// ([`crate::view::TraceGroup::into_traces`]), spans released from a join window with their resources and
+    /// scopes. Valid by construction, not walked again.
+    pub fn from_written(bytes: impl Into<Bytes>, items: usize) -> Traces {
         Traces {
-            bytes: Some(bytes),
+            bytes: Some(bytes.into()),
             msg: None,
             items,
         }
+    }
+
+    /// Lets `edit` change each span on the encoding ([`crate::view::edit_spans`]: one walk, one edit list,
+    /// the request written once when anything changed): add or remove attributes, or take the span out
+    /// (the item count drops by the spans taken out, which is returned). Data held only decoded is encoded
+    /// first.
+    pub fn edit_spans(&mut self, mut edit: impl FnMut(&crate::view::SpanAt<'_>, &mut crate::view::SpanEdit)) -> usize {
+        if self.bytes.is_none() {
+            self.encoded();
+        }
+        let Some(b) = &self.bytes else { return 0 };
+        let std::ops::ControlFlow::Continue(edited) = crate::view::edit_spans(b, |at, e| {
+            edit(at, e);
+            std::ops::ControlFlow::Continue(())
+        }) else {
+            return 0;
+        };
+        if let Some(out) = edited.bytes {
+            self.bytes = Some(Bytes::from(out));
+            self.msg = None;
+            self.items = self.items.saturating_sub(edited.dropped);
+        }
+        edited.dropped
     }
 
     /// Calls `f` for every span through zero-copy views over the encoding (encoding once,
@@ -564,6 +631,7 @@ macro_rules! split_nested {
 
 impl OtlpMessage for ExportTraceServiceRequest {
     const SIGNAL: Signal = Signal::Traces;
+    const SPLITS_ENCODED: bool = true;
     fn schema() -> &'static wire::Schema {
         &wire::TRACES_REQUEST
     }
@@ -587,6 +655,7 @@ impl OtlpMessage for ExportTraceServiceRequest {
 
 impl OtlpMessage for ExportLogsServiceRequest {
     const SIGNAL: Signal = Signal::Logs;
+    const SPLITS_ENCODED: bool = true;
     fn schema() -> &'static wire::Schema {
         &wire::LOGS_REQUEST
     }
@@ -708,6 +777,15 @@ impl Payload {
         }
     }
 
+    /// Whether the payload is held encoded.
+    pub fn is_encoded(&self) -> bool {
+        match self {
+            Payload::Traces(d) => d.encoded_bytes().is_some(),
+            Payload::Metrics(d) => d.encoded_bytes().is_some(),
+            Payload::Logs(d) => d.encoded_bytes().is_some(),
+        }
+    }
+
     pub fn encoded_len(&self) -> usize {
         match self {
             Payload::Traces(d) => d.encoded_len(),
@@ -770,6 +848,35 @@ impl Payload {
             (Payload::Logs(a), Payload::Logs(b)) => a.append(b).map_err(AppendError::Data),
             (_, other) => Err(AppendError::SignalMismatch(other)),
         }
+    }
+
+    /// Joins payloads of one signal in order, encoded ([`Otlp::concat`]: each part copied once). Parts of
+    /// mixed signals are given back unchanged.
+    pub fn concat(parts: Vec<Payload>) -> Result<Payload, Vec<Payload>> {
+        let Some(signal) = parts.first().map(Payload::signal) else {
+            return Err(parts);
+        };
+        if parts.iter().any(|p| p.signal() != signal) {
+            return Err(parts);
+        }
+        macro_rules! join {
+            ($v:ident) => {
+                Payload::$v(Otlp::concat(
+                    parts
+                        .into_iter()
+                        .filter_map(|p| match p {
+                            Payload::$v(d) => Some(d),
+                            _ => None,
+                        })
+                        .collect(),
+                ))
+            };
+        }
+        Ok(match signal {
+            Signal::Traces => join!(Traces),
+            Signal::Metrics => join!(Metrics),
+            Signal::Logs => join!(Logs),
+        })
     }
 
     /// Splits off everything after the first `n` items.
@@ -978,6 +1085,38 @@ mod tests {
         }
     }
 
+    /// `concat` gives the bytes repeated appends give, in one buffer of the exact size: encoded and decoded
+    /// parts in any order, each decoded part encoded once, nothing decoded.
+    #[test]
+    fn concat_equals_repeated_appends_and_copies_once() {
+        use super::{Work, work_on_this_thread};
+        let enc = |n, p| Traces::from_bytes(traces(n, p).encode_to_vec().into()).unwrap();
+        let dec = |n, p| Traces::from_message(traces(n, p));
+        let parts = || vec![dec(3, "a"), enc(2, "b"), enc(4, "c"), dec(1, "d"), enc(5, "e")];
+        let mut appended = Traces::default();
+        for p in parts() {
+            appended.append(p).unwrap();
+        }
+        let before = work_on_this_thread();
+        let joined = Traces::concat(parts());
+        let work = work_on_this_thread().since(&before);
+        assert_eq!(
+            (work.get(Work::Decode), work.get(Work::Encode)),
+            (0, 2),
+            "the two decoded parts encoded once"
+        );
+        assert_eq!(joined.items(), 15);
+        let bytes = joined.encoded_bytes().unwrap();
+        assert_eq!(bytes, appended.encoded_bytes().unwrap());
+        let total: usize = parts().iter().map(Traces::encoded_len).sum();
+        assert_eq!(bytes.len(), total);
+        let mixed = Payload::concat(vec![Payload::Traces(enc(1, "x")), Payload::Logs(Logs::default())]);
+        assert!(
+            mixed.is_err_and(|given_back| given_back.len() == 2),
+            "mixed signals are given back"
+        );
+    }
+
     #[test]
     fn split_keeps_first_n_items_in_order() {
         let mut a = Traces::from_message(traces(10, "x"));
@@ -988,6 +1127,24 @@ mod tests {
         let second = rest.into_message().unwrap();
         assert_eq!(first.resource_spans[0].scope_spans[0].spans[3].name, "x-3");
         assert_eq!(second.resource_spans[0].scope_spans[0].spans[0].name, "x-4");
+    }
+
+    /// Encoded traces are split on the encoding: no decode, no encode, and the parts are what the decoded
+    /// split gives.
+    #[test]
+    fn encoded_split_never_decodes() {
+        let msg = traces(10, "x");
+        let mut a = Traces::from_bytes(msg.encode_to_vec().into()).unwrap();
+        let before = work_on_this_thread();
+        let rest = a.split_off(4).unwrap();
+        let work = work_on_this_thread().since(&before);
+        assert_eq!((work.get(Work::Decode), work.get(Work::Encode)), (0, 0));
+        assert!(a.decoded().is_none() && rest.decoded().is_none());
+        assert_eq!((a.items(), rest.items()), (4, 6));
+        let mut want = msg.clone();
+        let want_rest = want.split_off_items(4);
+        assert_eq!(a.into_message().unwrap(), want);
+        assert_eq!(rest.into_message().unwrap(), want_rest);
     }
 
     #[test]

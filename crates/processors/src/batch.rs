@@ -357,10 +357,43 @@ fn split_payload(payload: &mut Payload, n: usize) -> Result<Payload, DataError> 
     Ok(rest)
 }
 
-/// Joins batches in order. Adjacent pairs are merged level by level, so each
-/// encoded byte is copied O(log n) times rather than once per joined batch.
-/// Also returns the items lost in merges that failed.
-fn join(mut parts: Vec<Batch>) -> (Option<Batch>, usize) {
+/// Joins batches in order. When any part is encoded (what the OTLP receivers hand on), the parts are
+/// concatenated once into a buffer of the exact size ([`Payload::concat`]): every byte is copied once, and
+/// the peak is the parts plus the result. Parts all held decoded are merged pairwise, level by level (moving
+/// owned structs, not copying bytes). Also returns the items lost in merges that failed.
+fn join(parts: Vec<Batch>) -> (Option<Batch>, usize) {
+    let one_signal = parts
+        .windows(2)
+        .all(|w| w.first().map(Batch::signal) == w.get(1).map(Batch::signal));
+    if parts.len() > 1 && one_signal && parts.iter().any(|b| b.payload.is_encoded()) {
+        let mut acks = Vec::new();
+        let mut payloads = Vec::with_capacity(parts.len());
+        for b in parts {
+            let Batch { payload, acks: mut a } = b;
+            acks.append(&mut a);
+            payloads.push(payload);
+        }
+        return match Payload::concat(payloads) {
+            Ok(payload) => (Some(Batch { payload, acks }), 0),
+            // Not reached: the parts were checked to be of one signal.
+            Err(payloads) => {
+                let lost = payloads.iter().map(Payload::items).sum();
+                tracing::error!(
+                    items = lost,
+                    "batch processor: cannot join parts of mixed signals; dropping them"
+                );
+                for a in &acks {
+                    a.fail();
+                }
+                (None, lost)
+            }
+        };
+    }
+    join_pairwise(parts)
+}
+
+/// [`join`] by pairwise merges, level by level.
+fn join_pairwise(mut parts: Vec<Batch>) -> (Option<Batch>, usize) {
     let mut lost_items = 0;
     while parts.len() > 1 {
         let mut next = Vec::with_capacity(parts.len().div_ceil(2));

@@ -4,11 +4,11 @@
 //!
 //! - **encoded** ([`Engine::apply_encoded`], the processor's hot path): spans are read
 //!   through zero-copy views over the request bytes and the attributes the rules add or
-//!   remove are written through [`bizpilot_core::Traces::try_rewrite_spans`]; a request is
-//!   never decoded nor re-encoded, only changed spans are re-written (see [`super::target`]);
+//!   remove, and the spans that wait in the join window, are written through one edit list
+//!   ([`bizpilot_core::Traces::edit_spans`]); a request is never decoded nor re-encoded, only
+//!   changed spans are re-written (see [`super::target`]), held spans are kept encoded;
 //! - **decoded** ([`Engine::apply_traces`]): owned structs changed in place; used for log
-//!   records, for data that arrived decoded (OTLP/JSON), and for a request in which a span
-//!   must wait in the join window (held spans are kept decoded).
+//!   records and for data that arrived decoded (OTLP/JSON).
 //!
 //! Everything is compiled once ([`Engine::new`]): regexes, attribute names (with their
 //! slots in the engine's vocabulary), thresholds. Per item, a rule whose condition fails or
@@ -21,14 +21,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bizpilot_business::attrs::{self, KeyValue, Value};
 use bizpilot_business::{BusinessState, Lookup, LookupTable, amount};
-use bizpilot_core::view::ValueRef;
-use bizpilot_core::{Ack, Batch, Currency, Extensions, MoneyError, Payload, Traces, parse_config};
+use bizpilot_core::pb;
+use bizpilot_core::pdata::{Work, count_work};
+use bizpilot_core::view::{self, SpanEdit, ValueRef};
+use bizpilot_core::{Ack, Batch, Currency, Extensions, MoneyError, Payload, Signal, Traces, parse_config};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
 
 use super::config::{
     ClassifyConfig, EnrichConfig, JoinAttributes, ParseMoneyConfig, RuleConfig, ScalarConfig, WhenConfig,
@@ -285,26 +286,6 @@ impl Rule {
         self.cond.as_ref().is_none_or(|c| c.item_matches(item))
     }
 
-    /// Whether the action reads or writes attribute `k`.
-    fn names(&self, k: &Key) -> bool {
-        let is = |x: &Key| x.slot == k.slot;
-        match &self.action {
-            Action::Copy { from, to, .. } | Action::Rename { from, to, .. } => is(from) || is(to),
-            Action::ParseMoney(m) => {
-                is(&m.to)
-                    || is(&m.currency_to)
-                    || m.currency_from.as_ref().is_some_and(is)
-                    || match &m.source {
-                        MoneySource::Value(v) => is(v),
-                        MoneySource::UnitsNanos(u, n) => is(u) || n.as_ref().is_some_and(is),
-                    }
-            }
-            Action::Set { key, .. } => is(key),
-            Action::Classify(c) => is(&c.from) || is(&c.to),
-            Action::Delete(keys) => keys.iter().any(is),
-        }
-    }
-
     /// Applies the action; returns whether the item changed.
     fn apply<T: Target>(&self, a: &mut T, c: &mut Counts) -> bool {
         match &self.action {
@@ -511,17 +492,6 @@ impl StateJoin {
                 currency: vocab.key(&to.currency),
                 cart_items: vocab.key(&to.cart_items),
             },
-        }
-    }
-
-    /// Whether the item carries an order key that the state does not know (yet); counts nothing.
-    fn order_unknown<T: Target>(&self, item: &T) -> bool {
-        if self.order_key.name.is_empty() {
-            return false;
-        }
-        match item.get(&self.order_key).as_ref().and_then(target::text) {
-            Some(k) => !self.state.orders.contains(&k),
-            None => false,
         }
     }
 
@@ -777,11 +747,6 @@ impl Stats {
     }
 }
 
-/// Released spans of one scope.
-type ScopeGroup = (Arc<ScopeHeader>, Vec<Span>);
-/// Released spans of one resource, by scope.
-type ResGroup = (Arc<ResHeader>, Vec<ScopeGroup>);
-
 /// Why held spans are released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Release {
@@ -1018,7 +983,7 @@ impl Engine {
     /// attribute of the span's own that a rule replaces moves to the end). Returns the number of
     /// spans changed.
     pub fn apply_encoded(&self, t: &mut Traces) -> u64 {
-        self.process_encoded(t, None).map_or(0, |c| c.enriched)
+        self.process_encoded(t, None).enriched
     }
 
     /// Enriches every log record of `req` in place. Returns the number of records changed.
@@ -1040,29 +1005,26 @@ impl Engine {
         c.enriched
     }
 
-    /// Enriches the spans of `t` on its encoding ([`Traces::rewrite_span_bytes`]): each span is read
-    /// through a view, the rules and joins run on an [`target::Overlay`] of its attributes, and only
-    /// spans that changed are re-written. Nothing is allocated per span beyond what the rules
-    /// produce (e.g. a parsed amount's text).
+    /// Enriches the spans of `t` on its encoding ([`Traces::edit_spans`]): each span is read through a
+    /// view, the rules and joins run on an [`target::Overlay`] of its attributes, and only spans that
+    /// changed are re-written, in one pass at the end. Nothing is allocated per span beyond what the
+    /// rules produce (e.g. a parsed amount's text).
     ///
-    /// With `hold` (the processor's join window) and room in the holder, a span whose order key is
-    /// not (yet) in the state must wait, and held spans are kept decoded: when
-    /// [`Engine::some_order_unknown`] finds such a span, nothing is done and `None` is returned (the
-    /// caller takes the decoded path for this request). Should an order vanish from the state
-    /// between that check and the join (its TTL ending in between), its span goes on as a miss.
-    pub(crate) fn process_encoded(&self, t: &mut Traces, hold: Option<&Holder>) -> Option<Counts> {
-        let may_hold = hold.is_some_and(|h| h.has_room(1));
-        if may_hold && self.some_order_unknown(t) {
-            return None;
-        }
-        // A holder without room: spans of unknown orders go on at once, counted.
-        let overflow = hold.is_some() && !may_hold;
+    /// With `hold` (the processor's join window), a span whose order key is not (yet) in the state waits
+    /// while the holder has room: it is written as the rules before the join left it into the holder,
+    /// with its resource's and scope's other fields (shared by the spans held from them), and taken out
+    /// of the request in the same pass. Nothing is decoded.
+    pub(crate) fn process_encoded(&self, t: &mut Traces, mut hold: Option<HoldCtx<'_>>) -> Counts {
         let tables = self.tables();
         let mut c = Counts::default();
         let mut mask = Vec::new();
         let mut last_res: Option<(usize, usize)> = None;
         let mut scratch = Scratch::new(&self.vocab);
-        t.rewrite_span_bytes(|res, span, edit| {
+        // The headers of the resource and the scope of the last span held, by where they are in the request.
+        let mut res_header: Option<(usize, Arc<ResHeader>)> = None;
+        let mut scope_header: Option<(usize, Arc<ScopeHeader>)> = None;
+        t.edit_spans(|at, edit| {
+            let res = &at.resource;
             let id = (res.as_bytes().as_ptr() as usize, res.as_bytes().len());
             if last_res != Some(id) {
                 let attrs = res.attributes();
@@ -1070,9 +1032,68 @@ impl Engine {
                 last_res = Some(id);
             }
             let rv = ResView { mask: &mask };
-            let mut item = scratch.overlay(&self.vocab, span);
+            let mut item = scratch.overlay(&self.vocab, at.span);
             let (mut changed, j) = self.first_half(&rv, &mut item, &mut c);
-            if overflow && j.order == Found::Miss {
+            if j.order == Found::Miss
+                && let Some(h) = hold.as_mut()
+            {
+                if h.holder.has_room(1) {
+                    let key = self
+                        .state
+                        .as_ref()
+                        .and_then(|s| {
+                            item.get(&s.order_key)
+                                .as_ref()
+                                .and_then(target::text)
+                                .map(|k| k.into_owned())
+                        })
+                        .unwrap_or_default();
+                    item.emit(edit);
+                    let span = if edit.is_empty() {
+                        at.span.to_vec()
+                    } else {
+                        edit.apply_to(at.span)
+                    };
+                    edit.drop_span();
+                    let rs_at = at.resource_spans.as_ptr() as usize;
+                    let rh = match &res_header {
+                        Some((p, r)) if *p == rs_at => r.clone(),
+                        _ => {
+                            let (header, mid) = view::container_header(at.resource_spans, 2);
+                            let r = Arc::new(ResHeader {
+                                header,
+                                mid,
+                                mask: mask.clone(),
+                            });
+                            res_header = Some((rs_at, r.clone()));
+                            r
+                        }
+                    };
+                    let ss_at = at.scope_spans.as_ptr() as usize;
+                    let sh = match &scope_header {
+                        Some((p, s)) if *p == ss_at => s.clone(),
+                        _ => {
+                            let (header, mid) = view::container_header(at.scope_spans, 2);
+                            let s = Arc::new(ScopeHeader { header, mid });
+                            scope_header = Some((ss_at, s.clone()));
+                            s
+                        }
+                    };
+                    let acks = h.acks.get_or_insert_with(|| Arc::new(h.batch_acks.to_vec())).clone();
+                    h.holder.push(
+                        &key,
+                        HeldSpan {
+                            res: rh,
+                            scope: sh,
+                            span,
+                            changed,
+                            acks,
+                        },
+                        h.now,
+                    );
+                    c.held += 1;
+                    return;
+                }
                 c.hold_overflow += 1;
             }
             c.items += 1;
@@ -1082,54 +1103,7 @@ impl Engine {
             item.emit(edit);
         });
         self.stats.add(&c);
-        Some(c)
-    }
-
-    /// Whether a span of `t` carries, after the rules before the join, an order key the state does
-    /// not know (yet). Has no effect: counts nothing, asks the state with `contains`. When no rule
-    /// before the join names the order key, the key is read straight from the span's attributes;
-    /// otherwise those rules run on an overlay that is then dropped.
-    fn some_order_unknown(&self, t: &mut Traces) -> bool {
-        let Some(s) = &self.state else { return false };
-        if s.order_key.name.is_empty() {
-            return false;
-        }
-        let mut found = false;
-        if !self.before.iter().any(|r| r.names(&s.order_key)) {
-            t.for_each_span(|_, span| {
-                if !found
-                    && let Some(k) = span
-                        .attributes()
-                        .get_raw(&s.order_key.name)
-                        .and_then(ValueRef::from_encoded)
-                        .as_ref()
-                        .and_then(target::text)
-                {
-                    found = !s.state.orders.contains(&k);
-                }
-            });
-            return found;
-        }
-        let mut c = Counts::default();
-        let mut mask = Vec::new();
-        let mut last_res: Option<(usize, usize)> = None;
-        let mut scratch = Scratch::new(&self.vocab);
-        t.for_each_span(|res, span| {
-            if found {
-                return;
-            }
-            let id = (res.as_bytes().as_ptr() as usize, res.as_bytes().len());
-            if last_res != Some(id) {
-                let attrs = res.attributes();
-                self.resource_mask(|k| attrs.get_raw(k).and_then(ValueRef::from_encoded), &mut mask);
-                last_res = Some(id);
-            }
-            let rv = ResView { mask: &mask };
-            let mut item = scratch.overlay(&self.vocab, span.raw);
-            Self::run_rules(&self.before, &rv, &mut item, &mut c);
-            found = s.order_unknown(&item);
-        });
-        found
+        c
     }
 
     /// Enriches spans; with a hold context, spans whose order is not yet in the state are
@@ -1174,17 +1148,26 @@ impl Engine {
                 let Some(h) = hold.as_mut() else { continue };
                 let rh = res_header
                     .get_or_insert_with(|| {
-                        Arc::new(ResHeader {
-                            resource: resource.clone().unwrap_or_else(Resource::default),
+                        let rs = ResourceSpans {
+                            resource: resource.clone(),
                             schema_url: schema_url.clone(),
+                            scope_spans: Vec::new(),
+                        };
+                        let (header, mid) = view::container_header(&rs.encode_to_vec(), 2);
+                        Arc::new(ResHeader {
+                            header,
+                            mid,
                             mask: mask.clone(),
                         })
                     })
                     .clone();
-                let sh = Arc::new(ScopeHeader {
-                    scope: ss.scope.clone().unwrap_or_else(InstrumentationScope::default),
+                let scope = ScopeSpans {
+                    scope: ss.scope.clone(),
                     schema_url: ss.schema_url.clone(),
-                });
+                    spans: Vec::new(),
+                };
+                let (header, mid) = view::container_header(&scope.encode_to_vec(), 2);
+                let sh = Arc::new(ScopeHeader { header, mid });
                 let acks = h.acks.get_or_insert_with(|| Arc::new(h.batch_acks.to_vec())).clone();
                 let spans = std::mem::take(&mut ss.spans);
                 ss.spans.reserve(spans.len().saturating_sub(to_hold.len()));
@@ -1205,7 +1188,7 @@ impl Engine {
                                 HeldSpan {
                                     res: rh.clone(),
                                     scope: sh.clone(),
-                                    span,
+                                    span: span.encode_to_vec(),
                                     changed,
                                     acks: acks.clone(),
                                 },
@@ -1222,24 +1205,31 @@ impl Engine {
         c
     }
 
-    /// Finishes held spans (the state join again, lookups, rules after the join) and
-    /// gathers them into one batch carrying their sources' acknowledgements.
+    /// Finishes held spans (the state join again, lookups, rules after the join) on their encoding and
+    /// gathers them into one request (written once, grouped by the resources and scopes they came with)
+    /// carrying their sources' acknowledgements.
     pub(crate) fn release(&self, spans: Vec<HeldSpan>, why: Release) -> Option<Batch> {
         if spans.is_empty() {
             return None;
         }
+        let n = spans.len();
         let tables = self.tables();
         let mut c = Counts::default();
-        let mut groups: Vec<ResGroup> = Vec::new();
+        let mut scratch = Scratch::new(&self.vocab);
+        let mut edit = SpanEdit::default();
+        let mut groups: Vec<HeldGroup> = Vec::new();
         let mut acks: Vec<Arc<Vec<Ack>>> = Vec::new();
-        for mut h in spans {
+        for h in spans {
             let rv = ResView { mask: &h.res.mask };
             c.items += 1;
+            edit.clear();
+            let mut item = scratch.overlay(&self.vocab, &h.span);
             let j = match &self.state {
-                Some(s) => s.join(&mut Decoded(&mut h.span)),
+                Some(s) => s.join(&mut item),
                 None => JoinOutcome::default(),
             };
-            let changed = h.changed | j.changed | self.second_half(&rv, &tables, &mut Decoded(&mut h.span), &mut c);
+            let changed = h.changed | j.changed | self.second_half(&rv, &tables, &mut item, &mut c);
+            item.emit(&mut edit);
             c.join(j);
             c.enriched += u64::from(changed);
             match why {
@@ -1250,6 +1240,11 @@ impl Engine {
             if !acks.iter().any(|a| Arc::ptr_eq(a, &h.acks)) {
                 acks.push(h.acks.clone());
             }
+            let span = if edit.is_empty() {
+                h.span
+            } else {
+                edit.apply_to(&h.span)
+            };
             let gi = match groups.iter().position(|(r, _)| Arc::ptr_eq(r, &h.res)) {
                 Some(i) => i,
                 None => {
@@ -1259,32 +1254,61 @@ impl Engine {
             };
             if let Some((_, scopes)) = groups.get_mut(gi) {
                 match scopes.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &h.scope)) {
-                    Some((_, v)) => v.push(h.span),
-                    None => scopes.push((h.scope.clone(), vec![h.span])),
+                    Some((_, v)) => v.push(span),
+                    None => scopes.push((h.scope.clone(), vec![span])),
                 }
             }
         }
         self.stats.add(&c);
-        let req = ExportTraceServiceRequest {
-            resource_spans: groups
-                .into_iter()
-                .map(|(r, scopes)| ResourceSpans {
-                    resource: Some(r.resource.clone()),
-                    schema_url: r.schema_url.clone(),
-                    scope_spans: scopes
-                        .into_iter()
-                        .map(|(s, spans)| ScopeSpans {
-                            scope: Some(s.scope.clone()),
-                            schema_url: s.schema_url.clone(),
-                            spans,
-                        })
-                        .collect(),
-                })
-                .collect(),
-        };
+        // A new encoding written (the released spans' request): counted as a copy.
+        count_work(Signal::Traces, Work::Copy);
         Some(Batch {
-            payload: Payload::Traces(Traces::from_message(req)),
+            payload: Payload::Traces(Traces::from_written(write_held(&groups), n)),
             acks: acks.iter().flat_map(|a| a.iter().cloned()).collect(),
         })
     }
+}
+
+/// Held spans of one resource, by scope.
+type HeldGroup = (Arc<ResHeader>, Vec<(Arc<ScopeHeader>, Vec<Vec<u8>>)>);
+
+/// The traces request of released spans: per resource its header's fields, its scopes (each its header's
+/// fields and its spans), in field order, written once into a buffer of the final size.
+fn write_held(groups: &[HeldGroup]) -> Vec<u8> {
+    fn halves(h: &[u8], mid: usize) -> (&[u8], &[u8]) {
+        (h.get(..mid).unwrap_or(h), h.get(mid..).unwrap_or(&[]))
+    }
+    let scope_len = |s: &ScopeHeader, spans: &[Vec<u8>]| {
+        s.header.len() + spans.iter().map(|b| pb::len_field_size(2, b.len())).sum::<usize>()
+    };
+    let res_len = |r: &ResHeader, scopes: &[(Arc<ScopeHeader>, Vec<Vec<u8>>)]| {
+        r.header.len()
+            + scopes
+                .iter()
+                .map(|(s, spans)| pb::len_field_size(2, scope_len(s, spans)))
+                .sum::<usize>()
+    };
+    let total: usize = groups
+        .iter()
+        .map(|(r, scopes)| pb::len_field_size(1, res_len(r, scopes)))
+        .sum();
+    let mut out = Vec::with_capacity(total);
+    for (r, scopes) in groups {
+        pb::put_key(&mut out, 1, 2);
+        pb::put_varint(&mut out, res_len(r, scopes) as u64);
+        let (r_before, r_after) = halves(&r.header, r.mid);
+        out.extend_from_slice(r_before);
+        for (s, spans) in scopes {
+            pb::put_key(&mut out, 2, 2);
+            pb::put_varint(&mut out, scope_len(s, spans) as u64);
+            let (s_before, s_after) = halves(&s.header, s.mid);
+            out.extend_from_slice(s_before);
+            for span in spans {
+                pb::put_len_field(&mut out, 2, span);
+            }
+            out.extend_from_slice(s_after);
+        }
+        out.extend_from_slice(r_after);
+    }
+    out
 }

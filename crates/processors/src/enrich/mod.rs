@@ -37,9 +37,9 @@
 //! enclosing lengths fixed); the request is never decoded into owned structs nor
 //! re-encoded. One visible difference with decoding: an attribute of the span's own that a
 //! rule replaces (`overwrite: true`) moves to the end of the list instead of keeping its
-//! place. The decoded path is taken for traces that arrive decoded (OTLP/JSON), for a
-//! request in which a span has to wait in the join window (held spans are kept decoded),
-//! and for log records.
+//! place. A span that waits in the join window is taken out of the request in the same pass
+//! and kept encoded. The decoded path is taken for traces that arrive decoded (OTLP/JSON) and
+//! for log records.
 //!
 //! | key | default | meaning |
 //! | --- | --- | --- |
@@ -207,37 +207,38 @@ impl Processor for EnrichProcessor {
 /// Enriches one batch; held spans leave it. `None` when nothing is left to send.
 ///
 /// Traces held encoded (what the OTLP receivers hand on) are enriched on their bytes, through
-/// views ([`Engine::process_encoded`]): never decoded nor re-encoded. The decoded path is taken for
-/// traces that arrived decoded (OTLP/JSON: cheaper than encoding them first, the exporter encodes
-/// once anyway), for a request in which a span has to wait in the join window (held spans are
-/// kept decoded), and for log records.
+/// views ([`Engine::process_encoded`]): never decoded nor re-encoded, held spans kept encoded too. The
+/// decoded path is taken for traces that arrived decoded (OTLP/JSON: cheaper than encoding them first,
+/// the exporter encodes once anyway) and for log records.
 fn process(engine: &Engine, holder: Option<&mut Holder>, mut batch: Batch) -> Option<Batch> {
     let Batch { payload, acks } = &mut batch;
     match payload {
         Payload::Traces(t) => {
-            if t.encoded_bytes().is_some() && engine.process_encoded(t, holder.as_deref()).is_some() {
-                return Some(batch);
-            }
             let before = t.items();
-            let msg = match t.message_mut() {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "enrich: cannot decode traces; passing them on unchanged");
-                    return Some(batch);
-                }
-            };
             let hold = holder.map(|h| HoldCtx {
                 holder: h,
                 batch_acks: acks,
                 acks: None,
                 now: tokio::time::Instant::now(),
             });
-            let c = engine.process_traces(msg, hold);
-            if c.held > 0 {
-                t.recount();
-                if t.is_empty() && before > 0 {
-                    return None;
+            let c = if t.encoded_bytes().is_some() {
+                engine.process_encoded(t, hold)
+            } else {
+                let msg = match t.message_mut() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "enrich: cannot decode traces; passing them on unchanged");
+                        return Some(batch);
+                    }
+                };
+                let c = engine.process_traces(msg, hold);
+                if c.held > 0 {
+                    t.recount();
                 }
+                c
+            };
+            if c.held > 0 && t.is_empty() && before > 0 {
+                return None;
             }
         }
         Payload::Logs(l) => match l.message_mut() {

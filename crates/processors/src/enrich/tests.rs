@@ -596,10 +596,10 @@ rules:
     assert_eq!(e1.stats(), e2.stats());
 }
 
-/// With a join window, a request whose orders are all known, or that carries no order key, stays
-/// encoded (the view path); one with an unknown order takes the decoded path and its span waits.
+/// With a join window, every request stays encoded (the view path): one whose orders are all known, or
+/// that carries no order key, and one with an unknown order, whose span waits (kept encoded).
 #[tokio::test(start_paused = true)]
-async fn the_view_path_is_taken_unless_a_span_must_wait() {
+async fn requests_stay_encoded_when_a_span_must_wait() {
     let (exts, st) = state_exts(StateConfig::default());
     st.apply(&order_event("o-1", "c-1", "USD 10", 1));
     let mut h = harness(WINDOW_YAML, &exts);
@@ -629,6 +629,11 @@ async fn the_view_path_is_taken_unless_a_span_must_wait() {
     );
     h.tx.send(batch(unknown, Ack::new(|_| {}))).await.unwrap();
     let mut b = h.rx.recv().await.unwrap();
+    let Payload::Traces(t) = &b.payload else {
+        panic!("traces")
+    };
+    assert!(t.decoded().is_none() && t.encoded_bytes().is_some(), "never decoded");
+    assert_eq!(t.items(), 1, "the held span left the count");
     let got = out_spans(&mut b);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].name, "known");
@@ -788,4 +793,110 @@ fn preset_rules_give_the_same_on_views_and_decoded_for_random_spans() {
         enriched += assert_enrich_paths_agree(&rules, &bytes, &format!("round {round}"));
     }
     assert!(enriched > 200, "{enriched} spans enriched");
+}
+
+/// The join window on both paths: spans of unknown orders are taken out of their request (in the same pass
+/// as the rules, on the encoding) and released enriched once their order arrives, or unenriched. Held
+/// encoded (the view path: no decode, no encode) or decoded, the request that goes on and the request
+/// the released spans form are the same: several resources and scopes, schema URLs, attributes changed
+/// by the rules before the join.
+#[test]
+fn held_spans_give_the_same_requests_on_views_and_decoded() {
+    use bizpilot_core::pdata::{Work, work_on_this_thread};
+    let yaml = r#"
+rules:
+  - copy: {from: demo.order.id}
+  - delete: secret
+join:
+  state: business_state
+  window: 5s
+  max_held_spans: 100
+"#;
+    let order = |name: &str, o: &str| {
+        span(
+            name,
+            vec![kv_str("demo.order.id", o), kv_str("secret", "x"), kv_i64("n", 1)],
+        )
+    };
+    let mut req = request(
+        "checkout",
+        vec![
+            order("a", "o-1"),
+            order("b", "o-2"),
+            span("c", vec![]),
+            order("d", "o-3"),
+        ],
+    );
+    req.resource_spans[0].schema_url = "https://res".into();
+    req.resource_spans[0].scope_spans[0].schema_url = "https://scope".into();
+    req.resource_spans[0].scope_spans.push(ScopeSpans {
+        spans: vec![order("e", "o-2")],
+        ..Default::default()
+    });
+    req.resource_spans.push(
+        request("cart", vec![order("f", "o-3"), span("g", vec![])])
+            .resource_spans
+            .remove(0),
+    );
+
+    let run = |encoded: bool| {
+        // o-1 is known; o-2 arrives while its spans wait; o-3 never does.
+        let (exts, st) = state_exts(StateConfig::default());
+        st.apply(&order_event("o-1", "c-1", "USD 10", 1));
+        let engine = Engine::from_yaml(yaml, &exts).unwrap();
+        let mut holder = Holder::new(Duration::from_secs(5), 100);
+        let acks: Vec<Ack> = Vec::new();
+        let hold = Some(HoldCtx {
+            holder: &mut holder,
+            batch_acks: &acks,
+            acks: None,
+            now: tokio::time::Instant::now(),
+        });
+        let before = work_on_this_thread();
+        let (rest, held) = if encoded {
+            let mut t = Traces::from_bytes(req.encode_to_vec().into()).unwrap();
+            let c = engine.process_encoded(&mut t, hold);
+            (t, c.held)
+        } else {
+            let mut m = req.clone();
+            let c = engine.process_traces(&mut m, hold);
+            (Traces::from_message(m), c.held)
+        };
+        st.apply(&order_event("o-2", "c-2", "USD 20", 2));
+        let mut released = holder.take_key("o-2");
+        released.extend(holder.take_all());
+        let out = engine.release(released, Release::Arrival).unwrap();
+        let work = work_on_this_thread().since(&before);
+        let Payload::Traces(out) = out.payload else {
+            panic!("traces")
+        };
+        let (rest_items, out_items) = (rest.items(), out.items());
+        let (rest, out) = (rest.into_message().unwrap(), out.into_message().unwrap());
+        (held, rest_items, rest, out_items, out, work, engine.stats())
+    };
+    let views = run(true);
+    let decoded = run(false);
+    assert_eq!(views.0, 4, "b and e wait for o-2, d and f for o-3");
+    assert_eq!((views.1, views.3), (3, 4), "a, c, g go on; the four come back");
+    assert_eq!(
+        (views.0, views.1, &views.2, views.3, &views.4),
+        (decoded.0, decoded.1, &decoded.2, decoded.3, &decoded.4)
+    );
+    assert_eq!(views.6, decoded.6, "the same counts");
+    let back = spans(&views.4);
+    let names: Vec<&str> = back.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["b", "d", "e", "f"], "grouped by resource and scope");
+    assert_eq!(s(back[0], "business.customer.id").as_deref(), Some("c-2"));
+    assert!(s(back[1], "business.customer.id").is_none());
+    assert!(
+        back.iter()
+            .all(|sp| s(sp, "secret").is_none() && s(sp, "business.order.id").is_some())
+    );
+    assert_eq!(views.4.resource_spans[0].schema_url, "https://res");
+    assert_eq!(views.4.resource_spans[0].scope_spans[0].schema_url, "https://scope");
+    assert_eq!(
+        (views.5.get(Work::Decode), views.5.get(Work::Encode)),
+        (0, 0),
+        "views: nothing decoded nor encoded"
+    );
 }
