@@ -238,6 +238,7 @@ fn component_reference_is_generated_from_the_module_docs() {
         ("exporter `business_events`", "crates/exporters/src/business_events.rs"),
         ("exporter `kafka`", "crates/kafka/src/exporter.rs"),
         ("connector `forward`", "crates/connectors/src/forward.rs"),
+        ("connector `business_fleet`", "crates/connectors/src/fleet/mod.rs"),
         ("connector `business_impact`", "crates/connectors/src/impact/mod.rs"),
         (
             "connector `business_impact`: trace-aware operations",

@@ -290,49 +290,70 @@ pub fn partition_count(bootstrap: &str, topic: &str) -> i32 {
 
 /// Reads `topic` from the beginning (every partition, no consumer group) until at least `min`
 /// messages were read and nothing new came for `quiet`, or `timeout` passed.
+///
+/// A reader session that gets nothing for `STALL` while fewer than `min` messages were read is replaced by a new one
+/// that resumes after the last message of each partition: tansu sometimes stops answering one consumer's fetches of a
+/// backlog (seen on a loaded machine, with other consumers busy on other topics of the same broker), while a new
+/// consumer reads on.
 pub fn read_topic(bootstrap: &str, topic: &str, min: usize, quiet: Duration, timeout: Duration) -> Vec<Record> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "bizpilot-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    const STALL: Duration = Duration::from_secs(3);
     let n = partition_count(bootstrap, topic);
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..n {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
+    let mut next: Vec<Offset> = (0..n).map(|_| Offset::Beginning).collect();
     let mut out = Vec::new();
     let deadline = Instant::now() + timeout;
     let mut last_new = Instant::now();
-    while Instant::now() < deadline {
-        match c.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                out.push(Record {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            (0..h.count())
-                                .filter_map(|i| h.try_get(i))
-                                .map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                });
-                last_new = Instant::now();
-            }
-            Some(Err(e)) => eprintln!("test reader: {e}"),
-            None => {
-                if out.len() >= min && last_new.elapsed() >= quiet {
-                    break;
+    let mut sessions = 0;
+    'session: while Instant::now() < deadline {
+        sessions += 1;
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "bizpilot-test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in next.iter().enumerate() {
+            tpl.add_partition_offset(topic, p as i32, *o).expect("tpl");
+        }
+        c.assign(&tpl).expect("assign");
+        while Instant::now() < deadline {
+            match c.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    if let Some(slot) = usize::try_from(m.partition()).ok().and_then(|p| next.get_mut(p)) {
+                        *slot = Offset::Offset(m.offset() + 1);
+                    }
+                    out.push(Record {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        headers: m
+                            .headers()
+                            .map(|h| {
+                                (0..h.count())
+                                    .filter_map(|i| h.try_get(i))
+                                    .map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    });
+                    last_new = Instant::now();
+                }
+                Some(Err(e)) => eprintln!("test reader: {e}"),
+                None => {
+                    if out.len() >= min && last_new.elapsed() >= quiet {
+                        break 'session;
+                    }
+                    if out.len() < min && last_new.elapsed() >= STALL {
+                        last_new = Instant::now();
+                        continue 'session;
+                    }
                 }
             }
         }
+    }
+    if sessions > 1 {
+        eprintln!("test reader: {topic}: {} messages in {sessions} sessions", out.len());
     }
     out
 }

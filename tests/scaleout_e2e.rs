@@ -17,6 +17,11 @@
 //!    over. Every span and business event is consumed at least once; each process counted exactly the operations
 //!    and revenue of the spans it consumed (the stopped one's last figures reach its OTLP backend at shutdown), so
 //!    the two add up to the ground truth plus exactly what both consumed.
+//!
+//! A second test checks the **fleet figures** (`docs/fleet.md`): two, then three gateways in one group, one of them
+//! SIGKILLed mid-stream during a payment outage; every surviving gateway's `business_impact/fleet` equals the
+//! single-process ground truth exactly — distinct affected customers, revenue at risk, recovered and lost to the
+//! cent — and has the single process's incidents (one per outage and operation).
 
 mod common;
 #[path = "common/kafka_gateways.rs"]
@@ -31,7 +36,7 @@ use bizpilot_shopgen::{
     Emission, GroundTruth, Shop, ShopConfig, Tier, Workload, pack_events, pack_traces, spans::names,
 };
 use common::{Bizpilot, Received, free_addr, json_get, metric_sum, otlp_post, start_pipeline};
-use kafka_gateways::Gateway;
+use kafka_gateways::{Gateway, fleet_topic};
 use kafka_harness::{Tansu, create_topics, read_topic, receiver_assignments};
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 use prost::Message;
@@ -285,9 +290,17 @@ fn usd_of(list: &Json) -> Money {
         .unwrap_or_else(usd_zero)
 }
 
-/// The figures of `operation` from a gateway's `/api/v1/impact`.
+/// The figures of `operation` from a gateway's `/api/v1/impact` (its own `business_impact`).
 fn api_figures(b: &Bizpilot, operation: &str) -> Figures {
-    let (status, body) = json_get(b.admin, &format!("/api/v1/impact?operation={operation}&limit=0"));
+    connector_figures(b, "business_impact", operation)
+}
+
+/// The figures of `operation` of the `business_impact` connector `connector` of a gateway.
+fn connector_figures(b: &Bizpilot, connector: &str, operation: &str) -> Figures {
+    let (status, body) = json_get(
+        b.admin,
+        &format!("/api/v1/impact?connector={connector}&operation={operation}&limit=0"),
+    );
     assert_eq!(status, 200, "{body}\n{}", b.logs());
     let s = &body["summary"][0];
     let a = &s["affected_customers"];
@@ -491,8 +504,13 @@ fn cents(m: Money) -> i128 {
     m.to_minor_rounded()
 }
 
+/// The tests of this file run one at a time: each runs a broker and five or six `bizpilot` processes, and two such
+/// runs at once on a small machine starve the broker (a consumer then reads only part of a topic in time).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn gateways_in_one_consumer_group_add_up_to_one_and_survive_a_handover() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let started = Instant::now();
     let w1 = workload(41, START, "8m", ("1m", "6m"));
     let w2 = workload(42, START + 2 * W, "4m", ("1m", "3m"));
@@ -596,12 +614,14 @@ fn gateways_in_one_consumer_group_add_up_to_one_and_survive_a_handover() {
     // order is in one partition, and its spans are in that partition too.
     let n_events = w1.events().count();
     let mut partition_of: HashMap<String, i32> = HashMap::new();
+    // It returns once every event is read; the long limit is for a loaded machine, where tansu serves this reader
+    // (one record per batch) at a few dozen records a second.
     let records = read_topic(
         &b,
         "shop.orders",
         n_events,
         Duration::from_millis(500),
-        Duration::from_secs(30),
+        Duration::from_secs(150),
     );
     // What the reader got, per partition (count, lowest and highest offset), for the failure message.
     let mut read_per_partition: std::collections::BTreeMap<i32, (usize, i64, i64)> = Default::default();
@@ -742,12 +762,12 @@ fn gateways_in_one_consumer_group_add_up_to_one_and_survive_a_handover() {
         let missing = metric_sum(
             &m,
             "bizpilot_connector_business_impact_missing_total",
-            &["field=\"value\""],
+            &["connector=\"business_impact\"", "field=\"value\""],
         );
         let late = metric_sum(
             &m,
             "bizpilot_connector_business_impact_dropped_spans_total",
-            &["reason=\"late\""],
+            &["connector=\"business_impact\"", "reason=\"late\""],
         );
         assert_eq!(
             (misses, missing, late),
@@ -881,7 +901,7 @@ fn gateways_in_one_consumer_group_add_up_to_one_and_survive_a_handover() {
     );
     let late = gw0.bp.metric_sum(
         "bizpilot_connector_business_impact_dropped_spans_total",
-        &["reason=\"late\""],
+        &["connector=\"business_impact\"", "reason=\"late\""],
     );
     assert_eq!(late, 0.0, "no span of a moved partition was late at gateway-0");
 
@@ -970,9 +990,295 @@ fn gateways_in_one_consumer_group_add_up_to_one_and_survive_a_handover() {
         metric_sum(
             &m,
             "bizpilot_connector_business_impact_missing_total",
-            &["field=\"value\""]
+            &["connector=\"business_impact\"", "field=\"value\""]
         )
     );
     drop(sidecar);
+    eprintln!("[{:?}] done", started.elapsed());
+}
+
+/// The fleet connector of the shipped gateway pipeline.
+const FLEET: &str = "business_impact/fleet";
+
+/// Test settings of the fleet stage (added to `GATEWAY_OVERLAY`'s connectors): as the local connector's, minutes
+/// of shop in seconds.
+const FLEET_CONNECTOR: &str = r#"  business_impact/fleet:
+    allowed_lateness: 1h
+    idle_timeout: 20s
+    metrics_flush_interval: 200ms
+"#;
+
+/// `FLEET_E2E_UNMERGED=1` gives each gateway a fleet topic of its own: each fleet connector then sees one
+/// gateway's spans only (the merge disabled), and the test must fail — the check that it can.
+fn unmerged() -> bool {
+    std::env::var_os("FLEET_E2E_UNMERGED").is_some_and(|v| v == "1")
+}
+
+/// The overlay that adds the fleet stage to the shipped gateway pipeline.
+const FLEET_PIPELINE: &str = "pipelines/overlays/gateway-kafka-fleet.yaml";
+
+/// A gateway of the fleet test: the shipped pipeline with the fleet overlay, publishing to and reading its group's
+/// fleet topic (or, `unmerged`, one of its own).
+fn start_fleet_gateway(rt: &tokio::runtime::Runtime, name: &'static str, group: &str, brokers: &str) -> Gateway {
+    create_topics(brokers, &[fleet_topic(group).as_str()], 2);
+    let mut overlay = GATEWAY_OVERLAY.replacen("connectors:\n", &format!("connectors:\n{FLEET_CONNECTOR}"), 1);
+    if unmerged() {
+        let own = format!("{name}.own.fleet");
+        create_topics(brokers, &[own.as_str()], 2);
+        overlay = overlay.replacen(
+            "receivers:\n",
+            &format!("receivers:\n  kafka/fleet: {{topics: [{own}]}}\n"),
+            1,
+        );
+        overlay.push_str(&format!("exporters:\n  kafka/fleet_publish: {{traces_topic: {own}}}\n"));
+    }
+    kafka_gateways::start_gateway_with(rt, name, group, brokers, &[FLEET_PIPELINE], &overlay)
+}
+
+/// The fleet connector computes what the gateway's connector does: the overlay repeats its operations, trace
+/// context, dimensions, windows and incident detection (YAML cannot refer across files).
+#[test]
+fn the_fleet_overlay_repeats_the_gateway_connector_settings() {
+    let read = |p: &str| -> serde_yaml::Value {
+        serde_yaml::from_str(&std::fs::read_to_string(common::workspace_root().join(p)).unwrap()).unwrap()
+    };
+    let gateway = read("pipelines/gateway-kafka.yaml");
+    let overlay = read(FLEET_PIPELINE);
+    let local = &gateway["connectors"]["business_impact"];
+    let fleet = &overlay["connectors"]["business_impact/fleet"];
+    for key in ["operations", "trace_context", "dimensions", "dedup_window", "incident"] {
+        assert!(!local[key].is_null(), "{key} is set in the gateway pipeline");
+        assert_eq!(fleet[key], local[key], "business_impact/fleet.{key}");
+    }
+    assert!(fleet["state"].is_null(), "the fleet connector has no local join state");
+    assert_eq!(fleet["value"]["default_currency"], local["value"]["default_currency"]);
+    // Its unit tests (not under pipelines/tests: an overlay does not validate alone).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bizpilot"))
+        .current_dir(common::workspace_root())
+        .args([
+            "test",
+            "--config",
+            "pipelines/gateway-kafka.yaml",
+            "--config",
+            FLEET_PIPELINE,
+            "pipelines/overlays/tests/gateway-kafka-fleet.test.yaml",
+        ])
+        .output()
+        .expect("bizpilot test");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("2 passed, 0 failed"), "{text}");
+}
+
+/// The incidents of `operation` at a gateway's `connector`, oldest first: (kind, start, failed operations,
+/// affected customers).
+fn incidents(b: &Bizpilot, connector: &str, operation: &str) -> Vec<(String, u64, u64, u64)> {
+    let (status, body) = json_get(
+        b.admin,
+        &format!("/api/v1/incidents?connector={connector}&operation={operation}&limit=1000"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut out: Vec<(String, u64, u64, u64)> = body["incidents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            (
+                i["kind"].as_str().unwrap_or_default().to_string(),
+                i["start_unix_nano"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0),
+                i["failed_operations"].as_u64().unwrap_or(0),
+                i["affected_customers"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    out.sort_by_key(|i| i.1);
+    out
+}
+
+#[test]
+fn a_fleet_of_gateways_with_one_killed_and_one_added_counts_like_one_process() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let started = Instant::now();
+    let w = workload(43, START, "6m", ("1m", "4m"));
+    let t = &w.truth;
+    let broker = Tansu::start();
+    let b = broker.bootstrap.clone();
+    create_topics(&b, &["shop.spans", "shop.orders"], PARTITIONS);
+    create_topics(&b, &["shop.metrics", "shop.logs"], 1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // Two gateways in group `fleet`, and the single-process reference alone in its group (its own fleet topic).
+    let mut gw_a = start_fleet_gateway(&rt, "gw-a", "fleet", &b);
+    let gw_b = start_fleet_gateway(&rt, "gw-b", "fleet", &b);
+    wait_aligned(&[&gw_a, &gw_b], Duration::from_secs(60));
+    let reference = start_fleet_gateway(&rt, "gw-reference", "fleet-reference", &b);
+    wait_aligned(&[&reference], Duration::from_secs(60));
+    eprintln!(
+        "[{:?}] two gateways and the reference hold their partitions (fleet topics {} and {}; unmerged: {})",
+        started.elapsed(),
+        fleet_topic("fleet"),
+        fleet_topic("fleet-reference"),
+        unmerged()
+    );
+
+    let sidecar_http = free_addr();
+    let sidecar_admin = free_addr();
+    let sidecar_env = [
+        ("BIZPILOT_HASH_KEY", "scaleout-e2e-key".to_string()),
+        ("BIZPILOT_KAFKA_BROKERS", b.clone()),
+        ("BIZPILOT_OTLP_GRPC_ENDPOINT", free_addr().to_string()),
+        ("BIZPILOT_OTLP_HTTP_ENDPOINT", sidecar_http.to_string()),
+        ("BIZPILOT_ADMIN_ENDPOINT", sidecar_admin.to_string()),
+    ];
+    let sidecar_env: Vec<(&str, &str)> = sidecar_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _sidecar = start_pipeline(
+        "pipelines/sidecar-kafka.yaml",
+        SIDECAR_OVERLAY,
+        sidecar_admin,
+        &sidecar_env,
+    );
+
+    // A third of the workload (the outage starts in it) on two gateways; a third gateway joins; the rest streams
+    // in while one of the first two is SIGKILLed.
+    let third = w.emissions.len() / 3;
+    send(sidecar_http, &w.emissions[..third], Duration::ZERO);
+    let gw_c = start_fleet_gateway(&rt, "gw-c", "fleet", &b);
+    let held = wait_aligned(&[&gw_a, &gw_b, &gw_c], Duration::from_secs(90));
+    eprintln!("[{:?}] three gateways hold {held:?}", started.elapsed());
+    let accepted = |g: &Gateway| {
+        g.bp.metric_sum("bizpilot_receiver_accepted_spans_total", &["receiver=\"kafka/spans\""])
+    };
+    let before = accepted(&gw_a);
+    let sender = {
+        let rest = w.emissions[third..].to_vec();
+        std::thread::spawn(move || send(sidecar_http, &rest, Duration::from_millis(150)))
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while accepted(&gw_a) < before + 200.0 {
+        assert!(
+            Instant::now() < deadline,
+            "gw-a got nothing of the rest of the workload"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = accepted(&gw_a) - before;
+    gw_a.bp.signal("KILL");
+    let status = gw_a.bp.wait_exit(Duration::from_secs(10));
+    let killed_at = Instant::now();
+    eprintln!(
+        "[{:?}] gw-a SIGKILLed ({status}) after it took {took} spans of the rest",
+        started.elapsed()
+    );
+    // A replacement joins (as an orchestrator restarts a crashed pod, under another name): the group rebalances
+    // over the survivors and the new member. (tansu does not expire a dead member by `session.timeout.ms` alone: a
+    // rebalance that the dead member does not rejoin removes it.)
+    let gw_d = start_fleet_gateway(&rt, "gw-d", "fleet", &b);
+    let held = wait_aligned(&[&gw_b, &gw_c, &gw_d], Duration::from_secs(90));
+    eprintln!(
+        "[{:?}] gw-b, gw-c and gw-d hold {held:?}, {:?} after the kill",
+        started.elapsed(),
+        killed_at.elapsed()
+    );
+    sender.join().expect("sender");
+    eprintln!("[{:?}] workload sent", started.elapsed());
+
+    // The reference is the ground truth; the fleet figures of every surviving gateway are the same, exactly.
+    let truth: Vec<Figures> = OPERATIONS.iter().map(|op| truth_figures(t, op)).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let reference_done = OPERATIONS
+            .iter()
+            .zip(&truth)
+            .all(|(op, want)| api_figures(&reference.bp, op) == *want);
+        let fleet_done = [&gw_b, &gw_c, &gw_d].iter().all(|g| {
+            OPERATIONS
+                .iter()
+                .zip(&truth)
+                .all(|(op, want)| connector_figures(&g.bp, FLEET, op) == *want)
+        });
+        if reference_done && fleet_done {
+            break;
+        }
+        if Instant::now() >= deadline {
+            for (op, want) in OPERATIONS.iter().zip(&truth) {
+                assert_eq!(&api_figures(&reference.bp, op), want, "{op}: the single process");
+                for g in [&gw_b, &gw_c, &gw_d] {
+                    assert_eq!(
+                        &connector_figures(&g.bp, FLEET, op),
+                        want,
+                        "{op}: the fleet figures at {}",
+                        g.name
+                    );
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "[{:?}] fleet figures final and equal to the ground truth",
+        started.elapsed()
+    );
+    for g in [&gw_b, &gw_c, &gw_d] {
+        let spans = |d: &str| {
+            g.bp.metric_sum(
+                "bizpilot_connector_business_fleet_spans_total",
+                &[&format!("decision=\"{d}\"")],
+            )
+        };
+        eprintln!(
+            "{}: business_fleet published {} spans, skipped {}",
+            g.name,
+            spans("kept"),
+            spans("skipped")
+        );
+    }
+    for (op, want) in OPERATIONS.iter().zip(&truth) {
+        // What summing the local figures gives instead (customers counted on two gateways, split episodes).
+        let local = [&gw_b, &gw_c, &gw_d]
+            .iter()
+            .map(|g| api_figures(&g.bp, op))
+            .fold(None::<Figures>, |acc, f| Some(acc.map_or(f.clone(), |a| a.plus(&f))));
+        eprintln!(
+            "{op}: fleet = truth: {} operations, {} failed, at risk {}, recovered {}, lost {}, affected {:?}; \
+             the survivors' local figures summed (gw-a's lost): {:?}",
+            want.operations, want.failed, want.at_risk, want.recovered, want.lost, want.affected, local
+        );
+    }
+
+    // Incidents: the fleet's are the single process's — one per outage and operation, same start, same counts.
+    for op in OPERATIONS {
+        let single = incidents(&reference.bp, "business_impact", op);
+        let failures = single.iter().filter(|i| i.0 == "failures").count();
+        assert_eq!(
+            failures, 1,
+            "{op}: the single process opens one incident for the outage: {single:?}"
+        );
+        for g in [&gw_b, &gw_c, &gw_d] {
+            assert_eq!(
+                incidents(&g.bp, FLEET, op),
+                single,
+                "{op}: the fleet's incidents at {} are the single process's",
+                g.name
+            );
+        }
+        eprintln!("{op}: incidents (kind, start, failed operations, affected customers): {single:?}");
+    }
+    // Prometheus: the fleet figures carry figures="fleet" and equal the truth.
+    for g in [&gw_b, &gw_c, &gw_d] {
+        let text = scrape(g.fleet_prometheus);
+        for (op, want) in OPERATIONS.iter().zip(&truth) {
+            let f = format!("operation=\"{op}\"");
+            assert_eq!(
+                metric_sum(&text, "business_operations_total", &[&f, "figures=\"fleet\""]),
+                want.operations as f64,
+                "{op}: fleet operations scraped at {}",
+                g.name
+            );
+        }
+    }
     eprintln!("[{:?}] done", started.elapsed());
 }

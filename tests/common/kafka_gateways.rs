@@ -3,7 +3,7 @@
 //! Used with `kafka_harness.rs` (include both with `#[path]`).
 #![allow(dead_code)]
 
-use crate::common::{Bizpilot, Downstream, free_addr, start_pipeline};
+use crate::common::{Bizpilot, Downstream, free_addr, workspace_root};
 use crate::kafka_harness::{held_partitions, receiver_assignments};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -14,7 +14,15 @@ pub struct Gateway {
     pub name: &'static str,
     pub bp: Bizpilot,
     pub prometheus: SocketAddr,
+    /// Prometheus endpoint of the fleet figures (`prometheus/fleet`).
+    pub fleet_prometheus: SocketAddr,
     pub backend: Downstream,
+}
+
+/// The fleet topic of a consumer group's gateways (`BIZPILOT_FLEET_TOPIC`): one per group, so that gateways of
+/// different groups (a test's single-instance reference) do not merge their figures.
+pub fn fleet_topic(group: &str) -> String {
+    format!("{group}.fleet")
 }
 
 /// Starts a gateway named `name` (its `HOSTNAME`, hence its client id) in consumer group `group`.
@@ -25,22 +33,46 @@ pub fn start_gateway(
     brokers: &str,
     overlay: &str,
 ) -> Gateway {
+    start_gateway_with(rt, name, group, brokers, &[], overlay)
+}
+
+/// [`start_gateway`] with more config files (workspace-relative) between the shipped pipeline and `overlay`, e.g.
+/// `pipelines/overlays/gateway-kafka-fleet.yaml`, whose fleet topic is then the group's ([`fleet_topic`]; create it).
+pub fn start_gateway_with(
+    rt: &tokio::runtime::Runtime,
+    name: &'static str,
+    group: &str,
+    brokers: &str,
+    configs: &[&str],
+    overlay: &str,
+) -> Gateway {
     let backend = rt.block_on(Downstream::start());
-    let (admin, prometheus) = (free_addr(), free_addr());
+    let (admin, prometheus, fleet_prometheus) = (free_addr(), free_addr(), free_addr());
+    let fleet = fleet_topic(group);
     let env = [
         ("HOSTNAME", name.to_string()),
         ("BIZPILOT_KAFKA_BROKERS", brokers.to_string()),
         ("BIZPILOT_KAFKA_GROUP", group.to_string()),
         ("BIZPILOT_OTLP_BACKEND_ENDPOINT", format!("http://{}", backend.addr)),
         ("BIZPILOT_PROMETHEUS_ENDPOINT", prometheus.to_string()),
+        ("BIZPILOT_FLEET_PROMETHEUS_ENDPOINT", fleet_prometheus.to_string()),
+        ("BIZPILOT_FLEET_TOPIC", fleet),
         ("BIZPILOT_ADMIN_ENDPOINT", admin.to_string()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let bp = start_pipeline("pipelines/gateway-kafka.yaml", overlay, admin, &env);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let over = dir.path().join("overlay.yaml");
+    std::fs::write(&over, overlay).expect("write overlay");
+    let mut files = vec![workspace_root().join("pipelines/gateway-kafka.yaml")];
+    files.extend(configs.iter().map(|c| workspace_root().join(c)));
+    files.push(over);
+    let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+    let bp = Bizpilot::start_with(&paths, admin, dir, &env);
     Gateway {
         name,
         bp,
         prometheus,
+        fleet_prometheus,
         backend,
     }
 }

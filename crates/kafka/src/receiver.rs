@@ -67,6 +67,7 @@
 //! | `max_in_flight` | `1000` | unacknowledged messages per partition before it is paused |
 //! | `pipeline_wait` | `1s` | how long a message waits for room in the pipeline before consumption pauses |
 //! | `commit_interval` | `1s` | auto-commit period of the stored offsets |
+//! | `commit_offsets` | `true` | `false`: never commit, so every start reads from `initial_offset` again (a reader that rebuilds its state from a whole topic at each start, e.g. the fleet stage of `docs/fleet.md`; give each such reader its own `group_id`) |
 //! | `drain_timeout` | `10s` | wait for in-flight messages on revocation and shutdown |
 //! | `redelivery.initial_interval` | `500ms` | pause before a failed message is consumed again |
 //! | `redelivery.max_interval` | `30s` | longest such pause (the pause doubles per consecutive failure) |
@@ -194,6 +195,8 @@ pub struct KafkaReceiverConfig {
     pub max_in_flight: usize,
     pub pipeline_wait: Duration,
     pub commit_interval: Duration,
+    /// `false`: offsets are never committed; every start reads from `initial_offset` again.
+    pub commit_offsets: bool,
     pub drain_timeout: Duration,
     pub redelivery: RedeliverySettings,
     pub dead_letter_topic: String,
@@ -218,6 +221,7 @@ impl Default for KafkaReceiverConfig {
             max_in_flight: 1000,
             pipeline_wait: Duration::from_secs(1),
             commit_interval: Duration::from_secs(1),
+            commit_offsets: true,
             drain_timeout: Duration::from_secs(10),
             redelivery: RedeliverySettings::default(),
             dead_letter_topic: String::new(),
@@ -476,6 +480,8 @@ struct Shared {
     /// Wakes the consumer task.
     wake: Notify,
     drain_timeout: std::time::Duration,
+    /// `commit_offsets`: whether done offsets are committed.
+    commit: bool,
 }
 
 impl Shared {
@@ -647,7 +653,9 @@ impl ConsumerCallbacks {
                     .filter_map(|tp| st.offsets.get(tp)?.committable().map(|o| (tp.clone(), o)))
                     .collect()
             };
-            commit_marks(base, receiver, &marks);
+            if self.shared.commit {
+                commit_marks(base, receiver, &marks);
+            }
         }
         let mut st = lock(&self.shared.state);
         for tp in &tps {
@@ -724,7 +732,7 @@ impl Receiver for KafkaReceiver {
         drop(ctx.output);
         let mut cc = cfg.client().client_config();
         cc.set("group.id", &cfg.group_id)
-            .set("enable.auto.commit", "true")
+            .set("enable.auto.commit", if cfg.commit_offsets { "true" } else { "false" })
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set(
@@ -752,6 +760,7 @@ impl Receiver for KafkaReceiver {
             changed: Condvar::new(),
             wake: Notify::new(),
             drain_timeout: cfg.drain_timeout.get(),
+            commit: cfg.commit_offsets,
         });
         let consumer: StreamConsumer<ConsumerCallbacks> = cc
             .create_with_context(ConsumerCallbacks { shared: shared.clone() })
@@ -1146,7 +1155,9 @@ impl Runner {
                 .filter_map(|(tp, p)| p.committable().map(|o| (tp.clone(), o)))
                 .collect()
         };
-        commit_marks(&self.consumer, &self.receiver, &marks);
+        if self.shared.commit {
+            commit_marks(&self.consumer, &self.receiver, &marks);
+        }
         let Runner {
             consumer,
             dead_letter,
@@ -1184,6 +1195,8 @@ mod tests {
         assert_eq!(c.initial_offset, InitialOffset::Latest);
         assert_eq!(c.encoding, ReceiverEncoding::OtlpProto);
         assert_eq!(c.max_in_flight, 1000);
+        assert!(c.commit_offsets, "offsets are committed unless asked not to");
+        assert!(!parse("topics: [t]\ncommit_offsets: false").unwrap().commit_offsets);
         let c = parse(
             r#"
 brokers: [k1:9092, k2:9092]
