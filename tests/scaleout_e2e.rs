@@ -353,6 +353,28 @@ fn send(addr: SocketAddr, emissions: &[Emission], pause: Duration) {
     }
 }
 
+/// The sidecar (`pipelines/sidecar-kafka.yaml`, order-affinity variant) writing to `brokers`, and its OTLP/HTTP
+/// address.
+fn start_sidecar(brokers: &str) -> (Bizpilot, SocketAddr) {
+    let sidecar_http = free_addr();
+    let sidecar_admin = free_addr();
+    let sidecar_env = [
+        ("BIZPILOT_HASH_KEY", "scaleout-e2e-key".to_string()),
+        ("BIZPILOT_KAFKA_BROKERS", brokers.to_string()),
+        ("BIZPILOT_OTLP_GRPC_ENDPOINT", free_addr().to_string()),
+        ("BIZPILOT_OTLP_HTTP_ENDPOINT", sidecar_http.to_string()),
+        ("BIZPILOT_ADMIN_ENDPOINT", sidecar_admin.to_string()),
+    ];
+    let sidecar_env: Vec<(&str, &str)> = sidecar_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let sidecar = start_pipeline(
+        "pipelines/sidecar-kafka.yaml",
+        SIDECAR_OVERLAY,
+        sidecar_admin,
+        &sidecar_env,
+    );
+    (sidecar, sidecar_http)
+}
+
 /// A gateway process with its OTLP backend and business-metrics port.
 fn start_gateway(rt: &tokio::runtime::Runtime, name: &'static str, group: &str, brokers: &str) -> Gateway {
     kafka_gateways::start_gateway(rt, name, group, brokers, GATEWAY_OVERLAY)
@@ -547,22 +569,7 @@ fn gateways_in_one_consumer_group_add_up_to_one_and_survive_a_handover() {
     wait_aligned(&[&reference], Duration::from_secs(60));
     let assigned = (assignments_so_far(&gw0), assignments_so_far(&gw1));
 
-    let sidecar_http = free_addr();
-    let sidecar_admin = free_addr();
-    let sidecar_env = [
-        ("BIZPILOT_HASH_KEY", "scaleout-e2e-key".to_string()),
-        ("BIZPILOT_KAFKA_BROKERS", b.clone()),
-        ("BIZPILOT_OTLP_GRPC_ENDPOINT", free_addr().to_string()),
-        ("BIZPILOT_OTLP_HTTP_ENDPOINT", sidecar_http.to_string()),
-        ("BIZPILOT_ADMIN_ENDPOINT", sidecar_admin.to_string()),
-    ];
-    let sidecar_env: Vec<(&str, &str)> = sidecar_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let sidecar = start_pipeline(
-        "pipelines/sidecar-kafka.yaml",
-        SIDECAR_OVERLAY,
-        sidecar_admin,
-        &sidecar_env,
-    );
+    let (sidecar, sidecar_http) = start_sidecar(&b);
 
     // ---- 1. Steady state ----------------------------------------------------------------------------------------
     send(sidecar_http, &w1.emissions, Duration::ZERO);
@@ -1125,22 +1132,7 @@ fn a_fleet_of_gateways_with_one_killed_and_one_added_counts_like_one_process() {
         unmerged()
     );
 
-    let sidecar_http = free_addr();
-    let sidecar_admin = free_addr();
-    let sidecar_env = [
-        ("BIZPILOT_HASH_KEY", "scaleout-e2e-key".to_string()),
-        ("BIZPILOT_KAFKA_BROKERS", b.clone()),
-        ("BIZPILOT_OTLP_GRPC_ENDPOINT", free_addr().to_string()),
-        ("BIZPILOT_OTLP_HTTP_ENDPOINT", sidecar_http.to_string()),
-        ("BIZPILOT_ADMIN_ENDPOINT", sidecar_admin.to_string()),
-    ];
-    let sidecar_env: Vec<(&str, &str)> = sidecar_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let _sidecar = start_pipeline(
-        "pipelines/sidecar-kafka.yaml",
-        SIDECAR_OVERLAY,
-        sidecar_admin,
-        &sidecar_env,
-    );
+    let (_sidecar, sidecar_http) = start_sidecar(&b);
 
     // A third of the workload (the outage starts in it) on two gateways; a third gateway joins; the rest streams
     // in while one of the first two is SIGKILLed.
