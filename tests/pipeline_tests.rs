@@ -200,3 +200,39 @@ fn storage_runs_in_a_fresh_directory_per_case_and_is_removed() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A receiver and an exporter may share an id (`kafka/fleet` reads and writes one topic): each is replaced by
+/// its own injection or capture point.
+#[test]
+fn a_receiver_and_an_exporter_with_one_id_are_both_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("same-id.yaml");
+    std::fs::write(
+        &config,
+        "receivers:\n  otlp/same:\n    protocols: {grpc: {endpoint: 127.0.0.1:4317}}\n\
+         exporters:\n  otlp/same:\n    endpoint: 127.0.0.1:4318\n\
+         service:\n  pipelines:\n    traces:\n      receivers: [otlp/same]\n      exporters: [otlp/same]\n",
+    )
+    .expect("write config");
+    let tests = dir.path().join("same-id.test.yaml");
+    std::fs::write(
+        &tests,
+        "tests:\n  - name: a span goes through\n    inputs:\n      - traces:\n          resourceSpans:\n\
+         \x20           - scopeSpans:\n                - spans:\n                    - traceId: 1a2b3c4d5e6f708192a3b4c5d6e7f801\n\
+         \x20                     spanId: \"1122334455667788\"\n                      name: through\n\
+         \x20                     startTimeUnixNano: \"1767225600000000000\"\n\
+         \x20                     endTimeUnixNano: \"1767225600200000000\"\n\
+         \x20   outputs:\n      - extract_from: otlp/same\n        spans:\n          - name: through\n",
+    )
+    .expect("write tests");
+    let (out, stdout) = bizpilot_test(&[
+        "--config",
+        config.to_str().unwrap_or_default(),
+        tests.to_str().unwrap_or_default(),
+    ]);
+    assert!(
+        out.status.success() && summary(&stdout) == (1, 0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

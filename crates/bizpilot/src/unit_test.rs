@@ -559,23 +559,33 @@ impl Drop for CaseDir {
 fn rewire(base: &Config, case: &TestCase, shared: &Shared) -> Result<Rewired, TestError> {
     let mut cfg = base.clone();
     let mut points = HashMap::new();
+    // What `extract_from` names; when a receiver and an exporter share the id, the exporter (a receiver's output
+    // is the test's input).
     let kind_of = |id: &str| -> Option<ComponentKind> {
-        base.components
+        let mut kinds = base
+            .components
             .iter()
-            .find(|(_, c, _)| c.to_string() == id)
-            .map(|(k, _, _)| *k)
+            .filter(|(_, c, _)| c.to_string() == id)
+            .map(|(k, _, _)| *k);
+        let first = kinds.next()?;
+        Some(match first {
+            ComponentKind::Receiver => kinds.next().unwrap_or(first),
+            _ => first,
+        })
     };
 
     // Receivers → injection points.
     let mut receivers = HashMap::new();
-    let mut replaced: HashMap<ComponentId, ComponentId> = HashMap::new();
+    // Kept apart: a receiver and an exporter may share an id (`kafka/fleet` reads and writes one topic).
+    let mut replaced_receivers: HashMap<ComponentId, ComponentId> = HashMap::new();
+    let mut replaced_exporters: HashMap<ComponentId, ComponentId> = HashMap::new();
     let mut n = 0;
     for (k, id, _) in &base.components {
         if *k == ComponentKind::Receiver {
             n += 1;
             let inj = cid(INJECT, format!("r{n}"));
             receivers.insert(id.to_string(), inj.to_string());
-            replaced.insert(id.clone(), inj);
+            replaced_receivers.insert(id.clone(), inj);
         }
     }
     // Exporters that leave the process → capture sinks, each a point named after the exporter.
@@ -584,7 +594,7 @@ fn rewire(base: &Config, case: &TestCase, shared: &Shared) -> Result<Rewired, Te
             n += 1;
             let cap = cid(CAPTURE, format!("e{n}"));
             points.insert(cap.to_string(), id.to_string());
-            replaced.insert(id.clone(), cap);
+            replaced_exporters.insert(id.clone(), cap);
         }
     }
     cfg.components.retain(|(k, id, _)| {
@@ -616,18 +626,23 @@ fn rewire(base: &Config, case: &TestCase, shared: &Shared) -> Result<Rewired, Te
     } else {
         None
     };
-    for new in replaced.values() {
-        let kind = if new.type_name() == INJECT {
-            ComponentKind::Receiver
-        } else {
-            ComponentKind::Exporter
-        };
-        cfg.components.push((kind, new.clone(), serde_yaml::Value::Null));
+    for new in replaced_receivers.values() {
+        cfg.components
+            .push((ComponentKind::Receiver, new.clone(), serde_yaml::Value::Null));
+    }
+    for new in replaced_exporters.values() {
+        cfg.components
+            .push((ComponentKind::Exporter, new.clone(), serde_yaml::Value::Null));
     }
     for (_, pc) in cfg.pipelines.iter_mut() {
-        for r in pc.receivers.iter_mut().chain(pc.exporters.iter_mut()) {
-            if let Some(new) = replaced.get(r) {
-                *r = new.clone();
+        for (ids, replaced) in [
+            (&mut pc.receivers, &replaced_receivers),
+            (&mut pc.exporters, &replaced_exporters),
+        ] {
+            for r in ids.iter_mut() {
+                if let Some(new) = replaced.get(r) {
+                    *r = new.clone();
+                }
             }
         }
     }
