@@ -36,7 +36,7 @@ fn placed(i: usize) -> BusinessEvent {
     let mut ev = BusinessEvent::new("order.placed", 1_700_000_000_000_000_000 + i as u64);
     ev.order_id = Some(order(i));
     ev.customer_id = Some(customer(i));
-    ev.customer_tier = Some(if i % 3 == 0 { "gold" } else { "silver" }.into());
+    ev.customer_tier = Some(if i.is_multiple_of(3) { "gold" } else { "silver" }.into());
     ev.amount =
         Some(bizpilot_core::Money::parse(&format!("USD {}.{:02}", 10 + i % 90, i % 100), None).expect("amount"));
     ev
