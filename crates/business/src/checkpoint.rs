@@ -15,22 +15,33 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bizpilot_core::storage::{StorageClient, StorageError, StorageOp};
 
+use crate::changelog::{ChangelogError, ChangelogSink};
+use crate::context::{CustomerContext, OrderContext, TraceLink};
 use crate::state::{BusinessState, KeyedStore};
 
-const FORMAT_KEY: &[u8] = b"_format";
+/// Why a checkpoint failed (its changes stay pending for the next one).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Changelog(#[from] ChangelogError),
+}
+
+pub(crate) const FORMAT_KEY: &[u8] = b"_format";
 /// The format written and read by this build.
 pub const FORMAT: &[u8] = b"business_state/1";
 
 #[derive(Serialize)]
-struct EntryOut<'a, T> {
-    at_ms: u64,
-    v: &'a T,
+pub(crate) struct EntryOut<'a, T> {
+    pub(crate) at_ms: u64,
+    pub(crate) v: &'a T,
 }
 
 #[derive(Deserialize)]
-struct EntryIn<T> {
-    at_ms: u64,
-    v: T,
+pub(crate) struct EntryIn<T> {
+    pub(crate) at_ms: u64,
+    pub(crate) v: T,
 }
 
 /// What a restore put back.
@@ -45,35 +56,46 @@ pub struct Restored {
     pub unreadable: usize,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
+/// A key taken for a checkpoint: its current value, or `None` when it is gone.
+pub(crate) type Taken<V> = (Arc<str>, Option<Arc<V>>);
+
 fn changes_of<V: Clone + Send + Sync + Serialize + 'static>(
     store: &KeyedStore<V>,
     prefix: &str,
     now: u64,
     ops: &mut Vec<StorageOp>,
-) -> Vec<Arc<str>> {
+) -> Vec<Taken<V>> {
     let mut keys = Vec::new();
     for (key, cur) in store.take_changes() {
         let k = format!("{prefix}{key}").into_bytes();
-        match cur {
+        let value = match cur {
             Some((value, age)) => {
                 let at_ms = now.saturating_sub(age.as_millis() as u64);
                 match serde_json::to_vec(&EntryOut { at_ms, v: &*value }) {
                     Ok(v) => ops.push(StorageOp::Put(k, v)),
                     Err(e) => tracing::warn!(key = %key, error = %e, "business state entry not checkpointed"),
                 }
+                Some(value)
             }
-            None => ops.push(StorageOp::Delete(k)),
-        }
-        keys.push(key);
+            None => {
+                ops.push(StorageOp::Delete(k));
+                None
+            }
+        };
+        keys.push((key, value));
     }
     keys
+}
+
+fn keys_of<V>(taken: Vec<Taken<V>>) -> impl Iterator<Item = Arc<str>> {
+    taken.into_iter().map(|(k, _)| k)
 }
 
 impl BusinessState {
@@ -92,6 +114,24 @@ impl BusinessState {
     /// ([`BusinessState::wait_durable`] returns). A failed checkpoint makes nothing durable; the
     /// next successful one covers its changes too.
     pub fn checkpoint(&self, client: &dyn StorageClient) -> Result<usize, StorageError> {
+        self.checkpoint_with(Some(client), None).map_err(|e| match e {
+            CheckpointError::Storage(e) => e,
+            // Without a changelog there is no changelog error.
+            CheckpointError::Changelog(e) => StorageError::Io {
+                path: "changelog".into(),
+                reason: e.to_string(),
+            },
+        })
+    }
+
+    /// [`BusinessState::checkpoint`] into local storage, a changelog topic, or both: the epoch is
+    /// committed once every destination has the changes (the changelog's produce acknowledged;
+    /// see [`crate::changelog`]). On any failure the changes stay pending for the next call.
+    pub fn checkpoint_with(
+        &self,
+        client: Option<&dyn StorageClient>,
+        changelog: Option<&dyn ChangelogSink>,
+    ) -> Result<usize, CheckpointError> {
         let closed = self.durability.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let now = now_ms();
         let mut ops = vec![StorageOp::Put(FORMAT_KEY.to_vec(), FORMAT.to_vec())];
@@ -99,13 +139,20 @@ impl BusinessState {
         let c = changes_of(&self.customers, "c/", now, &mut ops);
         let t = changes_of(&self.traces, "t/", now, &mut ops);
         let n = ops.len() - 1;
-        if n > 0
-            && let Err(e) = client.apply(&ops)
-        {
-            self.orders.requeue_changes(o);
-            self.customers.requeue_changes(c);
-            self.traces.requeue_changes(t);
-            return Err(e);
+        if n > 0 {
+            let mut result = client.map_or(Ok(()), |client| client.apply(&ops).map_err(CheckpointError::from));
+            if result.is_ok()
+                && let Some(sink) = changelog
+            {
+                let records = crate::changelog::route(&ops[1..], &o, &t, sink.partitions());
+                result = sink.send(&records).map_err(CheckpointError::from);
+            }
+            if let Err(e) = result {
+                self.orders.requeue_changes(keys_of(o));
+                self.customers.requeue_changes(keys_of(c));
+                self.traces.requeue_changes(keys_of(t));
+                return Err(e);
+            }
         }
         // Epochs only grow; a concurrent checkpoint that closed a later epoch may have been first.
         self.durability.committed.send_if_modified(|c| {
@@ -164,24 +211,46 @@ impl BusinessState {
                 restored.unreadable += 1;
             }
         }
-        let (n, x) = put_back(&self.orders, orders, now);
-        restored.orders = n;
-        restored.expired += x;
-        let (n, x) = put_back(&self.customers, customers, now);
-        restored.customers = n;
-        restored.expired += x;
-        let (n, x) = put_back(&self.traces, traces, now);
-        restored.traces = n;
-        restored.expired += x;
+        self.put_back_all(
+            Entries {
+                orders,
+                customers,
+                traces,
+            },
+            now,
+            &mut restored,
+        );
         Ok(restored)
     }
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<EntryIn<T>, String> {
+/// Entries read back from a checkpoint or a changelog: `(at_ms, key, value)` per store.
+pub(crate) struct Entries {
+    pub(crate) orders: Vec<(u64, String, OrderContext)>,
+    pub(crate) customers: Vec<(u64, String, CustomerContext)>,
+    pub(crate) traces: Vec<(u64, String, TraceLink)>,
+}
+
+impl BusinessState {
+    /// Puts `entries` back, each store oldest first, and counts them into `restored`.
+    pub(crate) fn put_back_all(&self, entries: Entries, now: u64, restored: &mut Restored) {
+        let (n, x) = put_back(&self.orders, entries.orders, now);
+        restored.orders = n;
+        restored.expired += x;
+        let (n, x) = put_back(&self.customers, entries.customers, now);
+        restored.customers = n;
+        restored.expired += x;
+        let (n, x) = put_back(&self.traces, entries.traces, now);
+        restored.traces = n;
+        restored.expired += x;
+    }
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<EntryIn<T>, String> {
     serde_json::from_slice(v).map_err(|e| e.to_string())
 }
 
-fn put_back<V: Clone + Send + Sync + 'static>(
+pub(crate) fn put_back<V: Clone + Send + Sync + 'static>(
     store: &KeyedStore<V>,
     mut items: Vec<(u64, String, V)>,
     now: u64,

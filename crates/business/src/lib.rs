@@ -17,6 +17,7 @@
 
 pub mod amount;
 pub mod attrs;
+pub mod changelog;
 pub mod checkpoint;
 pub mod context;
 pub mod event;

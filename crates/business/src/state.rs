@@ -239,6 +239,17 @@ impl<V: Clone + Send + Sync + 'static> KeyedStore<V> {
             .map(|s| s.value.clone())
     }
 
+    /// How long ago `key` was last updated, if it is present (not expired).
+    pub fn age(&self, key: &str) -> Option<Duration> {
+        let now = Instant::now();
+        let shard = read(self.shard(key));
+        shard
+            .map
+            .get(key)
+            .filter(|s| self.live(s, Some(now)))
+            .map(|s| now.saturating_duration_since(s.updated))
+    }
+
     /// Whether `key` is present (not expired), without counting.
     pub fn contains(&self, key: &str) -> bool {
         let now = self.ttl.map(|_| Instant::now());
@@ -542,6 +553,8 @@ pub struct BusinessState {
     join_counts: [AtomicU64; 2],
     /// What is durable: see [`BusinessState::change_epoch`].
     pub(crate) durability: Durability,
+    /// Where checkpoints also go: see [`crate::changelog`].
+    pub(crate) changelog: std::sync::OnceLock<Arc<dyn crate::changelog::ChangelogSink>>,
 }
 
 /// Which changes a checkpoint has made durable.
@@ -577,6 +590,7 @@ impl BusinessState {
             joins_event_first: joins("event"),
             join_counts: [AtomicU64::new(0), AtomicU64::new(0)],
             durability: Durability::default(),
+            changelog: std::sync::OnceLock::new(),
         }
     }
 

@@ -133,12 +133,13 @@ pub struct BusinessStateExtensionFactory;
 pub struct BusinessStateExtension {
     state: Arc<BusinessState>,
     purge_interval: std::time::Duration,
-    checkpoints: Option<Checkpoints>,
+    checkpoints: Checkpoints,
 }
 
-/// Where and how often the state is checkpointed.
+/// Where and how often the state is checkpointed: into `storage` (if configured) and into a changelog
+/// topic attached to the state (`bizpilot_business::changelog`, `docs/partition-state.md`), if any.
 struct Checkpoints {
-    client: Arc<dyn StorageClient>,
+    client: Option<Arc<dyn StorageClient>>,
     every: std::time::Duration,
     done: metrics::Counter,
     errors: metrics::Counter,
@@ -149,7 +150,11 @@ impl Checkpoints {
     /// One checkpoint, off the async workers (a commit waits for the disk).
     async fn run(&self, state: &Arc<BusinessState>, id: &str) {
         let (state, client) = (state.clone(), self.client.clone());
-        match tokio::task::spawn_blocking(move || state.checkpoint(&*client)).await {
+        let checkpoint = move || {
+            let sink = state.changelog().cloned();
+            state.checkpoint_with(client.as_deref(), sink.as_deref())
+        };
+        match tokio::task::spawn_blocking(checkpoint).await {
             Ok(Ok(n)) => {
                 if n > 0 {
                     self.done.increment(1);
@@ -192,13 +197,13 @@ impl ExtensionFactory for BusinessStateExtensionFactory {
     fn create(&self, config: Self::Config, ctx: &CreateContext<'_>) -> Result<Arc<dyn Extension>, ComponentError> {
         let id = ctx.id.to_string();
         let state = Arc::new(BusinessState::new(&id, config.state_config()));
-        let mut checkpoints = None;
+        let mut client = None;
         if let Some(storage) = &config.storage {
             let sid = storage;
-            let client = bizpilot_core::storage::client_for(ctx.extensions, storage, &id)?;
+            let storage_client = bizpilot_core::storage::client_for(ctx.extensions, storage, &id)?;
             let started = std::time::Instant::now();
             let restored = state
-                .restore_from(&*client, &id)
+                .restore_from(&*storage_client, &id)
                 .map_err(|e| ComponentError::Other(e.to_string()))?;
             let took = started.elapsed();
             metrics::gauge!("bizpilot_business_state_restored_entries", "extension" => id.clone())
@@ -209,14 +214,15 @@ impl ExtensionFactory for BusinessStateExtensionFactory {
                 traces = restored.traces, expired = restored.expired, unreadable = restored.unreadable,
                 seconds = took.as_secs_f64(), "business state restored");
             state.track_changes();
-            checkpoints = Some(Checkpoints {
-                client,
-                every: config.checkpoint_interval.get(),
-                done: metrics::counter!("bizpilot_business_state_checkpoints_total", "extension" => id.clone()),
-                errors: metrics::counter!("bizpilot_business_state_checkpoint_errors_total", "extension" => id.clone()),
-                keys: metrics::counter!("bizpilot_business_state_checkpointed_keys_total", "extension" => id.clone()),
-            });
+            client = Some(storage_client);
         }
+        let checkpoints = Checkpoints {
+            client,
+            every: config.checkpoint_interval.get(),
+            done: metrics::counter!("bizpilot_business_state_checkpoints_total", "extension" => id.clone()),
+            errors: metrics::counter!("bizpilot_business_state_checkpoint_errors_total", "extension" => id.clone()),
+            keys: metrics::counter!("bizpilot_business_state_checkpointed_keys_total", "extension" => id.clone()),
+        };
         Ok(Arc::new(BusinessStateExtension {
             state,
             purge_interval: config.purge_interval.get(),
@@ -232,12 +238,11 @@ impl Extension for BusinessStateExtension {
         let this = self.clone();
         Ok(Running::spawn(async move {
             let purge = state.orders.ttl().is_some() || state.traces.ttl().is_some();
-            if !purge && this.checkpoints.is_none() {
-                return Ok(());
-            }
+            // A changelog may be attached after the start (by the component that owns the Kafka client).
+            let checkpointing = || this.checkpoints.client.is_some() || state.changelog().is_some();
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let checkpoint_every = this.checkpoints.as_ref().map_or(every, |c| c.every);
+            let checkpoint_every = this.checkpoints.every;
             let mut checkpoint_tick = tokio::time::interval(checkpoint_every);
             checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let id = ctx.id.to_string();
@@ -245,8 +250,8 @@ impl Extension for BusinessStateExtension {
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => {
                         // Extensions stop after the pipelines drained: this checkpoint has everything.
-                        if let Some(c) = &this.checkpoints {
-                            c.run(&state, &id).await;
+                        if checkpointing() {
+                            this.checkpoints.run(&state, &id).await;
                         }
                         return Ok(());
                     }
@@ -256,9 +261,9 @@ impl Extension for BusinessStateExtension {
                             tracing::debug!(extension = %ctx.id, expired = n, "expired business state entries removed");
                         }
                     }
-                    _ = checkpoint_tick.tick(), if this.checkpoints.is_some() => {
-                        if let Some(c) = &this.checkpoints {
-                            c.run(&state, &id).await;
+                    _ = checkpoint_tick.tick() => {
+                        if checkpointing() {
+                            this.checkpoints.run(&state, &id).await;
                         }
                     }
                 }

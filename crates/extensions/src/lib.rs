@@ -138,6 +138,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_changelog_attached_after_the_start_gets_every_checkpoint() {
+        use bizpilot_business::changelog::{MemoryChangelog, partition_of};
+        let (exts, mut running, shutdown) = start("{checkpoint_interval: 20ms}", "business_state");
+        let st = exts.get::<BusinessState>(&"business_state".parse().unwrap()).unwrap();
+        let log = Arc::new(MemoryChangelog::new(3));
+        assert!(st.attach_changelog(log.clone()));
+        let mut ev = BusinessEvent::new("order.placed", 1);
+        ev.order_id = Some("o1".into());
+        st.apply(&ev);
+        let epoch = st.change_epoch();
+        tokio::time::timeout(Duration::from_secs(5), st.wait_durable(epoch))
+            .await
+            .expect("durable once the changelog has it");
+        let records = log.read(partition_of("o1", 3));
+        assert!(records.iter().any(|(k, v)| k == b"o/o1" && v.is_some()), "{records:?}");
+        shutdown.cancel();
+        running.join().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn lookup_reloads_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tiers.json");

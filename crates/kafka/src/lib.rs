@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod business;
+pub mod changelog;
 pub mod client;
 pub mod codec;
 pub mod exporter;

@@ -1,0 +1,226 @@
+//! The `business_state` changelog on Kafka: a compacted topic partitioned like the business
+//! events topic (`docs/partition-state.md`). [`KafkaChangelog`] is a
+//! [`ChangelogSink`]: a checkpoint's changes are produced to their partitions (explicitly, routed by
+//! [`bizpilot_business::changelog`]) and the call returns only once every record is acknowledged
+//! (`acks=all`, idempotent producer), so the epoch that gates the events' offset commit is
+//! committed only when its changes are in the changelog. [`KafkaChangelog::restore`] reads one
+//! changelog partition from its beginning to the high watermark it had when the read started and
+//! applies it ([`bizpilot_business::BusinessState::apply_changelog`]).
+//!
+//! Create the topic beforehand, like the other topics: `cleanup.policy=compact` and as many
+//! partitions as the business events topic.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bizpilot_business::BusinessState;
+use bizpilot_business::changelog::{ChangelogError, ChangelogRecord, ChangelogSink};
+use bizpilot_business::checkpoint::Restored;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// Counts failed deliveries (a checkpoint fails if any of its records failed).
+struct Deliveries(Arc<AtomicUsize>);
+
+impl rdkafka::ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = r {
+            tracing::warn!(error = %e, "business state changelog record not delivered");
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A `business_state` changelog topic.
+pub struct KafkaChangelog {
+    topic: String,
+    bootstrap: String,
+    partitions: i32,
+    timeout: Duration,
+    producer: BaseProducer<Deliveries>,
+    failures: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for KafkaChangelog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaChangelog")
+            .field("topic", &self.topic)
+            .field("bootstrap", &self.bootstrap)
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`KafkaChangelog::restore`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PartitionRestore {
+    /// Records read (puts and tombstones).
+    pub records: usize,
+    pub restored: Restored,
+    pub seconds: f64,
+}
+
+impl KafkaChangelog {
+    /// Connects to `bootstrap` and reads `topic`'s partition count; a missing topic is an error.
+    /// `timeout` bounds a produce's acknowledgement and a restore; `producer` are further librdkafka
+    /// properties of the producer (security settings, batching).
+    pub fn new(
+        bootstrap: &str,
+        topic: &str,
+        timeout: Duration,
+        producer: &[(&str, &str)],
+    ) -> Result<Self, ChangelogError> {
+        let err = |reason: String| ChangelogError::Produce {
+            topic: topic.to_string(),
+            reason,
+        };
+        let failures = Arc::new(AtomicUsize::new(0));
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", bootstrap)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5");
+        for (k, v) in producer {
+            config.set(*k, *v);
+        }
+        let producer: BaseProducer<Deliveries> = config
+            .create_with_context(Deliveries(failures.clone()))
+            .map_err(|e| err(e.to_string()))?;
+        let md = producer
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| err(e.to_string()))?;
+        let partitions = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len() as i32);
+        if partitions == 0 {
+            return Err(err(
+                "topic not found: create it beforehand (cleanup.policy=compact, as many partitions as the events topic)"
+                    .into(),
+            ));
+        }
+        Ok(KafkaChangelog {
+            topic: topic.to_string(),
+            bootstrap: bootstrap.to_string(),
+            partitions,
+            timeout,
+            producer,
+            failures,
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Reads changelog partition `partition` from its beginning to its high watermark (as of the
+    /// start of the read) and applies it to `state`. Blocking; `timeout` bounds it.
+    pub fn restore(&self, partition: i32, state: &BusinessState) -> Result<PartitionRestore, ChangelogError> {
+        let started = Instant::now();
+        let err = |reason: String| ChangelogError::Restore {
+            topic: self.topic.clone(),
+            partition,
+            reason,
+        };
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            // Assigned, never subscribed or committed: the group id only satisfies the client.
+            .set("group.id", "bizpilot-business-state-restore")
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| err(e.to_string()))?;
+        let (low, high) = consumer
+            .fetch_watermarks(&self.topic, partition, self.timeout)
+            .map_err(|e| err(e.to_string()))?;
+        let mut records = Vec::new();
+        if high > low {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.topic, partition, Offset::Beginning)
+                .map_err(|e| err(e.to_string()))?;
+            consumer.assign(&tpl).map_err(|e| err(e.to_string()))?;
+            let deadline = started + self.timeout;
+            let mut last = low - 1;
+            while last < high - 1 {
+                if Instant::now() >= deadline {
+                    return Err(err(format!(
+                        "read to offset {last} of {high} within {:?}",
+                        self.timeout
+                    )));
+                }
+                match consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => {
+                        last = m.offset();
+                        if m.offset() >= high {
+                            break;
+                        }
+                        if let Some(k) = m.key() {
+                            records.push((k.to_vec(), m.payload().map(<[u8]>::to_vec)));
+                        }
+                    }
+                    Some(Err(e)) => tracing::debug!(topic = %self.topic, partition, error = %e, "changelog read"),
+                    None => {}
+                }
+            }
+        }
+        let n = records.len();
+        let restored = state.apply_changelog(records);
+        Ok(PartitionRestore {
+            records: n,
+            restored,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+impl ChangelogSink for KafkaChangelog {
+    fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    fn send(&self, records: &[ChangelogRecord]) -> Result<(), ChangelogError> {
+        let err = |reason: String| ChangelogError::Produce {
+            topic: self.topic.clone(),
+            reason,
+        };
+        let before = self.failures.load(Ordering::SeqCst);
+        let deadline = Instant::now() + self.timeout;
+        for r in records {
+            let mut rec: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(&self.topic).partition(r.partition).key(r.key.as_slice());
+            if let Some(v) = &r.value {
+                rec = rec.payload(v.as_slice());
+            }
+            loop {
+                match self.producer.send(rec) {
+                    Ok(()) => break,
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        back,
+                    )) if Instant::now() < deadline => {
+                        rec = back;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(err(e.to_string())),
+                }
+            }
+        }
+        self.producer
+            .flush(deadline.saturating_duration_since(Instant::now()))
+            .map_err(|e| err(format!("not acknowledged in time: {e}")))?;
+        let failed = self.failures.load(Ordering::SeqCst) - before;
+        if failed > 0 {
+            return Err(err(format!("{failed} of {} records not delivered", records.len())));
+        }
+        Ok(())
+    }
+}
