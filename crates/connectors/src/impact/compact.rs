@@ -116,8 +116,11 @@ fn set_count(out: &mut Vec<u8>, at: usize, n: u64) {
 #[derive(Debug)]
 pub(super) struct Capture {
     keys: Vec<String>,
-    /// Indexes in `keys` of the attributes `trace_context` keeps.
+    /// For each attribute `trace_context` keeps (in its order), its index in `keys`.
     trace_keys: Vec<usize>,
+    /// The `trace_context` attributes of the span being read, as a list's entries, and how many.
+    trace_attrs: Vec<u8>,
+    trace_n: u64,
     buf: Vec<u8>,
     res: Vec<u8>,
     last_res: Vec<u8>,
@@ -129,17 +132,17 @@ pub(super) struct Capture {
 }
 
 impl Capture {
-    /// `trace_keys`: the attributes `trace_context` keeps (each must be in `keys`).
+    /// `trace_keys`: the attributes `trace_context` keeps, in its order (each is in `keys`).
     pub(super) fn new(keys: Vec<String>, trace_keys: &[String]) -> Self {
-        let mut trace_keys: Vec<usize> = trace_keys
+        let trace_keys = trace_keys
             .iter()
-            .filter_map(|k| keys.iter().position(|x| x == k))
+            .map(|k| keys.iter().position(|x| x == k).unwrap_or(usize::MAX))
             .collect();
-        trace_keys.sort_unstable();
-        trace_keys.dedup();
         Capture {
             keys,
             trace_keys,
+            trace_attrs: Vec::new(),
+            trace_n: 0,
             buf: Vec::new(),
             res: Vec::new(),
             last_res: Vec::new(),
@@ -188,7 +191,23 @@ impl Capture {
         self.spans += 1;
     }
 
-    /// A span read for its trace only (`trace_context` on; neither ERROR nor an operation).
+    /// Before `trace_context` reads a span: forgets the attributes of the previous one.
+    pub(super) fn begin_span(&mut self) {
+        self.trace_attrs.clear();
+        self.trace_n = 0;
+    }
+
+    /// An attribute `trace_context` read of the span (`i`: its index in the trace context's keys).
+    pub(super) fn trace_attr(&mut self, i: usize, v: &ValueRef<'_>) {
+        if let Some(&k) = self.trace_keys.get(i).filter(|k| **k != usize::MAX) {
+            put_varint(&mut self.trace_attrs, k as u64);
+            put_value(&mut self.trace_attrs, v);
+            self.trace_n += 1;
+        }
+    }
+
+    /// A span read for its trace only (`trace_context` on; neither ERROR nor an operation), with the attributes
+    /// `trace_context` read of it ([`Capture::trace_attr`]).
     pub(super) fn traced<S: SpanRead + ?Sized>(&mut self, span: &S) {
         self.buf.push(TRACE_ONLY);
         self.buf.extend_from_slice(&span.start_time().to_le_bytes());
@@ -196,17 +215,8 @@ impl Capture {
         put_bytes(&mut self.buf, span.trace_id());
         put_bytes(&mut self.buf, span.span_id());
         put_bytes(&mut self.buf, span.parent_span_id());
-        let count_at = self.buf.len();
-        self.buf.push(0);
-        let mut n = 0u64;
-        for &i in &self.trace_keys {
-            if let Some(v) = span.attr(&self.keys[i]) {
-                put_varint(&mut self.buf, i as u64);
-                put_value(&mut self.buf, &v);
-                n += 1;
-            }
-        }
-        set_count(&mut self.buf, count_at, n);
+        put_varint(&mut self.buf, self.trace_n);
+        self.buf.extend_from_slice(&self.trace_attrs);
         self.spans += 1;
     }
 
@@ -536,6 +546,8 @@ mod tests {
         c.begin(10);
         c.span(&span, &res, "shop");
         c.span(&span, &res, "shop");
+        c.begin_span();
+        c.trace_attr(0, &SpanRead::attr(&span, "c").unwrap());
         c.traced(&span);
         c.finish(42);
         let rec = c.record().unwrap().to_vec();

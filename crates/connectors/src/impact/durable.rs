@@ -173,6 +173,8 @@ pub fn open(
     metrics::gauge!("bizpilot_connector_business_impact_restore_seconds", "connector" => id.to_string()).set(secs);
     metrics::gauge!("bizpilot_connector_business_impact_restored_requests", "connector" => id.to_string())
         .set(r.requests as f64);
+    metrics::gauge!("bizpilot_connector_business_impact_restored_snapshot_bytes", "connector" => id.to_string())
+        .set(snapshot_bytes as f64);
     tracing::info!(
         connector = id,
         storage,

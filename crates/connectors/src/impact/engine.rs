@@ -806,8 +806,8 @@ impl Engine {
 
     /// From now on, records what the engine reads of each request ([`Engine::captured`]).
     pub fn capture_input(&mut self) {
-        let trace_keys = self.c.trace.as_ref().map(|(_, k)| k.as_slice()).unwrap_or(&[]);
-        self.capture = Some(Capture::new(self.read_keys(), trace_keys));
+        let trace_keys = self.trace.as_ref().map(|t| t.keys().to_vec()).unwrap_or_default();
+        self.capture = Some(Capture::new(self.read_keys(), &trace_keys));
     }
 
     /// The record of the last request ingested (with [`Engine::capture_input`]); `None` when it changed nothing
@@ -1069,7 +1069,14 @@ impl Engine {
             );
         }
         if let Some(tc) = self.trace.as_mut() {
-            tc.observe(span, t);
+            match self.capture.as_mut() {
+                // The journal records what the trace context reads, as it reads it.
+                Some(c) => {
+                    c.begin_span();
+                    tc.observe_seen(span, t, |i, v| c.trace_attr(i, v));
+                }
+                None => tc.observe(span, t),
+            }
         }
         let matched = self.ingest_span(span, res, service, t);
         if let Some(c) = self.capture.as_mut() {

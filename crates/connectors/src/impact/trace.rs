@@ -195,6 +195,22 @@ impl TraceContext {
 
     /// Records what `span` (ending at event time `t`) tells about its trace.
     pub(crate) fn observe<S: SpanRead + ?Sized>(&mut self, span: &S, t: u64) {
+        self.observe_seen(span, t, |_, _| {});
+    }
+
+    /// The attributes the records keep, in the order of the indexes [`TraceContext::observe_seen`] reports.
+    pub(crate) fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// [`TraceContext::observe`], telling `seen` every attribute it read of the span (its index in
+    /// [`TraceContext::keys`], its value): the journal records them without reading them again.
+    pub(crate) fn observe_seen<S: SpanRead + ?Sized>(
+        &mut self,
+        span: &S,
+        t: u64,
+        mut seen: impl FnMut(usize, &ValueRef<'_>),
+    ) {
         if span.trace_id().is_empty() {
             return;
         }
@@ -203,6 +219,7 @@ impl TraceContext {
         let mut found: Vec<(usize, AnyValueKind)> = Vec::new();
         for (i, k) in self.keys.iter().enumerate() {
             if let Some(v) = span.attr(k) {
+                seen(i, &v);
                 found.push((i, v.to_value()));
             }
         }
