@@ -589,7 +589,8 @@ fn every_processor_and_connector_reports_the_stage_counters() {
     };
     let (processors, connectors) = (types("processor"), types("connector"));
     let in_chain = ["memory_limiter", "redaction", "enrich", "batch"];
-    let passing = ["forward"];
+    // `business_fleet` passes on the spans that carry business context: the chain's enrich rule gives every span one.
+    let passing = ["forward", "business_fleet"];
     let absorbing = ["business_impact", "order_kpi", "capacity_planner"];
     let mut want_p: Vec<&str> = in_chain.to_vec();
     want_p.sort_unstable();
@@ -621,6 +622,7 @@ processors:
   batch: {{timeout: 50ms}}
 connectors:
   forward:
+  business_fleet: {{}}
   business_impact:
     operations:
       - {{name: checkout, span_name: stage-0}}
@@ -642,7 +644,8 @@ service:
   telemetry: {{metrics: {{address: "{admin}"}}}}
   pipelines:
     traces/in: {{receivers: [otlp], processors: [{chain}], exporters: [forward]}}
-    traces/out: {{receivers: [forward], exporters: [business_impact, order_kpi, capacity_planner, debug]}}
+    traces/out: {{receivers: [forward], exporters: [business_impact, order_kpi, capacity_planner, business_fleet, debug]}}
+    traces/fleet: {{receivers: [business_fleet], exporters: [debug]}}
     metrics/out: {{receivers: [business_impact, order_kpi, capacity_planner], exporters: [debug]}}
 "#,
         chain = in_chain.join(", ")
@@ -664,7 +667,9 @@ service:
                 "bizpilot_connector_consumed_spans_total",
                 &[&format!("connector=\"{c}\"")],
             ) >= sent
-        });
+        }) && passing
+            .iter()
+            .all(|c| get("bizpilot_connector_sent_spans_total", &[&format!("connector=\"{c}\"")]) >= sent);
         if done {
             break;
         }
