@@ -435,6 +435,9 @@ def memory_phase(rate, seconds, args, overload_after=None):
         # libjemalloc2) or libmimalloc.so.2 (libmimalloc2.0).
         env["LD_PRELOAD"] = args.preload
     tmp = tempfile.mkdtemp(prefix="bench-memory-")
+    # A fresh collector: its durable state (business_state checkpoints) in the run's own directory, not in
+    # ./bizpilot-data, where every run would restore the state the previous runs left.
+    env["BIZPILOT_STORAGE_DIR"] = os.path.join(tmp, "bizpilot-data")
     coll_log = open(os.path.join(tmp, "collector.log"), "w")
     cmd = [BIZPILOT, "run"]
     heap_file = os.path.join(tmp, "heaptrack")

@@ -1128,8 +1128,13 @@ fn measure_edited(msg: &[u8], base: usize, edits: &[Edit], lens: &mut Vec<usize>
             (FieldEdit::Body { inner, appended }, Wire::Bytes(body)) => {
                 let at = lens.len();
                 lens.push(0);
-                let n = measure_edited(body, base + offset_in(msg, body), inner, lens)
-                    + appended.iter().map(|e| e.rep.len()).sum::<usize>();
+                // Only appends (enrich's common case): the body stays as it is, not walked.
+                let kept = if inner.is_empty() {
+                    body.len()
+                } else {
+                    measure_edited(body, base + offset_in(msg, body), inner, lens)
+                };
+                let n = kept + appended.iter().map(|e| e.rep.len()).sum::<usize>();
                 if let Some(l) = lens.get_mut(at) {
                     *l = n;
                 }
@@ -1164,7 +1169,11 @@ fn write_edited(
                 *next += 1;
                 put_varint(out, (u64::from(tag) << 3) | 2);
                 put_varint(out, n as u64);
-                write_edited(body, base + offset_in(msg, body), inner, arena, lens, next, out);
+                if inner.is_empty() {
+                    out.extend_from_slice(body);
+                } else {
+                    write_edited(body, base + offset_in(msg, body), inner, arena, lens, next, out);
+                }
                 for e in appended {
                     out.extend_from_slice(arena.get(e.rep.clone()).unwrap_or(&[]));
                 }
