@@ -158,6 +158,36 @@ def cpu_ticks(pid):
     return int(rest[11]) + int(rest[12])
 
 
+def collector_pid(root, exe, timeout=10.0):
+    """The pid of the process running `exe` in `root`'s process tree (`root` itself, or the collector a wrapper
+    such as heaptrack started); `root` when none appears within `timeout`."""
+    want = os.path.realpath(exe)
+    deadline = time.time() + timeout
+    while True:
+        children = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+        todo = [root]
+        while todo:
+            pid = todo.pop()
+            try:
+                if os.path.realpath("/proc/%d/exe" % pid) == want:
+                    return pid
+            except OSError:
+                pass
+            todo.extend(children.get(pid, []))
+        if time.time() >= deadline:
+            return root
+        time.sleep(0.1)
+
+
 def status_kib(pid, key):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -451,7 +481,10 @@ def memory_phase(rate, seconds, args, overload_after=None):
         if not wait_port(ports["grpc"]):
             raise RuntimeError("collector did not start (see %s)" % tmp)
         time.sleep(0.5)
-        cpu, rss = Sampler(coll.pid), RssSampler(coll.pid)
+        # Under heaptrack, coll.pid is heaptrack's wrapper: measure the collector itself.
+        pid = collector_pid(coll.pid, BIZPILOT)
+        res["measured_pid_is_collector"] = pid != coll.pid or not args.heaptrack
+        cpu, rss = Sampler(pid), RssSampler(pid)
         cpu.start()
         rss.start()
         extra = ["--connections", "4", "--inflight", "4", "--max-retries", "5"]
@@ -470,10 +503,10 @@ def memory_phase(rate, seconds, args, overload_after=None):
                    cpu_utilisation=get(st, "cpu_utilisation"),
                    request_latency_ms=s["request_latency_ms"])
         res["impact"] = scrape(ports["admin"], "bizpilot_connector_business_impact")
-        res["peak_rss_mib"] = round(status_kib(coll.pid, "VmHWM") / 1024, 1)
-        res["final_rss_mib"] = round(status_kib(coll.pid, "VmRSS") / 1024, 1)
+        res["peak_rss_mib"] = round(status_kib(pid, "VmHWM") / 1024, 1)
+        res["final_rss_mib"] = round(status_kib(pid, "VmRSS") / 1024, 1)
         if overload_after:
-            res["overload"] = overload(grpc, overload_after * s["spans_per_sec"], args, True, coll.pid)
+            res["overload"] = overload(grpc, overload_after * s["spans_per_sec"], args, True, pid)
             res["overload"]["limiter_refusals"] = scrape(ports["admin"], "bizpilot_processor_memory_limiter")
         rss.stop.set()
         cpu.stop.set()
