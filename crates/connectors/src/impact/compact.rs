@@ -17,6 +17,7 @@
 //! and (key index in [`read_keys`], value) pairs; a value is `kind (u8: 0 string, 1 bool, 2 int, 3 double,
 //! 4 other)` and its payload (other: an encoded OTLP `AnyValue`).
 
+use bizpilot_core::pb::{put_varint, read_varint};
 use bizpilot_core::view::{AnyValueKind, ValueRef};
 use opentelemetry_proto::tonic::common::v1::AnyValue;
 use prost::Message;
@@ -55,14 +56,6 @@ pub(super) fn read_keys(keys: impl IntoIterator<Item = String>) -> Vec<String> {
         }
     }
     out
-}
-
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
 }
 
 fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
@@ -375,15 +368,8 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(a))
     }
     fn varint(&mut self) -> Result<u64, CompactError> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8()?;
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Ok(v);
-            }
-        }
-        Err(CompactError::Short(self.at))
+        let at = self.at;
+        read_varint(self.b, &mut self.at, self.b.len()).ok_or(CompactError::Short(at))
     }
     fn bytes(&mut self) -> Result<&'a [u8], CompactError> {
         let n = usize::try_from(self.varint()?).map_err(|_| CompactError::Short(self.at))?;

@@ -450,12 +450,8 @@ fn str_of(b: &[u8]) -> Box<str> {
 struct Writer(Vec<u8>);
 
 impl Writer {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
+    fn varint(&mut self, v: u64) {
+        bizpilot_core::pb::put_varint(&mut self.0, v);
     }
 
     fn str(&mut self, s: &str) {
