@@ -25,15 +25,16 @@ mod common;
 mod kafka_gateways;
 #[path = "kafka_harness.rs"]
 mod kafka_harness;
+#[path = "common/shop_impact.rs"]
+mod shop_impact;
 
-use bizpilot_core::{Currency, Money};
 use bizpilot_shopgen::{Emission, Shop, ShopConfig, Workload, pack_events, pack_traces};
-use common::{Bizpilot, free_addr, json_get, otlp_post, start_pipeline};
+use common::{Bizpilot, json_get};
 use kafka_gateways::Gateway;
 use kafka_harness::{Tansu, create_topics};
 use prost::Message;
 use serde_json::Value as Json;
-use std::collections::BTreeMap;
+use shop_impact::{Figures, impact_figures, post, start_sidecar, truth_figures};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -64,16 +65,6 @@ receivers:
   kafka/events: {commit_interval: 200ms}
 "#;
 
-/// As in `tests/scaleout_e2e.rs`: one record per batch (tansu answers a fetch only with batches that start at or after
-/// the requested offset), spans keyed by order id (co-partitioned with the events: failed checkouts get their value
-/// from their order event).
-const SIDECAR_OVERLAY: &str = r#"
-exporters:
-  kafka/spans: {partition_traces_by_id: false, partition_by: attribute:business.order.id, librdkafka: {batch.num.messages: 1}}
-  kafka/events: {librdkafka: {batch.num.messages: 1}}
-  kafka/telemetry: {librdkafka: {batch.num.messages: 1}}
-"#;
-
 /// 12 minutes of shop, a payment outage from minute 1 to minute 10 (90 % of charges fail), retries, duplicates, late
 /// and reordered spans, events after their spans.
 fn workload() -> Workload {
@@ -102,80 +93,6 @@ injections:
     Shop::generate(&cfg).unwrap()
 }
 
-/// The figures of one operation, as the ground truth states them and `/api/v1/impact` serves them.
-#[derive(Debug, Clone, PartialEq)]
-struct Figures {
-    operations: u64,
-    successful: u64,
-    failed: u64,
-    revenue: Money,
-    at_risk: Money,
-    recovered: Money,
-    /// Episodes that ended unrecovered plus those still open.
-    lost: Money,
-    /// Window start → distinct affected customers.
-    affected: BTreeMap<u64, u64>,
-}
-
-fn truth_of(w: &Workload, operation: &str) -> Figures {
-    let o = w.truth.operation(operation).unwrap();
-    Figures {
-        operations: o.total,
-        successful: o.successful,
-        failed: o.failed,
-        revenue: o.revenue,
-        at_risk: o.revenue_at_risk,
-        recovered: o.recovered_revenue,
-        lost: o.lost_revenue,
-        affected: o
-            .affected_customers_by_window
-            .iter()
-            .map(|w| (w.start_unix_nano, w.affected_customers))
-            .collect(),
-    }
-}
-
-fn usd(list: &Json) -> Money {
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .map(|v| serde_json::from_value::<Money>(v.clone()).unwrap_or_else(|e| panic!("not money: {v} ({e})")))
-        .find(|m| m.currency() == Currency::USD)
-        .unwrap_or_else(|| Money::zero(Currency::USD))
-}
-
-/// `operation`'s figures at a gateway's `/api/v1/impact`.
-fn figures(b: &Bizpilot, operation: &str) -> Figures {
-    let (status, body) = json_get(b.admin, &format!("/api/v1/impact?operation={operation}&limit=0"));
-    assert_eq!(status, 200, "{body}\n{}", b.logs());
-    let s = &body["summary"][0];
-    let a = &s["affected_customers"];
-    let affected = a["closed_windows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(a["current_window"].as_object().map(|_| &a["current_window"]))
-        .filter_map(|w| {
-            let start = w["start_unix_nano"].as_str()?.parse().ok()?;
-            Some((start, w["affected_customers"].as_u64()?))
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    let lost = usd(&s["lost_revenue"])
-        .checked_add(usd(&s["open_at_risk"]))
-        .expect("USD amounts");
-    Figures {
-        operations: s["operations"].as_u64().unwrap_or(0),
-        successful: s["successful"].as_u64().unwrap_or(0),
-        failed: s["failed"].as_u64().unwrap_or(0),
-        revenue: usd(&s["revenue"]),
-        at_risk: usd(&s["revenue_at_risk"]),
-        recovered: usd(&s["recovered_revenue"]),
-        lost,
-        affected,
-    }
-}
-
 /// `operation`'s incidents at a gateway, oldest first: (kind, state, start, failed operations, affected customers).
 fn incidents(b: &Bizpilot, operation: &str) -> Vec<(String, String, u64, u64, u64)> {
     let (status, body) = json_get(b.admin, &format!("/api/v1/incidents?operation={operation}&limit=1000"));
@@ -199,16 +116,6 @@ fn incidents(b: &Bizpilot, operation: &str) -> Vec<(String, String, u64, u64, u6
     out
 }
 
-fn post(addr: SocketAddr, path: &str, body: &[u8]) {
-    for attempt in 0..100 {
-        match otlp_post(addr, path, body) {
-            200 => return,
-            s if attempt < 99 && (s == 429 || s == 503 || s == 0) => std::thread::sleep(Duration::from_millis(50)),
-            s => panic!("POST {path} answered {s}"),
-        }
-    }
-}
-
 /// Emissions per chunk and the pause after each: the 12 minutes of shop arrive in about half a minute, about 25
 /// times faster than they happened.
 const CHUNK: usize = 25;
@@ -229,22 +136,6 @@ fn send(addr: SocketAddr, emissions: &[Emission], hold: &AtomicBool) {
         }
         std::thread::sleep(PAUSE);
     }
-}
-
-fn start_sidecar(brokers: &str) -> (Bizpilot, SocketAddr) {
-    let (http, admin) = (free_addr(), free_addr());
-    let env = [
-        ("BIZPILOT_HASH_KEY", "gateway-durable-e2e-key".to_string()),
-        ("BIZPILOT_KAFKA_BROKERS", brokers.to_string()),
-        ("BIZPILOT_OTLP_GRPC_ENDPOINT", free_addr().to_string()),
-        ("BIZPILOT_OTLP_HTTP_ENDPOINT", http.to_string()),
-        ("BIZPILOT_ADMIN_ENDPOINT", admin.to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    (
-        start_pipeline("pipelines/sidecar-kafka.yaml", SIDECAR_OVERLAY, admin, &env),
-        http,
-    )
 }
 
 /// The shipped Kafka gateway named `name`, alone in consumer group `group`, its durable state in `storage`.
@@ -288,7 +179,7 @@ fn fresh() -> bool {
 fn the_kafka_gateway_killed_mid_outage_and_restarted_ends_with_the_ground_truth() {
     let started = Instant::now();
     let w = workload();
-    let truth: Vec<Figures> = OPERATIONS.iter().map(|op| truth_of(&w, op)).collect();
+    let truth: Vec<Figures> = OPERATIONS.iter().map(|op| truth_figures(&w.truth, op)).collect();
     // The kill comes while the second half (from minute 6 on) streams in: in the outage (minutes 1 to 10 of 12),
     // with the watermark (4 minutes behind) past its start.
     let half = w
@@ -344,7 +235,10 @@ fn the_kafka_gateway_killed_mid_outage_and_restarted_ends_with_the_ground_truth(
         assert!(Instant::now() < deadline, "gw got nothing of the second half");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let before: Vec<Figures> = OPERATIONS.iter().map(|op| figures(&gw.bp, op)).collect();
+    let before: Vec<Figures> = OPERATIONS
+        .iter()
+        .map(|op| impact_figures(&gw.bp, "business_impact", op))
+        .collect();
     let open: Vec<_> = OPERATIONS.iter().flat_map(|op| incidents(&gw.bp, op)).collect();
     assert!(
         open.iter().any(|i| i.0 == "failures" && i.1 == "open"),
@@ -353,6 +247,11 @@ fn the_kafka_gateway_killed_mid_outage_and_restarted_ends_with_the_ground_truth(
     let snapshots = gw.bp.metric_sum(
         "bizpilot_storage_journal_snapshots_total",
         &["owner=\"business_impact\""],
+    );
+    assert!(
+        snapshots >= 1.0 || fresh(),
+        "business_impact compacted its journal before the kill\n{}",
+        gw.bp.logs()
     );
     let consumed_before = accepted_spans(&gw);
     let dup_before = duplicates(&gw);
@@ -401,7 +300,12 @@ fn the_kafka_gateway_killed_mid_outage_and_restarted_ends_with_the_ground_truth(
     loop {
         let now: Vec<(Figures, Figures)> = OPERATIONS
             .iter()
-            .map(|op| (figures(&gw.bp, op), figures(&reference.bp, op)))
+            .map(|op| {
+                (
+                    impact_figures(&gw.bp, "business_impact", op),
+                    impact_figures(&reference.bp, "business_impact", op),
+                )
+            })
             .collect();
         if now.iter().zip(&truth).all(|((g, r), t)| g == t && r == t) {
             break;
@@ -442,6 +346,13 @@ fn the_kafka_gateway_killed_mid_outage_and_restarted_ends_with_the_ground_truth(
          {replayed} delivered again; duplicates dropped by business_impact: {dup_before} before, {} after",
         duplicates(&gw)
     );
+    if !fresh() {
+        assert!(
+            restored_from > 0.0,
+            "business_impact restored from its snapshot and journal\n{}",
+            gw.bp.logs()
+        );
+    }
     assert!(
         replayed > 0.0,
         "the restart replayed nothing: the kill came between commits, and the test shows no at-least-once replay"
