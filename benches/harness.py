@@ -469,7 +469,7 @@ def memory_phase(rate, seconds, args, overload_after=None):
     # ./bizpilot-data, where every run would restore the state the previous runs left.
     env["BIZPILOT_STORAGE_DIR"] = os.path.join(tmp, "bizpilot-data")
     coll_log = open(os.path.join(tmp, "collector.log"), "w")
-    cmd = [BIZPILOT, "run"]
+    cmd = [BIZPILOT, "run"] + (["--config", args.memory_config] if args.memory_config else [])
     heap_file = os.path.join(tmp, "heaptrack")
     if args.heaptrack:
         # The collector's heap profile (peak heap, what allocated it); RSS and CPU then include heaptrack's own.
@@ -565,7 +565,8 @@ def memory_main(args):
         r = memory_phase(None, args.duration, args, overload_after=5)
         log("  max %s spans/s, overload: %s" % (fmt(r.get("achieved_spans_per_sec")), r.get("overload")))
         report["phases"].append(r)
-    L = ["Collector: %s%s%s%s." % (os.path.relpath(BIZPILOT, ROOT),
+    L = ["Collector: %s%s%s%s%s." % (os.path.relpath(BIZPILOT, ROOT),
+                                 ", --config %s" % args.memory_config if args.memory_config else "",
                                  ", MALLOC_ARENA_MAX=%d" % args.malloc_arena_max if args.malloc_arena_max else "",
                                  ", LD_PRELOAD=%s" % args.preload if args.preload else "",
                                  ", under heaptrack" if args.heaptrack else ""), "",
@@ -813,6 +814,9 @@ def main():
     ap.add_argument("--heaptrack", action="store_true",
                     help="--memory: run the collector under heaptrack and report its peak heap (RSS then includes "
                          "heaptrack's own)")
+    ap.add_argument("--memory-config", metavar="FILE", default="",
+                    help="--memory: run this config instead of the embedded default pipeline (e.g. a copy of "
+                         "pipelines/opentelemetry-demo.yaml with other batch settings, to compare without a rebuild)")
     ap.add_argument("--bizpilot", metavar="PATH", help="the bizpilot binary to measure (default: the release build)")
     ap.add_argument("--quick", action="store_true", help="1 short run per scenario (checks the harness)")
     ap.add_argument("--no-build", action="store_true")

@@ -403,7 +403,8 @@ impl<M: OtlpMessage> Otlp<M> {
     /// Joins `parts` in order into one encoded payload, each part's bytes copied once into a buffer of the
     /// exact total size (parts held only decoded are encoded first, once). What repeated [`Otlp::append`]s
     /// give, without their intermediate buffers and repeated copies: a protobuf message's repeated fields
-    /// concatenate.
+    /// concatenate. Each part is dropped as soon as it is copied, so the batch is not held twice: the peak is
+    /// the result plus one part, not the result plus all of them.
     pub fn concat(mut parts: Vec<Self>) -> Self {
         if parts.len() <= 1 {
             return parts.pop().unwrap_or_default();
@@ -411,7 +412,7 @@ impl<M: OtlpMessage> Otlp<M> {
         let total: usize = parts.iter().map(Self::encoded_len).sum();
         let mut out = Vec::with_capacity(total);
         let mut items = 0;
-        for p in &mut parts {
+        for mut p in parts {
             out.extend_from_slice(&p.encoded());
             items += p.items;
         }

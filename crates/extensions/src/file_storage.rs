@@ -31,7 +31,7 @@
 //! ```
 //!
 //! Only one process may open a file at a time; a second one fails to start with "already open". redb's page cache
-//! is bounded at 16 MiB.
+//! is bounded at 2 MiB (at most half of it dirty pages of the open write; the rest goes to the file as written).
 //! Self-telemetry (label `extension`): `bizpilot_storage_commits_total`,
 //! `bizpilot_storage_commit_errors_total`, `bizpilot_storage_file_bytes` (gauge, after each commit).
 
@@ -55,9 +55,12 @@ pub const FORMAT: &str = "bizpilot-file-storage/1";
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("bizpilot.meta");
 
-/// redb's page cache: 16 MiB (redb's default, 1 GiB, lets the resident size grow with everything written — a
-/// journal of every span, for one — up to that much). Checkpoints are written, and read back once at start.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// redb's page cache: 2 MiB (redb's default, 1 GiB, lets the resident size grow with everything written — a
+/// journal of every span, for one — up to that much). Checkpoints are written, and read back once at start, so a
+/// read cache buys little: redb keeps at most half of it as dirty pages of the open write transaction and writes
+/// the rest to the file as it goes (the operating system's page cache still serves the re-reads). At 16 MiB the
+/// checkpoints' commits held about 10 MB of heap at 50k spans/s (docs/one-walk.md, "Memory").
+const CACHE_BYTES: usize = 2 * 1024 * 1024;
 
 /// Config of the `file_storage` extension.
 #[derive(Debug, Clone, Deserialize)]

@@ -359,7 +359,7 @@ fn split_payload(payload: &mut Payload, n: usize) -> Result<Payload, DataError> 
 
 /// Joins batches in order. When any part is encoded (what the OTLP receivers hand on), the parts are
 /// concatenated once into a buffer of the exact size ([`Payload::concat`]): every byte is copied once, and
-/// the peak is the parts plus the result. Parts all held decoded are merged pairwise, level by level (moving
+/// each part is freed once copied, so the peak is the result plus one part (not the batch held twice). Parts all held decoded are merged pairwise, level by level (moving
 /// owned structs, not copying bytes). Also returns the items lost in merges that failed.
 fn join(parts: Vec<Batch>) -> (Option<Batch>, usize) {
     let one_signal = parts
