@@ -46,6 +46,19 @@ pub fn start_gateway_with(
     configs: &[&str],
     overlay: &str,
 ) -> Gateway {
+    start_gateway_with_env(rt, name, group, brokers, configs, overlay, &[])
+}
+
+/// [`start_gateway_with`] with more environment variables (set last: they win), e.g. `BIZPILOT_HEALTH_ENDPOINT`.
+pub fn start_gateway_with_env(
+    rt: &tokio::runtime::Runtime,
+    name: &'static str,
+    group: &str,
+    brokers: &str,
+    configs: &[&str],
+    overlay: &str,
+    extra_env: &[(&str, &str)],
+) -> Gateway {
     let backend = rt.block_on(Downstream::start());
     let (admin, prometheus, fleet_prometheus) = (free_addr(), free_addr(), free_addr());
     let fleet = fleet_topic(group);
@@ -59,7 +72,8 @@ pub fn start_gateway_with(
         ("BIZPILOT_FLEET_TOPIC", fleet),
         ("BIZPILOT_ADMIN_ENDPOINT", admin.to_string()),
     ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend_from_slice(extra_env);
     let dir = tempfile::tempdir().expect("tempdir");
     let over = dir.path().join("overlay.yaml");
     std::fs::write(&over, overlay).expect("write overlay");
