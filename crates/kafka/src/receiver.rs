@@ -37,6 +37,22 @@
 //! `bizpilot.source.partition` and `bizpilot.source.offset`. Its offset counts as done once
 //! the dead-letter produce succeeded (a failed produce rewinds like a failed delivery).
 //!
+//! # State that moves with its partition (`changelog`)
+//!
+//! With `changelog`, the `business_state` extension's checkpoints also go to the changelog topic
+//! (record partition = the partition of the order's events, `murmur2(order id)`), and an event's
+//! offset is committed only once its change is acknowledged there. When the group assigns this
+//! receiver partitions it did not hold just before, the rebalance callback reads those changelog
+//! partitions to their end and applies them to the state *before it returns*, so no event of them
+//! is processed first; the service's readiness (`health_check`) is held down meanwhile. The time is
+//! logged ("business state restored from the changelog") and kept in
+//! `bizpilot_kafka_receiver_changelog_restore_seconds{receiver}`;
+//! `bizpilot_kafka_receiver_changelog_restored_records_total{receiver}` and
+//! `bizpilot_kafka_receiver_changelog_restore_errors_total{receiver}` count. A partition whose restore
+//! fails (broker down beyond `changelog.timeout`) is consumed anyway, logged as an error: its orders
+//! are joined again as their events arrive. Revoked partitions are no longer written (the new owner
+//! writes them); their state is kept here until the state's bound or TTL drops it.
+//!
 //! # Self-telemetry
 //!
 //! `bizpilot_receiver_accepted_<items>_total` / `…_refused_…` (transport `kafka`),
@@ -76,6 +92,10 @@
 //! | `tls.ca_file`, `tls.cert_file`, `tls.key_file`, `tls.insecure_skip_verify` | — | TLS (on when `tls` is present) |
 //! | `sasl.mechanism`, `sasl.username`, `sasl.password` | — | `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` |
 //! | `librdkafka` | `{}` | further librdkafka consumer properties, passed through (e.g. `session.timeout.ms: 10000`) |
+//! | `changelog.topic` | — | state that moves with its partition (`docs/partition-state.md`), on the receiver of the business events: the compacted changelog topic of the `business_state` (create it with `cleanup.policy=compact` and as many partitions as the one events topic); none: no changelog |
+//! | `changelog.state` | — | id of the `business_state` extension whose orders, customers and trace links the changelog carries |
+//! | `changelog.timeout` | `60s` | longest wait for a checkpoint's produce acknowledgement, and for one partition's restore |
+//! | `changelog.librdkafka` | `{}` | further librdkafka properties of the changelog producer (brokers, TLS and SASL are the receiver's) |
 //!
 //! `business` keys (JSON field names; empty = not read; a dotted name also finds nested
 //! objects): `event_type` (`type`), `default_event_type` (—), `time` (`time`), `order_id`
