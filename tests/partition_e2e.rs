@@ -37,7 +37,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 4;
-const ORDERS: usize = 800;
+/// Orders in the run (`PARTITION_E2E_ORDERS` to measure restores of more).
+fn orders() -> usize {
+    std::env::var("PARTITION_E2E_ORDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(800)
+}
 const EVENTS: &str = "shop.orders";
 const SPANS: &str = "shop.spans";
 const CHANGELOG: &str = "shop.orders.business-state";
@@ -183,7 +189,8 @@ fn a_partitions_new_owner_joins_the_spans_of_orders_another_gateway_consumed() {
     );
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let group = "partition-e2e";
-    let truth: Vec<Order> = (0..ORDERS).map(order).collect();
+    let n = orders();
+    let truth: Vec<Order> = (0..n).map(order).collect();
 
     // 1. A alone consumes every order's event.
     let mut a = start(&rt, "gw-a", group, &brokers, free_addr());
@@ -191,14 +198,15 @@ fn a_partitions_new_owner_joins_the_spans_of_orders_another_gateway_consumed() {
     let events: Vec<Msg> = truth.iter().map(|o| Msg::keyed(o.id.clone(), event_json(o))).collect();
     produce(&brokers, EVENTS, &events);
     // Committed only once the state change is durable (in the changelog, with the overlay).
-    let took = wait_until("A commits every event", Duration::from_secs(120), || {
+    let slow = Duration::from_secs(120 + n as u64 / 100);
+    let took = wait_until("A commits every event", slow, || {
         committed(&brokers, group, EVENTS)
             .iter()
             .map(|o| (*o).max(0))
             .sum::<i64>()
-            == ORDERS as i64
+            == n as i64
     });
-    eprintln!("A consumed and committed {ORDERS} events in {took:?}");
+    eprintln!("A consumed and committed {n} events in {took:?}");
 
     // 2. B joins: the partitions are split; B restores the ones it gets.
     let b_health = free_addr();
@@ -238,9 +246,7 @@ fn a_partitions_new_owner_joins_the_spans_of_orders_another_gateway_consumed() {
     });
     eprintln!("B held every partition {took:?} after A exited");
     if !no_changelog() {
-        wait_until("B restored A's partitions", Duration::from_secs(60), || {
-            restores(&b).len() >= 2
-        });
+        wait_until("B restored A's partitions", slow, || restores(&b).len() >= 2);
     }
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
@@ -252,7 +258,7 @@ fn a_partitions_new_owner_joins_the_spans_of_orders_another_gateway_consumed() {
     rt.block_on(
         b.backend
             .wait_for(Duration::from_secs(120), "every span at B's backend", |r| {
-                r.span_count() >= ORDERS
+                r.span_count() >= n
             }),
     );
     std::thread::sleep(Duration::from_secs(1));
@@ -294,7 +300,7 @@ fn a_partitions_new_owner_joins_the_spans_of_orders_another_gateway_consumed() {
     let restored = restores(&b);
     let (not_ready, polls) = (not_ready.load(Ordering::SeqCst), polls.load(Ordering::SeqCst));
     eprintln!(
-        "B joined {joined} of {ORDERS} spans as the ground truth says ({missing_kept} without their order on B's \
+        "B joined {joined} of {n} spans as the ground truth says ({missing_kept} without their order on B's \
          first partitions, {missing_moved} on A's, {} wrong); B's restores (partitions, records, seconds): \
          {restored:?}; health_check 503 in {not_ready} of {polls} polls during the handover",
         wrong.len()
@@ -304,7 +310,7 @@ fn a_partitions_new_owner_joins_the_spans_of_orders_another_gateway_consumed() {
         "spans joined with other values than their order's: {wrong:?}"
     );
     assert_eq!(
-        joined, ORDERS,
+        joined, n,
         "every span after the handover joined from the restored state ({missing_kept} of B's first partitions and \
          {missing_moved} of A's missing)"
     );
