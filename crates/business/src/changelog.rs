@@ -231,7 +231,12 @@ impl BusinessState {
                 }
             }
         }
+        // A running state: spans waiting in the enrich join for these orders go on at once.
+        let announce: Vec<String> = entries.orders.iter().map(|(_, id, _)| id.clone()).collect();
         self.put_back_all(entries, now, &mut restored);
+        for id in &announce {
+            self.orders.announce(id);
+        }
         restored
     }
 }
@@ -428,6 +433,26 @@ mod tests {
             c.apply_changelog(log.read(p));
         }
         assert_eq!(c.customers.peek("c1"), held);
+    }
+
+    #[tokio::test]
+    async fn restored_orders_are_announced_to_waiters() {
+        let log = MemoryChangelog::new(P);
+        owner(&log);
+        let b = BusinessState::new("b", StateConfig::default());
+        let mut sub = b.orders.subscribe();
+        let p = partition_of("o3", P);
+        let r = b.apply_changelog(log.read(p));
+        let mut seen = BTreeSet::new();
+        while let Ok(k) = sub.try_recv() {
+            seen.insert(k.to_string());
+        }
+        let want: BTreeSet<String> = (0..20)
+            .map(|i| format!("o{i}"))
+            .filter(|o| partition_of(o, P) == p)
+            .collect();
+        assert_eq!(r.orders, want.len());
+        assert_eq!(seen, want);
     }
 
     #[tokio::test]
