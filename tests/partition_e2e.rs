@@ -13,7 +13,10 @@
 //!    them. Ground truth: each order's customer, tier, value and currency as its event said. No new event comes:
 //!    B can only know A's orders from the changelog.
 //!
-//! `PARTITION_E2E_NO_CHANGELOG=1` runs the same without the changelog overlay: the test must fail (it does: see
+//! A second test is a crash: A is SIGKILLed mid-stream while it shares the partitions with B, and a replacement C
+//! joins (see its documentation).
+//!
+//! `PARTITION_E2E_NO_CHANGELOG=1` runs the same without the changelog overlay: the tests must fail (they do: see
 //! docs/partition-state.md).
 
 mod common;
@@ -169,6 +172,51 @@ fn restores(g: &Gateway) -> Vec<(String, u64, f64)> {
         .collect()
 }
 
+type Joined = (Option<String>, Option<String>, Option<String>, Option<String>);
+
+/// Checks the spans of every order of `truth` against it: (joined as the truth says, joined otherwise,
+/// unjoined on `first`'s partitions, unjoined on the others).
+fn verify(
+    truth: &[Order],
+    received: &[Span],
+    first: &BTreeSet<i32>,
+) -> (usize, Vec<(String, Joined, Joined)>, usize, usize) {
+    let by_order: BTreeMap<String, _> = received
+        .iter()
+        .filter_map(|s| Some((span_attr(s, "business.order.id")?, s)))
+        .collect();
+    let (mut joined, mut wrong, mut missing_first, mut missing_other) = (0, Vec::new(), 0, 0);
+    for o in truth {
+        let Some(s) = by_order.get(&o.id) else {
+            panic!("no span of {} at the backends", o.id)
+        };
+        let got = (
+            span_attr(s, "business.customer.id"),
+            span_attr(s, "business.customer.tier"),
+            span_attr(s, "business.order.value"),
+            span_attr(s, "business.currency"),
+        );
+        let want = (
+            Some(o.customer.clone()),
+            Some(o.tier.to_string()),
+            Some(o.value.clone()),
+            Some(o.currency.to_string()),
+        );
+        if got == want {
+            joined += 1;
+        } else if got.0.is_none() {
+            if first.contains(&partition_of(&o.id, PARTITIONS)) {
+                missing_first += 1;
+            } else {
+                missing_other += 1;
+            }
+        } else {
+            wrong.push((o.id.clone(), got, want));
+        }
+    }
+    (joined, wrong, missing_first, missing_other)
+}
+
 fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
     while !ok() {
@@ -257,46 +305,12 @@ fn a_partitions_new_owner_joins_the_spans_of_orders_another_gateway_consumed() {
     produce(&brokers, SPANS, &spans);
     rt.block_on(
         b.backend
-            .wait_for(Duration::from_secs(120), "every span at B's backend", |r| {
-                r.span_count() >= n
-            }),
+            .wait_for(slow, "every span at B's backend", |r| r.span_count() >= n),
     );
     std::thread::sleep(Duration::from_secs(1));
 
     let received = b.backend.received(|r| r.spans());
-    let by_order: BTreeMap<String, _> = received
-        .iter()
-        .filter_map(|s| Some((span_attr(s, "business.order.id")?, s)))
-        .collect();
-    let (mut joined, mut wrong, mut missing_moved, mut missing_kept) = (0, Vec::new(), 0, 0);
-    for o in &truth {
-        let Some(s) = by_order.get(&o.id) else {
-            panic!("no span of {} at B's backend", o.id)
-        };
-        let got = (
-            span_attr(s, "business.customer.id"),
-            span_attr(s, "business.customer.tier"),
-            span_attr(s, "business.order.value"),
-            span_attr(s, "business.currency"),
-        );
-        let want = (
-            Some(o.customer.clone()),
-            Some(o.tier.to_string()),
-            Some(o.value.clone()),
-            Some(o.currency.to_string()),
-        );
-        if got == want {
-            joined += 1;
-        } else if got.0.is_none() {
-            if b_first.contains(&partition_of(&o.id, PARTITIONS)) {
-                missing_kept += 1;
-            } else {
-                missing_moved += 1;
-            }
-        } else {
-            wrong.push((o.id.clone(), got, want));
-        }
-    }
+    let (joined, wrong, missing_kept, missing_moved) = verify(&truth, &received, &b_first);
     let restored = restores(&b);
     let (not_ready, polls) = (not_ready.load(Ordering::SeqCst), polls.load(Ordering::SeqCst));
     eprintln!(
@@ -325,5 +339,88 @@ fn a_partitions_new_owner_joins_the_spans_of_orders_another_gateway_consumed() {
     assert!(
         b.bp.metric_sum("bizpilot_kafka_receiver_changelog_restored_records_total", &[]) > 0.0,
         "restored records counted"
+    );
+}
+
+/// A crash: A and B share the partitions while the events stream in; A is SIGKILLed mid-stream (its uncommitted
+/// tail is read again by the new owner) and a replacement C joins (tansu removes a dead member only in a rebalance
+/// it does not rejoin, as an orchestrator's restart of the crashed pod gives). The new owners of A's partitions
+/// restore them, consume the rest of the events, and join every span as the ground truth says.
+#[test]
+fn after_a_crash_the_replacement_and_the_survivor_join_every_order() {
+    let broker = Tansu::start();
+    let brokers = broker.bootstrap.clone();
+    create_topics(
+        &brokers,
+        &[EVENTS, SPANS, "shop.metrics", "shop.logs", CHANGELOG],
+        PARTITIONS,
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let group = "partition-e2e-crash";
+    let n = orders();
+    let slow = Duration::from_secs(120 + n as u64 / 100);
+    let truth: Vec<Order> = (0..n).map(order).collect();
+
+    let mut a = start(&rt, "gw-a", group, &brokers, free_addr());
+    let b = start(&rt, "gw-b", group, &brokers, free_addr());
+    let split = wait_aligned(&[&a, &b], PARTITIONS, Duration::from_secs(90));
+    eprintln!("split: A {:?}, B {:?}", split[0], split[1]);
+    let events: Vec<Msg> = truth.iter().map(|o| Msg::keyed(o.id.clone(), event_json(o))).collect();
+    let producer = {
+        let brokers = brokers.clone();
+        std::thread::spawn(move || {
+            for chunk in events.chunks(50) {
+                produce(&brokers, EVENTS, chunk);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let a_parts = split[0].clone();
+    let committed_of = |parts: &BTreeSet<i32>| -> i64 {
+        let c = committed(&brokers, group, EVENTS);
+        parts.iter().map(|p| c[*p as usize].max(0)).sum()
+    };
+    wait_until("A committed some events", slow, || {
+        committed_of(&a_parts) >= (n / 8) as i64
+    });
+    a.bp.signal("KILL");
+    a.bp.wait_exit(Duration::from_secs(10));
+    let at_kill = committed_of(&a_parts);
+    eprintln!("A SIGKILLed with {at_kill} events of its partitions committed");
+    let c = start(&rt, "gw-c", group, &brokers, free_addr());
+    let held = wait_aligned(&[&b, &c], PARTITIONS, Duration::from_secs(120));
+    eprintln!("after the crash: B {:?}, C {:?}", held[0], held[1]);
+    producer.join().expect("producer");
+    let took = wait_until("every event committed", slow, || {
+        committed(&brokers, group, EVENTS)
+            .iter()
+            .map(|o| (*o).max(0))
+            .sum::<i64>()
+            == n as i64
+    });
+    eprintln!("every event committed {took:?} after the last was produced");
+
+    let spans: Vec<Msg> = truth.iter().enumerate().map(|(i, o)| span_message(i, o)).collect();
+    produce(&brokers, SPANS, &spans);
+    let total = |gs: &[&Gateway]| -> usize { gs.iter().map(|g| g.backend.received(|r| r.span_count())).sum() };
+    wait_until("every span at B's and C's backends", slow, || total(&[&b, &c]) >= n);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut received = b.backend.received(|r| r.spans());
+    received.extend(c.backend.received(|r| r.spans()));
+    let (joined, wrong, missing_a, missing_b) = verify(&truth, &received, &a_parts);
+    eprintln!(
+        "B and C joined {joined} of {n} spans as the ground truth says ({missing_a} without their order on A's \
+         partitions, {missing_b} on B's, {} wrong); restores: B {:?}, C {:?}",
+        wrong.len(),
+        restores(&b),
+        restores(&c)
+    );
+    assert!(
+        wrong.is_empty(),
+        "spans joined with other values than their order's: {wrong:?}"
+    );
+    assert_eq!(
+        joined, n,
+        "every span after the crash joined ({missing_a} of A's partitions, {missing_b} of B's missing)"
     );
 }
