@@ -226,16 +226,21 @@ fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Du
     started.elapsed()
 }
 
-#[test]
-fn a_partitions_new_owner_joins_the_spans_of_orders_another_gateway_consumed() {
+/// A broker with the gateway's topics and the changelog, and a runtime for the backends.
+fn setup() -> (Tansu, tokio::runtime::Runtime) {
     let broker = Tansu::start();
-    let brokers = broker.bootstrap.clone();
     create_topics(
-        &brokers,
+        &broker.bootstrap,
         &[EVENTS, SPANS, "shop.metrics", "shop.logs", CHANGELOG],
         PARTITIONS,
     );
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    (broker, tokio::runtime::Runtime::new().expect("runtime"))
+}
+
+#[test]
+fn a_partitions_new_owner_joins_the_spans_of_orders_another_gateway_consumed() {
+    let (broker, rt) = setup();
+    let brokers = broker.bootstrap.clone();
     let group = "partition-e2e";
     let n = orders();
     let truth: Vec<Order> = (0..n).map(order).collect();
@@ -348,14 +353,8 @@ fn a_partitions_new_owner_joins_the_spans_of_orders_another_gateway_consumed() {
 /// restore them, consume the rest of the events, and join every span as the ground truth says.
 #[test]
 fn after_a_crash_the_replacement_and_the_survivor_join_every_order() {
-    let broker = Tansu::start();
+    let (broker, rt) = setup();
     let brokers = broker.bootstrap.clone();
-    create_topics(
-        &brokers,
-        &[EVENTS, SPANS, "shop.metrics", "shop.logs", CHANGELOG],
-        PARTITIONS,
-    );
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
     let group = "partition-e2e-crash";
     let n = orders();
     let slow = Duration::from_secs(120 + n as u64 / 100);
