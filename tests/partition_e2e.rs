@@ -30,7 +30,7 @@ use bizpilot_core::pdata::proto::collector::trace::v1::ExportTraceServiceRequest
 use bizpilot_core::pdata::proto::common::v1::{AnyValue, KeyValue, any_value};
 use bizpilot_core::pdata::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use common::{free_addr, http_get, span_attr};
-use kafka_gateways::{Gateway, start_gateway_with_env, wait_aligned};
+use kafka_gateways::{Gateway, start_gateway_env, wait_aligned};
 use kafka_harness::{Msg, Tansu, committed, create_topics, held_partitions, produce};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
@@ -141,9 +141,9 @@ fn start(rt: &tokio::runtime::Runtime, name: &'static str, group: &str, brokers:
     let health = health.to_string();
     let env = [("BIZPILOT_HEALTH_ENDPOINT", health.as_str())];
     if no_changelog() {
-        start_gateway_with_env(rt, name, group, brokers, &[], OVERLAY_WITHOUT_CHANGELOG, &env)
+        start_gateway_env(rt, name, group, brokers, &[], OVERLAY_WITHOUT_CHANGELOG, &env)
     } else {
-        start_gateway_with_env(
+        start_gateway_env(
             rt,
             name,
             group,

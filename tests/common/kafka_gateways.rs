@@ -46,11 +46,12 @@ pub fn start_gateway_with(
     configs: &[&str],
     overlay: &str,
 ) -> Gateway {
-    start_gateway_with_env(rt, name, group, brokers, configs, overlay, &[])
+    start_gateway_env(rt, name, group, brokers, configs, overlay, &[])
 }
 
-/// [`start_gateway_with`] with more environment variables (set last: they win), e.g. `BIZPILOT_HEALTH_ENDPOINT`.
-pub fn start_gateway_with_env(
+/// [`start_gateway_with`] with more environment, after the gateway's own (e.g. `BIZPILOT_STORAGE_DIR`, so that a
+/// restarted gateway finds its predecessor's durable state).
+pub fn start_gateway_env(
     rt: &tokio::runtime::Runtime,
     name: &'static str,
     group: &str,
