@@ -7,8 +7,9 @@
 //! the changelog partitions of the same numbers. Ground truth: the partition each event landed on in the
 //! real events topic (librdkafka's `murmur2_random`, as the gateway's producers use), and A's state.
 //!
-//! Not covered here (see the doc): the `business_state` extension option and the receiver's
-//! restore-before-consume hook; this test drives the library API the hook would call.
+//! This test drives the library API; the `kafka` receiver's `changelog` option, its restore-before-consume
+//! in the rebalance callback and the readiness hold are tested end to end with two gateways in
+//! `tests/partition_e2e.rs`.
 
 mod kafka_harness;
 

@@ -11,17 +11,20 @@
 //! | key | value | partition |
 //! |---|---|---|
 //! | `o/<order id>` | the checkpoint entry (`{"at_ms", "v"}`, [`crate::checkpoint`]) or a tombstone when the order was evicted or expired | `murmur2(order id)` |
-//! | `c/<customer id>` | the entry | that of every order changed in the same checkpoint that names the customer (so each partition holding one of the customer's orders has the customer too); else `murmur2(customer id)` |
-//! | `t/<trace id>` | the entry | `murmur2(order id of the link)`; else `murmur2(trace id)` |
+//! | `c/<customer id>` | the entry, or a tombstone when removed (to every partition) | that of every order changed in the same checkpoint that names the customer (so each partition holding one of the customer's orders has the customer too); else `murmur2(customer id)` |
+//! | `t/<trace id>` | the entry, or a tombstone when removed (to every partition) | `murmur2(order id of the link)`; else `murmur2(trace id)` |
 //!
-//! Customer and trace-link removals are not produced (their partitions are not known once the
-//! value is gone): a restore drops entries older than the store's TTL, and the store's bound
-//! evicts the rest.
+//! A customer's or trace link's removal (eviction, expiry) is produced as a tombstone to every
+//! partition, since which ones hold it is not known once the value is gone; a sink that writes only
+//! the partitions its replica owns (`bizpilot_kafka::changelog::KafkaChangelog::restrict_to_owned`)
+//! drops the others. So compaction removes dead keys from the topic, and a restore does not bring
+//! back a customer the previous owner had evicted.
 //!
 //! **Restore** ([`BusinessState::apply_changelog`], one partition at a time) is idempotent: within
-//! a partition the last record of a key is its state (a tombstone removes the key); across
-//! partitions (a customer written to several) a key the state already holds with a more recent
-//! update (`at_ms`) is kept. Applying the same records
+//! a partition the last record of a key is its state (an order's tombstone removes the order; a
+//! customer's or link's cancels the partition's earlier records of it but never removes what the
+//! state holds, which may come from another partition); across partitions (a customer written to
+//! several) a key the state already holds with a more recent update (`at_ms`) is kept. Applying the same records
 //! twice gives the same state, so an at-least-once restore (a partition read again after a second
 //! rebalance) is harmless.
 
@@ -29,11 +32,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use bizpilot_core::storage::StorageOp;
-use serde::Serialize;
 
-use crate::checkpoint::{Entries, EntryIn, Restored, Taken, decode, now_ms};
+use crate::checkpoint::{Entries, Entry, Restored, Taken, decode_entry, now_ms};
 use crate::context::{OrderContext, TraceLink};
-use crate::state::{BusinessState, KeyedStore};
+use crate::state::BusinessState;
 
 /// One record of the changelog: `value` `None` is a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,21 +142,20 @@ pub(crate) fn route(
         };
         match text.split_at_checked(2) {
             Some(("o/", id)) => push(partition_of(id, partitions)),
-            Some(("c/", id)) if value.is_some() => match customer_parts.get(id) {
+            // A removed customer or trace link: which partitions hold it is not known once its value
+            // is gone, so the tombstone goes to every partition (a sink restricted to the partitions it
+            // owns writes only those: a replica speaks for its own partitions).
+            Some(("c/" | "t/", _)) if value.is_none() => (0..partitions.max(1)).for_each(&mut push),
+            Some(("c/", id)) => match customer_parts.get(id) {
                 Some(parts) => parts.iter().for_each(|p| push(*p)),
                 None => push(partition_of(id, partitions)),
             },
-            Some(("t/", id)) if value.is_some() => {
-                push(partition_of(link_order.get(id).copied().unwrap_or(id), partitions))
-            }
+            Some(("t/", id)) => push(partition_of(link_order.get(id).copied().unwrap_or(id), partitions)),
             _ => {}
         }
     }
     out
 }
-
-/// The last entry of a key in a changelog partition: its `at_ms` and value, `None` when removed.
-type Latest = Option<(u64, Vec<u8>)>;
 
 impl BusinessState {
     /// Makes every checkpoint from now on also write to `sink` (and be durable only once `sink`
@@ -171,89 +172,78 @@ impl BusinessState {
 
     /// Applies the records of one changelog partition (key, value or `None` for a tombstone), in
     /// the order they were written: the last record of a key is its state. A key the state already
-    /// holds with a more recent update (from another partition, or a local event) is kept; see the
-    /// module documentation for why this is idempotent. Returns what was put back.
+    /// holds with a more recent update (from another partition, or a local event) is kept; an order's
+    /// tombstone removes the order (it lives on this partition only), a customer's or trace link's
+    /// only cancels the partition's earlier records of it (another partition may hold it, newer).
+    /// See the module documentation for why this is idempotent. Returns what was put back.
     pub fn apply_changelog(&self, records: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) -> Restored {
         let mut restored = Restored::default();
         // The records of one partition are in write order: the last one of a key is its state.
-        let mut latest: HashMap<Vec<u8>, Latest> = HashMap::new();
+        // Each value is decoded once, here.
+        let mut latest: HashMap<String, Option<(u64, Entry)>> = HashMap::new();
         for (key, value) in records {
-            match value {
-                None => {
-                    latest.insert(key, None);
+            let key = match String::from_utf8(key) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(e.as_bytes()), "changelog key not UTF-8, skipped");
+                    restored.unreadable += 1;
+                    continue;
                 }
-                Some(v) => match serde_json::from_slice::<AtOnly>(&v) {
-                    Ok(a) => {
-                        latest.insert(key, Some((a.at_ms, v)));
-                    }
+            };
+            let entry = match value {
+                None if matches!(key.split_at_checked(2), Some(("o/" | "c/" | "t/", _))) => None,
+                None => {
+                    warn_unreadable(&key, "unknown key", &mut restored);
+                    continue;
+                }
+                Some(v) => match decode_entry(&key, &v) {
+                    Ok((_, at, e)) => Some((at, e)),
                     Err(e) => {
-                        tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e, "changelog entry unreadable, skipped");
-                        restored.unreadable += 1;
+                        warn_unreadable(&key, &e, &mut restored);
+                        continue;
                     }
                 },
-            }
+            };
+            latest.insert(key, entry);
         }
         let now = now_ms();
-        let mut orders = Vec::new();
-        let mut customers = Vec::new();
-        let mut traces = Vec::new();
-        for (k, entry) in latest {
-            let key = String::from_utf8_lossy(&k).into_owned();
+        let mut entries = Entries::default();
+        for (key, entry) in latest {
             let Some((prefix, id)) = key.split_at_checked(2) else {
-                restored.unreadable += 1;
                 continue;
             };
-            let Some((at, v)) = entry else {
-                if prefix == "o/" {
-                    self.orders.remove(id);
+            match entry {
+                None => {
+                    if prefix == "o/" {
+                        self.orders.remove(id);
+                    }
                 }
-                continue;
-            };
-            let ok = match prefix {
-                "o/" => keep(&self.orders, id, at, now, &v, &mut orders),
-                "c/" => keep(&self.customers, id, at, now, &v, &mut customers),
-                "t/" => keep(&self.traces, id, at, now, &v, &mut traces),
-                _ => Err(format!("unknown key {key:?}")),
-            };
-            if let Err(e) = ok {
-                tracing::warn!(key = %key, error = %e, "changelog entry unreadable, skipped");
-                restored.unreadable += 1;
+                Some((at, e)) => {
+                    let age = Duration::from_millis(now.saturating_sub(at));
+                    let held = match &e {
+                        Entry::Order(_) => self.orders.age(id),
+                        Entry::Customer(_) => self.customers.age(id),
+                        Entry::Trace(_) => self.traces.age(id),
+                    };
+                    if held.is_none_or(|held| held >= age) {
+                        entries.push(id, at, e);
+                    }
+                }
             }
         }
-        self.put_back_all(
-            Entries {
-                orders,
-                customers,
-                traces,
-            },
-            now,
-            &mut restored,
-        );
+        // A running state: spans waiting in the enrich join for these orders go on at once.
+        let announce: Vec<String> = entries.orders.iter().map(|(_, id, _)| id.clone()).collect();
+        self.put_back_all(entries, now, &mut restored);
+        for id in &announce {
+            self.orders.announce(id);
+        }
         restored
     }
 }
 
-#[derive(serde::Deserialize)]
-struct AtOnly {
-    at_ms: u64,
-}
-
-/// Queues `id`'s entry for [`put_back`] unless the store already has a more recent update of it.
-fn keep<V: Clone + Send + Sync + Serialize + for<'de> serde::Deserialize<'de> + 'static>(
-    store: &KeyedStore<V>,
-    id: &str,
-    at: u64,
-    now: u64,
-    v: &[u8],
-    out: &mut Vec<(u64, String, V)>,
-) -> Result<(), String> {
-    let e: EntryIn<V> = decode(v)?;
-    let age = Duration::from_millis(now.saturating_sub(at));
-    if store.age(id).is_some_and(|held| held < age) {
-        return Ok(());
-    }
-    out.push((e.at_ms, id.to_string(), e.v));
-    Ok(())
+fn warn_unreadable(key: &str, e: &str, restored: &mut Restored) {
+    tracing::warn!(key = %key, error = %e, "changelog entry unreadable, skipped");
+    restored.unreadable += 1;
 }
 
 /// A [`ChangelogSink`] in memory (tests, and a reference for the Kafka one).
@@ -400,6 +390,69 @@ mod tests {
         assert!(once.orders > 0 && once.unreadable == 0 && twice.unreadable == 0);
         assert_eq!(b.orders.peek("o3"), a.orders.peek("o3"), "the update won");
         assert!(b.orders.peek("o7").is_none(), "the tombstone won");
+    }
+
+    #[tokio::test]
+    async fn a_removed_customer_or_link_is_tombstoned_on_every_partition_and_not_restored() {
+        let log = MemoryChangelog::new(P);
+        let a = owner(&log);
+        let link = "0102030405060708090a0b0c0d0e0f10";
+        a.link_span(link, Some("c1"), Some("gold"));
+        assert_eq!(a.checkpoint_with(None, Some(&log)).unwrap(), 1);
+        let holders: Vec<i32> = (0..P)
+            .filter(|p| log.read(*p).iter().any(|(k, v)| k == b"c/c1" && v.is_some()))
+            .collect();
+        assert!(!holders.is_empty());
+        a.customers.remove("c1");
+        a.traces.remove(link);
+        assert_eq!(a.checkpoint_with(None, Some(&log)).unwrap(), 2);
+        for p in 0..P {
+            let recs = log.read(p);
+            for key in [b"c/c1".to_vec(), format!("t/{link}").into_bytes()] {
+                assert_eq!(
+                    recs.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| v.is_none()),
+                    Some(true),
+                    "{} tombstoned on partition {p}",
+                    String::from_utf8_lossy(&key)
+                );
+            }
+        }
+        // A new owner of those partitions does not get them back.
+        let b = BusinessState::new("b", StateConfig::default());
+        for p in 0..P {
+            let r = b.apply_changelog(log.read(p));
+            assert_eq!(r.unreadable, 0);
+        }
+        assert!(b.customers.peek("c1").is_none() && b.traces.peek(link).is_none());
+        assert!(b.customers.peek("c2").is_some(), "other customers restored");
+        // A tombstone never removes a customer the state holds from elsewhere (another partition's event).
+        let c = BusinessState::new("c", StateConfig::default());
+        c.apply(&event("order.placed", 500, "o-elsewhere", Some("c1"), Some("USD 3.00")));
+        let held = c.customers.peek("c1");
+        for p in holders {
+            c.apply_changelog(log.read(p));
+        }
+        assert_eq!(c.customers.peek("c1"), held);
+    }
+
+    #[tokio::test]
+    async fn restored_orders_are_announced_to_waiters() {
+        let log = MemoryChangelog::new(P);
+        owner(&log);
+        let b = BusinessState::new("b", StateConfig::default());
+        let mut sub = b.orders.subscribe();
+        let p = partition_of("o3", P);
+        let r = b.apply_changelog(log.read(p));
+        let mut seen = BTreeSet::new();
+        while let Ok(k) = sub.try_recv() {
+            seen.insert(k.to_string());
+        }
+        let want: BTreeSet<String> = (0..20)
+            .map(|i| format!("o{i}"))
+            .filter(|o| partition_of(o, P) == p)
+            .collect();
+        assert_eq!(r.orders, want.len());
+        assert_eq!(seen, want);
     }
 
     #[tokio::test]

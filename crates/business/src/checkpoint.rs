@@ -192,43 +192,59 @@ impl BusinessState {
             }
         }
         let now = now_ms();
-        let mut orders = Vec::new();
-        let mut customers = Vec::new();
-        let mut traces = Vec::new();
+        let mut read = Entries::default();
         for (k, v) in &entries {
             if k == FORMAT_KEY {
                 continue;
             }
             let key = String::from_utf8_lossy(k);
-            let ok = match key.split_at_checked(2) {
-                Some(("o/", id)) => decode(v).map(|e: EntryIn<_>| orders.push((e.at_ms, id.to_string(), e.v))),
-                Some(("c/", id)) => decode(v).map(|e: EntryIn<_>| customers.push((e.at_ms, id.to_string(), e.v))),
-                Some(("t/", id)) => decode(v).map(|e: EntryIn<_>| traces.push((e.at_ms, id.to_string(), e.v))),
-                _ => Err(format!("unknown key {key:?}")),
-            };
-            if let Err(e) = ok {
-                tracing::warn!(owner, key = %key, error = %e, "stored business state entry unreadable, skipped");
-                restored.unreadable += 1;
+            match decode_entry(&key, v) {
+                Ok((id, at, entry)) => read.push(id, at, entry),
+                Err(e) => {
+                    tracing::warn!(owner, key = %key, error = %e, "stored business state entry unreadable, skipped");
+                    restored.unreadable += 1;
+                }
             }
         }
-        self.put_back_all(
-            Entries {
-                orders,
-                customers,
-                traces,
-            },
-            now,
-            &mut restored,
-        );
+        self.put_back_all(read, now, &mut restored);
         Ok(restored)
     }
 }
 
 /// Entries read back from a checkpoint or a changelog: `(at_ms, key, value)` per store.
+#[derive(Default)]
 pub(crate) struct Entries {
     pub(crate) orders: Vec<(u64, String, OrderContext)>,
     pub(crate) customers: Vec<(u64, String, CustomerContext)>,
     pub(crate) traces: Vec<(u64, String, TraceLink)>,
+}
+
+/// One stored entry's value, by the store its key (`o/`, `c/`, `t/`) names.
+pub(crate) enum Entry {
+    Order(OrderContext),
+    Customer(CustomerContext),
+    Trace(TraceLink),
+}
+
+/// Decodes the entry stored under `key`: its id (the key without its prefix), `at_ms` and value.
+pub(crate) fn decode_entry<'k>(key: &'k str, v: &[u8]) -> Result<(&'k str, u64, Entry), String> {
+    match key.split_at_checked(2) {
+        Some(("o/", id)) => decode(v).map(|e: EntryIn<_>| (id, e.at_ms, Entry::Order(e.v))),
+        Some(("c/", id)) => decode(v).map(|e: EntryIn<_>| (id, e.at_ms, Entry::Customer(e.v))),
+        Some(("t/", id)) => decode(v).map(|e: EntryIn<_>| (id, e.at_ms, Entry::Trace(e.v))),
+        _ => Err(format!("unknown key {key:?}")),
+    }
+}
+
+impl Entries {
+    pub(crate) fn push(&mut self, id: &str, at: u64, entry: Entry) {
+        let id = id.to_string();
+        match entry {
+            Entry::Order(v) => self.orders.push((at, id, v)),
+            Entry::Customer(v) => self.customers.push((at, id, v)),
+            Entry::Trace(v) => self.traces.push((at, id, v)),
+        }
+    }
 }
 
 impl BusinessState {

@@ -482,6 +482,15 @@ impl<V: Clone + Send + Sync + 'static> KeyedStore<V> {
         self.changes.subscribe()
     }
 
+    /// Announces `key` to subscribers as if it had just been written (keys put back by a restore
+    /// into a running state: the enrich join's waiters are released at once). Whether anyone
+    /// listens or not, nothing else changes.
+    pub fn announce(&self, key: &str) {
+        if self.changes.receiver_count() > 0 && self.contains(key) {
+            let _ = self.changes.send(Arc::from(key));
+        }
+    }
+
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             entries: self.len(),

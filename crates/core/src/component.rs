@@ -400,11 +400,72 @@ impl ApiRegistry {
     }
 }
 
+/// The service's readiness (what `/readyz` and the `health_check` extension report): ready once
+/// every component started, until shutdown begins, and while no component holds it down with a
+/// [`ReadinessHold`] (e.g. a receiver restoring the state of newly assigned partitions before it
+/// consumes them). [`Readiness::flag`] is the published value, recomputed on every change.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    inner: Arc<ReadinessInner>,
+}
+
+#[derive(Debug, Default)]
+struct ReadinessInner {
+    /// (started and not shutting down, holds).
+    state: std::sync::Mutex<(bool, usize)>,
+    flag: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Readiness {
+    /// The published readiness: true when started and not held.
+    pub fn flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.inner.flag.clone()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.flag.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Every component started (`true`) or shutdown began (`false`).
+    pub fn set_started(&self, started: bool) {
+        self.update(|s| s.0 = started);
+    }
+
+    /// Holds readiness down until the returned guard is dropped.
+    pub fn hold(&self) -> ReadinessHold {
+        self.update(|s| s.1 += 1);
+        ReadinessHold(self.clone())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut (bool, usize))) {
+        let mut s = self
+            .inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut s);
+        self.inner
+            .flag
+            .store(s.0 && s.1 == 0, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Keeps the service not ready while it lives ([`Readiness::hold`]).
+#[derive(Debug)]
+pub struct ReadinessHold(Readiness);
+
+impl Drop for ReadinessHold {
+    fn drop(&mut self) {
+        self.0.update(|s| s.1 = s.1.saturating_sub(1));
+    }
+}
+
 /// Shared access to started extensions, by id, and to the HTTP API registry.
 #[derive(Clone, Default)]
 pub struct Extensions {
     items: HashMap<ComponentId, Arc<dyn Any + Send + Sync>>,
     api: ApiRegistry,
+    readiness: Readiness,
 }
 
 impl Extensions {
@@ -413,7 +474,20 @@ impl Extensions {
         Self {
             items: HashMap::new(),
             api,
+            readiness: Readiness::default(),
         }
+    }
+
+    /// These extensions with the service's readiness (components hold it down with it).
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// The service's readiness: a component that must not be counted ready for a while (a restore)
+    /// takes a [`Readiness::hold`].
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
     }
 
     /// Where components register their HTTP API handlers.
@@ -681,5 +755,31 @@ impl Registry {
             .collect();
         v.sort_unstable();
         v
+    }
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    use super::Readiness;
+
+    #[test]
+    fn ready_only_when_started_and_not_held() {
+        let r = Readiness::default();
+        let flag = r.flag();
+        let load = || flag.load(std::sync::atomic::Ordering::Acquire);
+        assert!(!load(), "not ready before the start");
+        let early = r.hold();
+        r.set_started(true);
+        assert!(!load(), "held since before the start");
+        let second = r.hold();
+        drop(early);
+        assert!(!load(), "one hold left");
+        drop(second);
+        assert!(load() && r.is_ready(), "started, no holds");
+        let h = r.hold();
+        assert!(!load(), "a hold after the start lowers it");
+        r.set_started(false);
+        drop(h);
+        assert!(!load(), "shutdown began: a released hold does not make it ready");
     }
 }

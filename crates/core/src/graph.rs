@@ -14,14 +14,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::component::{
     Admission, ApiRegistry, Built, ComponentError, ComponentKind, ConnectorContext, CreateContext, ExporterContext,
-    ExtensionContext, Extensions, Output, ProcessorContext, ReceiverContext, ReceiverOutput, Registry, Running, Target,
+    ExtensionContext, Extensions, Output, ProcessorContext, Readiness, ReceiverContext, ReceiverOutput, Registry,
+    Running, Target,
 };
 use crate::config::{ComponentId, Config, PipelineId};
 use crate::pdata::{Batch, Signal};
@@ -57,7 +58,7 @@ pub struct RunningService {
     receiver_shutdown: CancellationToken,
     abort: CancellationToken,
     extension_shutdown: CancellationToken,
-    ready: Arc<AtomicBool>,
+    readiness: Readiness,
 }
 
 /// What happened during shutdown.
@@ -125,11 +126,11 @@ impl RunningService {
             receiver_shutdown: receiver_shutdown.clone(),
             abort: abort.clone(),
             extension_shutdown: extension_shutdown.clone(),
-            ready: Arc::new(AtomicBool::new(false)),
+            readiness: Readiness::default(),
         };
         match svc.start_all(config, registry, api).await {
             Ok(()) => {
-                svc.ready.store(true, Ordering::Release);
+                svc.readiness.set_started(true);
                 Ok(svc)
             }
             Err(e) => {
@@ -142,7 +143,7 @@ impl RunningService {
 
     async fn start_all(&mut self, config: &Config, registry: &Registry, api: ApiRegistry) -> Result<(), StartError> {
         // 1. Extensions.
-        let mut extensions = Extensions::with_api(api);
+        let mut extensions = Extensions::with_api(api).with_readiness(self.readiness.clone());
         // Storage extensions first: other extensions restore their state from them in `create`.
         let mut order: Vec<&ComponentId> = config.extensions.iter().collect();
         order.sort_by_key(|id| !crate::storage::STORAGE_EXTENSION_TYPES.contains(&id.type_name()));
@@ -162,7 +163,7 @@ impl RunningService {
                 .start(ExtensionContext {
                     id: id.clone(),
                     shutdown: self.extension_shutdown.clone(),
-                    ready: self.ready.clone(),
+                    ready: self.readiness.flag(),
                 })
                 .map_err(|e| start_err(ComponentKind::Extension, id, e))?;
             extensions.insert(id.clone(), ext.shared());
@@ -360,15 +361,16 @@ impl RunningService {
         Ok(())
     }
 
-    /// True once every component started, until shutdown begins.
+    /// True once every component started, until shutdown begins, except while a component holds
+    /// it down ([`crate::component::Readiness::hold`]).
     pub fn readiness(&self) -> Arc<AtomicBool> {
-        self.ready.clone()
+        self.readiness.flag()
     }
 
     /// Stops accepting data, drains what was accepted to the exporters within
     /// `deadline`, then stops the extensions.
     pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
-        self.ready.store(false, Ordering::Release);
+        self.readiness.set_started(false);
         let mut report = ShutdownReport::default();
         let until = tokio::time::Instant::now() + deadline;
         self.receiver_shutdown.cancel();

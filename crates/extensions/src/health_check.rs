@@ -3,8 +3,10 @@
 //! server (whose data API lists customers and stays on loopback by default).
 //!
 //! `GET <path>` answers `200 {"status":"Server available", …}` once every component of the service
-//! has started, and `503 {"status":"Server not available", …}` while it starts and once shutdown
-//! begins (so a load balancer stops sending before the receivers close). Any other path is 404.
+//! has started, and `503 {"status":"Server not available", …}` while it starts, while a component
+//! holds readiness down (a `kafka` receiver restoring the `business_state` changelog of newly
+//! assigned partitions: `docs/partition-state.md`) and once shutdown begins (so a load balancer
+//! stops sending before the receivers close). Any other path is 404.
 //! The answer names nothing but the status, so the endpoint may listen on every interface for
 //! the kubelet.
 //!

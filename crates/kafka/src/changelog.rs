@@ -10,8 +10,9 @@
 //! Create the topic beforehand, like the other topics: `cleanup.policy=compact` and as many
 //! partitions as the business events topic.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bizpilot_business::BusinessState;
@@ -42,10 +43,16 @@ impl ProducerContext for Deliveries {
 pub struct KafkaChangelog {
     topic: String,
     bootstrap: String,
+    /// Connection and security settings (of the restore consumers too).
+    base: ClientConfig,
     partitions: i32,
     timeout: Duration,
     producer: BaseProducer<Deliveries>,
     failures: Arc<AtomicUsize>,
+    /// With [`KafkaChangelog::restrict_to_owned`]: the partitions this replica owns; records of
+    /// other partitions are not written (their new owner writes them).
+    owned: Mutex<Option<BTreeSet<i32>>>,
+    skipped: AtomicUsize,
 }
 
 impl std::fmt::Debug for KafkaChangelog {
@@ -77,14 +84,26 @@ impl KafkaChangelog {
         timeout: Duration,
         producer: &[(&str, &str)],
     ) -> Result<Self, ChangelogError> {
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", bootstrap);
+        Self::with_client(base, topic, timeout, producer)
+    }
+
+    /// [`KafkaChangelog::new`] with the connection and security settings of `base` (a component's
+    /// client settings: brokers, client id, TLS, SASL), used by the producer and the restore reads.
+    pub fn with_client(
+        base: ClientConfig,
+        topic: &str,
+        timeout: Duration,
+        producer: &[(&str, &str)],
+    ) -> Result<Self, ChangelogError> {
         let err = |reason: String| ChangelogError::Produce {
             topic: topic.to_string(),
             reason,
         };
         let failures = Arc::new(AtomicUsize::new(0));
-        let mut config = ClientConfig::new();
+        let mut config = base.clone();
         config
-            .set("bootstrap.servers", bootstrap)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5");
@@ -111,12 +130,42 @@ impl KafkaChangelog {
         }
         Ok(KafkaChangelog {
             topic: topic.to_string(),
-            bootstrap: bootstrap.to_string(),
+            bootstrap: base.get("bootstrap.servers").unwrap_or_default().to_string(),
+            base,
             partitions,
             timeout,
             producer,
             failures,
+            owned: Mutex::new(None),
+            skipped: AtomicUsize::new(0),
         })
+    }
+
+    /// From now on, write only the records of partitions marked [`KafkaChangelog::own`]ed (none
+    /// yet): a replica in a consumer group writes the partitions it consumes, never one that moved
+    /// to another replica (whose changes, expiries included, are the new owner's to write).
+    pub fn restrict_to_owned(&self) {
+        let mut owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
+        owned.get_or_insert_with(BTreeSet::new);
+    }
+
+    /// Marks `partition` owned (its records are written).
+    pub fn own(&self, partition: i32) {
+        if let Some(o) = self.owned.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            o.insert(partition);
+        }
+    }
+
+    /// Marks `partition` not owned (its records are no longer written).
+    pub fn disown(&self, partition: i32) {
+        if let Some(o) = self.owned.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            o.remove(&partition);
+        }
+    }
+
+    /// Records not written because their partition is not owned, so far.
+    pub fn skipped(&self) -> usize {
+        self.skipped.load(Ordering::Relaxed)
     }
 
     pub fn topic(&self) -> &str {
@@ -132,8 +181,9 @@ impl KafkaChangelog {
             partition,
             reason,
         };
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+        let consumer: BaseConsumer = self
+            .base
+            .clone()
             // Assigned, never subscribed or committed: the group id only satisfies the client.
             .set("group.id", "bizpilot-business-state-restore")
             .set("enable.auto.commit", "false")
@@ -192,9 +242,18 @@ impl ChangelogSink for KafkaChangelog {
             topic: self.topic.clone(),
             reason,
         };
+        let owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let all = records.len();
+        let records: Vec<&ChangelogRecord> = match &owned {
+            None => records.iter().collect(),
+            Some(owned) => records.iter().filter(|r| owned.contains(&r.partition)).collect(),
+        };
+        if records.len() < all {
+            self.skipped.fetch_add(all - records.len(), Ordering::Relaxed);
+        }
         let before = self.failures.load(Ordering::SeqCst);
         let deadline = Instant::now() + self.timeout;
-        for r in records {
+        for r in &records {
             let mut rec: BaseRecord<'_, [u8], [u8]> =
                 BaseRecord::to(&self.topic).partition(r.partition).key(r.key.as_slice());
             if let Some(v) = &r.value {

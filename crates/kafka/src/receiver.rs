@@ -37,6 +37,22 @@
 //! `bizpilot.source.partition` and `bizpilot.source.offset`. Its offset counts as done once
 //! the dead-letter produce succeeded (a failed produce rewinds like a failed delivery).
 //!
+//! # State that moves with its partition (`changelog`)
+//!
+//! With `changelog`, the `business_state` extension's checkpoints also go to the changelog topic
+//! (record partition = the partition of the order's events, `murmur2(order id)`), and an event's
+//! offset is committed only once its change is acknowledged there. When the group assigns this
+//! receiver partitions it did not hold just before, the rebalance callback reads those changelog
+//! partitions to their end and applies them to the state *before it returns*, so no event of them
+//! is processed first; the service's readiness (`health_check`) is held down meanwhile. The time is
+//! logged ("business state restored from the changelog") and kept in
+//! `bizpilot_kafka_receiver_changelog_restore_seconds{receiver}`;
+//! `bizpilot_kafka_receiver_changelog_restored_records_total{receiver}` and
+//! `bizpilot_kafka_receiver_changelog_restore_errors_total{receiver}` count. A partition whose restore
+//! fails (broker down beyond `changelog.timeout`) is consumed anyway, logged as an error: its orders
+//! are joined again as their events arrive. Revoked partitions are no longer written (the new owner
+//! writes them); their state is kept here until the state's bound or TTL drops it.
+//!
 //! # Self-telemetry
 //!
 //! `bizpilot_receiver_accepted_<items>_total` / `…_refused_…` (transport `kafka`),
@@ -76,6 +92,10 @@
 //! | `tls.ca_file`, `tls.cert_file`, `tls.key_file`, `tls.insecure_skip_verify` | — | TLS (on when `tls` is present) |
 //! | `sasl.mechanism`, `sasl.username`, `sasl.password` | — | `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` |
 //! | `librdkafka` | `{}` | further librdkafka consumer properties, passed through (e.g. `session.timeout.ms: 10000`) |
+//! | `changelog.topic` | — | state that moves with its partition (`docs/partition-state.md`), on the receiver of the business events: the compacted changelog topic of the `business_state` (create it with `cleanup.policy=compact` and as many partitions as the one events topic); none: no changelog |
+//! | `changelog.state` | — | id of the `business_state` extension whose orders, customers and trace links the changelog carries |
+//! | `changelog.timeout` | `60s` | longest wait for a checkpoint's produce acknowledgement, and for one partition's restore |
+//! | `changelog.librdkafka` | `{}` | further librdkafka properties of the changelog producer (brokers, TLS and SASL are the receiver's) |
 //!
 //! `business` keys (JSON field names; empty = not read; a dotted name also finds nested
 //! objects): `event_type` (`type`), `default_event_type` (—), `time` (`time`), `order_id`
@@ -105,12 +125,14 @@
 //!     signal: traces
 //! ```
 
+use bizpilot_business::BusinessState;
+use bizpilot_business::changelog::ChangelogSink;
 use bizpilot_core::config::Duration;
 use bizpilot_core::telemetry::ReceiverTelemetry;
 use bizpilot_core::tls::TlsClientSettings;
 use bizpilot_core::{
     Batch, ComponentConfig, ComponentError, ComponentInfo, ComponentKind, CreateContext, FieldError, Output, Payload,
-    Receiver, ReceiverContext, ReceiverFactory, Refusal, Running, Signal, Stability,
+    Readiness, Receiver, ReceiverContext, ReceiverFactory, Refusal, Running, Signal, Stability,
 };
 use metrics::{counter, gauge};
 use rdkafka::client::ClientContext;
@@ -121,13 +143,14 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::business::BusinessMapping;
+use crate::changelog::KafkaChangelog;
 use crate::client::{ClientSettings, PropertyValue, SaslSettings, error_kind};
 use crate::codec::{Decoder, MessageMeta, ReceiverEncoding};
 use crate::offsets::{OffsetTracker, Outcome, Ticket, TopicPartition};
@@ -204,6 +227,35 @@ pub struct KafkaReceiverConfig {
     pub tls: Option<TlsClientSettings>,
     pub sasl: Option<SaslSettings>,
     pub librdkafka: BTreeMap<String, PropertyValue>,
+    /// The `business_state` changelog this receiver's partitions carry ([`ChangelogSettings`]).
+    pub changelog: Option<ChangelogSettings>,
+}
+
+/// `changelog`: state that moves with its partition (`docs/partition-state.md`). The receiver
+/// consumes the business events topic; the `business_state` extension `state` writes its changes to
+/// the compacted changelog `topic` (partition = the event's partition, `murmur2(order id)`), and
+/// restores a partition's changelog before any event of a newly assigned partition is consumed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChangelogSettings {
+    pub topic: String,
+    /// Id of the `business_state` extension.
+    pub state: String,
+    /// Bounds a checkpoint's produce acknowledgement and one partition's restore.
+    pub timeout: Duration,
+    /// Further librdkafka properties of the changelog producer (e.g. `batch.num.messages`).
+    pub librdkafka: BTreeMap<String, PropertyValue>,
+}
+
+impl Default for ChangelogSettings {
+    fn default() -> Self {
+        ChangelogSettings {
+            topic: String::new(),
+            state: String::new(),
+            timeout: Duration::from_secs(60),
+            librdkafka: BTreeMap::new(),
+        }
+    }
 }
 
 impl Default for KafkaReceiverConfig {
@@ -229,6 +281,7 @@ impl Default for KafkaReceiverConfig {
             tls: None,
             sasl: None,
             librdkafka: BTreeMap::new(),
+            changelog: None,
         }
     }
 }
@@ -340,6 +393,63 @@ impl ComponentConfig for KafkaReceiverConfig {
                 "must be a plain topic name that is not consumed by this receiver",
             ));
         }
+        if let Some(c) = &self.changelog {
+            e.extend(self.validate_changelog(c));
+        }
+        e
+    }
+}
+
+impl KafkaReceiverConfig {
+    fn validate_changelog(&self, c: &ChangelogSettings) -> Vec<FieldError> {
+        let mut e = Vec::new();
+        if self.encoding.fixed_signal() != Some(Signal::Logs) {
+            e.push(FieldError::new(
+                "changelog",
+                format!(
+                    "only for business events (encoding business_json, business_proto, protobuf or \
+                     otel_demo_order_result), not {}: the changelog mirrors the business events topic's partitions",
+                    self.encoding.as_str()
+                ),
+            ));
+        }
+        if self.topics.len() != 1 || self.topics.iter().any(|t| t.trim().starts_with('^')) {
+            e.push(FieldError::new(
+                "changelog",
+                "needs exactly one topic, not a regex: the changelog's partition i is the events topic's partition i",
+            ));
+        }
+        let topic = c.topic.trim();
+        if topic.is_empty() {
+            e.push(FieldError::new(
+                "changelog.topic",
+                "required: the compacted changelog topic",
+            ));
+        } else if self.topics.iter().any(|t| t.trim() == topic) || topic == self.dead_letter_topic.trim() {
+            e.push(FieldError::new(
+                "changelog.topic",
+                "must not be a topic this receiver consumes or dead-letters to",
+            ));
+        }
+        if c.state.trim().is_empty() {
+            e.push(FieldError::new(
+                "changelog.state",
+                "required: id of the business_state extension whose state the changelog carries",
+            ));
+        } else if c.state.trim().parse::<bizpilot_core::ComponentId>().is_err() {
+            e.push(FieldError::new("changelog.state", "not a component id"));
+        }
+        if c.timeout.is_zero() {
+            e.push(FieldError::new("changelog.timeout", "must be greater than 0"));
+        }
+        for k in c.librdkafka.keys() {
+            if ["bootstrap.servers", "enable.idempotence", "acks"].contains(&k.as_str()) {
+                e.push(FieldError::new(
+                    format!("changelog.librdkafka.{k}"),
+                    "set by the receiver (brokers come from `brokers`; produces are idempotent with acks=all)",
+                ));
+            }
+        }
         e
     }
 }
@@ -398,7 +508,27 @@ impl ReceiverFactory for KafkaReceiverFactory {
                 mapping: cfg.business.clone(),
             },
         };
-        Ok(Box::new(KafkaReceiver { cfg, decoder, signal }))
+        let changelog = match &cfg.changelog {
+            None => None,
+            Some(c) => {
+                let id: bizpilot_core::ComponentId = c
+                    .state
+                    .trim()
+                    .parse()
+                    .map_err(|e| ComponentError::Config(format!("changelog.state: {e}")))?;
+                let state = ctx
+                    .extensions
+                    .get::<BusinessState>(&id)
+                    .map_err(|e| ComponentError::Config(format!("changelog.state: {e}")))?;
+                Some((state, ctx.extensions.readiness().clone()))
+            }
+        };
+        Ok(Box::new(KafkaReceiver {
+            cfg,
+            decoder,
+            signal,
+            changelog,
+        }))
     }
 }
 
@@ -407,6 +537,8 @@ pub struct KafkaReceiver {
     cfg: KafkaReceiverConfig,
     decoder: Decoder,
     signal: Signal,
+    /// With `changelog`: the state it carries and the service's readiness (held down during restores).
+    changelog: Option<(Arc<BusinessState>, Readiness)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -525,6 +657,120 @@ fn apply_pauses<C: ConsumerContext>(consumer: &impl Consumer<C>, receiver: &str,
 /// librdkafka callbacks of the consumer.
 struct ConsumerCallbacks {
     shared: Arc<Shared>,
+    changelog: Option<ChangelogBinding>,
+}
+
+/// The `business_state` changelog of a receiver with `changelog` (`docs/partition-state.md`).
+struct ChangelogBinding {
+    sink: Arc<KafkaChangelog>,
+    state: Arc<BusinessState>,
+    readiness: Readiness,
+    receiver: String,
+    /// Partitions revoked (not lost) at the last rebalance: if they are assigned again right away
+    /// (an eager rebalance revokes everything), nobody else consumed them and the state here is current.
+    revoked: Mutex<BTreeSet<i32>>,
+    restore_seconds: metrics::Gauge,
+    restored_records: metrics::Counter,
+    restore_errors: metrics::Counter,
+}
+
+impl ChangelogBinding {
+    /// Connects to the changelog topic and attaches it to the state: from now on checkpoints write the
+    /// changes of the partitions this receiver owns.
+    fn start(
+        cfg: &KafkaReceiverConfig,
+        settings: &ChangelogSettings,
+        receiver: &str,
+        state: Arc<BusinessState>,
+        readiness: Readiness,
+    ) -> Result<ChangelogBinding, ComponentError> {
+        let none = BTreeMap::new();
+        let base = ClientSettings {
+            librdkafka: &none,
+            ..cfg.client()
+        }
+        .client_config();
+        let props: Vec<(&str, &str)> = settings
+            .librdkafka
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.0.as_str()))
+            .collect();
+        let sink = KafkaChangelog::with_client(base, settings.topic.trim(), settings.timeout.get(), &props)
+            .map_err(|e| ComponentError::Other(format!("changelog: {e}")))?;
+        sink.restrict_to_owned();
+        let sink = Arc::new(sink);
+        if !state.attach_changelog(sink.clone()) {
+            return Err(ComponentError::Config(format!(
+                "changelog.state: {} already has a changelog (one receiver per business_state carries it)",
+                settings.state.trim()
+            )));
+        }
+        tracing::info!(receiver, topic = %sink.topic(), state = %settings.state.trim(), partitions = sink.partitions(),
+            "business state changelog attached");
+        Ok(ChangelogBinding {
+            sink,
+            state,
+            readiness,
+            receiver: receiver.to_string(),
+            revoked: Mutex::new(BTreeSet::new()),
+            restore_seconds: gauge!("bizpilot_kafka_receiver_changelog_restore_seconds", "receiver" => receiver.to_string()),
+            restored_records: counter!("bizpilot_kafka_receiver_changelog_restored_records_total", "receiver" => receiver.to_string()),
+            restore_errors: counter!("bizpilot_kafka_receiver_changelog_restore_errors_total", "receiver" => receiver.to_string()),
+        })
+    }
+
+    /// Restores the changelog partitions of the newly assigned `partitions` (synchronously: the
+    /// consumer delivers nothing of them until the rebalance callback returns), with the service
+    /// not ready meanwhile; then writes their changes from now on.
+    fn assigned(&self, partitions: &[i32]) {
+        let revoked = std::mem::take(&mut *lock(&self.revoked));
+        let new: Vec<i32> = partitions.iter().copied().filter(|p| !revoked.contains(p)).collect();
+        if !new.is_empty() {
+            let _not_ready = self.readiness.hold();
+            let started = Instant::now();
+            let (mut records, mut orders, mut customers, mut traces, mut failed) = (0, 0, 0, 0, Vec::new());
+            for &p in &new {
+                match blocking(|| self.sink.restore(p, &self.state)) {
+                    Ok(r) => {
+                        records += r.records;
+                        orders += r.restored.orders;
+                        customers += r.restored.customers;
+                        traces += r.restored.traces;
+                        tracing::debug!(receiver = %self.receiver, partition = p, records = r.records,
+                            seconds = r.seconds, "changelog partition restored");
+                    }
+                    Err(e) => {
+                        self.restore_errors.increment(1);
+                        tracing::error!(receiver = %self.receiver, partition = p, error = %e,
+                            "changelog partition not restored: its orders are joined again as their events arrive");
+                        failed.push(p);
+                    }
+                }
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            self.restore_seconds.set(seconds);
+            self.restored_records.increment(records as u64);
+            tracing::info!(receiver = %self.receiver, topic = %self.sink.topic(),
+                partitions = %new.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                failed = failed.len(), records, orders, customers, traces, seconds,
+                "business state restored from the changelog");
+        }
+        for &p in partitions {
+            self.sink.own(p);
+        }
+    }
+
+    /// Stops writing the revoked partitions (their new owner writes them). Their state is kept here:
+    /// the state's bound and TTL drop it, and if they come back a restore brings the newer changes.
+    fn revoked(&self, partitions: &[i32], lost: bool) {
+        let mut revoked = lock(&self.revoked);
+        for &p in partitions {
+            self.sink.disown(p);
+            if !lost {
+                revoked.insert(p);
+            }
+        }
+    }
 }
 
 impl ClientContext for ConsumerCallbacks {
@@ -611,6 +857,9 @@ impl ConsumerCallbacks {
         apply_pauses(base, &self.shared.receiver, &changes);
         drop(st);
         tracing::info!(receiver = %self.shared.receiver, partitions = %list(&tps), "partitions assigned");
+        if let Some(c) = &self.changelog {
+            c.assigned(&tps.iter().map(|tp| tp.partition).collect::<Vec<_>>());
+        }
     }
 
     /// Waits for the revoked partitions' in-flight messages (at most `drain_timeout`), commits
@@ -667,6 +916,9 @@ impl ConsumerCallbacks {
         }
         drop(st);
         self.shared.changed.notify_all();
+        if let Some(c) = &self.changelog {
+            c.revoked(&tps.iter().map(|tp| tp.partition).collect::<Vec<_>>(), lost);
+        }
         tracing::info!(receiver = %receiver, partitions = %list(&tps), lost, "partitions revoked");
     }
 }
@@ -722,7 +974,12 @@ impl ClientContext for ProducerCallbacks {
 
 impl Receiver for KafkaReceiver {
     fn start(self: Box<Self>, ctx: ReceiverContext) -> Result<Running, ComponentError> {
-        let KafkaReceiver { cfg, decoder, signal } = *self;
+        let KafkaReceiver {
+            cfg,
+            decoder,
+            signal,
+            changelog,
+        } = *self;
         let receiver = ctx.id.to_string();
         let output = ctx
             .output
@@ -762,8 +1019,17 @@ impl Receiver for KafkaReceiver {
             drain_timeout: cfg.drain_timeout.get(),
             commit: cfg.commit_offsets,
         });
+        let changelog = match (changelog, &cfg.changelog) {
+            (Some((state, readiness)), Some(settings)) => {
+                Some(ChangelogBinding::start(&cfg, settings, &receiver, state, readiness)?)
+            }
+            _ => None,
+        };
         let consumer: StreamConsumer<ConsumerCallbacks> = cc
-            .create_with_context(ConsumerCallbacks { shared: shared.clone() })
+            .create_with_context(ConsumerCallbacks {
+                shared: shared.clone(),
+                changelog,
+            })
             .map_err(|e| ComponentError::Other(format!("cannot create the kafka consumer: {e}")))?;
         let topics: Vec<&str> = cfg.topics.iter().map(|t| t.trim()).collect();
         consumer
@@ -1221,6 +1487,43 @@ librdkafka: {session.timeout.ms: 6000, check.crcs: true}
             Some(&PropertyValue("6000".into()))
         );
         assert_eq!(c.redelivery.max_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_changelog_is_validated_with_its_paths() {
+        let ok = parse(
+            "{topics: [shop.orders], encoding: business_json, changelog: {topic: shop.orders.state, state: business_state}}",
+        )
+        .unwrap();
+        let c = ok.changelog.unwrap();
+        assert_eq!(
+            (c.topic.as_str(), c.state.as_str()),
+            ("shop.orders.state", "business_state")
+        );
+        assert_eq!(c.timeout.get(), std::time::Duration::from_secs(60));
+        assert_eq!(
+            paths(
+                "{topics: [a, b], encoding: otlp_proto, changelog: {topic: a, state: '', timeout: 0s, \
+                 librdkafka: {acks: '1', batch.num.messages: 1}}}"
+            ),
+            [
+                "changelog",
+                "changelog",
+                "changelog.topic",
+                "changelog.state",
+                "changelog.timeout",
+                "changelog.librdkafka.acks"
+            ]
+        );
+        assert_eq!(
+            paths("{topics: [o], encoding: business_json, changelog: {state: business_state}}"),
+            ["changelog.topic"]
+        );
+        assert_eq!(
+            paths("{topics: [o], encoding: business_json, changelog: {topic: c, state: b, tpoic: x}}").len(),
+            1,
+            "unknown keys are refused"
+        );
     }
 
     #[test]
