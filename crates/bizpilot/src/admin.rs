@@ -33,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 pub struct AdminState {
     pub metrics: PrometheusHandle,
     pub ready: Arc<AtomicBool>,
+    /// The running service's readiness (`RunningService::readiness`), set once it has started: false while a
+    /// component holds it down (a Kafka receiver restoring a partition's state) and once shutdown begins.
+    pub service_ready: Arc<std::sync::OnceLock<Arc<AtomicBool>>>,
     pub api: ApiRegistry,
     /// `service.telemetry.metrics.auth.bearer_token`: what non-loopback peers of the data API must send.
     pub token: Option<BearerToken>,
@@ -96,7 +99,8 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Acquire) {
+    let service = s.service_ready.get().is_some_and(|f| f.load(Ordering::Acquire));
+    if s.ready.load(Ordering::Acquire) && service {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

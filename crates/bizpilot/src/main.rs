@@ -179,6 +179,7 @@ async fn run(files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
 
     let admin_stop = CancellationToken::new();
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service_ready = std::sync::Arc::new(std::sync::OnceLock::new());
     let api = bizpilot_core::ApiRegistry::default();
     if !cfg.telemetry.metrics.address.is_empty() {
         let addr = admin::serve(
@@ -186,6 +187,7 @@ async fn run(files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
             admin::AdminState {
                 metrics,
                 ready: ready.clone(),
+                service_ready: service_ready.clone(),
                 api: api.clone(),
                 token: cfg
                     .telemetry
@@ -203,13 +205,12 @@ async fn run(files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     let service = RunningService::start_with_api(&cfg, &registry, api)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
-    let service_ready = service.readiness();
+    let _ = service_ready.set(service.readiness());
     ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(pipelines = cfg.pipelines.len(), "bizpilot started");
 
     let sig = shutdown_signal().await;
     ready.store(false, std::sync::atomic::Ordering::Release);
-    drop(service_ready);
     tracing::info!(signal = sig, deadline = ?cfg.shutdown_timeout, "shutting down: draining accepted data");
     let report = service.shutdown(cfg.shutdown_timeout).await;
     admin_stop.cancel();
