@@ -1328,8 +1328,8 @@ impl Engine {
             // How much later than a typical order an order of long but normal duration leaves each stage.
             let margins: Vec<Option<f64>> = (0..flows.len())
                 .map(|s| {
-                    let q99 = model.duration_quantile(s, Condition::Healthy, OVERTAKEN_QUANTILE)?;
-                    Some(q99 - model.median_duration(s, Condition::Healthy)?)
+                    let q = model.duration_quantile(s, Condition::Healthy, OVERTAKEN_QUANTILE)?;
+                    Some(q - model.median_duration(s, Condition::Healthy)?)
                 })
                 .collect();
             for (id, o) in orders.iter_mut() {
@@ -1958,12 +1958,12 @@ impl Engine {
     }
 }
 
-/// A wait in a stage long enough for failures during it to count as the order's delay: 1/24 of the shortest
-/// KPI deadline (1 h for 24 h).
 /// The quantile of a stage's normal duration that bounds how late an order of long but normal duration leaves
 /// compared with a typical one (see [`StageFlow::overtaken`]).
 pub const OVERTAKEN_QUANTILE: f64 = 0.95;
 
+/// A wait in a stage long enough for failures during it to count as the order's delay: 1/24 of the shortest
+/// KPI deadline (1 h for 24 h).
 fn long_wait(kpis: &[Kpi]) -> u64 {
     kpis.iter().map(|k| k.deadline).min().unwrap_or(0) / 24
 }
