@@ -265,6 +265,9 @@ pub struct Resolution {
     pub flag_stage: Option<String>,
     pub flag_probability: Option<f32>,
     pub max_probability: Option<f32>,
+    /// When first flagged: the probability of a miss with the time the stage slowdowns cost the order given back
+    /// (`None`: they cost it nothing). A stage is named as the cause only when it is below 0.5.
+    pub flag_without_slowdowns: Option<f32>,
 }
 
 /// The service behind an order's risk.
@@ -314,6 +317,8 @@ struct KpiState {
     flag_cause: Option<Cause>,
     flag_stage: Option<u8>,
     flag_p: Option<f32>,
+    #[serde(default)]
+    flag_p0: Option<f32>,
     flag_services: Vec<u16>,
     p: Option<f32>,
     max_p: Option<f32>,
@@ -1036,10 +1041,11 @@ impl Engine {
                     let rate = self.flows.get(prev).map_or(1.0, |f| f.rate);
                     let clock = o.clock + time.saturating_sub(o.clock_at) as f64 * rate;
                     self.model.stage_exit(prev, c, clock as u64);
-                    if let Some(f) = self.flows.get_mut(prev)
-                        && self.last_tick.is_some_and(|t| entered <= t)
-                    {
-                        f.observed += 1.0;
+                    if let Some(f) = self.flows.get_mut(prev) {
+                        f.exited(entered);
+                        if self.last_tick.is_some_and(|t| entered <= t) {
+                            f.observed += 1.0;
+                        }
                     }
                 }
                 o.stage = j;
@@ -1217,6 +1223,7 @@ impl Engine {
         let max_p = o.kpis[k].max_p;
         let flag_stage = o.kpis[k].flag_stage;
         let flag_p = o.kpis[k].flag_p;
+        let flag_p0 = o.kpis[k].flag_p0;
         let flag_services = std::mem::take(&mut o.kpis[k].flag_services);
         let bins = o.kpis[k].bins;
         match outcome {
@@ -1271,6 +1278,7 @@ impl Engine {
                 flag_services: flag_services.iter().map(|s| self.health.name(*s).to_string()).collect(),
                 flag_stage: flag_stage.and_then(|s| self.c.stages.get(usize::from(s)).cloned()),
                 flag_probability: flag_p,
+                flag_without_slowdowns: flag_p0,
                 max_probability: max_p,
             };
             if let Some(v) = self.resolutions.as_mut() {
@@ -1317,6 +1325,13 @@ impl Engine {
                 ..
             } = self;
             let long = long_wait(&c.kpis) as f64;
+            // How much later than a typical order an order of long but normal duration leaves each stage.
+            let margins: Vec<Option<f64>> = (0..flows.len())
+                .map(|s| {
+                    let q = model.duration_quantile(s, Condition::Healthy, OVERTAKEN_QUANTILE)?;
+                    Some(q - model.median_duration(s, Condition::Healthy)?)
+                })
+                .collect();
             for (id, o) in orders.iter_mut() {
                 let rate = flows.get(o.stage).map_or(1.0, |f| f.rate);
                 let elapsed = b.saturating_sub(o.clock_at) as f64;
@@ -1326,6 +1341,20 @@ impl Engine {
                     o.lost_total += elapsed * (1.0 - rate);
                 }
                 o.clock_at = o.clock_at.max(b);
+                // Overtaken by the orders that entered the stage after it: the slowdown is not what keeps it (see
+                // [`StageFlow::overtaken`]); its own work went on all along, so the time counted lost is given back.
+                if o.lost > 0.0
+                    && let (Some(f), Some(Some(margin))) = (flows.get(o.stage), margins.get(o.stage))
+                    && f.serving()
+                    && f.overtaken(o.entered(), *margin)
+                {
+                    o.clock += o.lost;
+                    o.lost_total = (o.lost_total - o.lost).max(0.0);
+                    o.lost = 0.0;
+                    if o.hit == u8::try_from(o.stage).ok() {
+                        o.hit = None;
+                    }
+                }
                 if o.lost >= long {
                     o.hit = u8::try_from(o.stage).ok();
                 }
@@ -1500,10 +1529,9 @@ impl Engine {
                     // Would the order make it without the time slowdowns cost it? If not, they are not its cause.
                     // (Its clock stood still while a stage was stalled: with the time lost given back, this is
                     // also the question for an order held by a stall, which may have been due since it began.)
-                    let matters = at_risk
-                        && o.lost_total > 0.0
-                        && model
-                            .miss_changed(
+                    let p0 = (at_risk && o.lost_total > 0.0)
+                        .then(|| {
+                            model.miss_changed(
                                 k,
                                 o.stage,
                                 kp.to,
@@ -1512,7 +1540,9 @@ impl Engine {
                                 (deadline - b).saturating_add(o.lost_total as u64),
                                 TimeChange::NORMAL,
                             )
-                            .is_some_and(|p0| p0 < 0.5);
+                        })
+                        .flatten();
+                    let matters = p0.is_some_and(|p0| p0 < 0.5);
                     let cause = at_risk.then(|| {
                         cause_of(
                             health,
@@ -1545,6 +1575,7 @@ impl Engine {
                         st.flag_cause = cause;
                         st.flag_stage = u8::try_from(stage).ok();
                         st.flag_p = p;
+                        st.flag_p0 = p0.map(|x| x as f32);
                         st.flag_services = services;
                         flagged.push((k, id.clone(), p.unwrap_or(1.0)));
                     }
@@ -1926,6 +1957,10 @@ impl Engine {
         v
     }
 }
+
+/// The quantile of a stage's normal duration that bounds how late an order of long but normal duration leaves
+/// compared with a typical one (see [`StageFlow::overtaken`]).
+pub const OVERTAKEN_QUANTILE: f64 = 0.95;
 
 /// A wait in a stage long enough for failures during it to count as the order's delay: 1/24 of the shortest
 /// KPI deadline (1 h for 24 h).

@@ -78,6 +78,16 @@ pub struct StageFlow {
     /// Lengths (ns) of the latest slowdowns of this stage that ended, oldest first.
     #[serde(default)]
     pub episodes: VecDeque<u64>,
+    /// Orders that left the stage during the current interval: the sum of their entry times (s) and how many.
+    #[serde(default)]
+    exits_now: (u64, u64),
+    /// The same per interval over the window.
+    #[serde(default)]
+    exit_history: VecDeque<(u64, u64)>,
+    /// Mean entry time (ns) of the orders that left the stage over the latest window with exits: where the stage's
+    /// service stands (see [`StageFlow::overtaken`]).
+    #[serde(default)]
+    pub served_entry: Option<u64>,
 }
 
 impl Default for StageFlow {
@@ -92,6 +102,9 @@ impl Default for StageFlow {
             observed_per_hour: 0.0,
             backlog: 0,
             episodes: VecDeque::new(),
+            exits_now: (0, 0),
+            exit_history: VecDeque::new(),
+            served_entry: None,
         }
     }
 }
@@ -104,11 +117,46 @@ pub fn window_intervals(interval: u64) -> usize {
 }
 
 impl StageFlow {
+    /// An order that entered the stage at `entered` (ns) left it.
+    pub fn exited(&mut self, entered: u64) {
+        self.exits_now.0 = self.exits_now.0.saturating_add(entered / 1_000_000_000);
+        self.exits_now.1 += 1;
+    }
+
+    /// Whether an order that entered the stage at `entered` has been **overtaken**: the orders leaving the stage
+    /// now entered it, on average, more than `margin` ns after it. In a stage that lets its orders go in order
+    /// (a first-come-first-served queue, or a stall that releases what it held), such an order is not waiting
+    /// behind the others: its own work is what keeps it, and the stage's slowdown did not cost it its time
+    /// (`margin`: how much later than an order of typical duration an order of long but normal duration leaves,
+    /// the engine takes the 95th percentile minus the median of the stage's normal duration).
+    pub fn overtaken(&self, entered: u64, margin: f64) -> bool {
+        self.served_entry.is_some_and(|e| entered as f64 + margin < e as f64)
+    }
+
+    /// Whether the order in which the stage lets its orders go says who waits behind whom now
+    /// ([`StageFlow::overtaken`]): it works at a normal or slowed pace. Not while it is stalled (nobody leaves,
+    /// so nobody overtakes anybody: where the service stood before the stall says nothing of what it holds) nor
+    /// while it catches up (a stall's release or a backlog's drain lets go of what it held in a burst).
+    pub fn serving(&self) -> bool {
+        self.rate >= STALL && self.rate <= 1.0
+    }
+
     /// Closes the interval ending at `now` (of length `interval` ns) and decides the stage's rate.
     pub fn close_interval(&mut self, now: u64, interval: u64) {
         self.history.push_back((self.observed, self.expected_next));
         while self.history.len() > window_intervals(interval) {
             self.history.pop_front();
+        }
+        self.exit_history.push_back(std::mem::take(&mut self.exits_now));
+        while self.exit_history.len() > window_intervals(interval) {
+            self.exit_history.pop_front();
+        }
+        let (sum, n) = self
+            .exit_history
+            .iter()
+            .fold((0u64, 0u64), |(s, n), (a, b)| (s.saturating_add(*a), n + b));
+        if let Some(mean) = sum.checked_div(n) {
+            self.served_entry = Some(mean.saturating_mul(1_000_000_000));
         }
         self.observed = 0.0;
         self.expected_next = 0.0;
@@ -309,6 +357,35 @@ mod tests {
         assert!(!f.slowed());
         assert!(f.rate > 1.3);
         assert_eq!(f.episodes.len(), 1, "the ended slowdown is remembered");
+    }
+
+    #[test]
+    fn an_order_is_overtaken_when_the_orders_leaving_entered_well_after_it() {
+        let h = 3_600_000_000_000u64;
+        let mut f = StageFlow::default();
+        assert!(!f.overtaken(0, 0.0), "nothing left yet: nobody overtook anybody");
+        // The orders leaving now entered at 10 h and 12 h: on average at 11 h.
+        f.exited(10 * h);
+        f.exited(12 * h);
+        f.close_interval(13 * h, M5);
+        assert_eq!(f.served_entry, Some(11 * h));
+        assert!(
+            f.overtaken(5 * h, 2.0 * h as f64),
+            "entered 6 h before them, margin 2 h"
+        );
+        assert!(
+            !f.overtaken(10 * h, 2.0 * h as f64),
+            "within the margin: waiting its turn"
+        );
+        // An interval without exits (a stall) keeps where the service stood.
+        f.close_interval(13 * h + M5, M5);
+        assert_eq!(f.served_entry, Some(11 * h));
+        // Once the window has moved on, only the latest exits count.
+        for i in 0..window_intervals(M5) as u64 {
+            f.exited(20 * h);
+            f.close_interval(14 * h + i * M5, M5);
+        }
+        assert_eq!(f.served_entry, Some(20 * h));
     }
 
     #[test]

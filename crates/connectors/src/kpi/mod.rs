@@ -94,7 +94,10 @@
 //!   (`Σ elapsed × (1 − r)` over the stages it went through). Then the stage named is its current stage if
 //!   slowed for everybody (a cohort cause: "backlog in stage paid: 1,840 orders, throughput 35 % of normal
 //!   since …"), with or without an IT signal, else the latest earlier stage whose slowdown cost it at least 1/24
-//!   of the deadline (the backlog ate its slack). An order deep in its own long tail is not blamed on a stage.
+//!   of the deadline (the backlog ate its slack). An order deep in its own long tail is not blamed on a stage,
+//!   nor one **overtaken** in its stage (the orders leaving it entered it, on average, more than the 95th minus
+//!   the 50th percentile of its normal duration after this one): its own work keeps it, and the time counted
+//!   lost there is given back ([`flow::StageFlow::overtaken`]).
 //!   A **service** is named only when its trouble overlaps the order's current delay in path and time: (1) a
 //!   service of its current stage with failed (`errors`) or slow (`latency`) spans of this order that ended at
 //!   most 1 h before the order entered the stage or later; else (2) a service of an earlier stage the order

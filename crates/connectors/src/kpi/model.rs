@@ -337,6 +337,13 @@ impl Model {
         self.dur_survival.get(stage)?[c as usize].as_ref().map(Survival::median)
     }
 
+    /// The `q`-quantile of the stage duration learned for (`stage`, `c`), ns.
+    pub fn duration_quantile(&self, stage: usize, c: Condition, q: f64) -> Option<f64> {
+        self.dur_survival.get(stage)?[c as usize]
+            .as_ref()
+            .map(|s| s.quantile(q))
+    }
+
     /// The median time from reaching `stage` to reaching KPI `kpi`'s goal, ns (`0` for the goal's own stage).
     pub fn median_remaining(&self, kpi: usize, stage: usize) -> Option<f64> {
         self.rem_survival.get(kpi)?.get(stage)?.as_ref().map(Survival::median)

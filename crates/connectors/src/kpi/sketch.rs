@@ -273,11 +273,17 @@ impl Survival {
 
     /// The median of `T`, in nanoseconds.
     pub fn median(&self) -> f64 {
+        self.quantile(0.5)
+    }
+
+    /// The `q`-quantile of `T` (`S(x) = 1 − q`), in nanoseconds.
+    pub fn quantile(&self, q: f64) -> f64 {
+        let target = 1.0 - q.clamp(0.0, 1.0);
         let mut lo = 0.0;
         let mut hi = self.support_end();
         for _ in 0..60 {
             let mid = (lo + hi) / 2.0;
-            if self.at(mid) > 0.5 {
+            if self.at(mid) > target {
                 lo = mid;
             } else {
                 hi = mid;
