@@ -71,7 +71,7 @@ type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
 const BUCKETS: u64 = 4096;
 
 /// Span ids remembered for dropping duplicates (see the module docs).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct SpanIds {
     /// The hash key (k0, k1).
     key: (u64, u64),
@@ -270,7 +270,7 @@ const SUCCESS: u8 = 1;
 const PROV_RISK: u8 = 2;
 
 /// A pending operation, packed: 80 bytes and one allocation for its variable part.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Packed {
     pub time: u64,
     pub seq: u64,

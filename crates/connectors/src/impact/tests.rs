@@ -690,6 +690,7 @@ fn replayed_from_the_journal(trace_context: bool) {
             .sum()
     };
     let (mut snapshots, mut max_stored, mut max_snapshot) = (0u32, 0u64, 0u64);
+    let mut snaps = durable::Snapshots::new(cfg.fingerprint(), min_journal);
     for (i, r) in requests[..half].iter().enumerate() {
         if i == quarter {
             idle(&mut b);
@@ -708,11 +709,13 @@ fn replayed_from_the_journal(trace_context: bool) {
             record_bytes += rec.len() + 5;
             j.append(durable::TAG_SPANS, rec).unwrap();
         }
-        if durable::snapshot_if_due(&b, &mut j, cfg.fingerprint(), min_journal) {
+        // Encoded off this thread while the next requests are fed; waited for every 8 requests to check the bound.
+        if snaps.if_due(&b, &mut j) {
             snapshots += 1;
-            max_snapshot = max_snapshot.max(j.snapshot_bytes());
         }
         if i % 8 == 0 {
+            snaps.wait();
+            max_snapshot = max_snapshot.max(j.snapshot_bytes());
             j.commit();
             std::thread::sleep(std::time::Duration::from_millis(2));
             let bound = max_snapshot + min_journal.max(2 * max_snapshot) + 64 * 1024;
@@ -721,6 +724,7 @@ fn replayed_from_the_journal(trace_context: bool) {
             assert!(now <= bound, "stored {now} B > bound {bound} B after request {i}");
         }
     }
+    snaps.wait();
     j.close(std::time::Duration::from_secs(5));
     println!(
         "trace_context {trace_context}: {snapshots} snapshots (largest {max_snapshot} B), at most {max_stored} B \
@@ -754,7 +758,7 @@ fn replayed_from_the_journal(trace_context: bool) {
     );
     assert_eq!(book_figures(&c), before, "restored exactly (snapshot + journal tail)");
     // A snapshot of the restored engine alone restores it too.
-    assert!(durable::snapshot_now(&c, &mut j, cfg.fingerprint()));
+    assert!(durable::Snapshots::new(cfg.fingerprint(), min_journal).now(&c, &mut j));
     j.close(std::time::Duration::from_secs(5));
     let (_j, replay) = open();
     assert!(replay.records.is_empty());
@@ -783,4 +787,101 @@ fn replayed_from_the_journal(trace_context: bool) {
     }
     d.flush();
     assert_ne!(book_figures(&d), book_figures(&a));
+}
+
+/// A snapshot is a copy of the engine taken between two requests and encoded on another thread while requests
+/// keep arriving (and are journaled after its ticket): restored from it and the journal tail, the engine has the
+/// figures of the one that went on, and of an engine that never snapshotted. The pause (the copy) is a fraction of
+/// the encoding it takes off the connector's thread.
+#[test]
+fn a_snapshot_taken_while_requests_keep_arriving_restores_to_the_same_figures() {
+    use bizpilot_core::storage::{Journal, MemoryStorage, Storage};
+    let work = Shop::generate(&shop_config()).unwrap();
+    let requests = work.trace_requests(200);
+    let raw: serde_yaml::Value = serde_yaml::from_str(IMPACT_CONFIG).unwrap();
+    let cfg: BusinessImpactConfig = parse_config(&raw).unwrap();
+    let engine = || Engine::new(Compiled::new(&cfg, None, None, None).unwrap(), "business_impact");
+    let storage = MemoryStorage::default();
+    let open = || {
+        Journal::open(
+            storage.client("business_impact").unwrap(),
+            "business_impact",
+            durable::FORMAT,
+            cfg.fingerprint(),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap()
+    };
+    let (mut j, _) = open();
+    let mut a = engine();
+    a.capture_input();
+    let mut plain = engine();
+    let (third, two_thirds) = (requests.len() / 3, 2 * requests.len() / 3);
+    let journal_one = |e: &mut Engine, j: &mut Journal, r: &ExportTraceServiceRequestT| {
+        feed(e, r, Path::Views);
+        if let Some(rec) = e.captured() {
+            j.append(durable::TAG_SPANS, rec).unwrap();
+        }
+    };
+    for r in &requests[..third] {
+        journal_one(&mut a, &mut j, r);
+        feed(&mut plain, r, Path::Views);
+    }
+    // The copy, then the encoding on a thread of its own while the next third arrives.
+    let ticket = j.begin_snapshot().expect("no snapshot out");
+    let paused = std::time::Instant::now();
+    let state = a.state();
+    let pause = paused.elapsed();
+    let before_copy = book_figures(&a);
+    let fp = cfg.fingerprint();
+    let encoder = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let bytes = state.encode(fp).unwrap();
+        let took = t.elapsed();
+        ticket.write(&bytes);
+        (took, bytes.len())
+    });
+    for (i, r) in requests[third..two_thirds].iter().enumerate() {
+        journal_one(&mut a, &mut j, r);
+        feed(&mut plain, r, Path::Views);
+        if i % 16 == 0 {
+            j.commit();
+        }
+    }
+    let (encode, len) = encoder.join().unwrap();
+    assert_ne!(
+        book_figures(&a),
+        before_copy,
+        "the engine moved on while its copy was encoded"
+    );
+    println!(
+        "snapshot of {len} B: the connector paused {pause:?} for the copy; encoding took {encode:?} on another thread"
+    );
+    assert!(
+        pause < encode,
+        "the copy ({pause:?}) is cheaper than the encoding ({encode:?})"
+    );
+    j.close(std::time::Duration::from_secs(5));
+    let figures = book_figures(&a);
+    assert_eq!(figures, book_figures(&plain), "journaling and snapshots change nothing");
+    drop(a);
+
+    // Killed: restored from that snapshot and the tail journaled while it was encoded.
+    let (_j, replay) = open();
+    let snapshot = replay.snapshot.as_ref().expect("the snapshot was written");
+    assert!(!replay.records.is_empty(), "a tail follows the snapshot");
+    let mut b = engine();
+    b.load(cfg.fingerprint(), snapshot).unwrap();
+    assert_eq!(book_figures(&b), before_copy, "the snapshot is the engine at its copy");
+    let done = durable::replay(&mut b, &replay, "business_impact");
+    assert_eq!(done.unreadable, 0);
+    assert_eq!(book_figures(&b), figures, "snapshot + tail = the engine that went on");
+    for r in &requests[two_thirds..] {
+        feed(&mut b, r, Path::Views);
+        feed(&mut plain, r, Path::Views);
+    }
+    b.flush();
+    plain.flush();
+    assert_eq!(book_figures(&b), book_figures(&plain));
+    assert_eq!(tier_counts(&b, 0), tier_counts(&plain, 0));
 }

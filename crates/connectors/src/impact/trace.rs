@@ -80,7 +80,7 @@ impl Default for TraceContextConfig {
 }
 
 /// One attribute found in a trace: the value of the earliest-starting span that carries it.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Found {
     start: u64,
     span: [u8; 8],
@@ -88,7 +88,7 @@ pub(super) struct Found {
     value: AnyValueKind,
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Rec {
     /// The attributes found, by their index in `keys` (only those found: a trace seen only through spans
     /// without them, such as its root, costs no allocation).
@@ -139,10 +139,14 @@ pub(super) type Saved = (HashMap<[u8; 16], Rec>, Order, [u64; 3]);
 type Order = VecDeque<([u8; 16], u64)>;
 
 impl TraceContext {
-    /// The state a snapshot keeps (borrowed).
-    pub(super) fn save(&self) -> (&HashMap<[u8; 16], Rec>, &Order, [u64; 3]) {
+    /// The state a snapshot keeps (a copy, encoded off the connector's thread).
+    pub(super) fn save(&self) -> Saved {
         let s = &self.stats;
-        (&self.traces, &self.order, [s.incomplete, s.evicted, s.late])
+        (
+            self.traces.clone(),
+            self.order.clone(),
+            [s.incomplete, s.evicted, s.late],
+        )
     }
 
     /// Takes the state of a snapshot (the counters are added, to the self-telemetry too).
