@@ -491,10 +491,16 @@ struct ErrorSpan {
     cause: Cause,
 }
 
+/// A trace's ERROR spans, shared with a snapshot's copy (a change makes a new list).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+struct ErrorSpans(#[serde(with = "super::snapshot::shared")] Arc<[ErrorSpan]>);
+
 /// ERROR spans by trace, bounded.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct RootCauses {
-    by_trace: HashMap<[u8; 16], (u64, Vec<ErrorSpan>)>,
+    /// (newest time, its ERROR spans), the spans shared with a snapshot's copy.
+    by_trace: HashMap<[u8; 16], (u64, ErrorSpans)>,
     order: VecDeque<[u8; 16]>,
 }
 
@@ -505,11 +511,15 @@ impl RootCauses {
     fn observe(&mut self, trace: [u8; 16], time: u64, e: ErrorSpan) {
         let entry = self.by_trace.entry(trace).or_insert_with(|| {
             self.order.push_back(trace);
-            (time, Vec::new())
+            (time, ErrorSpans(Arc::from([])))
         });
         entry.0 = entry.0.max(time);
-        if entry.1.len() < MAX_ERRORS_PER_TRACE && !entry.1.iter().any(|x| x.span_id == e.span_id) {
-            entry.1.push(e);
+        let errs = &mut entry.1.0;
+        if errs.len() < MAX_ERRORS_PER_TRACE && !errs.iter().any(|x| x.span_id == e.span_id) {
+            let mut more = Vec::with_capacity(errs.len() + 1);
+            more.extend_from_slice(errs);
+            more.push(e);
+            *errs = Arc::from(more);
         }
         while self.by_trace.len() > MAX_ERROR_TRACES {
             let Some(t) = self.order.pop_front() else { break };
@@ -519,7 +529,7 @@ impl RootCauses {
 
     /// The deepest ERROR span of the trace: one that is no other ERROR span's parent.
     fn root(&self, trace: &[u8; 16]) -> Option<Cause> {
-        let (_, errs) = self.by_trace.get(trace)?;
+        let errs = &self.by_trace.get(trace)?.1.0;
         errs.iter()
             .find(|e| !errs.iter().any(|c| c.parent == e.span_id))
             .map(|e| e.cause.clone())
@@ -877,6 +887,29 @@ impl Engine {
             counts: self.stats.counts(),
             trace: self.trace.as_ref().map(TraceContext::save),
         }
+    }
+
+    /// Per part of [`Engine::state`]: (name, time to copy it, bytes of its CBOR), for the docs' breakdown.
+    #[cfg(test)]
+    pub(super) fn state_breakdown(&self) -> Vec<(&'static str, std::time::Duration, usize)> {
+        fn part<T: Clone + serde::Serialize>(name: &'static str, v: &T) -> (&'static str, std::time::Duration, usize) {
+            let t = std::time::Instant::now();
+            let c = v.clone();
+            let took = t.elapsed();
+            let mut out = Vec::new();
+            let _ = ciborium::into_writer(&c, &mut out);
+            (name, took, out.len())
+        }
+        let book = lock(&self.book);
+        vec![
+            part("pending", &self.pending),
+            part("dedup", &self.dedup),
+            part("series", &self.series),
+            part("ops", &self.ops),
+            part("causes", &self.causes),
+            part("book", &*book),
+            part("trace", &self.trace.as_ref().map(TraceContext::save)),
+        ]
     }
 
     /// Takes the state of a snapshot [`Engine::save`] wrote under the same configuration (`fingerprint`), of this

@@ -281,7 +281,8 @@ pub(super) struct Packed {
     series: u32,
     op: u16,
     flags: u8,
-    cold: Box<[u8]>,
+    #[serde(with = "super::snapshot::shared")]
+    cold: std::sync::Arc<[u8]>,
 }
 
 impl Packed {
@@ -350,7 +351,7 @@ impl Packed {
             series: r.series,
             op: u16::try_from(r.op).unwrap_or(u16::MAX),
             flags: if r.success { SUCCESS } else { 0 } | if r.prov_risk { PROV_RISK } else { 0 },
-            cold: w.0.into_boxed_slice(),
+            cold: std::sync::Arc::from(w.0),
         }
     }
 

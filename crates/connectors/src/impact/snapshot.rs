@@ -94,6 +94,42 @@ pub fn decode<T: serde::de::DeserializeOwned>(fingerprint: u64, bytes: &[u8]) ->
     }
 }
 
+/// A list shared with the snapshot's copy of the state (`Arc<[T]>`: copying the state bumps a count instead of
+/// copying the list; a change makes a new list), written as the list itself (the same CBOR as a `Vec<T>`).
+pub mod shared {
+    use std::sync::Arc;
+
+    pub fn serialize<S: serde::Serializer, T: serde::Serialize>(v: &Arc<[T]>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+        d: D,
+    ) -> Result<Arc<[T]>, D::Error> {
+        let v: Vec<T> = serde::Deserialize::deserialize(d)?;
+        Ok(Arc::from(v))
+    }
+}
+
+/// [`shared`], with no allocation for an empty list (`None`), written as the list (empty for `None`).
+pub mod shared_or_empty {
+    use std::sync::Arc;
+
+    pub fn serialize<S: serde::Serializer, T: serde::Serialize>(v: &Option<Arc<[T]>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(l) => s.collect_seq(l.iter()),
+            None => s.collect_seq(std::iter::empty::<&T>()),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<Arc<[T]>>, D::Error> {
+        let v: Vec<T> = serde::Deserialize::deserialize(d)?;
+        Ok((!v.is_empty()).then(|| Arc::from(v)))
+    }
+}
+
 /// `MoneyTotals` as its list of per-currency totals (exact amounts, see `Money`'s serde form).
 pub mod money_totals {
     use super::*;

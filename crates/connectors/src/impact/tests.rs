@@ -833,6 +833,12 @@ fn a_snapshot_taken_while_requests_keep_arriving_restores_to_the_same_figures() 
     let state = a.state();
     let pause = paused.elapsed();
     let before_copy = book_figures(&a);
+    for (part, took, bytes) in a.state_breakdown() {
+        println!("  {part}: copied in {took:?}, {bytes} B encoded");
+    }
+    let again = std::time::Instant::now();
+    drop(a.state());
+    println!("a second copy (memory the first freed): {:?}", again.elapsed());
     let fp = cfg.fingerprint();
     let encoder = std::thread::spawn(move || {
         let t = std::time::Instant::now();
