@@ -528,6 +528,9 @@ impl Drop for Journal {
     }
 }
 
+/// Bytes in front of a snapshot in the journal's value: the first commit it does not cover.
+pub const SNAPSHOT_FRAME: usize = 8;
+
 /// A snapshot begun by [`Journal::begin_snapshot`]: it covers every commit before `covered`. Send it to the thread
 /// that encodes the state and [`SnapshotTicket::write`] it there.
 pub struct SnapshotTicket {
@@ -558,10 +561,29 @@ impl SnapshotTicket {
     /// Writes `state` (the component's state when the ticket was taken) as the snapshot and deletes every commit
     /// it covers, in one atomic batch, queued after those commits.
     pub fn write(self, state: &[u8]) {
+        let mut framed = SnapshotTicket::buffer(state.len());
+        framed.extend_from_slice(state);
+        self.write_framed(framed);
+    }
+
+    /// A buffer to encode a snapshot of about `capacity` bytes into, for [`SnapshotTicket::write_framed`]: it starts
+    /// with the room the journal's framing takes, so the encoded state is not copied again.
+    pub fn buffer(capacity: usize) -> Vec<u8> {
+        let mut b = Vec::with_capacity(SNAPSHOT_FRAME + capacity);
+        b.resize(SNAPSHOT_FRAME, 0);
+        b
+    }
+
+    /// [`SnapshotTicket::write`] of the state encoded after the first [`SNAPSHOT_FRAME`] bytes of `framed` (a
+    /// [`SnapshotTicket::buffer`]), which are overwritten.
+    pub fn write_framed(self, mut framed: Vec<u8>) {
         use std::sync::atomic::Ordering;
-        let mut value = Vec::with_capacity(8 + state.len());
-        value.extend_from_slice(&self.covered.to_be_bytes());
-        value.extend_from_slice(state);
+        if framed.len() < SNAPSHOT_FRAME {
+            framed.resize(SNAPSHOT_FRAME, 0);
+        }
+        framed[..SNAPSHOT_FRAME].copy_from_slice(&self.covered.to_be_bytes());
+        let state_len = framed.len() - SNAPSHOT_FRAME;
+        let value = framed;
         let mut ops = vec![StorageOp::Put(JOURNAL_SNAPSHOT_KEY.to_vec(), value)];
         for seq in self.first_live.load(Ordering::Acquire)..self.covered {
             let mut key = JOURNAL_PREFIX.to_vec();
@@ -576,7 +598,7 @@ impl SnapshotTicket {
         let sent = self.tx.as_ref().is_some_and(|tx| tx.send(group).is_ok());
         if sent {
             self.first_live.store(self.covered, Ordering::Release);
-            self.snapshot_bytes.store(state.len() as u64, Ordering::Release);
+            self.snapshot_bytes.store(state_len as u64, Ordering::Release);
             self.snapshots.increment(1);
         } else {
             tracing::error!(owner = %self.owner, "journal writer stopped; snapshot not written");

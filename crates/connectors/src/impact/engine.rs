@@ -710,6 +710,11 @@ impl State {
     pub fn encode(&self, fingerprint: u64) -> Result<Vec<u8>, SnapshotError> {
         snapshot::encode(fingerprint, self)
     }
+
+    /// [`State::encode`], appended to `out`.
+    pub fn encode_after(&self, out: Vec<u8>, fingerprint: u64) -> Result<Vec<u8>, SnapshotError> {
+        snapshot::encode_after(out, fingerprint, self)
+    }
 }
 
 /// The engine.

@@ -34,7 +34,20 @@ pub fn encode<T: serde::Serialize>(fingerprint: u64, state: &T) -> Result<Vec<u8
 }
 
 fn encode_as<T: serde::Serialize>(format: &str, fingerprint: u64, state: &T) -> Result<Vec<u8>, SnapshotError> {
-    let mut out = Vec::with_capacity(1 << 16);
+    encode_into(Vec::with_capacity(1 << 16), format, fingerprint, state)
+}
+
+/// Header + CBOR of `state` in the current format, appended to `out` (a buffer sized for it: no regrowth).
+pub fn encode_after<T: serde::Serialize>(out: Vec<u8>, fingerprint: u64, state: &T) -> Result<Vec<u8>, SnapshotError> {
+    encode_into(out, FORMAT, fingerprint, state)
+}
+
+fn encode_into<T: serde::Serialize>(
+    mut out: Vec<u8>,
+    format: &str,
+    fingerprint: u64,
+    state: &T,
+) -> Result<Vec<u8>, SnapshotError> {
     out.push(format.len() as u8);
     out.extend_from_slice(format.as_bytes());
     out.extend_from_slice(&fingerprint.to_be_bytes());
