@@ -616,10 +616,26 @@ fn an_engine_replayed_from_its_journal_continues_exactly_as_the_uninterrupted_on
     }
 }
 
+/// The connector's journal in `storage` (commits only when the test asks), and what it holds.
+fn open_journal(
+    storage: &bizpilot_core::storage::MemoryStorage,
+    cfg: &BusinessImpactConfig,
+) -> (bizpilot_core::storage::Journal, bizpilot_core::storage::Replay) {
+    use bizpilot_core::storage::Storage;
+    bizpilot_core::storage::Journal::open(
+        storage.client("business_impact").unwrap(),
+        "business_impact",
+        durable::FORMAT,
+        cfg.fingerprint(),
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap()
+}
+
 /// The journal holds what the engine read of each request (not the request); replayed, it gives the engine that
 /// was killed, which then continues exactly as the uninterrupted one.
 fn replayed_from_the_journal(trace_context: bool) {
-    use bizpilot_core::storage::{Journal, MemoryStorage, Storage};
+    use bizpilot_core::storage::{MemoryStorage, Storage};
     let work = Shop::generate(&shop_config()).unwrap();
     let requests = work.trace_requests(200);
     let half = requests.len() / 2;
@@ -663,16 +679,7 @@ fn replayed_from_the_journal(trace_context: bool) {
 
     // The first half journaled (both ways of reading a request), then the process is gone without a flush.
     let storage = MemoryStorage::default();
-    let open = || {
-        Journal::open(
-            storage.client("business_impact").unwrap(),
-            "business_impact",
-            durable::FORMAT,
-            cfg.fingerprint(),
-            std::time::Duration::from_secs(3600),
-        )
-        .unwrap()
-    };
+    let open = || open_journal(&storage, &cfg);
     let (mut j, replay) = open();
     assert!(replay.records.is_empty());
     let mut b = engine();
@@ -795,23 +802,14 @@ fn replayed_from_the_journal(trace_context: bool) {
 /// the encoding it takes off the connector's thread.
 #[test]
 fn a_snapshot_taken_while_requests_keep_arriving_restores_to_the_same_figures() {
-    use bizpilot_core::storage::{Journal, MemoryStorage, Storage};
+    use bizpilot_core::storage::{Journal, MemoryStorage};
     let work = Shop::generate(&shop_config()).unwrap();
     let requests = work.trace_requests(200);
     let raw: serde_yaml::Value = serde_yaml::from_str(IMPACT_CONFIG).unwrap();
     let cfg: BusinessImpactConfig = parse_config(&raw).unwrap();
     let engine = || Engine::new(Compiled::new(&cfg, None, None, None).unwrap(), "business_impact");
     let storage = MemoryStorage::default();
-    let open = || {
-        Journal::open(
-            storage.client("business_impact").unwrap(),
-            "business_impact",
-            durable::FORMAT,
-            cfg.fingerprint(),
-            std::time::Duration::from_secs(3600),
-        )
-        .unwrap()
-    };
+    let open = || open_journal(&storage, &cfg);
     let (mut j, _) = open();
     let mut a = engine();
     a.capture_input();
