@@ -894,6 +894,29 @@ impl Engine {
         }
     }
 
+    /// The snapshot as format 1 wrote it (a positional tuple of the same state), to test that it still restores.
+    #[cfg(test)]
+    pub(super) fn save_v1(&self, fingerprint: u64) -> Result<Vec<u8>, SnapshotError> {
+        let s = self.state();
+        let scalars = (
+            s.watermark,
+            s.max_event,
+            s.seq,
+            s.last_eval,
+            s.next_gen,
+            s.next_record,
+            s.next_incident,
+            s.dirty,
+        );
+        snapshot::encode_as(
+            snapshot::FORMAT_V1,
+            fingerprint,
+            &(
+                scalars, s.pending, s.dedup, s.series, s.ops, s.goals, s.causes, s.book, s.counts, s.trace,
+            ),
+        )
+    }
+
     /// Per part of [`Engine::state`]: (name, time to copy it, bytes of its CBOR), for the docs' breakdown.
     #[cfg(test)]
     pub(super) fn state_breakdown(&self) -> Vec<(&'static str, std::time::Duration, usize)> {

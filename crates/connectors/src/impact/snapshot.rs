@@ -33,7 +33,11 @@ pub fn encode<T: serde::Serialize>(fingerprint: u64, state: &T) -> Result<Vec<u8
     encode_as(FORMAT, fingerprint, state)
 }
 
-fn encode_as<T: serde::Serialize>(format: &str, fingerprint: u64, state: &T) -> Result<Vec<u8>, SnapshotError> {
+pub(super) fn encode_as<T: serde::Serialize>(
+    format: &str,
+    fingerprint: u64,
+    state: &T,
+) -> Result<Vec<u8>, SnapshotError> {
     encode_into(Vec::with_capacity(1 << 16), format, fingerprint, state)
 }
 

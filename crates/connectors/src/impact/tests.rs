@@ -889,3 +889,28 @@ fn a_snapshot_taken_while_requests_keep_arriving_restores_to_the_same_figures() 
     assert_eq!(book_figures(&b), book_figures(&plain));
     assert_eq!(tier_counts(&b, 0), tier_counts(&plain, 0));
 }
+
+/// A snapshot of format 1 (the positional tuple) still restores, to the same figures; the format is named in
+/// the snapshot, so a format-2 reader takes both.
+#[test]
+fn a_snapshot_of_format_1_still_restores() {
+    let work = Shop::generate(&shop_config()).unwrap();
+    let raw: serde_yaml::Value = serde_yaml::from_str(IMPACT_CONFIG).unwrap();
+    let cfg: BusinessImpactConfig = parse_config(&raw).unwrap();
+    let engine = || Engine::new(Compiled::new(&cfg, None, None, None).unwrap(), "business_impact");
+    let mut a = engine();
+    for r in work.trace_requests(200).iter().take(60) {
+        feed(&mut a, r, Path::Views);
+    }
+    let v1 = a.save_v1(cfg.fingerprint()).unwrap();
+    assert!(v1[1..].starts_with(snapshot::FORMAT_V1.as_bytes()));
+    let mut b = engine();
+    b.load(cfg.fingerprint(), &v1).unwrap();
+    assert_eq!(book_figures(&b), book_figures(&a));
+    assert_eq!(b.pending(), a.pending());
+    let v2 = a.save(cfg.fingerprint()).unwrap();
+    assert!(v2[1..].starts_with(snapshot::FORMAT.as_bytes()));
+    let mut c = engine();
+    c.load(cfg.fingerprint(), &v2).unwrap();
+    assert_eq!(book_figures(&c), book_figures(&a));
+}
