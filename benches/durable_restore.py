@@ -6,7 +6,8 @@ business.yaml + file_storage; snapshots every `snapshot_min_journal`, 16 MiB, of
 --seconds with the load generator, waits until the journal holds everything the connector consumed, SIGKILLs the
 collector, starts it again on the same storage and reports: bytes written (journal records and snapshots) per
 span, the snapshots, the file's size, the pending operations at the kill and after the restore, the restore time
-(self-telemetry and spawn → /readyz) and the restore time per million pending operations.
+(self-telemetry and spawn → /readyz), the restore time per million pending operations, and each snapshot's pause of
+the connector (the copy of its state) and encoding (on its own thread): count, mean and max.
 
     python3 benches/durable_restore.py                       # 50,000 spans/s for 20 s (1 M spans)
     python3 benches/durable_restore.py --rate 100000 --seconds 30
@@ -71,6 +72,16 @@ def main():
         journal = metric(ports["admin"], "bizpilot_storage_journal_bytes_total")
         snapshots = metric(ports["admin"], "bizpilot_storage_journal_snapshots_total")
         snapshot_bytes = metric(ports["admin"], "bizpilot_connector_business_impact_snapshot_bytes")
+        # The connector's pause per snapshot (the copy of its state) and the encoding on the snapshot's own thread.
+        timing = {}
+        for what in ("pause", ""):
+            name = "bizpilot_connector_business_impact_snapshot_%sseconds" % (what + "_" if what else "")
+            series = h.scrape(ports["admin"], name)
+            total = sum(v for k, v in series.items() if k.split("{")[0] == name + "_sum")
+            count = sum(v for k, v in series.items() if k.split("{")[0] == name + "_count")
+            worst = max([v for k, v in series.items() if k.split("{")[0] == name and 'quantile="1"' in k] or [0])
+            timing[what or "encode"] = {"count": int(count), "mean_ms": round(total / count * 1e3, 3) if count else None,
+                                        "max_ms": round(worst * 1e3, 3)}
         time.sleep(16)  # the pending gauge is set at the metrics flush (every 15 s in business.yaml)
         pending_ops = metric(ports["admin"], "bizpilot_connector_business_impact_pending_spans")
         coll.send_signal(signal.SIGKILL)
@@ -87,6 +98,7 @@ def main():
             "pending_operations_at_kill": int(pending_ops),
             "written_bytes": int(journal), "written_bytes_per_span": round(journal / max(consumed, 1), 1),
             "snapshots": int(snapshots), "last_snapshot_bytes": int(snapshot_bytes),
+            "snapshot_pause": timing["pause"], "snapshot_encode": timing["encode"],
             "file_bytes": size, "file_bytes_per_span": round(size / max(consumed, 1), 1),
             "journal_tail_requests_replayed": int(tail),
             "restore_seconds": round(restore, 3), "spawn_to_ready_seconds": round(wall, 3),

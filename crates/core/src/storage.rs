@@ -183,12 +183,15 @@ pub struct Journal {
     records: u64,
     acks: Vec<crate::Ack>,
     next_seq: u64,
-    /// The first commit the latest snapshot does not cover.
-    first_live: u64,
-    /// Bytes of records appended since the latest snapshot (framing included).
+    /// The first commit the latest snapshot written does not cover (shared with a [`SnapshotTicket`] in flight,
+    /// which moves it when its snapshot is handed to the writer).
+    first_live: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes of records appended since the latest snapshot began (framing included).
     since_snapshot: u64,
-    /// Size of the latest snapshot.
-    snapshot_bytes: u64,
+    /// Size of the latest snapshot written (set by its [`SnapshotTicket`]).
+    snapshot_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// A [`SnapshotTicket`] is out (taken and not yet written or dropped): at most one at a time.
+    snapshot_busy: Arc<std::sync::atomic::AtomicBool>,
     /// Records appended and not yet durable (`bizpilot_storage_journal_pending_records`).
     pending: metrics::Gauge,
     /// Records refused (`bizpilot_storage_journal_rejected_records_total`).
@@ -339,9 +342,10 @@ impl Journal {
                 records: 0,
                 acks: Vec::new(),
                 next_seq,
-                first_live,
+                first_live: Arc::new(std::sync::atomic::AtomicU64::new(first_live)),
                 since_snapshot: replay.bytes,
-                snapshot_bytes,
+                snapshot_bytes: Arc::new(std::sync::atomic::AtomicU64::new(snapshot_bytes)),
+                snapshot_busy: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 pending: metrics::gauge!("bizpilot_storage_journal_pending_records", "owner" => owner.to_string()),
                 rejected: metrics::counter!("bizpilot_storage_journal_rejected_records_total", "owner" => owner.to_string()),
                 snapshots: metrics::counter!("bizpilot_storage_journal_snapshots_total", "owner" => owner.to_string()),
@@ -454,35 +458,48 @@ impl Journal {
         self.since_snapshot
     }
 
-    /// Size of the latest snapshot (0: none).
+    /// Size of the latest snapshot written (0: none).
     pub fn snapshot_bytes(&self) -> u64 {
-        self.snapshot_bytes
+        self.snapshot_bytes.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Compaction: `state` is the component's state after every record appended so far. Commits those records,
-    /// then writes `state` as the snapshot and deletes every commit it covers, in one atomic batch after them (the
-    /// writer applies batches in order): after a crash the namespace holds either the previous snapshot and every
-    /// commit after it, or this one and the commits after it.
+    /// Compaction: `state` is the component's state after every record appended so far ([`Journal::begin_snapshot`]
+    /// and [`SnapshotTicket::write`] at once). Does nothing while another ticket is out.
     pub fn snapshot(&mut self, state: &[u8]) {
-        self.commit();
-        let mut value = Vec::with_capacity(8 + state.len());
-        value.extend_from_slice(&self.next_seq.to_be_bytes());
-        value.extend_from_slice(state);
-        let mut ops = vec![StorageOp::Put(JOURNAL_SNAPSHOT_KEY.to_vec(), value)];
-        for seq in self.first_live..self.next_seq {
-            let mut key = JOURNAL_PREFIX.to_vec();
-            key.extend_from_slice(&seq.to_be_bytes());
-            ops.push(StorageOp::Delete(key));
+        if let Some(ticket) = self.begin_snapshot() {
+            ticket.write(state);
         }
-        self.first_live = self.next_seq;
+    }
+
+    /// Compaction, in two steps so that the state can be encoded off the component's thread: commits the records
+    /// appended so far and returns the ticket of a snapshot that covers them; the component takes its state as it
+    /// is now (after every record appended so far), encodes it wherever it likes and hands it to
+    /// [`SnapshotTicket::write`], which writes it and deletes the commits it covers in one atomic batch queued after
+    /// them (the writer applies batches in order), while the component goes on appending: after a crash the
+    /// namespace holds either the previous snapshot and every commit after it, or this one and the commits after
+    /// it. `None` while another ticket is out (one snapshot at a time). A ticket dropped unwritten (the state could
+    /// not be encoded) changes nothing stored: the journal keeps every commit since the previous snapshot.
+    pub fn begin_snapshot(&mut self) -> Option<SnapshotTicket> {
+        use std::sync::atomic::Ordering;
+        if self.snapshot_busy.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        self.commit();
         self.since_snapshot = 0;
-        self.snapshot_bytes = state.len() as u64;
-        self.snapshots.increment(1);
-        self.send(Group {
-            ops,
-            acks: Vec::new(),
-            records: 0,
-        });
+        Some(SnapshotTicket {
+            covered: self.next_seq,
+            first_live: self.first_live.clone(),
+            snapshot_bytes: self.snapshot_bytes.clone(),
+            busy: self.snapshot_busy.clone(),
+            snapshots: self.snapshots.clone(),
+            tx: self.tx.clone(),
+            owner: self.owner.clone(),
+        })
+    }
+
+    /// Whether a [`SnapshotTicket`] is out.
+    pub fn snapshot_in_flight(&self) -> bool {
+        self.snapshot_busy.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Commits what is left and waits until everything is written (at shutdown). While the store cannot be
@@ -508,6 +525,91 @@ impl Drop for Journal {
         if self.writer.is_some() {
             self.close(std::time::Duration::from_secs(5));
         }
+    }
+}
+
+/// Bytes in front of a snapshot in the journal's value: the first commit it does not cover.
+pub const SNAPSHOT_FRAME: usize = 8;
+
+/// A snapshot begun by [`Journal::begin_snapshot`]: it covers every commit before `covered`. Send it to the thread
+/// that encodes the state and [`SnapshotTicket::write`] it there.
+pub struct SnapshotTicket {
+    covered: u64,
+    first_live: Arc<std::sync::atomic::AtomicU64>,
+    snapshot_bytes: Arc<std::sync::atomic::AtomicU64>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    snapshots: metrics::Counter,
+    tx: Option<std::sync::mpsc::SyncSender<Group>>,
+    owner: String,
+}
+
+impl std::fmt::Debug for SnapshotTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotTicket")
+            .field("owner", &self.owner)
+            .field("covered", &self.covered)
+            .finish()
+    }
+}
+
+impl SnapshotTicket {
+    /// The first commit this snapshot does not cover.
+    pub fn covered(&self) -> u64 {
+        self.covered
+    }
+
+    /// Writes `state` (the component's state when the ticket was taken) as the snapshot and deletes every commit
+    /// it covers, in one atomic batch, queued after those commits.
+    pub fn write(self, state: &[u8]) {
+        let mut framed = SnapshotTicket::buffer(state.len());
+        framed.extend_from_slice(state);
+        self.write_framed(framed);
+    }
+
+    /// A buffer to encode a snapshot of about `capacity` bytes into, for [`SnapshotTicket::write_framed`]: it starts
+    /// with the room the journal's framing takes, so the encoded state is not copied again.
+    pub fn buffer(capacity: usize) -> Vec<u8> {
+        let mut b = Vec::with_capacity(SNAPSHOT_FRAME + capacity);
+        b.resize(SNAPSHOT_FRAME, 0);
+        b
+    }
+
+    /// [`SnapshotTicket::write`] of the state encoded after the first [`SNAPSHOT_FRAME`] bytes of `framed` (a
+    /// [`SnapshotTicket::buffer`]), which are overwritten.
+    pub fn write_framed(self, mut framed: Vec<u8>) {
+        use std::sync::atomic::Ordering;
+        if framed.len() < SNAPSHOT_FRAME {
+            framed.resize(SNAPSHOT_FRAME, 0);
+        }
+        framed[..SNAPSHOT_FRAME].copy_from_slice(&self.covered.to_be_bytes());
+        let state_len = framed.len() - SNAPSHOT_FRAME;
+        let value = framed;
+        let mut ops = vec![StorageOp::Put(JOURNAL_SNAPSHOT_KEY.to_vec(), value)];
+        for seq in self.first_live.load(Ordering::Acquire)..self.covered {
+            let mut key = JOURNAL_PREFIX.to_vec();
+            key.extend_from_slice(&seq.to_be_bytes());
+            ops.push(StorageOp::Delete(key));
+        }
+        let group = Group {
+            ops,
+            acks: Vec::new(),
+            records: 0,
+        };
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(group).is_ok());
+        if sent {
+            self.first_live.store(self.covered, Ordering::Release);
+            self.snapshot_bytes.store(state_len as u64, Ordering::Release);
+            self.snapshots.increment(1);
+        } else {
+            tracing::error!(owner = %self.owner, "journal writer stopped; snapshot not written");
+        }
+        // Dropping the ticket frees the journal for the next one.
+    }
+}
+
+impl Drop for SnapshotTicket {
+    fn drop(&mut self) {
+        self.busy.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -749,6 +851,41 @@ mod tests {
         // Another configuration discards the snapshot too.
         let (_j, r) = journal(&s, 8).unwrap();
         assert!(r.snapshot.is_none() && r.records.is_empty() && r.discarded.is_some());
+    }
+
+    #[test]
+    fn a_snapshot_encoded_while_records_keep_coming_covers_exactly_what_preceded_its_ticket() {
+        let s = MemoryStorage::default();
+        let (mut j, _) = journal(&s, 7).unwrap();
+        j.append(1, b"a").unwrap();
+        let ticket = j.begin_snapshot().expect("no ticket out");
+        assert!(j.begin_snapshot().is_none(), "one snapshot at a time");
+        assert!(j.snapshot_in_flight());
+        // Records keep coming and are committed while the state is encoded elsewhere.
+        j.append(1, b"b").unwrap();
+        j.commit();
+        j.append(1, b"c").unwrap();
+        let encoder = std::thread::spawn(move || ticket.write(b"state after a"));
+        encoder.join().unwrap();
+        assert!(!j.snapshot_in_flight());
+        assert_eq!(j.snapshot_bytes(), 13);
+        j.close(std::time::Duration::from_secs(5));
+        let (mut j, r) = journal(&s, 7).unwrap();
+        assert_eq!(r.snapshot.as_deref(), Some(&b"state after a"[..]));
+        let got: Vec<&[u8]> = r.records.iter().map(|(_, b)| &b[..]).collect();
+        assert_eq!(
+            got,
+            vec![&b"b"[..], &b"c"[..]],
+            "the tail after the ticket, nothing it covered"
+        );
+        // A ticket dropped unwritten (encoding failed) changes nothing stored.
+        drop(j.begin_snapshot().expect("no ticket out"));
+        j.append(1, b"d").unwrap();
+        j.close(std::time::Duration::from_secs(5));
+        let (_j, r) = journal(&s, 7).unwrap();
+        assert_eq!(r.snapshot.as_deref(), Some(&b"state after a"[..]));
+        let got: Vec<&[u8]> = r.records.iter().map(|(_, b)| &b[..]).collect();
+        assert_eq!(got, vec![&b"b"[..], &b"c"[..], &b"d"[..]]);
     }
 
     #[test]

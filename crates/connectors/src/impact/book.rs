@@ -299,7 +299,7 @@ pub struct GoalSummary {
 }
 
 /// The shared findings.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Book {
     pub operations: Vec<OperationSummary>,
     pub goals: Vec<GoalSummary>,

@@ -321,7 +321,7 @@ pub struct BusinessImpactConfig {
     /// How often the journal is committed (and the acknowledgements of the data in it released).
     pub checkpoint_interval: Duration,
     /// Journal written since the last snapshot that makes the next one due, at least (then also twice the last
-    /// snapshot's size): bounds what is stored and the replay at start ([`super::durable::snapshot_if_due`]).
+    /// snapshot's size): bounds what is stored and the replay at start ([`super::durable::Snapshots::if_due`]).
     pub snapshot_min_journal: bizpilot_core::config::ByteSize,
 }
 

@@ -1,5 +1,5 @@
 //! Durable state of the `business_impact` connector (`storage:`): a write-ahead journal of its input, compacted
-//! into snapshots of the engine ([`super::snapshot`], [`snapshot_if_due`]): a start loads the latest snapshot and
+//! into snapshots of the engine ([`super::snapshot`], [`Snapshots`], encoded off the connector's thread): a start loads the latest snapshot and
 //! replays the journal after it.
 //!
 //! The engine's state is a deterministic function of what it was fed — the traces, in arrival order, and the
@@ -22,11 +22,11 @@
 
 use std::time::{Duration, Instant};
 
-use bizpilot_core::storage::{Journal, Replay, client_for};
+use bizpilot_core::storage::{Journal, Replay, SNAPSHOT_FRAME, SnapshotTicket, client_for};
 use bizpilot_core::{ComponentError, CreateContext, Traces};
 
 use super::config::BusinessImpactConfig;
-use super::engine::Engine;
+use super::engine::{Engine, State};
 use crate::otlp_out::wall_ns;
 
 /// The journal's format marker.
@@ -100,36 +100,117 @@ pub fn replay(engine: &mut Engine, journal: &Replay, owner: &str) -> Replayed {
 /// snapshot's size, so the time spent writing snapshots stays proportional to the input.
 pub const SNAPSHOT_MIN_JOURNAL_BYTES: u64 = 16 << 20;
 
-/// Writes a snapshot of `engine` and drops the journal it covers when the journal written since the last one is at
-/// least `min_bytes` and twice the last snapshot: what is stored stays below about three snapshots plus
-/// `min_bytes` (`docs/durable-state.md`). Returns whether it did. A snapshot that cannot be encoded is logged and
-/// counted (`bizpilot_connector_business_impact_snapshot_errors_total`); the journal then keeps growing, and
-/// nothing is lost.
-pub fn snapshot_if_due(engine: &Engine, journal: &mut Journal, fingerprint: u64, min_bytes: u64) -> bool {
-    let since = journal.since_snapshot();
-    if since < min_bytes.max(journal.snapshot_bytes().saturating_mul(2)) {
-        return false;
-    }
-    snapshot_now(engine, journal, fingerprint)
+/// The connector's snapshots: when one is due, the engine's state is copied on the connector's thread
+/// ([`Engine::state`], the only pause: `bizpilot_connector_business_impact_snapshot_pause_seconds`) and encoded and
+/// handed to the journal's writer on a thread of its own (`bizpilot_connector_business_impact_snapshot_seconds`),
+/// while the connector goes on; the snapshot covers exactly the records journaled before the copy
+/// ([`Journal::begin_snapshot`]). One at a time.
+#[derive(Debug)]
+pub struct Snapshots {
+    fingerprint: u64,
+    min_bytes: u64,
+    running: Option<std::thread::JoinHandle<bool>>,
 }
 
-/// Writes a snapshot of `engine` now (see [`snapshot_if_due`]).
-pub fn snapshot_now(engine: &Engine, journal: &mut Journal, fingerprint: u64) -> bool {
+impl Snapshots {
+    /// Snapshots of the configuration of `fingerprint`, due every `min_bytes` of journal at least
+    /// ([`Snapshots::if_due`]).
+    pub fn new(fingerprint: u64, min_bytes: u64) -> Self {
+        Snapshots {
+            fingerprint,
+            min_bytes,
+            running: None,
+        }
+    }
+
+    /// Starts a snapshot of `engine` (encoded off this thread) and drops the journal it covers when the journal
+    /// written since the last one is at least `min_bytes` and twice the last snapshot: what is stored stays below
+    /// about three snapshots plus `min_bytes` (`docs/durable-state.md`). Returns whether it started one. A snapshot
+    /// that cannot be encoded is logged and counted (`bizpilot_connector_business_impact_snapshot_errors_total`);
+    /// the journal then keeps growing, and nothing is lost.
+    pub fn if_due(&mut self, engine: &Engine, journal: &mut Journal) -> bool {
+        if self.running.as_ref().is_some_and(|h| !h.is_finished()) {
+            return false;
+        }
+        self.wait();
+        let since = journal.since_snapshot();
+        if since < self.min_bytes.max(journal.snapshot_bytes().saturating_mul(2)) {
+            return false;
+        }
+        let Some(ticket) = journal.begin_snapshot() else {
+            return false;
+        };
+        let paused = Instant::now();
+        let state = engine.state();
+        let connector = journal.owner().to_string();
+        metrics::histogram!("bizpilot_connector_business_impact_snapshot_pause_seconds", "connector" => connector.clone())
+            .record(paused.elapsed().as_secs_f64());
+        let fingerprint = self.fingerprint;
+        let hint = snapshot_hint(journal);
+        let job = move || write(state, ticket, fingerprint, &connector, hint);
+        match std::thread::Builder::new().name("bizpilot-snapshot".into()).spawn(job) {
+            Ok(h) => {
+                self.running = Some(h);
+                true
+            }
+            Err(e) => {
+                // No thread to spare: the next due check tries again; the journal keeps every record meanwhile.
+                tracing::warn!(connector = journal.owner(), error = %e, "snapshot thread not started; will retry");
+                false
+            }
+        }
+    }
+
+    /// Waits for the snapshot being written, if any; returns whether it was written.
+    pub fn wait(&mut self) -> bool {
+        match self.running.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(written)) => written,
+            Some(Err(_)) => {
+                tracing::error!("snapshot thread panicked; the journal keeps every record");
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Writes a snapshot of `engine` now, on this thread (at a graceful stop), once the one being written is.
+    pub fn now(&mut self, engine: &Engine, journal: &mut Journal) -> bool {
+        self.wait();
+        let Some(ticket) = journal.begin_snapshot() else {
+            return false;
+        };
+        let connector = journal.owner().to_string();
+        let hint = snapshot_hint(journal);
+        write(engine.state(), ticket, self.fingerprint, &connector, hint)
+    }
+}
+
+/// The buffer to encode the next snapshot into: the last one's size and an eighth (so that it is not regrown,
+/// holding twice its size for a moment), 64 KiB for the first.
+fn snapshot_hint(journal: &Journal) -> usize {
+    let last = usize::try_from(journal.snapshot_bytes()).unwrap_or(0);
+    if last == 0 { 64 << 10 } else { last + last / 8 }
+}
+
+/// Encodes `state` (into a buffer of `hint` bytes, framed for the journal: the encoding is not copied again) and
+/// writes it with `ticket`; the copy of the state is freed before the write.
+fn write(state: State, ticket: SnapshotTicket, fingerprint: u64, connector: &str, hint: usize) -> bool {
     let started = Instant::now();
-    match engine.save(fingerprint) {
-        Ok(state) => {
-            journal.snapshot(&state);
-            let connector = journal.owner().to_string();
-            metrics::histogram!("bizpilot_connector_business_impact_snapshot_seconds", "connector" => connector.clone())
+    let encoded = state.encode_after(SnapshotTicket::buffer(hint), fingerprint);
+    drop(state);
+    match encoded {
+        Ok(framed) => {
+            let len = framed.len().saturating_sub(SNAPSHOT_FRAME);
+            ticket.write_framed(framed);
+            metrics::histogram!("bizpilot_connector_business_impact_snapshot_seconds", "connector" => connector.to_string())
                 .record(started.elapsed().as_secs_f64());
-            metrics::gauge!("bizpilot_connector_business_impact_snapshot_bytes", "connector" => connector)
-                .set(state.len() as f64);
+            metrics::gauge!("bizpilot_connector_business_impact_snapshot_bytes", "connector" => connector.to_string())
+                .set(len as f64);
             true
         }
         Err(e) => {
-            let connector = journal.owner().to_string();
             tracing::error!(connector, error = %e, "snapshot not written; the journal keeps every record");
-            metrics::counter!("bizpilot_connector_business_impact_snapshot_errors_total", "connector" => connector)
+            metrics::counter!("bizpilot_connector_business_impact_snapshot_errors_total", "connector" => connector.to_string())
                 .increment(1);
             false
         }

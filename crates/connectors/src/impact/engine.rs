@@ -462,7 +462,7 @@ pub(super) fn id8(b: &[u8]) -> [u8; 8] {
 }
 
 /// A pending operation in the heap, ordered by (event time, arrival).
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Pending(Packed);
 
 impl PartialEq for Pending {
@@ -491,10 +491,16 @@ struct ErrorSpan {
     cause: Cause,
 }
 
+/// A trace's ERROR spans, shared with a snapshot's copy (a change makes a new list).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+struct ErrorSpans(#[serde(with = "super::snapshot::shared")] Arc<[ErrorSpan]>);
+
 /// ERROR spans by trace, bounded.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct RootCauses {
-    by_trace: HashMap<[u8; 16], (u64, Vec<ErrorSpan>)>,
+    /// (newest time, its ERROR spans), the spans shared with a snapshot's copy.
+    by_trace: HashMap<[u8; 16], (u64, ErrorSpans)>,
     order: VecDeque<[u8; 16]>,
 }
 
@@ -505,11 +511,15 @@ impl RootCauses {
     fn observe(&mut self, trace: [u8; 16], time: u64, e: ErrorSpan) {
         let entry = self.by_trace.entry(trace).or_insert_with(|| {
             self.order.push_back(trace);
-            (time, Vec::new())
+            (time, ErrorSpans(Arc::from([])))
         });
         entry.0 = entry.0.max(time);
-        if entry.1.len() < MAX_ERRORS_PER_TRACE && !entry.1.iter().any(|x| x.span_id == e.span_id) {
-            entry.1.push(e);
+        let errs = &mut entry.1.0;
+        if errs.len() < MAX_ERRORS_PER_TRACE && !errs.iter().any(|x| x.span_id == e.span_id) {
+            let mut more = Vec::with_capacity(errs.len() + 1);
+            more.extend_from_slice(errs);
+            more.push(e);
+            *errs = Arc::from(more);
         }
         while self.by_trace.len() > MAX_ERROR_TRACES {
             let Some(t) = self.order.pop_front() else { break };
@@ -519,7 +529,7 @@ impl RootCauses {
 
     /// The deepest ERROR span of the trace: one that is no other ERROR span's parent.
     fn root(&self, trace: &[u8; 16]) -> Option<Cause> {
-        let (_, errs) = self.by_trace.get(trace)?;
+        let errs = &self.by_trace.get(trace)?.1.0;
         errs.iter()
             .find(|e| !errs.iter().any(|c| c.parent == e.span_id))
             .map(|e| e.cause.clone())
@@ -621,7 +631,7 @@ impl GoalState {
 }
 
 /// Per-operation state.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct OpState {
     pub operations: u64,
     pub successful: u64,
@@ -654,7 +664,7 @@ pub struct OpState {
 }
 
 /// Pending operations' figures, kept as they are pushed and finalized.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProvState {
     pub operations: u64,
     pub failed: u64,
@@ -669,6 +679,41 @@ impl ProvState {
     /// Distinct customers with a pending failure.
     pub fn affected_customers(&self) -> u64 {
         self.failed_keys.len() as u64
+    }
+}
+
+/// What a snapshot of the engine holds ([`Engine::state`]), by name (format `business_impact/snapshot/2`; format 1
+/// was the same fields as a positional tuple, and still restores).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    watermark: u64,
+    max_event: u64,
+    seq: u64,
+    last_eval: Option<u64>,
+    next_gen: u64,
+    next_record: u64,
+    next_incident: u64,
+    dirty: bool,
+    pending: BinaryHeap<Pending>,
+    dedup: SpanIds,
+    series: SeriesTable,
+    ops: Vec<OpState>,
+    goals: Vec<GoalState>,
+    causes: RootCauses,
+    book: Book,
+    counts: [u64; STATS],
+    trace: Option<trace::Saved>,
+}
+
+impl State {
+    /// The snapshot's bytes ([`super::snapshot`]) for the configuration of `fingerprint`.
+    pub fn encode(&self, fingerprint: u64) -> Result<Vec<u8>, SnapshotError> {
+        snapshot::encode(fingerprint, self)
+    }
+
+    /// [`State::encode`], appended to `out`.
+    pub fn encode_after(&self, out: Vec<u8>, fingerprint: u64) -> Result<Vec<u8>, SnapshotError> {
+        snapshot::encode_after(out, fingerprint, self)
     }
 }
 
@@ -816,43 +861,90 @@ impl Engine {
         self.capture.as_ref().and_then(Capture::record)
     }
 
-    /// The engine's state as a snapshot ([`super::snapshot`]), for the configuration of `fingerprint`: everything
-    /// its figures and its future depend on (pending operations, span ids, series, per-operation state, goals,
-    /// root causes, the API's book, counters, trace records); not the configuration, the extensions, or the logs
-    /// not yet taken.
+    /// The engine's state as a snapshot ([`super::snapshot`]), for the configuration of `fingerprint` (see
+    /// [`Engine::state`]).
     pub fn save(&self, fingerprint: u64) -> Result<Vec<u8>, SnapshotError> {
-        let book = lock(&self.book);
+        self.state().encode(fingerprint)
+    }
+
+    /// A copy of everything the engine's figures and its future depend on (pending operations, span ids, series,
+    /// per-operation state, goals, root causes, the API's book, counters, trace records); not the configuration,
+    /// the extensions, or the logs not yet taken. Taken on the connector's thread and encoded
+    /// ([`State::encode`]) on another, so that a snapshot holds the connector only for the copy.
+    pub fn state(&self) -> State {
+        let book = lock(&self.book).clone();
+        State {
+            watermark: self.watermark,
+            max_event: self.max_event,
+            seq: self.seq,
+            last_eval: self.last_eval,
+            next_gen: self.next_gen,
+            next_record: self.next_record,
+            next_incident: self.next_incident,
+            dirty: self.dirty,
+            pending: self.pending.clone(),
+            dedup: self.dedup.clone(),
+            series: self.series.clone(),
+            ops: self.ops.clone(),
+            goals: self.goals.clone(),
+            causes: self.causes.clone(),
+            book,
+            counts: self.stats.counts(),
+            trace: self.trace.as_ref().map(TraceContext::save),
+        }
+    }
+
+    /// The snapshot as format 1 wrote it (a positional tuple of the same state), to test that it still restores.
+    #[cfg(test)]
+    pub(super) fn save_v1(&self, fingerprint: u64) -> Result<Vec<u8>, SnapshotError> {
+        let s = self.state();
         let scalars = (
-            self.watermark,
-            self.max_event,
-            self.seq,
-            self.last_eval,
-            self.next_gen,
-            self.next_record,
-            self.next_incident,
-            self.dirty,
+            s.watermark,
+            s.max_event,
+            s.seq,
+            s.last_eval,
+            s.next_gen,
+            s.next_record,
+            s.next_incident,
+            s.dirty,
         );
-        snapshot::encode(
+        snapshot::encode_as(
+            snapshot::FORMAT_V1,
             fingerprint,
             &(
-                scalars,
-                &self.pending,
-                &self.dedup,
-                &self.series,
-                &self.ops,
-                &self.goals,
-                &self.causes,
-                &*book,
-                self.stats.counts(),
-                self.trace.as_ref().map(TraceContext::save),
+                scalars, s.pending, s.dedup, s.series, s.ops, s.goals, s.causes, s.book, s.counts, s.trace,
             ),
         )
     }
 
-    /// Takes the state of a snapshot [`Engine::save`] wrote under the same configuration (`fingerprint`). On an
-    /// error the engine is unchanged.
+    /// Per part of [`Engine::state`]: (name, time to copy it, bytes of its CBOR), for the docs' breakdown.
+    #[cfg(test)]
+    pub(super) fn state_breakdown(&self) -> Vec<(&'static str, std::time::Duration, usize)> {
+        fn part<T: Clone + serde::Serialize>(name: &'static str, v: &T) -> (&'static str, std::time::Duration, usize) {
+            let t = std::time::Instant::now();
+            let c = v.clone();
+            let took = t.elapsed();
+            let mut out = Vec::new();
+            let _ = ciborium::into_writer(&c, &mut out);
+            (name, took, out.len())
+        }
+        let book = lock(&self.book);
+        vec![
+            part("pending", &self.pending),
+            part("dedup", &self.dedup),
+            part("series", &self.series),
+            part("ops", &self.ops),
+            part("causes", &self.causes),
+            part("book", &*book),
+            part("trace", &self.trace.as_ref().map(TraceContext::save)),
+        ]
+    }
+
+    /// Takes the state of a snapshot [`Engine::save`] wrote under the same configuration (`fingerprint`), of this
+    /// format or the previous one (`business_impact/snapshot/1`, a positional tuple). On an error the engine is
+    /// unchanged.
     pub fn load(&mut self, fingerprint: u64, bytes: &[u8]) -> Result<(), SnapshotError> {
-        type Saved = (
+        type SavedV1 = (
             (u64, u64, u64, Option<u64>, u64, u64, u64, bool),
             BinaryHeap<Pending>,
             SpanIds,
@@ -864,35 +956,61 @@ impl Engine {
             [u64; STATS],
             Option<trace::Saved>,
         );
-        let (scalars, pending, dedup, series, ops, goals, causes, book, counts, tc): Saved =
-            snapshot::decode(fingerprint, bytes)?;
-        if ops.len() != self.ops.len() || goals.len() != self.goals.len() || tc.is_some() != self.trace.is_some() {
+        let state = match snapshot::version(fingerprint, bytes)? {
+            snapshot::Version::V1(body) => {
+                let (scalars, pending, dedup, series, ops, goals, causes, book, counts, trace): SavedV1 =
+                    snapshot::cbor(body)?;
+                let (watermark, max_event, seq, last_eval, next_gen, next_record, next_incident, dirty) = scalars;
+                State {
+                    watermark,
+                    max_event,
+                    seq,
+                    last_eval,
+                    next_gen,
+                    next_record,
+                    next_incident,
+                    dirty,
+                    pending,
+                    dedup,
+                    series,
+                    ops,
+                    goals,
+                    causes,
+                    book,
+                    counts,
+                    trace,
+                }
+            }
+            snapshot::Version::Current(body) => snapshot::cbor(body)?,
+        };
+        if state.ops.len() != self.ops.len()
+            || state.goals.len() != self.goals.len()
+            || state.trace.is_some() != self.trace.is_some()
+        {
             return Err(SnapshotError::Shape(format!(
                 "{} operations, {} goals, trace_context {}",
-                ops.len(),
-                goals.len(),
-                tc.is_some()
+                state.ops.len(),
+                state.goals.len(),
+                state.trace.is_some()
             )));
         }
-        (
-            self.watermark,
-            self.max_event,
-            self.seq,
-            self.last_eval,
-            self.next_gen,
-            self.next_record,
-            self.next_incident,
-            self.dirty,
-        ) = scalars;
-        self.pending = pending;
-        self.dedup = dedup;
-        self.series = series;
-        self.ops = ops;
-        self.goals = goals;
-        self.causes = causes;
-        *lock(&self.book) = book;
-        self.stats.restore(counts);
-        if let (Some(t), Some(saved)) = (self.trace.as_mut(), tc) {
+        self.watermark = state.watermark;
+        self.max_event = state.max_event;
+        self.seq = state.seq;
+        self.last_eval = state.last_eval;
+        self.next_gen = state.next_gen;
+        self.next_record = state.next_record;
+        self.next_incident = state.next_incident;
+        self.dirty = state.dirty;
+        self.pending = state.pending;
+        self.dedup = state.dedup;
+        self.series = state.series;
+        self.ops = state.ops;
+        self.goals = state.goals;
+        self.causes = state.causes;
+        *lock(&self.book) = state.book;
+        self.stats.restore(state.counts);
+        if let (Some(t), Some(saved)) = (self.trace.as_mut(), state.trace) {
             t.load(saved);
         }
         Ok(())

@@ -335,8 +335,7 @@ impl ConnectorFactory for BusinessImpactConnectorFactory {
         Ok(Box::new(BusinessImpactConnector {
             engine,
             journal,
-            fingerprint: config.fingerprint(),
-            snapshot_min: config.snapshot_min_journal.bytes(),
+            snapshots: durable::Snapshots::new(config.fingerprint(), config.snapshot_min_journal.bytes()),
             incident_idle: config.incident.idle_timeout.get(),
             flush_interval: config.metrics_flush_interval.get(),
             idle_timeout: config.idle_timeout.unwrap_or(config.allowed_lateness).get(),
@@ -348,8 +347,7 @@ impl ConnectorFactory for BusinessImpactConnectorFactory {
 pub struct BusinessImpactConnector {
     engine: Engine,
     journal: Option<Journal>,
-    fingerprint: u64,
-    snapshot_min: u64,
+    snapshots: durable::Snapshots,
     incident_idle: Duration,
     flush_interval: Duration,
     idle_timeout: Duration,
@@ -369,8 +367,7 @@ impl Connector for BusinessImpactConnector {
             id: String::new(),
             engine: self.engine,
             journal: self.journal,
-            fingerprint: self.fingerprint,
-            snapshot_min: self.snapshot_min,
+            snapshots: self.snapshots,
             metrics: false,
             logs: false,
             flush_interval: self.flush_interval,
@@ -391,9 +388,8 @@ struct Task {
     engine: Engine,
     /// With `storage`: the journal of what changed the engine, and the acknowledgements waiting for its commit.
     journal: Option<Journal>,
-    /// The configuration's fingerprint (snapshots carry it) and the journal that makes a snapshot due.
-    fingerprint: u64,
-    snapshot_min: u64,
+    /// Snapshots of the engine, encoded off the stage's thread.
+    snapshots: durable::Snapshots,
     /// Whether a metrics (logs) pipeline receives from the connector.
     metrics: bool,
     logs: bool,
@@ -466,7 +462,7 @@ impl Stage for Task {
                     // Acknowledged once the journal holding it is committed.
                     j.hold(std::mem::take(&mut batch.acks));
                     j.commit_if_due();
-                    durable::snapshot_if_due(&self.engine, j, self.fingerprint, self.snapshot_min);
+                    self.snapshots.if_due(&self.engine, j);
                     out.consume(batch);
                 }
                 (Some(_), Err(e)) => {
@@ -509,7 +505,7 @@ impl Stage for Task {
                 let _ = j.append(durable::TAG_IDLE_CLOSE, &[]);
             }
             j.commit_if_due();
-            durable::snapshot_if_due(&self.engine, j, self.fingerprint, self.snapshot_min);
+            self.snapshots.if_due(&self.engine, j);
         }
         self.send_logs(out);
         if tick.flush {
@@ -522,8 +518,9 @@ impl Stage for Task {
         // state before it (pending operations still pending, incidents still open), as if it had not stopped.
         if let Some(j) = self.journal.as_mut() {
             // A restart then starts from the snapshot alone.
+            self.snapshots.wait();
             if j.since_snapshot() > 0 {
-                durable::snapshot_now(&self.engine, j, self.fingerprint);
+                self.snapshots.now(&self.engine, j);
             }
             j.close(Duration::from_secs(5));
         }

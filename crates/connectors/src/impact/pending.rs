@@ -71,7 +71,7 @@ type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
 const BUCKETS: u64 = 4096;
 
 /// Span ids remembered for dropping duplicates (see the module docs).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct SpanIds {
     /// The hash key (k0, k1).
     key: (u64, u64),
@@ -270,7 +270,7 @@ const SUCCESS: u8 = 1;
 const PROV_RISK: u8 = 2;
 
 /// A pending operation, packed: 80 bytes and one allocation for its variable part.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Packed {
     pub time: u64,
     pub seq: u64,
@@ -281,7 +281,8 @@ pub(super) struct Packed {
     series: u32,
     op: u16,
     flags: u8,
-    cold: Box<[u8]>,
+    #[serde(with = "super::snapshot::shared")]
+    cold: std::sync::Arc<[u8]>,
 }
 
 impl Packed {
@@ -350,7 +351,7 @@ impl Packed {
             series: r.series,
             op: u16::try_from(r.op).unwrap_or(u16::MAX),
             flags: if r.success { SUCCESS } else { 0 } | if r.prov_risk { PROV_RISK } else { 0 },
-            cold: w.0.into_boxed_slice(),
+            cold: std::sync::Arc::from(w.0),
         }
     }
 

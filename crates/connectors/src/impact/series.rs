@@ -97,7 +97,7 @@ pub enum MoneyKind {
 pub type DimValues = Box<[Box<str>]>;
 
 /// The series of all operations, bounded by `max_series`.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SeriesTable {
     max: usize,
     bounds: Vec<f64>,

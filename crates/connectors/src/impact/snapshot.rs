@@ -8,8 +8,10 @@
 
 use bizpilot_core::{Money, MoneyTotals};
 
-/// The snapshot's format marker.
-pub const FORMAT: &str = "business_impact/snapshot/1";
+/// The snapshot's format marker: the engine's state as a CBOR map of named fields ([`super::engine::State`]).
+pub const FORMAT: &str = "business_impact/snapshot/2";
+/// The previous format: the same fields as a positional tuple (still restored).
+pub const FORMAT_V1: &str = "business_impact/snapshot/1";
 
 /// Why a snapshot could not be written or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,7 +20,7 @@ pub enum SnapshotError {
     Encode(String),
     #[error("snapshot unreadable: {0}")]
     Decode(String),
-    #[error("snapshot of format {found:?}, this build reads {FORMAT:?}")]
+    #[error("snapshot of format {found:?}, this build reads {FORMAT:?} and {FORMAT_V1:?}")]
     Format { found: String },
     #[error("snapshot written under another configuration (fingerprint {found:x}, now {want:x})")]
     Fingerprint { found: u64, want: u64 },
@@ -26,38 +28,123 @@ pub enum SnapshotError {
     Shape(String),
 }
 
-/// Header + CBOR of `state`.
+/// Header + CBOR of `state`, in the current format.
 pub fn encode<T: serde::Serialize>(fingerprint: u64, state: &T) -> Result<Vec<u8>, SnapshotError> {
-    let mut out = Vec::with_capacity(1 << 16);
-    out.push(FORMAT.len() as u8);
-    out.extend_from_slice(FORMAT.as_bytes());
+    encode_as(FORMAT, fingerprint, state)
+}
+
+pub(super) fn encode_as<T: serde::Serialize>(
+    format: &str,
+    fingerprint: u64,
+    state: &T,
+) -> Result<Vec<u8>, SnapshotError> {
+    encode_into(Vec::with_capacity(1 << 16), format, fingerprint, state)
+}
+
+/// Header + CBOR of `state` in the current format, appended to `out` (a buffer sized for it: no regrowth).
+pub fn encode_after<T: serde::Serialize>(out: Vec<u8>, fingerprint: u64, state: &T) -> Result<Vec<u8>, SnapshotError> {
+    encode_into(out, FORMAT, fingerprint, state)
+}
+
+fn encode_into<T: serde::Serialize>(
+    mut out: Vec<u8>,
+    format: &str,
+    fingerprint: u64,
+    state: &T,
+) -> Result<Vec<u8>, SnapshotError> {
+    out.push(format.len() as u8);
+    out.extend_from_slice(format.as_bytes());
     out.extend_from_slice(&fingerprint.to_be_bytes());
     ciborium::into_writer(state, &mut out).map_err(|e| SnapshotError::Encode(e.to_string()))?;
     Ok(out)
 }
 
-/// Checks the header (format, `fingerprint`) and reads the state.
-pub fn decode<T: serde::de::DeserializeOwned>(fingerprint: u64, bytes: &[u8]) -> Result<T, SnapshotError> {
+/// A snapshot's body (its CBOR), by format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version<'a> {
+    Current(&'a [u8]),
+    V1(&'a [u8]),
+}
+
+/// Checks the header (a format this build reads, `fingerprint`) and returns the body.
+pub fn version(fingerprint: u64, bytes: &[u8]) -> Result<Version<'_>, SnapshotError> {
     let short = || SnapshotError::Decode("cut short (header)".into());
     let n = usize::from(*bytes.first().ok_or_else(short)?);
     let format = bytes.get(1..1 + n).ok_or_else(short)?;
-    if format != FORMAT.as_bytes() {
+    let fp = bytes
+        .get(1 + n..9 + n)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes);
+    let known = format == FORMAT.as_bytes() || format == FORMAT_V1.as_bytes();
+    if !known {
         return Err(SnapshotError::Format {
             found: String::from_utf8_lossy(format).into_owned(),
         });
     }
-    let fp = bytes
-        .get(1 + n..9 + n)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(short)?;
+    let fp = fp.ok_or_else(short)?;
     if fp != fingerprint {
         return Err(SnapshotError::Fingerprint {
             found: fp,
             want: fingerprint,
         });
     }
-    ciborium::from_reader(&bytes[9 + n..]).map_err(|e| SnapshotError::Decode(e.to_string()))
+    let body = &bytes[9 + n..];
+    Ok(if format == FORMAT.as_bytes() {
+        Version::Current(body)
+    } else {
+        Version::V1(body)
+    })
+}
+
+/// Reads a CBOR body.
+pub fn cbor<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, SnapshotError> {
+    ciborium::from_reader(body).map_err(|e| SnapshotError::Decode(e.to_string()))
+}
+
+/// Checks the header (the current format, `fingerprint`) and reads the state.
+pub fn decode<T: serde::de::DeserializeOwned>(fingerprint: u64, bytes: &[u8]) -> Result<T, SnapshotError> {
+    match version(fingerprint, bytes)? {
+        Version::Current(body) => cbor(body),
+        Version::V1(_) => Err(SnapshotError::Format {
+            found: FORMAT_V1.to_string(),
+        }),
+    }
+}
+
+/// A list shared with the snapshot's copy of the state (`Arc<[T]>`: copying the state bumps a count instead of
+/// copying the list; a change makes a new list), written as the list itself (the same CBOR as a `Vec<T>`).
+pub mod shared {
+    use std::sync::Arc;
+
+    pub fn serialize<S: serde::Serializer, T: serde::Serialize>(v: &Arc<[T]>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+        d: D,
+    ) -> Result<Arc<[T]>, D::Error> {
+        let v: Vec<T> = serde::Deserialize::deserialize(d)?;
+        Ok(Arc::from(v))
+    }
+}
+
+/// [`shared`], with no allocation for an empty list (`None`), written as the list (empty for `None`).
+pub mod shared_or_empty {
+    use std::sync::Arc;
+
+    pub fn serialize<S: serde::Serializer, T: serde::Serialize>(v: &Option<Arc<[T]>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(l) => s.collect_seq(l.iter()),
+            None => s.collect_seq(std::iter::empty::<&T>()),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<Arc<[T]>>, D::Error> {
+        let v: Vec<T> = serde::Deserialize::deserialize(d)?;
+        Ok((!v.is_empty()).then(|| Arc::from(v)))
+    }
 }
 
 /// `MoneyTotals` as its list of per-currency totals (exact amounts, see `Money`'s serde form).
@@ -131,6 +218,21 @@ pub mod any_value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_of_the_previous_format_is_recognised_and_a_foreign_one_refused() {
+        let b = encode_as(FORMAT_V1, 7, &(1u64, "x")).unwrap();
+        let Version::V1(body) = version(7, &b).unwrap() else {
+            panic!("format 1 not recognised")
+        };
+        assert_eq!(cbor::<(u64, String)>(body).unwrap(), (1, "x".into()));
+        let foreign = encode_as("business_impact/snapshot/9", 7, &1u64).unwrap();
+        let err = version(7, &foreign).unwrap_err();
+        assert!(
+            err.to_string().contains("snapshot/9") && err.to_string().contains(FORMAT),
+            "{err}"
+        );
+    }
 
     #[test]
     fn the_header_names_format_and_configuration() {

@@ -616,10 +616,26 @@ fn an_engine_replayed_from_its_journal_continues_exactly_as_the_uninterrupted_on
     }
 }
 
+/// The connector's journal in `storage` (commits only when the test asks), and what it holds.
+fn open_journal(
+    storage: &bizpilot_core::storage::MemoryStorage,
+    cfg: &BusinessImpactConfig,
+) -> (bizpilot_core::storage::Journal, bizpilot_core::storage::Replay) {
+    use bizpilot_core::storage::Storage;
+    bizpilot_core::storage::Journal::open(
+        storage.client("business_impact").unwrap(),
+        "business_impact",
+        durable::FORMAT,
+        cfg.fingerprint(),
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap()
+}
+
 /// The journal holds what the engine read of each request (not the request); replayed, it gives the engine that
 /// was killed, which then continues exactly as the uninterrupted one.
 fn replayed_from_the_journal(trace_context: bool) {
-    use bizpilot_core::storage::{Journal, MemoryStorage, Storage};
+    use bizpilot_core::storage::{MemoryStorage, Storage};
     let work = Shop::generate(&shop_config()).unwrap();
     let requests = work.trace_requests(200);
     let half = requests.len() / 2;
@@ -663,16 +679,7 @@ fn replayed_from_the_journal(trace_context: bool) {
 
     // The first half journaled (both ways of reading a request), then the process is gone without a flush.
     let storage = MemoryStorage::default();
-    let open = || {
-        Journal::open(
-            storage.client("business_impact").unwrap(),
-            "business_impact",
-            durable::FORMAT,
-            cfg.fingerprint(),
-            std::time::Duration::from_secs(3600),
-        )
-        .unwrap()
-    };
+    let open = || open_journal(&storage, &cfg);
     let (mut j, replay) = open();
     assert!(replay.records.is_empty());
     let mut b = engine();
@@ -690,6 +697,7 @@ fn replayed_from_the_journal(trace_context: bool) {
             .sum()
     };
     let (mut snapshots, mut max_stored, mut max_snapshot) = (0u32, 0u64, 0u64);
+    let mut snaps = durable::Snapshots::new(cfg.fingerprint(), min_journal);
     for (i, r) in requests[..half].iter().enumerate() {
         if i == quarter {
             idle(&mut b);
@@ -708,11 +716,13 @@ fn replayed_from_the_journal(trace_context: bool) {
             record_bytes += rec.len() + 5;
             j.append(durable::TAG_SPANS, rec).unwrap();
         }
-        if durable::snapshot_if_due(&b, &mut j, cfg.fingerprint(), min_journal) {
+        // Encoded off this thread while the next requests are fed; waited for every 8 requests to check the bound.
+        if snaps.if_due(&b, &mut j) {
             snapshots += 1;
-            max_snapshot = max_snapshot.max(j.snapshot_bytes());
         }
         if i % 8 == 0 {
+            snaps.wait();
+            max_snapshot = max_snapshot.max(j.snapshot_bytes());
             j.commit();
             std::thread::sleep(std::time::Duration::from_millis(2));
             let bound = max_snapshot + min_journal.max(2 * max_snapshot) + 64 * 1024;
@@ -721,6 +731,7 @@ fn replayed_from_the_journal(trace_context: bool) {
             assert!(now <= bound, "stored {now} B > bound {bound} B after request {i}");
         }
     }
+    snaps.wait();
     j.close(std::time::Duration::from_secs(5));
     println!(
         "trace_context {trace_context}: {snapshots} snapshots (largest {max_snapshot} B), at most {max_stored} B \
@@ -754,7 +765,7 @@ fn replayed_from_the_journal(trace_context: bool) {
     );
     assert_eq!(book_figures(&c), before, "restored exactly (snapshot + journal tail)");
     // A snapshot of the restored engine alone restores it too.
-    assert!(durable::snapshot_now(&c, &mut j, cfg.fingerprint()));
+    assert!(durable::Snapshots::new(cfg.fingerprint(), min_journal).now(&c, &mut j));
     j.close(std::time::Duration::from_secs(5));
     let (_j, replay) = open();
     assert!(replay.records.is_empty());
@@ -783,4 +794,123 @@ fn replayed_from_the_journal(trace_context: bool) {
     }
     d.flush();
     assert_ne!(book_figures(&d), book_figures(&a));
+}
+
+/// A snapshot is a copy of the engine taken between two requests and encoded on another thread while requests
+/// keep arriving (and are journaled after its ticket): restored from it and the journal tail, the engine has the
+/// figures of the one that went on, and of an engine that never snapshotted. The pause (the copy) is a fraction of
+/// the encoding it takes off the connector's thread.
+#[test]
+fn a_snapshot_taken_while_requests_keep_arriving_restores_to_the_same_figures() {
+    use bizpilot_core::storage::{Journal, MemoryStorage};
+    let work = Shop::generate(&shop_config()).unwrap();
+    let requests = work.trace_requests(200);
+    let raw: serde_yaml::Value = serde_yaml::from_str(IMPACT_CONFIG).unwrap();
+    let cfg: BusinessImpactConfig = parse_config(&raw).unwrap();
+    let engine = || Engine::new(Compiled::new(&cfg, None, None, None).unwrap(), "business_impact");
+    let storage = MemoryStorage::default();
+    let open = || open_journal(&storage, &cfg);
+    let (mut j, _) = open();
+    let mut a = engine();
+    a.capture_input();
+    let mut plain = engine();
+    let (third, two_thirds) = (requests.len() / 3, 2 * requests.len() / 3);
+    let journal_one = |e: &mut Engine, j: &mut Journal, r: &ExportTraceServiceRequestT| {
+        feed(e, r, Path::Views);
+        if let Some(rec) = e.captured() {
+            j.append(durable::TAG_SPANS, rec).unwrap();
+        }
+    };
+    for r in &requests[..third] {
+        journal_one(&mut a, &mut j, r);
+        feed(&mut plain, r, Path::Views);
+    }
+    // The copy, then the encoding on a thread of its own while the next third arrives.
+    let ticket = j.begin_snapshot().expect("no snapshot out");
+    let paused = std::time::Instant::now();
+    let state = a.state();
+    let pause = paused.elapsed();
+    let before_copy = book_figures(&a);
+    for (part, took, bytes) in a.state_breakdown() {
+        println!("  {part}: copied in {took:?}, {bytes} B encoded");
+    }
+    let again = std::time::Instant::now();
+    drop(a.state());
+    println!("a second copy (memory the first freed): {:?}", again.elapsed());
+    let fp = cfg.fingerprint();
+    let encoder = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let bytes = state.encode(fp).unwrap();
+        let took = t.elapsed();
+        ticket.write(&bytes);
+        (took, bytes.len())
+    });
+    for (i, r) in requests[third..two_thirds].iter().enumerate() {
+        journal_one(&mut a, &mut j, r);
+        feed(&mut plain, r, Path::Views);
+        if i % 16 == 0 {
+            j.commit();
+        }
+    }
+    let (encode, len) = encoder.join().unwrap();
+    assert_ne!(
+        book_figures(&a),
+        before_copy,
+        "the engine moved on while its copy was encoded"
+    );
+    println!(
+        "snapshot of {len} B: the connector paused {pause:?} for the copy; encoding took {encode:?} on another thread"
+    );
+    assert!(
+        pause < encode,
+        "the copy ({pause:?}) is cheaper than the encoding ({encode:?})"
+    );
+    j.close(std::time::Duration::from_secs(5));
+    let figures = book_figures(&a);
+    assert_eq!(figures, book_figures(&plain), "journaling and snapshots change nothing");
+    drop(a);
+
+    // Killed: restored from that snapshot and the tail journaled while it was encoded.
+    let (_j, replay) = open();
+    let snapshot = replay.snapshot.as_ref().expect("the snapshot was written");
+    assert!(!replay.records.is_empty(), "a tail follows the snapshot");
+    let mut b = engine();
+    b.load(cfg.fingerprint(), snapshot).unwrap();
+    assert_eq!(book_figures(&b), before_copy, "the snapshot is the engine at its copy");
+    let done = durable::replay(&mut b, &replay, "business_impact");
+    assert_eq!(done.unreadable, 0);
+    assert_eq!(book_figures(&b), figures, "snapshot + tail = the engine that went on");
+    for r in &requests[two_thirds..] {
+        feed(&mut b, r, Path::Views);
+        feed(&mut plain, r, Path::Views);
+    }
+    b.flush();
+    plain.flush();
+    assert_eq!(book_figures(&b), book_figures(&plain));
+    assert_eq!(tier_counts(&b, 0), tier_counts(&plain, 0));
+}
+
+/// A snapshot of format 1 (the positional tuple) still restores, to the same figures; the format is named in
+/// the snapshot, so a format-2 reader takes both.
+#[test]
+fn a_snapshot_of_format_1_still_restores() {
+    let work = Shop::generate(&shop_config()).unwrap();
+    let raw: serde_yaml::Value = serde_yaml::from_str(IMPACT_CONFIG).unwrap();
+    let cfg: BusinessImpactConfig = parse_config(&raw).unwrap();
+    let engine = || Engine::new(Compiled::new(&cfg, None, None, None).unwrap(), "business_impact");
+    let mut a = engine();
+    for r in work.trace_requests(200).iter().take(60) {
+        feed(&mut a, r, Path::Views);
+    }
+    let v1 = a.save_v1(cfg.fingerprint()).unwrap();
+    assert!(v1[1..].starts_with(snapshot::FORMAT_V1.as_bytes()));
+    let mut b = engine();
+    b.load(cfg.fingerprint(), &v1).unwrap();
+    assert_eq!(book_figures(&b), book_figures(&a));
+    assert_eq!(b.pending(), a.pending());
+    let v2 = a.save(cfg.fingerprint()).unwrap();
+    assert!(v2[1..].starts_with(snapshot::FORMAT.as_bytes()));
+    let mut c = engine();
+    c.load(cfg.fingerprint(), &v2).unwrap();
+    assert_eq!(book_figures(&c), book_figures(&a));
 }

@@ -80,7 +80,7 @@ impl Default for TraceContextConfig {
 }
 
 /// One attribute found in a trace: the value of the earliest-starting span that carries it.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Found {
     start: u64,
     span: [u8; 8],
@@ -88,11 +88,12 @@ pub(super) struct Found {
     value: AnyValueKind,
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Rec {
     /// The attributes found, by their index in `keys` (only those found: a trace seen only through spans
     /// without them, such as its root, costs no allocation).
-    vals: Vec<(u16, Found)>,
+    #[serde(with = "super::snapshot::shared_or_empty")]
+    vals: Option<std::sync::Arc<[(u16, Found)]>>,
     root: bool,
     newest: u64,
     finalized: bool,
@@ -139,10 +140,14 @@ pub(super) type Saved = (HashMap<[u8; 16], Rec>, Order, [u64; 3]);
 type Order = VecDeque<([u8; 16], u64)>;
 
 impl TraceContext {
-    /// The state a snapshot keeps (borrowed).
-    pub(super) fn save(&self) -> (&HashMap<[u8; 16], Rec>, &Order, [u64; 3]) {
+    /// The state a snapshot keeps (a copy, encoded off the connector's thread).
+    pub(super) fn save(&self) -> Saved {
         let s = &self.stats;
-        (&self.traces, &self.order, [s.incomplete, s.evicted, s.late])
+        (
+            self.traces.clone(),
+            self.order.clone(),
+            [s.incomplete, s.evicted, s.late],
+        )
     }
 
     /// Takes the state of a snapshot (the counters are added, to the self-telemetry too).
@@ -238,7 +243,7 @@ impl TraceContext {
             self.order.push_back((trace, t));
         }
         let rec = self.traces.entry(trace).or_insert_with(|| Rec {
-            vals: Vec::new(),
+            vals: None,
             root: false,
             newest: 0,
             finalized: false,
@@ -258,11 +263,22 @@ impl TraceContext {
                 span: sid,
                 value: v,
             };
-            match rec.vals.iter_mut().find(|(k, _)| *k == i) {
-                Some((_, f)) if (start, sid) < (f.start, f.span) => *f = new,
-                Some(_) => {}
-                None => rec.vals.push((i, new)),
-            }
+            let vals = rec.vals.as_deref().unwrap_or_default();
+            let changed = match vals.iter().position(|(k, _)| *k == i) {
+                Some(at) if (start, sid) < (vals[at].1.start, vals[at].1.span) => {
+                    let mut v = vals.to_vec();
+                    v[at].1 = new;
+                    v
+                }
+                Some(_) => continue,
+                None => {
+                    let mut v = Vec::with_capacity(vals.len() + 1);
+                    v.extend_from_slice(vals);
+                    v.push((i, new));
+                    v
+                }
+            };
+            rec.vals = Some(std::sync::Arc::from(changed));
         }
     }
 
@@ -272,6 +288,7 @@ impl TraceContext {
         self.traces
             .get(trace)?
             .vals
+            .as_deref()?
             .iter()
             .find(|(k, _)| *k == i)
             .map(|(_, f)| ValueRef::from_value(&f.value))
