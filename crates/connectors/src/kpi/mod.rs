@@ -205,11 +205,11 @@
 //! snapshot that includes it is written — so the Kafka receiver commits its offset only then, and a `SIGKILL` loses
 //! nothing: what no checkpoint holds is read again. A failed checkpoint keeps them held for the next one (retried
 //! every `checkpoint_interval`, counted in `…_checkpoint_errors_total`); at the end of input the final checkpoint
-//! releases them, or, if it fails, they are failed (the source sends them again). When 4,096 acknowledgements wait,
-//! the checkpoint starts at once instead of at the next interval (unless the last one failed). Only the handles are
-//! held (the batch's data is not), so the source bounds the rest: the Kafka receiver pauses a partition at
-//! `max_in_flight` (1,000) unacknowledged messages, so fed from Kafka a partition gets at most `max_in_flight` per
-//! checkpoint: lower `checkpoint_interval` (each checkpoint is a full snapshot) or raise `max_in_flight` for more.
+//! releases them, or, if it fails, they are failed (the source sends them again). When 500 acknowledgements wait,
+//! the checkpoint starts at once instead of at the next interval (unless the last one failed): the Kafka receiver
+//! pauses a partition at `max_in_flight` (1,000) unacknowledged messages and resumes it at half that, so a fast
+//! partition is served by back-to-back snapshots rather than stalled for the interval (each is a full snapshot: its
+//! cost, growing with the open orders, bounds the throughput). Only the handles are held, not the batches' data.
 //! Without `storage`, a batch is acknowledged as soon as it is ingested.
 //!
 //! Self-telemetry: `bizpilot_connector_order_kpi_checkpoints_total{connector}`,
@@ -350,9 +350,10 @@ struct Checkpoint {
     failed: bool,
 }
 
-/// Held acknowledgements beyond which a checkpoint starts at once instead of at the next interval (the bound of
-/// `business_state`'s held batches).
-const MAX_HELD: usize = 4096;
+/// Held acknowledgements beyond which a checkpoint starts at once instead of at the next interval: half the Kafka
+/// receiver's default `max_in_flight` (one acknowledgement per message), so a partition it paused for want of
+/// acknowledgements is released by the next snapshot, not after up to `checkpoint_interval`.
+const MAX_HELD: usize = 500;
 
 /// The key of the engine's snapshot in the connector's storage namespace.
 const SNAPSHOT_KEY: &[u8] = b"engine";
