@@ -85,6 +85,70 @@ impl fmt::Debug for Ack {
     }
 }
 
+/// Acknowledgements a stateful stage holds until a checkpoint of its state holds their data (`order_kpi`):
+/// [`hold`](Held::hold) those of each batch absorbed; [`seal`](Held::seal) when a checkpoint of the state as of now
+/// begins; then [`release`](Held::release) once that checkpoint is written (delivered), or
+/// [`reopen`](Held::reopen) if it failed (held again, for the next checkpoint to cover). Whatever is still held
+/// when it is dropped is failed: its data is in no checkpoint, and its source may send it again.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Absorbed since the checkpoint in progress began (or since the last one).
+    open: Vec<Ack>,
+    /// Covered by the checkpoint in progress.
+    sealed: Vec<Ack>,
+}
+
+impl Held {
+    /// Holds `acks` until a checkpoint that begins after this call is written.
+    pub fn hold(&mut self, acks: impl IntoIterator<Item = Ack>) {
+        self.open.extend(acks);
+    }
+
+    /// Acknowledgements held (sealed or not).
+    pub fn len(&self) -> usize {
+        self.open.len() + self.sealed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A checkpoint of the state as of now begins: it covers everything held so far.
+    pub fn seal(&mut self) {
+        self.sealed.append(&mut self.open);
+    }
+
+    /// The checkpoint begun at the last [`seal`](Held::seal) is written: its acknowledgements are released.
+    /// Returns how many.
+    pub fn release(&mut self) -> usize {
+        let n = self.sealed.len();
+        self.sealed.clear();
+        n
+    }
+
+    /// The checkpoint begun at the last [`seal`](Held::seal) failed: what it covered stays held.
+    pub fn reopen(&mut self) {
+        let later = std::mem::take(&mut self.open);
+        self.open = std::mem::take(&mut self.sealed);
+        self.open.extend(later);
+    }
+
+    /// Fails and lets go of everything held (no checkpoint will hold it). Returns how many.
+    pub fn fail_all(&mut self) -> usize {
+        let n = self.len();
+        for a in self.sealed.drain(..).chain(self.open.drain(..)) {
+            a.fail();
+        }
+        n
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.fail_all();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +170,39 @@ mod tests {
         drop(a2);
         drop(ack);
         assert_eq!(rx.await.ok(), Some(Delivery::Failed));
+    }
+
+    #[tokio::test]
+    async fn held_acks_wait_for_the_checkpoint_that_covers_them() {
+        let (a, mut a_rx) = Ack::channel();
+        let (b, b_rx) = Ack::channel();
+        let mut held = Held::default();
+        held.hold([a]);
+        held.seal();
+        // Absorbed while the checkpoint is written: not covered by it.
+        held.hold([b]);
+        assert_eq!(held.len(), 2);
+        assert!(a_rx.try_recv().is_err(), "held until the checkpoint is written");
+        // That checkpoint failed: `a` waits for the next one, with `b`.
+        held.reopen();
+        assert!(a_rx.try_recv().is_err());
+        held.seal();
+        assert_eq!(held.release(), 2);
+        assert!(held.is_empty());
+        assert_eq!(a_rx.await.ok(), Some(Delivery::Delivered));
+        assert_eq!(b_rx.await.ok(), Some(Delivery::Delivered));
+    }
+
+    #[tokio::test]
+    async fn held_acks_dropped_without_a_checkpoint_fail() {
+        let (a, a_rx) = Ack::channel();
+        let (b, b_rx) = Ack::channel();
+        let mut held = Held::default();
+        held.hold([a]);
+        held.seal();
+        held.hold([b]);
+        drop(held);
+        assert_eq!(a_rx.await.ok(), Some(Delivery::Failed));
+        assert_eq!(b_rx.await.ok(), Some(Delivery::Failed));
     }
 }

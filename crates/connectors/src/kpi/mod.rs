@@ -197,15 +197,28 @@
 //! | `max_pending_evidence` | `100000` | most unknown orders whose spans are kept waiting |
 //! | `api.max_at_risk` | `10000` | at-risk orders listed per KPI by the HTTP API |
 //! | `storage` | — | id of a storage extension (`file_storage`): the state (open orders, pending items, the learned model, health, figures) is restored from it at start and checkpointed into it; none: memory only |
-//! | `checkpoint_interval` | `10s` | how often the whole state is checkpointed (and once more at shutdown, before the final evaluation); a `SIGKILL` loses at most this much |
+//! | `checkpoint_interval` | `10s` | how often the whole state is checkpointed (and once more at shutdown, before the final evaluation); the input's acknowledgements wait for it (below) |
 //!
 //! With `storage`, a restart continues the figures and the open orders as if it had not happened (the engine's
 //! snapshot test checks that an interrupted and restored run equals the uninterrupted one, record for record). A
 //! snapshot of another format, or one that cannot be read, stops the start with an error; one taken under another
 //! configuration (stages, KPIs, dimensions, bounds, lateness…) is ignored with a warning and the state starts empty.
+//!
+//! **Acknowledgements.** With `storage`, a batch the connector ingested is acknowledged to its source only once a
+//! snapshot that includes it is written — so the Kafka receiver commits its offset only then, and a `SIGKILL` loses
+//! nothing: what no checkpoint holds is read again. A failed checkpoint keeps them held for the next one (retried
+//! every `checkpoint_interval`, counted in `…_checkpoint_errors_total`); at the end of input the final checkpoint
+//! releases them, or, if it fails, they are failed (the source sends them again). When 500 acknowledgements wait,
+//! the checkpoint starts at once instead of at the next interval (unless the last one failed): the Kafka receiver
+//! pauses a partition at `max_in_flight` (1,000) unacknowledged messages and resumes it at half that, so a fast
+//! partition is served by back-to-back snapshots rather than stalled for the interval (each is a full snapshot: its
+//! cost, growing with the open orders, bounds the throughput). Only the handles are held, not the batches' data.
+//! Without `storage`, a batch is acknowledged as soon as it is ingested.
+//!
 //! Self-telemetry: `bizpilot_connector_order_kpi_checkpoints_total{connector}`,
 //! `bizpilot_connector_order_kpi_checkpoint_errors_total{connector}`, gauges
-//! `bizpilot_connector_order_kpi_checkpoint_bytes{connector}` and `bizpilot_connector_order_kpi_restored_orders{connector}`.
+//! `bizpilot_connector_order_kpi_checkpoint_bytes{connector}`, `bizpilot_connector_order_kpi_restored_orders{connector}`
+//! and `bizpilot_connector_order_kpi_held_acks{connector}` (acknowledgements waiting for a checkpoint).
 //!
 //! ```yaml
 //! extensions:
@@ -332,7 +345,18 @@ struct Checkpoint {
     tick: Option<tokio::time::Interval>,
     /// The write in flight and its size.
     inflight: Option<(tokio::task::JoinHandle<Result<(), bizpilot_core::StorageError>>, usize)>,
+    /// The acknowledgements of the batches ingested, released once a snapshot that includes them is written.
+    held: bizpilot_core::ack::Held,
+    /// `bizpilot_connector_order_kpi_held_acks`.
+    held_gauge: metrics::Gauge,
+    /// Whether the latest checkpoint failed (then the next waits for the interval, even beyond [`MAX_HELD`]).
+    failed: bool,
 }
+
+/// Held acknowledgements beyond which a checkpoint starts at once instead of at the next interval: half the Kafka
+/// receiver's default `max_in_flight` (one acknowledgement per message), so a partition it paused for want of
+/// acknowledgements is released by the next snapshot, not after up to `checkpoint_interval`.
+const MAX_HELD: usize = 500;
 
 /// The key of the engine's snapshot in the connector's storage namespace.
 const SNAPSHOT_KEY: &[u8] = b"engine";
@@ -369,6 +393,9 @@ impl Checkpoint {
             bytes: metrics::gauge!("bizpilot_connector_order_kpi_checkpoint_bytes", "connector" => id.to_string()),
             tick: None,
             inflight: None,
+            held: bizpilot_core::ack::Held::default(),
+            held_gauge: metrics::gauge!("bizpilot_connector_order_kpi_held_acks", "connector" => id.to_string()),
+            failed: false,
         })
     }
 
@@ -378,10 +405,13 @@ impl Checkpoint {
             Ok(b) => b,
             Err(e) => {
                 self.errors.increment(1);
+                self.failed = true;
                 tracing::warn!(connector = id, error = %e, "order_kpi checkpoint failed");
                 return;
             }
         };
+        // The snapshot includes every batch ingested so far: their acknowledgements wait for its write.
+        self.held.seal();
         let n = bytes.len();
         let client = self.client.clone();
         let op = [bizpilot_core::StorageOp::Put(SNAPSHOT_KEY.to_vec(), bytes)];
@@ -396,6 +426,7 @@ impl Checkpoint {
         };
         let result = handle.await;
         let n = self.inflight.take().map_or(0, |(_, n)| n);
+        let ok = matches!(result, Ok(Ok(())));
         match result {
             Ok(Ok(())) => {
                 self.done.increment(1);
@@ -403,20 +434,51 @@ impl Checkpoint {
             }
             Ok(Err(e)) => {
                 self.errors.increment(1);
-                tracing::warn!(connector = id, error = %e, "order_kpi checkpoint failed");
+                tracing::warn!(connector = id, error = %e, held = self.held.len(),
+                    "order_kpi checkpoint failed; the acknowledgements of its batches stay held for the next one");
             }
             Err(e) => {
                 self.errors.increment(1);
-                tracing::warn!(connector = id, error = %e, "order_kpi checkpoint task failed");
+                tracing::warn!(connector = id, error = %e, held = self.held.len(),
+                    "order_kpi checkpoint task failed; the acknowledgements of its batches stay held for the next one");
             }
         }
+        if ok {
+            self.held.release();
+        } else {
+            self.held.reopen();
+        }
+        self.failed = !ok;
+        self.held_gauge.set(self.held.len() as f64);
     }
 
-    /// Checkpoints `engine` now and waits until it is written.
+    /// Holds the acknowledgements of a batch the engine ingested.
+    fn hold(&mut self, acks: Vec<bizpilot_core::Ack>) {
+        self.held.hold(acks);
+        self.held_gauge.set(self.held.len() as f64);
+    }
+
+    /// Fails what is held (the input ended without a checkpoint holding it, or the run was aborted): the sources
+    /// may send it again.
+    fn fail_held(&mut self, id: &str) {
+        let n = self.held.fail_all();
+        if n > 0 {
+            tracing::warn!(
+                connector = id,
+                batches = n,
+                "order_kpi: no checkpoint holds these batches; their acknowledgements are failed"
+            );
+        }
+        self.held_gauge.set(0.0);
+    }
+
+    /// Checkpoints `engine` now and waits until it is written (at the end of input: what it could not write is
+    /// failed).
     async fn run(&mut self, id: &str, engine: &Engine) {
         self.settle(id).await;
         self.start(id, engine);
         self.settle(id).await;
+        self.fail_held(id);
     }
 }
 
@@ -581,20 +643,29 @@ impl Stage for Task {
         };
         match failed {
             Some(r) => out.fail(batch, r),
-            // Aggregated: the batch is delivered when dropped.
-            None => out.consume(batch),
+            None => {
+                // Aggregated. With `storage`, the batch is delivered once a checkpoint holding it is written;
+                // without, when dropped.
+                if let Some(c) = self.checkpoint.as_mut() {
+                    c.hold(std::mem::take(&mut batch.acks));
+                }
+                out.consume(batch)
+            }
         }
         self.engine.advance();
         self.emit(out);
     }
 
-    /// The checkpoint interval: a snapshot between batches, written off the async workers.
+    /// The checkpoint interval: a snapshot between batches, written off the async workers; at once when
+    /// [`MAX_HELD`] acknowledgements wait for one (unless the last one failed).
     fn wake(&mut self) -> Wake<'_> {
         let (id, engine) = (&self.id, &self.engine);
         match self.checkpoint.as_mut() {
             Some(c) if c.tick.is_some() => Box::pin(async move {
                 if c.inflight.is_none() {
-                    if let Some(t) = c.tick.as_mut() {
+                    if (c.held.len() < MAX_HELD || c.failed)
+                        && let Some(t) = c.tick.as_mut()
+                    {
                         t.tick().await;
                     }
                     c.start(id, engine);
@@ -617,6 +688,13 @@ impl Stage for Task {
     fn on_drain(&mut self, out: &mut Out) {
         self.engine.finish();
         self.emit(out);
+    }
+
+    /// The run ends early: no checkpoint will hold what is held.
+    fn on_abort(&mut self, _out: &mut Out) {
+        if let Some(c) = self.checkpoint.as_mut() {
+            c.fail_held(&self.id);
+        }
     }
 }
 
