@@ -28,19 +28,19 @@ mod common;
 mod kafka_gateways;
 #[path = "kafka_harness.rs"]
 mod kafka_harness;
+#[path = "common/shop_impact.rs"]
+mod shop_impact;
 
 use bizpilot_business::attrs;
 use bizpilot_core::{Currency, Money};
 use bizpilot_shopgen::truth::{OperationOutcome, revenue_at_risk};
-use bizpilot_shopgen::{
-    Emission, GroundTruth, Shop, ShopConfig, Tier, Workload, pack_events, pack_traces, spans::names,
-};
-use common::{Bizpilot, Received, free_addr, json_get, metric_sum, otlp_post, start_pipeline};
+use bizpilot_shopgen::{Emission, Shop, ShopConfig, Tier, Workload, pack_events, pack_traces, spans::names};
+use common::{Bizpilot, Received, json_get, metric_sum};
 use kafka_gateways::{Gateway, fleet_topic};
 use kafka_harness::{Tansu, create_topics, read_topic, receiver_assignments};
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 use prost::Message;
-use serde_json::Value as Json;
+use shop_impact::{Figures, impact_figures, post, start_sidecar, truth_figures};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -73,19 +73,6 @@ service:
       exporters: [business_events, otlp/backend]
     metrics/business:
       exporters: [prometheus, otlp/backend]
-"#;
-
-/// tansu answers a fetch only with record batches that start at or after the requested offset, so a consumer that
-/// resumes inside a multi-record batch (after a rebalance) would skip the rest of it: one record per batch.
-///
-/// The shipped sidecar keys spans by trace id; this workload's failed checkouts get their value only from their
-/// order event, so it runs the documented order-affinity variant (spans keyed by order id, co-partitioned with the
-/// events; pipelines/sidecar-kafka.yaml).
-const SIDECAR_OVERLAY: &str = r#"
-exporters:
-  kafka/spans: {partition_traces_by_id: false, partition_by: attribute:business.order.id, librdkafka: {batch.num.messages: 1}}
-  kafka/events: {librdkafka: {batch.num.messages: 1}}
-  kafka/telemetry: {librdkafka: {batch.num.messages: 1}}
 "#;
 
 fn workload(seed: u64, start: u64, duration: &str, outage: (&str, &str)) -> Workload {
@@ -190,21 +177,6 @@ fn usd_zero() -> Money {
     Money::zero(Currency::USD)
 }
 
-/// The business figures of one operation.
-#[derive(Debug, Clone, PartialEq)]
-struct Figures {
-    operations: u64,
-    successful: u64,
-    failed: u64,
-    revenue: Money,
-    at_risk: Money,
-    recovered: Money,
-    /// Episodes that ended unrecovered plus those still open.
-    lost: Money,
-    /// Window start → distinct affected customers.
-    affected: BTreeMap<u64, u64>,
-}
-
 impl Figures {
     fn plus(&self, o: &Figures) -> Figures {
         let mut affected = self.affected.clone();
@@ -262,81 +234,9 @@ fn model(ops: &[&Op], values: &HashMap<String, Money>) -> Figures {
     }
 }
 
-fn truth_figures(t: &GroundTruth, operation: &str) -> Figures {
-    let o = t.operation(operation).unwrap();
-    Figures {
-        operations: o.total,
-        successful: o.successful,
-        failed: o.failed,
-        revenue: o.revenue,
-        at_risk: o.revenue_at_risk,
-        recovered: o.recovered_revenue,
-        lost: o.lost_revenue,
-        affected: o
-            .affected_customers_by_window
-            .iter()
-            .map(|w| (w.start_unix_nano, w.affected_customers))
-            .collect(),
-    }
-}
-
-fn money(v: &Json) -> Money {
-    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("not money: {v} ({e})"))
-}
-
-fn usd_of(list: &Json) -> Money {
-    list.as_array()
-        .and_then(|l| l.iter().map(money).find(|m| m.currency() == Currency::USD))
-        .unwrap_or_else(usd_zero)
-}
-
 /// The figures of `operation` from a gateway's `/api/v1/impact` (its own `business_impact`).
 fn api_figures(b: &Bizpilot, operation: &str) -> Figures {
-    connector_figures(b, "business_impact", operation)
-}
-
-/// The figures of `operation` of the `business_impact` connector `connector` of a gateway.
-fn connector_figures(b: &Bizpilot, connector: &str, operation: &str) -> Figures {
-    let (status, body) = json_get(
-        b.admin,
-        &format!("/api/v1/impact?connector={connector}&operation={operation}&limit=0"),
-    );
-    assert_eq!(status, 200, "{body}\n{}", b.logs());
-    let s = &body["summary"][0];
-    let a = &s["affected_customers"];
-    let affected = a["closed_windows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(a["current_window"].as_object().map(|_| &a["current_window"]))
-        .map(|w| {
-            (
-                w["start_unix_nano"].as_str().unwrap().parse().unwrap(),
-                w["affected_customers"].as_u64().unwrap(),
-            )
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    Figures {
-        operations: s["operations"].as_u64().unwrap_or(0),
-        successful: s["successful"].as_u64().unwrap_or(0),
-        failed: s["failed"].as_u64().unwrap_or(0),
-        revenue: usd_of(&s["revenue"]),
-        at_risk: usd_of(&s["revenue_at_risk"]),
-        recovered: usd_of(&s["recovered_revenue"]),
-        lost: add(usd_of(&s["lost_revenue"]), usd_of(&s["open_at_risk"])),
-        affected,
-    }
-}
-
-fn post(addr: SocketAddr, path: &str, body: &[u8]) {
-    for attempt in 0..100 {
-        match otlp_post(addr, path, body) {
-            200 => return,
-            s if attempt < 99 && (s == 429 || s == 503 || s == 0) => std::thread::sleep(Duration::from_millis(50)),
-            s => panic!("POST {path} answered {s}"),
-        }
-    }
+    impact_figures(b, "business_impact", operation)
 }
 
 /// Sends emissions in arrival order to the sidecar, in chunks (each chunk's business events, then its traces),
@@ -351,28 +251,6 @@ fn send(addr: SocketAddr, emissions: &[Emission], pause: Duration) {
         }
         std::thread::sleep(pause);
     }
-}
-
-/// The sidecar (`pipelines/sidecar-kafka.yaml`, order-affinity variant) writing to `brokers`, and its OTLP/HTTP
-/// address.
-fn start_sidecar(brokers: &str) -> (Bizpilot, SocketAddr) {
-    let sidecar_http = free_addr();
-    let sidecar_admin = free_addr();
-    let sidecar_env = [
-        ("BIZPILOT_HASH_KEY", "scaleout-e2e-key".to_string()),
-        ("BIZPILOT_KAFKA_BROKERS", brokers.to_string()),
-        ("BIZPILOT_OTLP_GRPC_ENDPOINT", free_addr().to_string()),
-        ("BIZPILOT_OTLP_HTTP_ENDPOINT", sidecar_http.to_string()),
-        ("BIZPILOT_ADMIN_ENDPOINT", sidecar_admin.to_string()),
-    ];
-    let sidecar_env: Vec<(&str, &str)> = sidecar_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let sidecar = start_pipeline(
-        "pipelines/sidecar-kafka.yaml",
-        SIDECAR_OVERLAY,
-        sidecar_admin,
-        &sidecar_env,
-    );
-    (sidecar, sidecar_http)
 }
 
 /// A gateway process with its OTLP backend and business-metrics port.
@@ -1190,7 +1068,7 @@ fn a_fleet_of_gateways_with_one_killed_and_one_added_counts_like_one_process() {
             OPERATIONS
                 .iter()
                 .zip(&truth)
-                .all(|(op, want)| connector_figures(&g.bp, FLEET, op) == *want)
+                .all(|(op, want)| impact_figures(&g.bp, FLEET, op) == *want)
         });
         if reference_done && fleet_done {
             break;
@@ -1200,7 +1078,7 @@ fn a_fleet_of_gateways_with_one_killed_and_one_added_counts_like_one_process() {
                 assert_eq!(&api_figures(&reference.bp, op), want, "{op}: the single process");
                 for g in [&gw_b, &gw_c, &gw_d] {
                     assert_eq!(
-                        &connector_figures(&g.bp, FLEET, op),
+                        &impact_figures(&g.bp, FLEET, op),
                         want,
                         "{op}: the fleet figures at {}",
                         g.name

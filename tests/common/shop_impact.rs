@@ -1,7 +1,7 @@
 //! A shopgen workload through the shipped Kafka topology (`pipelines/sidecar-kafka.yaml` → broker →
 //! `pipelines/gateway-kafka.yaml`): the sidecar as a test process, and the business figures of an operation as the
 //! ground truth states them and `/api/v1/impact` serves them, comparable with `==`. Include with `#[path]` (with
-//! `common`). `tests/scaleout_e2e.rs` has its own copies of these (older); it can use this module instead.
+//! `common`); `tests/scaleout_e2e.rs` and `tests/gateway_durable_e2e.rs` use it.
 #![allow(dead_code)]
 
 use crate::common::{Bizpilot, free_addr, json_get, otlp_post, start_pipeline};
