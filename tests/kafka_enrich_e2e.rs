@@ -253,20 +253,14 @@ fulfilment: {ship_delay: {min: 5s, max: 10s}, delivery_delay: {min: 5s, max: 10s
         .map(|e| Msg::keyed(e.order_id.as_str(), e.to_json()))
         .collect();
     produce(&b, "shop.orders", &events);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let offsets = kafka_harness::committed(&b, "durable-join", "shop.orders");
-        if offsets.iter().sum::<i64>() >= events.len() as i64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "committed {offsets:?} of {} events\n{}",
-            events.len(),
-            first.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    kafka_harness::wait_committed(
+        &b,
+        "durable-join",
+        "shop.orders",
+        events.len(),
+        Duration::from_secs(60),
+        || first.logs(),
+    );
     first.signal("KILL");
     first.wait_exit(Duration::from_secs(10));
     eprintln!(

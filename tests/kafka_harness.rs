@@ -358,6 +358,31 @@ pub fn read_topic(bootstrap: &str, topic: &str, min: usize, quiet: Duration, tim
     out
 }
 
+/// Waits until `group`'s committed offsets of `topic` add up to at least `total` (every record consumed and
+/// committed); panics after `timeout` with the offsets and `context()` (e.g. the consumer's logs).
+pub fn wait_committed(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    total: usize,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let offsets = committed(bootstrap, group, topic);
+        if offsets.iter().sum::<i64>() >= total as i64 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "committed {offsets:?} of {total} records of {topic}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The committed offsets of `group` for `topic`'s partitions (`-1` = none).
 pub fn committed(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
     let c: BaseConsumer = ClientConfig::new()

@@ -136,20 +136,14 @@ fn kpi_events_whose_offsets_are_committed_survive_a_sigkill_right_after_the_comm
         .collect();
     produce(&b, "shop.orders", &events);
     let mut first = start(&b, &storage);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let offsets = kafka_harness::committed(&b, "kpiack", "shop.orders");
-        if offsets.iter().sum::<i64>() >= events.len() as i64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "committed {offsets:?} of {} events\n{}",
-            events.len(),
-            first.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    kafka_harness::wait_committed(
+        &b,
+        "kpiack",
+        "shop.orders",
+        events.len(),
+        Duration::from_secs(90),
+        || first.logs(),
+    );
     first.signal("KILL");
     first.wait_exit(Duration::from_secs(10));
     eprintln!(
