@@ -60,9 +60,14 @@ connectors:
     metrics_flush_interval: 200ms
     # Small, so that the kill comes after several snapshots: the restart loads the latest and replays the tail.
     snapshot_min_journal: 64KiB
+# A dead member leaves tansu's group only in a rebalance it does not rejoin within its rebalance timeout
+# (`max.poll.interval.ms`, 300 s by default; tansu does not expire it by `session.timeout.ms` alone): the restarted
+# gateway would wait that long for the killed one's partitions (once in three runs it did, past the test's 120 s).
 receivers:
-  kafka/spans: {commit_interval: 200ms}
-  kafka/events: {commit_interval: 200ms}
+  kafka/spans: {commit_interval: 200ms, librdkafka: {session.timeout.ms: 6000, max.poll.interval.ms: 15000}}
+  kafka/events: {commit_interval: 200ms, librdkafka: {session.timeout.ms: 6000, max.poll.interval.ms: 15000}}
+  kafka/logs: {librdkafka: {session.timeout.ms: 6000, max.poll.interval.ms: 15000}}
+  kafka/metrics: {librdkafka: {session.timeout.ms: 6000, max.poll.interval.ms: 15000}}
 "#;
 
 /// 12 minutes of shop, a payment outage from minute 1 to minute 10 (90 % of charges fail), retries, duplicates, late
