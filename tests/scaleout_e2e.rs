@@ -539,6 +539,17 @@ fn gateways_in_one_consumer_group_add_up_to_one_and_survive_a_handover() {
         "shop.spans: {} messages ({keyed} keyed by order id); shop.orders: {n_events}",
         span_messages.len()
     );
+    // The sidecar's own counters agree with the topic: every event is counted as sent by its business JSON
+    // exporter (the standard exporter counter), as delivered messages, and none as skipped.
+    let events_filter = ["exporter=\"kafka/events\""];
+    let sent_events = sidecar.metric_sum("bizpilot_exporter_sent_log_records_total", &events_filter);
+    let delivered = sidecar.metric_sum("bizpilot_kafka_exporter_messages_total", &events_filter);
+    eprintln!("sidecar kafka/events: sent {sent_events} log records, {delivered} messages delivered");
+    assert_eq!(
+        (sent_events, delivered),
+        (n_events as f64, n_events as f64),
+        "the sidecar's kafka/events counters (sent log records, delivered messages) against {n_events} events"
+    );
     // Which gateway consumed each operation: exactly one, the owner of the order's partition, the same for every
     // operation of the order, and the one that consumed the order's business events.
     let consumed = [
