@@ -296,7 +296,7 @@ impl ChangelogSink for MemoryChangelog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::BusinessEvent;
+    use crate::checkpoint::tests::event;
     use crate::state::StateConfig;
 
     #[test]
@@ -312,15 +312,6 @@ mod tests {
         ] {
             assert_eq!(murmur2(s.as_bytes()) as i32, want, "{s}");
         }
-    }
-
-    fn event(name: &str, t: u64, order: &str, customer: Option<&str>, amount: Option<&str>) -> BusinessEvent {
-        let mut ev = BusinessEvent::new(name, t);
-        ev.order_id = Some(order.into());
-        ev.customer_id = customer.map(Into::into);
-        ev.customer_tier = customer.map(|_| "gold".into());
-        ev.amount = amount.map(|a| bizpilot_core::Money::parse(a, None).unwrap());
-        ev
     }
 
     const P: i32 = 4;

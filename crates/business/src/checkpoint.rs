@@ -285,13 +285,20 @@ pub(crate) fn put_back<V: Clone + Send + Sync + 'static>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::event::BusinessEvent;
     use crate::state::StateConfig;
     use bizpilot_core::storage::{MemoryStorage, Storage};
 
-    fn event(name: &str, t: u64, order: &str, customer: Option<&str>, amount: Option<&str>) -> BusinessEvent {
+    /// A business event of `order` (and `customer`, tier gold, and `amount` when given); also used by the changelog's tests.
+    pub(crate) fn event(
+        name: &str,
+        t: u64,
+        order: &str,
+        customer: Option<&str>,
+        amount: Option<&str>,
+    ) -> BusinessEvent {
         let mut ev = BusinessEvent::new(name, t);
         ev.order_id = Some(order.into());
         ev.customer_id = customer.map(Into::into);
