@@ -48,7 +48,12 @@
 //! logged ("business state restored from the changelog") and kept in
 //! `bizpilot_kafka_receiver_changelog_restore_seconds{receiver}`;
 //! `bizpilot_kafka_receiver_changelog_restored_records_total{receiver}` and
-//! `bizpilot_kafka_receiver_changelog_restore_errors_total{receiver}` count. A partition whose restore
+//! `bizpilot_kafka_receiver_changelog_restore_errors_total{receiver}` count. The changelog writes an order's
+//! changes to partition `murmur2(order id) mod partitions`, the partition the Java client's partitioner (and
+//! the Kafka exporter's default `murmur2_random`) gives an event keyed by its order id; an event consumed from
+//! another partition (the events were produced with another key or partitioner) still flows, but is counted in
+//! `bizpilot_kafka_receiver_changelog_misrouted_events_total{receiver}` and the first one is logged: after a
+//! handover its order's state would be restored on the wrong replica. A partition whose restore
 //! fails (broker down beyond `changelog.timeout`) is consumed anyway, logged as an error: its orders
 //! are joined again as their events arrive. Revoked partitions are no longer written (the new owner
 //! writes them); their state is kept here until the state's bound or TTL drops it.
@@ -654,6 +659,31 @@ fn apply_pauses<C: ConsumerContext>(consumer: &impl Consumer<C>, receiver: &str,
     }
 }
 
+/// The order id of the first business event in `payload` that the changelog would write to another
+/// partition than `partition` (of `partitions`), if any.
+fn misrouted_order(payload: &Payload, partition: i32, partitions: i32) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let Payload::Logs(logs) = payload else {
+        return None;
+    };
+    logs.decoded()?
+        .resource_logs
+        .iter()
+        .flat_map(|r| &r.scope_logs)
+        .flat_map(|s| &s.log_records)
+        .filter_map(|r| {
+            r.attributes
+                .iter()
+                .find(|kv| kv.key == crate::business::attr::ORDER_ID)
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    Value::StringValue(s) => Some(s.as_str()),
+                    _ => None,
+                })
+        })
+        .find(|order| bizpilot_business::changelog::partition_of(order, partitions) != partition)
+        .map(str::to_string)
+}
+
 /// librdkafka callbacks of the consumer.
 struct ConsumerCallbacks {
     shared: Arc<Shared>,
@@ -672,6 +702,9 @@ struct ChangelogBinding {
     restore_seconds: metrics::Gauge,
     restored_records: metrics::Counter,
     restore_errors: metrics::Counter,
+    /// Events whose order the changelog writes to another partition than the one they came from.
+    misrouted: metrics::Counter,
+    misrouted_logged: std::sync::atomic::AtomicBool,
 }
 
 impl ChangelogBinding {
@@ -716,7 +749,28 @@ impl ChangelogBinding {
             restore_seconds: gauge!("bizpilot_kafka_receiver_changelog_restore_seconds", "receiver" => receiver.to_string()),
             restored_records: counter!("bizpilot_kafka_receiver_changelog_restored_records_total", "receiver" => receiver.to_string()),
             restore_errors: counter!("bizpilot_kafka_receiver_changelog_restore_errors_total", "receiver" => receiver.to_string()),
+            misrouted: counter!("bizpilot_kafka_receiver_changelog_misrouted_events_total", "receiver" => receiver.to_string()),
+            misrouted_logged: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Checks that the changelog writes the orders of an event that came from `partition` to that same
+    /// partition number. The changelog routes an order by `murmur2(order id) mod partitions` (the Java
+    /// client's partitioner, which the sidecars' Kafka exporter uses); an events topic produced with another
+    /// partitioner or key would put an order's state where the order's new owner does not read it after a
+    /// handover. Such events still flow; they are counted and the first one is logged.
+    fn check_routing(&self, topic: &str, partition: i32, offset: i64, payload: &Payload) {
+        let Some(order) = misrouted_order(payload, partition, self.sink.partitions()) else {
+            return;
+        };
+        self.misrouted.increment(1);
+        if !self.misrouted_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(receiver = %self.receiver, topic, partition, offset, order = %order,
+                changelog_partition = bizpilot_business::changelog::partition_of(&order, self.sink.partitions()),
+                "business event on another partition than its order's changelog partition: produce the events \
+                 keyed by order id with the murmur2 partitioner, or a handover restores this order's state on the \
+                 wrong replica (counted in bizpilot_kafka_receiver_changelog_misrouted_events_total; logged once)");
+        }
     }
 
     /// Restores the changelog partitions of the newly assigned `partitions` (synchronously: the
@@ -1164,6 +1218,9 @@ impl Runner {
         };
         match self.decoder.decode(msg.payload(), &meta) {
             Ok(payload) => {
+                if let Some(changelog) = &self.consumer.context().changelog {
+                    changelog.check_routing(&tp.topic, tp.partition, offset, &payload);
+                }
                 drop(msg);
                 self.deliver(tp, offset, payload).await
             }
@@ -1448,6 +1505,40 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<KafkaReceiverConfig, Vec<FieldError>> {
         parse_config::<KafkaReceiverConfig>(&serde_yaml::from_str(yaml).unwrap())
+    }
+
+    #[test]
+    fn an_event_on_another_partition_than_its_changelog_partition_is_found() {
+        use bizpilot_business::changelog::partition_of;
+        let event = |order: &str| {
+            let json = format!(r#"{{"type":"order.placed","order_id":"{order}","customer_id":"c-1"}}"#);
+            let meta = MessageMeta {
+                timestamp_unix_nano: Some(1_000),
+                traceparent: None,
+                now_unix_nano: 2_000,
+            };
+            Decoder::BusinessJson(BusinessMapping::default())
+                .decode(Some(json.as_bytes()), &meta)
+                .unwrap()
+        };
+        let home = partition_of("o-17", 4);
+        assert_eq!(misrouted_order(&event("o-17"), home, 4), None, "its own partition");
+        assert_eq!(
+            misrouted_order(&event("o-17"), (home + 1) % 4, 4).as_deref(),
+            Some("o-17"),
+            "another partition"
+        );
+        let no_order = Decoder::BusinessJson(BusinessMapping::default())
+            .decode(
+                Some(br#"{"type":"customer.updated","customer_id":"c-1"}"#),
+                &MessageMeta {
+                    timestamp_unix_nano: Some(1_000),
+                    traceparent: None,
+                    now_unix_nano: 2_000,
+                },
+            )
+            .unwrap();
+        assert_eq!(misrouted_order(&no_order, 0, 4), None, "no order id: nothing to check");
     }
 
     fn paths(yaml: &str) -> Vec<String> {
