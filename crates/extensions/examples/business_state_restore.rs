@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     let tiers = ["gold", "silver", "bronze", "platinum"];
     let price = |cents: u64| Money::parse(&format!("USD {}.{:02}", cents / 100, cents % 100), None);
 
-    let state = BusinessState::new("business_state", cfg.clone());
+    let state = BusinessState::new("business_state", cfg);
     state.track_changes();
     let started = Instant::now();
     for i in 0..n {
