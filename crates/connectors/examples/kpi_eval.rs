@@ -856,40 +856,62 @@ fn independent(a: &Args) {
         brier / n.max(1) as f64
     );
 
-    // Causes.
-    println!("\n## Causes named for the true positives");
-    println!("| truth cause | true positives | cause correct | stage and service both correct |");
-    println!("|---|---|---|---|");
-    let (mut all_tp, mut all_ok) = (0u64, 0u64);
-    for c in causes {
-        let (mut tp, mut ok, mut full) = (0u64, 0u64, 0u64);
-        for o in eligible
-            .iter()
-            .filter(|o| o.breached && o.cause == c && flag(o).is_some())
-        {
-            let Some(r) = res.get(&o.id) else { continue };
-            tp += 1;
-            let stage = r.flag_cause_stage.as_deref();
-            let service = r.flag_service.as_deref();
-            // The payment brown-out is a service cause (its orders are spread over hours, no stage slows);
-            // the others are stage causes, with the service involved if any (and no other).
-            let correct = match c {
-                TrueCause::Natural => stage.is_none() && service.is_none(),
-                TrueCause::PaymentBrownout => service == c.service(),
-                _ => stage == c.stage() && service.is_none_or(|s| Some(s) == c.service()),
-            };
-            ok += u64::from(correct);
-            if diag && !correct {
-                println!("WRONG {c:?} {}: stage {stage:?} service {service:?}", timeline(o, r));
+    // Causes: the one named at the first flag, and the one named at the latest evaluation while the order was at
+    // risk (the connector re-evaluates it at every evaluation; the at-risk API shows the latest).
+    for (title, latest) in [
+        ("at the first flag", false),
+        ("at the deadline (latest while at risk)", true),
+    ] {
+        fn pick(r: &Resolution, latest: bool) -> (Option<&str>, Option<&str>) {
+            if latest {
+                (r.last_cause_stage.as_deref(), r.last_service.as_deref())
+            } else {
+                (r.flag_cause_stage.as_deref(), r.flag_service.as_deref())
             }
-            let both = correct && c.service().is_none_or(|s| service == Some(s));
-            full += u64::from(both);
         }
-        all_tp += tp;
-        all_ok += ok;
-        println!("| {c:?} | {tp} | {} | {} |", frac(ok, tp), frac(full, tp));
+        println!("\n## Causes named for the true positives, {title}");
+        println!("| truth cause | true positives | cause correct | stage and service both correct |");
+        println!("|---|---|---|---|");
+        let (mut all_tp, mut all_ok) = (0u64, 0u64);
+        let mut confusion: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        for c in causes {
+            let (mut tp, mut ok, mut full) = (0u64, 0u64, 0u64);
+            for o in eligible
+                .iter()
+                .filter(|o| o.breached && o.cause == c && flag(o).is_some())
+            {
+                let Some(r) = res.get(&o.id) else { continue };
+                tp += 1;
+                let (stage, service) = pick(r, latest);
+                // The payment brown-out is a service cause (its orders are spread over hours, no stage slows);
+                // the others are stage causes, with the service involved if any (and no other).
+                let correct = match c {
+                    TrueCause::Natural => stage.is_none() && service.is_none(),
+                    TrueCause::PaymentBrownout => service == c.service(),
+                    _ => stage == c.stage() && service.is_none_or(|s| Some(s) == c.service()),
+                };
+                ok += u64::from(correct);
+                if diag && !correct {
+                    println!("WRONG {c:?} {}: stage {stage:?} service {service:?}", timeline(o, r));
+                }
+                let both = correct && c.service().is_none_or(|s| service == Some(s));
+                full += u64::from(both);
+                let label = format!("stage {} / service {}", stage.unwrap_or("-"), service.unwrap_or("-"));
+                *confusion.entry((format!("{c:?}"), label)).or_default() += 1;
+            }
+            all_tp += tp;
+            all_ok += ok;
+            println!("| {c:?} | {tp} | {} | {} |", frac(ok, tp), frac(full, tp));
+        }
+        println!("| all | {all_tp} | {} | |", frac(all_ok, all_tp));
+        // Which causes are named for which true causes.
+        println!("\ncauses named {title} (true positives): truth → named stage / service → orders");
+        println!("| truth cause | named | orders |");
+        println!("|---|---|---|");
+        for ((t, n), k) in confusion {
+            println!("| {t} | {n} | {k} |");
+        }
     }
-    println!("| all | {all_tp} | {} | |", frac(all_ok, all_tp));
     // The stage-cause decision: the probability of a miss with the time slowdowns cost the order given back
     // (a stage is named below 0.5), against the truth.
     let mut decision: std::collections::BTreeMap<u8, [u64; 4]> = Default::default();
@@ -987,7 +1009,7 @@ fn count_actions(logs: &[opentelemetry_proto::tonic::logs::v1::LogRecord], n: &m
 fn timeline(o: &world::OrderTruth, r: &Resolution) -> String {
     let h = |t: u64| (t.saturating_sub(world::START)) as f64 / world::HOUR as f64;
     format!(
-        "{} placed h{:.1} paid h{:.1} shipped h{:.1} delivered h{:.1} deadline h{:.1}; flagged h{:.1} in {:?} p {:?}",
+        "{} placed h{:.1} paid h{:.1} shipped h{:.1} delivered h{:.1} deadline h{:.1}; flagged h{:.1} in {:?} p {:?} p0 {:?}",
         o.id,
         h(o.placed),
         h(o.paid.unwrap_or(0)),
@@ -996,7 +1018,8 @@ fn timeline(o: &world::OrderTruth, r: &Resolution) -> String {
         h(o.deadline),
         h(r.flagged_at.unwrap_or(0)),
         r.flag_stage,
-        r.flag_probability
+        r.flag_probability,
+        r.flag_without_slowdowns
     )
 }
 

@@ -259,6 +259,14 @@ pub struct Resolution {
     pub flag_service: Option<String>,
     /// The slowed stage named as (part of) the cause when it was first flagged.
     pub flag_cause_stage: Option<String>,
+    /// The cause named at the latest evaluation while the order was at risk — what the at-risk API showed when
+    /// its outcome came (the cause is re-evaluated at every evaluation: a slowdown that opens or closes after the
+    /// first flag changes it) — or, if it was no longer at risk then, the cause of the first flag.
+    pub last_cause: Option<String>,
+    /// The service of that cause.
+    pub last_service: Option<String>,
+    /// The slowed stage of that cause.
+    pub last_cause_stage: Option<String>,
     /// Every service whose failed or slow spans the explanation listed when it was first flagged.
     pub flag_services: Vec<String>,
     /// Stage and probability when first flagged.
@@ -1220,6 +1228,7 @@ impl Engine {
         let deadline = (start != 0).then(|| start.saturating_add(self.c.kpis[k].deadline));
         let flagged_at = o.kpis[k].flagged_at;
         let flag_cause = o.kpis[k].flag_cause;
+        let last_cause = o.kpis[k].cause.or(flag_cause);
         let max_p = o.kpis[k].max_p;
         let flag_stage = o.kpis[k].flag_stage;
         let flag_p = o.kpis[k].flag_p;
@@ -1273,6 +1282,11 @@ impl Engine {
                 flag_cause: flag_cause.map(|c| self.cause_label(&c)),
                 flag_service: flag_cause.and_then(|c| self.cause_service(&c)),
                 flag_cause_stage: flag_cause
+                    .and_then(|c| c.stage)
+                    .and_then(|s| self.c.stages.get(usize::from(s)).cloned()),
+                last_cause: last_cause.map(|c| self.cause_label(&c)),
+                last_service: last_cause.and_then(|c| self.cause_service(&c)),
+                last_cause_stage: last_cause
                     .and_then(|c| c.stage)
                     .and_then(|s| self.c.stages.get(usize::from(s)).cloned()),
                 flag_services: flag_services.iter().map(|s| self.health.name(*s).to_string()).collect(),
@@ -2026,12 +2040,16 @@ fn cause_of(
         own: true,
         stage,
     };
+    // A failed call holds the order up until it is retried; a slow call that completed (in seconds) explains a delay
+    // of hours only as the symptom of a stage slowdown that cost the order its deadline (`stage` named). A long
+    // pick whose `ShipOrder` span happened to be slow is the order's own work, not the service's.
+    let explains = |e: &Evidence| e.errors > 0 || (e.slow > 0 && stage.is_some());
     let since = o.entered().saturating_sub(EVIDENCE_OVERLAP_NS);
     for s in services {
         if let Some(e) = o
             .evidence
             .iter()
-            .find(|e| e.service == *s && e.bad() > 0 && e.last_bad >= since)
+            .find(|e| e.service == *s && explains(e) && e.last_bad >= since)
         {
             return own(e);
         }
@@ -2051,7 +2069,7 @@ fn cause_of(
         }
         for s in stage_services.get(m).map_or(&[][..], |v| &v[..]) {
             if let Some(e) = o.evidence.iter().find(|e| {
-                e.service == *s && e.bad() > 0 && e.last_bad + EVIDENCE_OVERLAP_NS >= start && e.last_bad <= end
+                e.service == *s && explains(e) && e.last_bad + EVIDENCE_OVERLAP_NS >= start && e.last_bad <= end
             }) {
                 return own(e);
             }
@@ -2106,4 +2124,63 @@ fn thousands(n: u64) -> String {
         out.push(ch);
     }
     out
+}
+
+#[cfg(test)]
+mod cause_tests {
+    use super::super::config::HealthConfig;
+    use super::*;
+
+    const H: u64 = 3_600_000_000_000;
+
+    /// An order in stage 1 (entered at 10 h) with its own spans of service 0, which serves that stage.
+    fn order(lost_total: f64, errors: u32, slow: u32) -> Order {
+        Order {
+            reached: vec![H, 10 * H, 0].into_boxed_slice(),
+            stage: 1,
+            first_seen: H,
+            dims: Vec::new().into_boxed_slice(),
+            evidence: vec![Evidence {
+                service: 0,
+                spans: 1,
+                errors,
+                slow,
+                last_bad: 10 * H,
+                traces: Vec::new(),
+            }],
+            seen_spans: Vec::new(),
+            kpis: Vec::new().into_boxed_slice(),
+            cond: Condition::Healthy,
+            sid: 0,
+            clock: 0.0,
+            clock_at: 0,
+            hit: None,
+            lost: lost_total,
+            lost_total,
+            value: None,
+        }
+    }
+
+    #[test]
+    fn a_slow_call_is_not_blamed_for_an_order_that_would_miss_without_the_slowdown() {
+        let health = Health::new(&HealthConfig::default(), 300_000_000_000);
+        let services = vec![Vec::new(), vec![0u16], Vec::new()];
+        let medians = [H as f64; 3];
+        let cause =
+            |o: &Order, slowed: bool, matters: bool| cause_of(&health, &services, o, slowed, matters, &medians, H);
+        // (The engine passes `slowed` = its stage is slowed and the slowdown matters, `matters` = with the time the
+        // slowdowns cost it given back, the order would make it.)
+        // A slowdown cost it 3 h, but it misses even with them given back (its own long pick): not the service.
+        let c = cause(&order(3.0 * H as f64, 0, 1), false, false);
+        assert_eq!((c.service, c.stage), (None, None), "{c:?}");
+        // No slowdown at all: a slow call of seconds is no cause of a late order either.
+        let c = cause(&order(0.0, 0, 1), false, false);
+        assert_eq!((c.service, c.stage), (None, None), "{c:?}");
+        // The slowdown cost it its deadline: the stage, with the slow service as its symptom.
+        let c = cause(&order(3.0 * H as f64, 0, 1), true, true);
+        assert_eq!((c.service, c.stage), (Some(0), Some(1)), "{c:?}");
+        // A failed call holds the order up whatever the slowdowns: the service.
+        let c = cause(&order(3.0 * H as f64, 1, 0), false, false);
+        assert_eq!((c.service, c.issue), (Some(0), Some(Issue::Errors)), "{c:?}");
+    }
 }
