@@ -336,6 +336,20 @@ impl Journal {
         fingerprint: u64,
         interval: std::time::Duration,
     ) -> Result<(Journal, Replay), StorageError> {
+        Journal::open_reading(client, owner, format, &[], fingerprint, interval)
+    }
+
+    /// [`Journal::open`] that also reads a journal marked with one of the component's `older` formats (their
+    /// records mean what they meant; the marker is rewritten to `format`, so a build that reads only an older
+    /// format refuses the namespace from then on instead of misreading it).
+    pub fn open_reading(
+        client: Arc<dyn StorageClient>,
+        owner: &str,
+        format: &str,
+        older: &[&str],
+        fingerprint: u64,
+        interval: std::time::Duration,
+    ) -> Result<(Journal, Replay), StorageError> {
         let entries = client.load_all()?;
         let mut replay = Replay::default();
         let mut next_seq = 0u64;
@@ -343,7 +357,7 @@ impl Journal {
         let mut reset = Vec::new();
         if !entries.is_empty() {
             match entries.iter().find(|(k, _)| k == JOURNAL_FORMAT_KEY) {
-                Some((_, v)) if v == format.as_bytes() => {}
+                Some((_, v)) if v == format.as_bytes() || older.iter().any(|o| v == o.as_bytes()) => {}
                 Some((_, v)) => {
                     return Err(decode_err(
                         owner,
@@ -1081,7 +1095,8 @@ mod tests {
         let s = MemoryStorage::default();
         let (j, _) = journal(&s, 7).unwrap();
         drop(j);
-        // The first layout: `_snapshot` = covered commit number + the state, commits after it.
+        // The first layout: `_snapshot` = covered commit number + the state, commits after it (under an older
+        // format marker of the component).
         let mut old = 2u64.to_be_bytes().to_vec();
         old.extend_from_slice(b"state v1");
         let mut commit = b"j/".to_vec();
@@ -1091,9 +1106,23 @@ mod tests {
             .apply(&[
                 StorageOp::Put(JOURNAL_SNAPSHOT_KEY.to_vec(), old),
                 StorageOp::Put(commit, vec![1, 1, 0, 0, 0, b'x']),
+                StorageOp::Put(JOURNAL_FORMAT_KEY.to_vec(), b"test/journal/0".to_vec()),
             ])
             .unwrap();
-        let (mut j, r) = journal(&s, 7).unwrap();
+        let err = journal(&s, 7).expect_err("an older format is read only when named");
+        assert!(err.to_string().contains("test/journal/0"), "{err}");
+        let older = |s: &MemoryStorage| {
+            let hour = std::time::Duration::from_secs(3600);
+            Journal::open_reading(
+                s.client("c").unwrap(),
+                "c",
+                "test/journal/1",
+                &["test/journal/0"],
+                7,
+                hour,
+            )
+        };
+        let (mut j, r) = older(&s).unwrap();
         assert_eq!(r.snapshot.as_deref(), Some(&b"state v1"[..]));
         let got: Vec<&[u8]> = r.records.iter().map(|(_, b)| &b[..]).collect();
         assert_eq!(got, vec![&b"x"[..]]);

@@ -15,7 +15,7 @@
 //! matter to it — ERROR spans, operations, every span with `trace_context` — with only the fields and attributes
 //! it reads, [`super::compact`]; replaying them gives the identical engine), `TAG_IDLE`, `TAG_IDLE_CLOSE`
 //! (empty); `TAG_TRACES` (a whole OTLP request, as format 1 journaled) is still replayed. Format marker
-//! `business_impact/journal/2`; the configuration's
+//! `business_impact/journal/3` (`/2`, the snapshot stored as one value, is still read); the configuration's
 //! fingerprint (everything but `storage`, `checkpoint_interval` and `metrics_flush_interval`) is checked: a
 //! journal of another configuration is discarded with a warning (its figures would not line up), one of
 //! another format stops the start.
@@ -29,8 +29,10 @@ use super::config::BusinessImpactConfig;
 use super::engine::{Engine, State};
 use crate::otlp_out::wall_ns;
 
-/// The journal's format marker.
-pub const FORMAT: &str = "business_impact/journal/2";
+/// The journal's format marker: the snapshot stored in parts ([`bizpilot_core::storage::SnapshotParts`]).
+pub const FORMAT: &str = "business_impact/journal/3";
+/// The previous marker (the snapshot as one value): still read; its snapshot is replaced by parts at the next one.
+pub const FORMAT_V2: &str = "business_impact/journal/2";
 /// An OTLP traces request, protobuf, whole (replayed; no longer written: [`TAG_SPANS`] replaced it).
 pub const TAG_TRACES: u8 = 1;
 /// `Engine::idle` took effect (the input was idle for `idle_timeout`).
@@ -219,10 +221,11 @@ pub fn open(
 ) -> Result<Journal, ComponentError> {
     let client = client_for(ctx.extensions, storage, id)?;
     let started = Instant::now();
-    let (journal, records) = Journal::open(
+    let (journal, records) = Journal::open_reading(
         client,
         id,
         FORMAT,
+        &[FORMAT_V2],
         config.fingerprint(),
         config.checkpoint_interval.get(),
     )
