@@ -460,6 +460,10 @@ def memory_phase(rate, seconds, args, overload_after=None):
                BIZPILOT_HEALTH_ENDPOINT="127.0.0.1:%d" % ports["health"])
     if args.malloc_arena_max:
         env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
+    for kv in args.collector_env:
+        # e.g. MALLOC_MMAP_THRESHOLD_=131072 (glibc tunables a deployment sets in the collector's environment).
+        k, _, v = kv.partition("=")
+        env[k] = v
     if args.preload:
         # Another allocator without rebuilding: e.g. /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 (Debian's
         # libjemalloc2) or libmimalloc.so.2 (libmimalloc2.0).
@@ -522,6 +526,7 @@ def memory_phase(rate, seconds, args, overload_after=None):
         stop(coll)
     res["malloc_arena_max"] = args.malloc_arena_max
     res["preload"] = args.preload
+    res["collector_env"] = args.collector_env
     if args.heaptrack:
         res["heap"] = heap_summary(heap_file)
     return res
@@ -565,8 +570,9 @@ def memory_main(args):
         r = memory_phase(None, args.duration, args, overload_after=5)
         log("  max %s spans/s, overload: %s" % (fmt(r.get("achieved_spans_per_sec")), r.get("overload")))
         report["phases"].append(r)
-    L = ["Collector: %s%s%s%s%s." % (os.path.relpath(BIZPILOT, ROOT),
+    L = ["Collector: %s%s%s%s%s%s." % (os.path.relpath(BIZPILOT, ROOT),
                                  ", --config %s" % args.memory_config if args.memory_config else "",
+                                 "".join(", " + kv for kv in args.collector_env),
                                  ", MALLOC_ARENA_MAX=%d" % args.malloc_arena_max if args.malloc_arena_max else "",
                                  ", LD_PRELOAD=%s" % args.preload if args.preload else "",
                                  ", under heaptrack" if args.heaptrack else ""), "",
@@ -809,6 +815,9 @@ def main():
                          "simulated period per lap, much faster than the wall clock)")
     ap.add_argument("--malloc-arena-max", type=int, default=0,
                     help="--memory: run the collector with MALLOC_ARENA_MAX set to this (glibc malloc arenas)")
+    ap.add_argument("--collector-env", metavar="KEY=VALUE", action="append", default=[],
+                    help="--memory: set KEY=VALUE in the collector's environment (repeatable), e.g. "
+                         "MALLOC_MMAP_THRESHOLD_=131072")
     ap.add_argument("--preload", metavar="LIB", default="",
                     help="--memory: run the collector with LD_PRELOAD=LIB (another malloc, e.g. libjemalloc.so.2)")
     ap.add_argument("--heaptrack", action="store_true",

@@ -131,7 +131,88 @@ pub fn fingerprint(text: &str) -> u64 {
 const JOURNAL_FORMAT_KEY: &[u8] = b"_format";
 const JOURNAL_FINGERPRINT_KEY: &[u8] = b"_fingerprint";
 const JOURNAL_PREFIX: &[u8] = b"j/";
+/// The snapshot as one value (`covered (8 bytes, big-endian), the state`): the first layout, still read; deleted by
+/// the next snapshot written.
 const JOURNAL_SNAPSHOT_KEY: &[u8] = b"_snapshot";
+/// The snapshot in parts: `covered (8 bytes, big-endian), parts (4), state length (8)`, the state in
+/// `_snapshot/<part number, 4 bytes big-endian>`.
+const JOURNAL_SNAPSHOT_PARTS_KEY: &[u8] = b"_snapshot.parts";
+const JOURNAL_SNAPSHOT_PART_PREFIX: &[u8] = b"_snapshot/";
+
+/// Bytes per stored part of a snapshot ([`SnapshotParts`]). A snapshot written as one value of a few MB cost the
+/// storage's write about twice that in page buffers at once (redb gives a value larger than its page cache a page
+/// of its own, dirty until the commit, and reads the previous one back to free it: 8.4 MB of heap for a 4 MB
+/// snapshot at 50k spans/s, `docs/impact-memory.md`); in parts under redb's page size orders (128 KiB pages) the
+/// write streams through its bounded cache.
+pub const SNAPSHOT_PART_BYTES: usize = 127 << 10;
+
+fn snapshot_part_key(part: u64) -> Vec<u8> {
+    let mut key = JOURNAL_SNAPSHOT_PART_PREFIX.to_vec();
+    key.extend_from_slice(&(part as u32).to_be_bytes());
+    key
+}
+
+/// A snapshot being encoded, in parts of at most [`SNAPSHOT_PART_BYTES`] (an [`std::io::Write`]): no buffer is
+/// regrown or copied, and each part is stored as its own value ([`SnapshotTicket::write_parts`]).
+#[derive(Debug, Default)]
+pub struct SnapshotParts {
+    parts: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl SnapshotParts {
+    pub fn new() -> Self {
+        SnapshotParts::default()
+    }
+
+    /// Bytes written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `data`, starting a new part whenever the last one is full.
+    pub fn extend_from_slice(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let part = match self.parts.last_mut() {
+                Some(p) if p.len() < SNAPSHOT_PART_BYTES => p,
+                _ => {
+                    self.parts
+                        .push(Vec::with_capacity(SNAPSHOT_PART_BYTES.min(data.len().max(4096))));
+                    let Some(p) = self.parts.last_mut() else { return };
+                    p
+                }
+            };
+            let n = (SNAPSHOT_PART_BYTES - part.len()).min(data.len());
+            if part.capacity() - part.len() < n {
+                // A part started small (a short first write) grows once to the full part size, never beyond.
+                part.reserve_exact(SNAPSHOT_PART_BYTES - part.len());
+            }
+            part.extend_from_slice(&data[..n]);
+            self.len += n;
+            data = &data[n..];
+        }
+    }
+
+    /// The parts, in order (each at most [`SNAPSHOT_PART_BYTES`]).
+    pub fn parts(&self) -> &[Vec<u8>] {
+        &self.parts
+    }
+}
+
+impl std::io::Write for SnapshotParts {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// What [`Journal::open`] found in the namespace.
 #[derive(Debug, Default)]
@@ -190,6 +271,8 @@ pub struct Journal {
     since_snapshot: u64,
     /// Size of the latest snapshot written (set by its [`SnapshotTicket`]).
     snapshot_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Parts of the latest snapshot stored (deleted beyond the next one's count when it is written).
+    snapshot_parts: Arc<std::sync::atomic::AtomicU64>,
     /// A [`SnapshotTicket`] is out (taken and not yet written or dropped): at most one at a time.
     snapshot_busy: Arc<std::sync::atomic::AtomicBool>,
     /// Records appended and not yet durable (`bizpilot_storage_journal_pending_records`).
@@ -253,13 +336,28 @@ impl Journal {
         fingerprint: u64,
         interval: std::time::Duration,
     ) -> Result<(Journal, Replay), StorageError> {
+        Journal::open_reading(client, owner, format, &[], fingerprint, interval)
+    }
+
+    /// [`Journal::open`] that also reads a journal marked with one of the component's `older` formats (their
+    /// records mean what they meant; the marker is rewritten to `format`, so a build that reads only an older
+    /// format refuses the namespace from then on instead of misreading it).
+    pub fn open_reading(
+        client: Arc<dyn StorageClient>,
+        owner: &str,
+        format: &str,
+        older: &[&str],
+        fingerprint: u64,
+        interval: std::time::Duration,
+    ) -> Result<(Journal, Replay), StorageError> {
         let entries = client.load_all()?;
         let mut replay = Replay::default();
         let mut next_seq = 0u64;
+        let mut snapshot_parts = 0u64;
         let mut reset = Vec::new();
         if !entries.is_empty() {
             match entries.iter().find(|(k, _)| k == JOURNAL_FORMAT_KEY) {
-                Some((_, v)) if v == format.as_bytes() => {}
+                Some((_, v)) if v == format.as_bytes() || older.iter().any(|o| v == o.as_bytes()) => {}
                 Some((_, v)) => {
                     return Err(decode_err(
                         owner,
@@ -279,7 +377,12 @@ impl Journal {
                 ));
                 reset = entries.iter().map(|(k, _)| StorageOp::Delete(k.clone())).collect();
             } else {
-                if let Some((_, v)) = entries.iter().find(|(k, _)| k == JOURNAL_SNAPSHOT_KEY) {
+                if let Some((_, v)) = entries.iter().find(|(k, _)| k == JOURNAL_SNAPSHOT_PARTS_KEY) {
+                    let (covered, parts, state) = read_parts(owner, v, &entries)?;
+                    next_seq = covered;
+                    snapshot_parts = parts;
+                    replay.snapshot = Some(bytes::Bytes::from(state));
+                } else if let Some((_, v)) = entries.iter().find(|(k, _)| k == JOURNAL_SNAPSHOT_KEY) {
                     let covered = v
                         .get(..8)
                         .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -345,6 +448,7 @@ impl Journal {
                 first_live: Arc::new(std::sync::atomic::AtomicU64::new(first_live)),
                 since_snapshot: replay.bytes,
                 snapshot_bytes: Arc::new(std::sync::atomic::AtomicU64::new(snapshot_bytes)),
+                snapshot_parts: Arc::new(std::sync::atomic::AtomicU64::new(snapshot_parts)),
                 snapshot_busy: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 pending: metrics::gauge!("bizpilot_storage_journal_pending_records", "owner" => owner.to_string()),
                 rejected: metrics::counter!("bizpilot_storage_journal_rejected_records_total", "owner" => owner.to_string()),
@@ -490,6 +594,7 @@ impl Journal {
             covered: self.next_seq,
             first_live: self.first_live.clone(),
             snapshot_bytes: self.snapshot_bytes.clone(),
+            snapshot_parts: self.snapshot_parts.clone(),
             busy: self.snapshot_busy.clone(),
             snapshots: self.snapshots.clone(),
             tx: self.tx.clone(),
@@ -528,15 +633,13 @@ impl Drop for Journal {
     }
 }
 
-/// Bytes in front of a snapshot in the journal's value: the first commit it does not cover.
-pub const SNAPSHOT_FRAME: usize = 8;
-
 /// A snapshot begun by [`Journal::begin_snapshot`]: it covers every commit before `covered`. Send it to the thread
 /// that encodes the state and [`SnapshotTicket::write`] it there.
 pub struct SnapshotTicket {
     covered: u64,
     first_live: Arc<std::sync::atomic::AtomicU64>,
     snapshot_bytes: Arc<std::sync::atomic::AtomicU64>,
+    snapshot_parts: Arc<std::sync::atomic::AtomicU64>,
     busy: Arc<std::sync::atomic::AtomicBool>,
     snapshots: metrics::Counter,
     tx: Option<std::sync::mpsc::SyncSender<Group>>,
@@ -561,30 +664,32 @@ impl SnapshotTicket {
     /// Writes `state` (the component's state when the ticket was taken) as the snapshot and deletes every commit
     /// it covers, in one atomic batch, queued after those commits.
     pub fn write(self, state: &[u8]) {
-        let mut framed = SnapshotTicket::buffer(state.len());
-        framed.extend_from_slice(state);
-        self.write_framed(framed);
+        let mut parts = SnapshotParts::new();
+        parts.extend_from_slice(state);
+        self.write_parts(parts);
     }
 
-    /// A buffer to encode a snapshot of about `capacity` bytes into, for [`SnapshotTicket::write_framed`]: it starts
-    /// with the room the journal's framing takes, so the encoded state is not copied again.
-    pub fn buffer(capacity: usize) -> Vec<u8> {
-        let mut b = Vec::with_capacity(SNAPSHOT_FRAME + capacity);
-        b.resize(SNAPSHOT_FRAME, 0);
-        b
-    }
-
-    /// [`SnapshotTicket::write`] of the state encoded after the first [`SNAPSHOT_FRAME`] bytes of `framed` (a
-    /// [`SnapshotTicket::buffer`]), which are overwritten.
-    pub fn write_framed(self, mut framed: Vec<u8>) {
+    /// [`SnapshotTicket::write`] of a state encoded into [`SnapshotParts`]: each part is stored as a value of its
+    /// own (`_snapshot/<n>`) under a header (`_snapshot.parts`); parts of the previous snapshot beyond this one's
+    /// count, the first layout's single value (`_snapshot`) and the covered commits are deleted in the same batch.
+    pub fn write_parts(self, state: SnapshotParts) {
         use std::sync::atomic::Ordering;
-        if framed.len() < SNAPSHOT_FRAME {
-            framed.resize(SNAPSHOT_FRAME, 0);
+        let state_len = state.len;
+        let count = state.parts.len() as u64;
+        let mut header = Vec::with_capacity(20);
+        header.extend_from_slice(&self.covered.to_be_bytes());
+        header.extend_from_slice(&(count as u32).to_be_bytes());
+        header.extend_from_slice(&(state_len as u64).to_be_bytes());
+        let previous = self.snapshot_parts.load(Ordering::Acquire);
+        let mut ops = Vec::with_capacity(state.parts.len() + 3);
+        ops.push(StorageOp::Put(JOURNAL_SNAPSHOT_PARTS_KEY.to_vec(), header));
+        for (n, part) in (0u64..).zip(state.parts) {
+            ops.push(StorageOp::Put(snapshot_part_key(n), part));
         }
-        framed[..SNAPSHOT_FRAME].copy_from_slice(&self.covered.to_be_bytes());
-        let state_len = framed.len() - SNAPSHOT_FRAME;
-        let value = framed;
-        let mut ops = vec![StorageOp::Put(JOURNAL_SNAPSHOT_KEY.to_vec(), value)];
+        for n in count..previous {
+            ops.push(StorageOp::Delete(snapshot_part_key(n)));
+        }
+        ops.push(StorageOp::Delete(JOURNAL_SNAPSHOT_KEY.to_vec()));
         for seq in self.first_live.load(Ordering::Acquire)..self.covered {
             let mut key = JOURNAL_PREFIX.to_vec();
             key.extend_from_slice(&seq.to_be_bytes());
@@ -599,12 +704,61 @@ impl SnapshotTicket {
         if sent {
             self.first_live.store(self.covered, Ordering::Release);
             self.snapshot_bytes.store(state_len as u64, Ordering::Release);
+            // The next snapshot's batch, queued after this one, deletes this one's parts beyond its own count.
+            self.snapshot_parts.store(count, Ordering::Release);
             self.snapshots.increment(1);
         } else {
             tracing::error!(owner = %self.owner, "journal writer stopped; snapshot not written");
         }
         // Dropping the ticket frees the journal for the next one.
     }
+}
+
+/// Reads a snapshot stored in parts: its header's (covered, parts) and the state, joined.
+fn read_parts(owner: &str, header: &[u8], entries: &Entries) -> Result<(u64, u64, Vec<u8>), StorageError> {
+    let short = || decode_err(owner, "snapshot header cut short");
+    let covered = header
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(short)?;
+    let parts = header
+        .get(8..12)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(short)?;
+    let len = header
+        .get(12..20)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .and_then(|l| usize::try_from(l).ok())
+        .ok_or_else(short)?;
+    let total: usize = entries
+        .iter()
+        .filter(|(k, _)| k.starts_with(JOURNAL_SNAPSHOT_PART_PREFIX))
+        .map(|(_, v)| v.len())
+        .sum();
+    if total < len {
+        return Err(decode_err(
+            owner,
+            format!("snapshot of {len} bytes, its parts hold {total}"),
+        ));
+    }
+    let mut state = Vec::with_capacity(len);
+    for n in 0..u64::from(parts) {
+        let key = snapshot_part_key(n);
+        let part = entries
+            .binary_search_by(|(k, _)| k.as_slice().cmp(&key))
+            .map_err(|_| decode_err(owner, format!("snapshot part {n} of {parts} missing")))?;
+        state.extend_from_slice(&entries[part].1);
+    }
+    if state.len() != len {
+        return Err(decode_err(
+            owner,
+            format!("snapshot of {len} bytes, its {parts} parts hold {}", state.len()),
+        ));
+    }
+    Ok((covered, u64::from(parts), state))
 }
 
 impl Drop for SnapshotTicket {
@@ -886,6 +1040,104 @@ mod tests {
         assert_eq!(r.snapshot.as_deref(), Some(&b"state after a"[..]));
         let got: Vec<&[u8]> = r.records.iter().map(|(_, b)| &b[..]).collect();
         assert_eq!(got, vec![&b"b"[..], &b"c"[..], &b"d"[..]]);
+    }
+
+    #[test]
+    fn a_large_snapshot_is_stored_in_parts_and_a_smaller_one_leaves_none_behind() {
+        let s = MemoryStorage::default();
+        let (mut j, _) = journal(&s, 7).unwrap();
+        // 2.5 parts of state, not a multiple of anything: every byte must come back in order.
+        let big: Vec<u8> = (0..SNAPSHOT_PART_BYTES * 5 / 2)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        j.append(1, b"a").unwrap();
+        j.snapshot(&big);
+        assert_eq!(j.snapshot_bytes(), big.len() as u64);
+        j.append(1, b"b").unwrap();
+        j.close(std::time::Duration::from_secs(5));
+        let stored = s.client("c").unwrap().load_all().unwrap();
+        let parts: Vec<usize> = stored
+            .iter()
+            .filter(|(k, _)| k.starts_with(JOURNAL_SNAPSHOT_PART_PREFIX))
+            .map(|(_, v)| v.len())
+            .collect();
+        assert_eq!(
+            parts,
+            [SNAPSHOT_PART_BYTES, SNAPSHOT_PART_BYTES, SNAPSHOT_PART_BYTES / 2]
+        );
+        let (mut j, r) = journal(&s, 7).unwrap();
+        assert!(r.snapshot.as_deref() == Some(&big[..]), "the state comes back whole");
+        let got: Vec<&[u8]> = r.records.iter().map(|(_, b)| &b[..]).collect();
+        assert_eq!(got, vec![&b"b"[..]]);
+        // A smaller snapshot deletes the parts it does not use.
+        j.snapshot(b"small");
+        j.close(std::time::Duration::from_secs(5));
+        let stored = s.client("c").unwrap().load_all().unwrap();
+        let parts = stored
+            .iter()
+            .filter(|(k, _)| k.starts_with(JOURNAL_SNAPSHOT_PART_PREFIX))
+            .count();
+        assert_eq!(parts, 1, "{:?}", stored.iter().map(|(k, _)| k).collect::<Vec<_>>());
+        let (_j, r) = journal(&s, 7).unwrap();
+        assert_eq!(r.snapshot.as_deref(), Some(&b"small"[..]));
+        assert!(r.records.is_empty());
+        // A missing part is an error, not a shorter state.
+        s.client("c")
+            .unwrap()
+            .apply(&[StorageOp::Delete(snapshot_part_key(0))])
+            .unwrap();
+        let err = journal(&s, 7).expect_err("a snapshot without its part");
+        assert!(err.to_string().contains("parts hold 0"), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_stored_as_one_value_is_still_read_and_replaced_by_parts() {
+        let s = MemoryStorage::default();
+        let (j, _) = journal(&s, 7).unwrap();
+        drop(j);
+        // The first layout: `_snapshot` = covered commit number + the state, commits after it (under an older
+        // format marker of the component).
+        let mut old = 2u64.to_be_bytes().to_vec();
+        old.extend_from_slice(b"state v1");
+        let mut commit = b"j/".to_vec();
+        commit.extend_from_slice(&2u64.to_be_bytes());
+        s.client("c")
+            .unwrap()
+            .apply(&[
+                StorageOp::Put(JOURNAL_SNAPSHOT_KEY.to_vec(), old),
+                StorageOp::Put(commit, vec![1, 1, 0, 0, 0, b'x']),
+                StorageOp::Put(JOURNAL_FORMAT_KEY.to_vec(), b"test/journal/0".to_vec()),
+            ])
+            .unwrap();
+        let err = journal(&s, 7).expect_err("an older format is read only when named");
+        assert!(err.to_string().contains("test/journal/0"), "{err}");
+        let older = |s: &MemoryStorage| {
+            let hour = std::time::Duration::from_secs(3600);
+            Journal::open_reading(
+                s.client("c").unwrap(),
+                "c",
+                "test/journal/1",
+                &["test/journal/0"],
+                7,
+                hour,
+            )
+        };
+        let (mut j, r) = older(&s).unwrap();
+        assert_eq!(r.snapshot.as_deref(), Some(&b"state v1"[..]));
+        let got: Vec<&[u8]> = r.records.iter().map(|(_, b)| &b[..]).collect();
+        assert_eq!(got, vec![&b"x"[..]]);
+        j.snapshot(b"state v2");
+        j.close(std::time::Duration::from_secs(5));
+        let stored = s.client("c").unwrap().load_all().unwrap();
+        assert!(
+            !stored
+                .iter()
+                .any(|(k, _)| k == JOURNAL_SNAPSHOT_KEY || k.starts_with(JOURNAL_PREFIX)),
+            "the single value and the covered commit are gone"
+        );
+        let (_j, r) = journal(&s, 7).unwrap();
+        assert_eq!(r.snapshot.as_deref(), Some(&b"state v2"[..]));
+        assert!(r.records.is_empty());
     }
 
     #[test]

@@ -15,22 +15,24 @@
 //! matter to it — ERROR spans, operations, every span with `trace_context` — with only the fields and attributes
 //! it reads, [`super::compact`]; replaying them gives the identical engine), `TAG_IDLE`, `TAG_IDLE_CLOSE`
 //! (empty); `TAG_TRACES` (a whole OTLP request, as format 1 journaled) is still replayed. Format marker
-//! `business_impact/journal/2`; the configuration's
+//! `business_impact/journal/3` (`/2`, the snapshot stored as one value, is still read); the configuration's
 //! fingerprint (everything but `storage`, `checkpoint_interval` and `metrics_flush_interval`) is checked: a
 //! journal of another configuration is discarded with a warning (its figures would not line up), one of
 //! another format stops the start.
 
 use std::time::{Duration, Instant};
 
-use bizpilot_core::storage::{Journal, Replay, SNAPSHOT_FRAME, SnapshotTicket, client_for};
+use bizpilot_core::storage::{Journal, Replay, SnapshotTicket, client_for};
 use bizpilot_core::{ComponentError, CreateContext, Traces};
 
 use super::config::BusinessImpactConfig;
 use super::engine::{Engine, State};
 use crate::otlp_out::wall_ns;
 
-/// The journal's format marker.
-pub const FORMAT: &str = "business_impact/journal/2";
+/// The journal's format marker: the snapshot stored in parts ([`bizpilot_core::storage::SnapshotParts`]).
+pub const FORMAT: &str = "business_impact/journal/3";
+/// The previous marker (the snapshot as one value): still read; its snapshot is replaced by parts at the next one.
+pub const FORMAT_V2: &str = "business_impact/journal/2";
 /// An OTLP traces request, protobuf, whole (replayed; no longer written: [`TAG_SPANS`] replaced it).
 pub const TAG_TRACES: u8 = 1;
 /// `Engine::idle` took effect (the input was idle for `idle_timeout`).
@@ -146,8 +148,7 @@ impl Snapshots {
         metrics::histogram!("bizpilot_connector_business_impact_snapshot_pause_seconds", "connector" => connector.clone())
             .record(paused.elapsed().as_secs_f64());
         let fingerprint = self.fingerprint;
-        let hint = snapshot_hint(journal);
-        let job = move || write(state, ticket, fingerprint, &connector, hint);
+        let job = move || write(state, ticket, fingerprint, &connector);
         match std::thread::Builder::new().name("bizpilot-snapshot".into()).spawn(job) {
             Ok(h) => {
                 self.running = Some(h);
@@ -180,28 +181,21 @@ impl Snapshots {
             return false;
         };
         let connector = journal.owner().to_string();
-        let hint = snapshot_hint(journal);
-        write(engine.state(), ticket, self.fingerprint, &connector, hint)
+        write(engine.state(), ticket, self.fingerprint, &connector)
     }
 }
 
-/// The buffer to encode the next snapshot into: the last one's size and an eighth (so that it is not regrown,
-/// holding twice its size for a moment), 64 KiB for the first.
-fn snapshot_hint(journal: &Journal) -> usize {
-    let last = usize::try_from(journal.snapshot_bytes()).unwrap_or(0);
-    if last == 0 { 64 << 10 } else { last + last / 8 }
-}
-
-/// Encodes `state` (into a buffer of `hint` bytes, framed for the journal: the encoding is not copied again) and
-/// writes it with `ticket`; the copy of the state is freed before the write.
-fn write(state: State, ticket: SnapshotTicket, fingerprint: u64, connector: &str, hint: usize) -> bool {
+/// Encodes `state` (in the journal's snapshot parts, [`bizpilot_core::storage::SnapshotParts`]: stored part by
+/// part, so the storage's write stays within its page cache) and writes it with `ticket`; the copy of the state is
+/// freed before the write.
+fn write(state: State, ticket: SnapshotTicket, fingerprint: u64, connector: &str) -> bool {
     let started = Instant::now();
-    let encoded = state.encode_after(SnapshotTicket::buffer(hint), fingerprint);
+    let encoded = state.encode_parts(fingerprint);
     drop(state);
     match encoded {
-        Ok(framed) => {
-            let len = framed.len().saturating_sub(SNAPSHOT_FRAME);
-            ticket.write_framed(framed);
+        Ok(parts) => {
+            let len = parts.len();
+            ticket.write_parts(parts);
             metrics::histogram!("bizpilot_connector_business_impact_snapshot_seconds", "connector" => connector.to_string())
                 .record(started.elapsed().as_secs_f64());
             metrics::gauge!("bizpilot_connector_business_impact_snapshot_bytes", "connector" => connector.to_string())
@@ -227,10 +221,11 @@ pub fn open(
 ) -> Result<Journal, ComponentError> {
     let client = client_for(ctx.extensions, storage, id)?;
     let started = Instant::now();
-    let (journal, records) = Journal::open(
+    let (journal, records) = Journal::open_reading(
         client,
         id,
         FORMAT,
+        &[FORMAT_V2],
         config.fingerprint(),
         config.checkpoint_interval.get(),
     )

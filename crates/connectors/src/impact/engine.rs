@@ -711,9 +711,9 @@ impl State {
         snapshot::encode(fingerprint, self)
     }
 
-    /// [`State::encode`], appended to `out`.
-    pub fn encode_after(&self, out: Vec<u8>, fingerprint: u64) -> Result<Vec<u8>, SnapshotError> {
-        snapshot::encode_after(out, fingerprint, self)
+    /// [`State::encode`], in the journal's snapshot parts (stored as they are: no buffer regrown or copied).
+    pub fn encode_parts(&self, fingerprint: u64) -> Result<bizpilot_core::storage::SnapshotParts, SnapshotError> {
+        snapshot::encode_parts(fingerprint, self)
     }
 }
 

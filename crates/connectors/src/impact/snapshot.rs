@@ -41,9 +41,14 @@ pub(super) fn encode_as<T: serde::Serialize>(
     encode_into(Vec::with_capacity(1 << 16), format, fingerprint, state)
 }
 
-/// Header + CBOR of `state` in the current format, appended to `out` (a buffer sized for it: no regrowth).
-pub fn encode_after<T: serde::Serialize>(out: Vec<u8>, fingerprint: u64, state: &T) -> Result<Vec<u8>, SnapshotError> {
-    encode_into(out, FORMAT, fingerprint, state)
+/// Header + CBOR of `state` in the current format, in the journal's snapshot parts (no buffer regrown or copied).
+pub fn encode_parts<T: serde::Serialize>(
+    fingerprint: u64,
+    state: &T,
+) -> Result<bizpilot_core::storage::SnapshotParts, SnapshotError> {
+    let mut out = bizpilot_core::storage::SnapshotParts::new();
+    write_to(&mut out, FORMAT, fingerprint, state)?;
+    Ok(out)
 }
 
 fn encode_into<T: serde::Serialize>(
@@ -52,11 +57,21 @@ fn encode_into<T: serde::Serialize>(
     fingerprint: u64,
     state: &T,
 ) -> Result<Vec<u8>, SnapshotError> {
-    out.push(format.len() as u8);
-    out.extend_from_slice(format.as_bytes());
-    out.extend_from_slice(&fingerprint.to_be_bytes());
-    ciborium::into_writer(state, &mut out).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    write_to(&mut out, format, fingerprint, state)?;
     Ok(out)
+}
+
+fn write_to<T: serde::Serialize, W: std::io::Write>(
+    out: &mut W,
+    format: &str,
+    fingerprint: u64,
+    state: &T,
+) -> Result<(), SnapshotError> {
+    let encode = |e: std::io::Error| SnapshotError::Encode(e.to_string());
+    out.write_all(&[format.len() as u8]).map_err(encode)?;
+    out.write_all(format.as_bytes()).map_err(encode)?;
+    out.write_all(&fingerprint.to_be_bytes()).map_err(encode)?;
+    ciborium::into_writer(state, out).map_err(|e| SnapshotError::Encode(e.to_string()))
 }
 
 /// A snapshot's body (its CBOR), by format.
