@@ -39,7 +39,7 @@ mod shop_impact;
 use bizpilot_shopgen::{Emission, Shop, Workload, pack_traces};
 use common::kpi_shop::KpiShop;
 use common::{json_get, kpi_debug_output};
-use kafka_gateways::Gateway;
+use kafka_gateways::{Gateway, accepted_spans};
 use kafka_harness::{Tansu, create_topics};
 use prost::Message;
 use serde_json::Value as Json;
@@ -187,7 +187,8 @@ fn send(events: &Events, addr: SocketAddr, admins: &Mutex<Vec<SocketAddr>>, emis
     }
 }
 
-/// The shipped Kafka gateway named `name`, alone in consumer group `group`, its durable state in `storage`.
+/// The shipped Kafka gateway named `name`, alone in consumer group `group`, its durable state in `storage`, once it
+/// holds every partition.
 fn start_gateway(
     rt: &tokio::runtime::Runtime,
     name: &'static str,
@@ -195,16 +196,7 @@ fn start_gateway(
     brokers: &str,
     storage: &Path,
 ) -> Gateway {
-    let storage = storage.display().to_string();
-    let g = kafka_gateways::start_gateway_env(
-        rt,
-        name,
-        group,
-        brokers,
-        &[],
-        GATEWAY_OVERLAY,
-        &[("BIZPILOT_STORAGE_DIR", storage.as_str())],
-    );
+    let g = kafka_gateways::start_gateway_storage(rt, name, group, brokers, GATEWAY_OVERLAY, storage);
     kafka_gateways::wait_aligned(&[&g], PARTITIONS, Duration::from_secs(120));
     g
 }
@@ -272,10 +264,6 @@ fn nudge(brokers: &str, group: &str) {
 fn events_lag(admin: SocketAddr) -> f64 {
     let m = common::http_get(admin, "/metrics").map(|(_, b)| b).unwrap_or_default();
     common::metric_sum(&m, "bizpilot_kafka_consumer_lag", &["receiver=\"kafka/events\""])
-}
-
-fn accepted_spans(g: &Gateway) -> f64 {
-    g.bp.metric_sum("bizpilot_receiver_accepted_spans_total", &["receiver=\"kafka/spans\""])
 }
 
 /// `GET /api/v1/kpi/fulfilled_2h/at-risk`: (total, [(order id, probability)]) of every listed order.
@@ -492,16 +480,7 @@ fn the_kafka_gateway_killed_mid_week_and_restarted_ends_with_the_ground_truth_kp
     } else {
         storage.clone()
     };
-    let storage2 = storage2.display().to_string();
-    let gw = kafka_gateways::start_gateway_env(
-        &rt,
-        "gw",
-        "week",
-        &b,
-        &[],
-        GATEWAY_OVERLAY,
-        &[("BIZPILOT_STORAGE_DIR", storage2.as_str())],
-    );
+    let gw = kafka_gateways::start_gateway_storage(&rt, "gw", "week", &b, GATEWAY_OVERLAY, &storage2);
     let nudges = wait_all_partitions(&gw, &b, "week");
     admins.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[0] = gw.bp.admin;
     hold.store(false, Ordering::SeqCst);
