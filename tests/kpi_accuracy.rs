@@ -8,37 +8,27 @@
 mod common;
 
 use bizpilot_shopgen::truth::Cause;
+use common::kpi_shop::KpiShop;
 use common::{free_port, kpi_debug_output, kpi_record_shop, kpi_run_replay};
 use std::collections::HashMap;
 use std::time::Duration;
 
 const MIN: u64 = 60_000_000_000;
 
+/// The KPI shop as a week ÷ 12: 14 h of orders and 4 h of tail, 20,000 customers, the outage at 2 h 30 min, the
+/// slowdown from 5 h, 20 % of the events after their spans.
 fn week_divided_by_12() -> bizpilot_shopgen::ShopConfig {
-    serde_yaml::from_str(
-        r#"
-seed: 11
-duration: 14h
-tail: 4h
-orders_per_sec: 0.1
-customers: 20000
-browse_traces: {min: 0, max: 1}
-add_item_traces: false
-fulfilment:
-  deadline: 2h
-  ship_delay: {min: 5m, max: 40m}
-  delivery_delay: {min: 20m, max: 1h}
-  abandoned_cancel_after: 10m
-injections:
-  payment_outages: [{start: 2h30m, end: 2h40m, failure_probability: 0.9}]
-  retries: {probability: 0.8, delay: {min: 30m, max: 80m}, max_attempts: 2}
-  slow_shipping: {start: 5h, ship_latency: 4s, extra_delay: {min: 50m, max: 100m}}
-  duplicates: {probability: 0.01, max_delay: 5s}
-  out_of_order: {probability: 0.05, max_delay: 10s}
-  events_after_spans: {probability: 0.2, delay: {min: 100ms, max: 30s}}
-"#,
-    )
-    .unwrap()
+    KpiShop {
+        seed: 11,
+        duration: "14h",
+        tail: "4h",
+        customers: 20000,
+        payment_outage: ("2h30m", "2h40m"),
+        slow_shipping_from: "5h",
+        events_after_spans: true,
+        impact_window: None,
+    }
+    .config()
 }
 
 fn attr_str<'a>(r: &'a serde_json::Value, key: &str) -> Option<&'a str> {

@@ -6,37 +6,21 @@
 mod common;
 
 use bizpilot_connectors::kpi::recording;
+use common::kpi_shop::KpiShop;
 use common::{Bizpilot, free_port, json_get, kpi_debug_output, kpi_post_records, kpi_record_shop, kpi_run_replay};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The KPI shop (six hours of orders) with 5,000 customers and 20 % of the events after their spans.
 fn shop(seed: u64) -> bizpilot_shopgen::ShopConfig {
-    let mut cfg: bizpilot_shopgen::ShopConfig = serde_yaml::from_str(
-        r#"
-duration: 6h
-tail: 3h
-orders_per_sec: 0.1
-customers: 5000
-browse_traces: {min: 0, max: 1}
-add_item_traces: false
-fulfilment:
-  deadline: 2h
-  ship_delay: {min: 5m, max: 40m}
-  delivery_delay: {min: 20m, max: 1h}
-  abandoned_cancel_after: 10m
-injections:
-  payment_outages: [{start: 1h, end: 1h10m, failure_probability: 0.9}]
-  retries: {probability: 0.8, delay: {min: 30m, max: 80m}, max_attempts: 2}
-  slow_shipping: {start: 2h, ship_latency: 4s, extra_delay: {min: 50m, max: 100m}}
-  duplicates: {probability: 0.01, max_delay: 5s}
-  out_of_order: {probability: 0.05, max_delay: 10s}
-  events_after_spans: {probability: 0.2, delay: {min: 100ms, max: 30s}}
-"#,
-    )
-    .unwrap();
-    cfg.seed = seed;
-    cfg
+    KpiShop {
+        seed,
+        customers: 5000,
+        events_after_spans: true,
+        ..KpiShop::default()
+    }
+    .config()
 }
 
 /// Writes the customers table and the pipeline config (metrics also to a `prometheus` exporter on `prom`);

@@ -12,35 +12,15 @@ mod common;
 mod kafka_harness;
 
 use bizpilot_shopgen::{Emission, Shop, ShopConfig};
+use common::kpi_shop::KpiShop;
 use common::{free_addr, kpi_debug_output, start_pipeline};
 use kafka_harness::{Msg, Tansu, create_topics, produce};
 use std::time::{Duration, Instant};
 
-/// A time-compressed shop (a 2 h deadline) with a payment outage, a shipping slowdown, duplicates and reordering.
+/// A time-compressed shop (a 2 h deadline) with a payment outage, a shipping slowdown, duplicates and reordering: the
+/// KPI shop's defaults (six hours of orders, 2,000 customers, seed 17).
 fn shop() -> ShopConfig {
-    serde_yaml::from_str(
-        r#"
-seed: 17
-duration: 6h
-tail: 3h
-orders_per_sec: 0.1
-customers: 2000
-browse_traces: {min: 0, max: 1}
-add_item_traces: false
-fulfilment:
-  deadline: 2h
-  ship_delay: {min: 5m, max: 40m}
-  delivery_delay: {min: 20m, max: 1h}
-  abandoned_cancel_after: 10m
-injections:
-  payment_outages: [{start: 1h, end: 1h10m, failure_probability: 0.9}]
-  retries: {probability: 0.8, delay: {min: 30m, max: 80m}, max_attempts: 2}
-  slow_shipping: {start: 2h, ship_latency: 4s, extra_delay: {min: 50m, max: 100m}}
-  duplicates: {probability: 0.01, max_delay: 5s}
-  out_of_order: {probability: 0.05, max_delay: 10s}
-"#,
-    )
-    .unwrap()
+    KpiShop::default().config()
 }
 
 /// The shipped `pipelines/order-kpi.yaml` with its business events from Kafka and its metrics on stdout.

@@ -126,3 +126,31 @@ pub fn wait_aligned(gateways: &[&Gateway], partitions: i32, timeout: Duration) -
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The shipped gateway named `name`, alone in consumer group `group`, with `overlay` and its durable state in
+/// `storage` (`BIZPILOT_STORAGE_DIR`), not waiting for its partitions (a restarted one may need longer, see
+/// `tests/gateway_week_e2e.rs`).
+pub fn start_gateway_storage(
+    rt: &tokio::runtime::Runtime,
+    name: &'static str,
+    group: &str,
+    brokers: &str,
+    overlay: &str,
+    storage: &std::path::Path,
+) -> Gateway {
+    let storage = storage.display().to_string();
+    start_gateway_env(
+        rt,
+        name,
+        group,
+        brokers,
+        &[],
+        overlay,
+        &[("BIZPILOT_STORAGE_DIR", storage.as_str())],
+    )
+}
+
+/// Spans the gateway's `kafka/spans` receiver accepted so far.
+pub fn accepted_spans(g: &Gateway) -> f64 {
+    g.bp.metric_sum("bizpilot_receiver_accepted_spans_total", &["receiver=\"kafka/spans\""])
+}

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod demo;
+pub mod kpi_shop;
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
