@@ -51,3 +51,30 @@ fn the_range_avoids_the_kernels_ephemeral_ports() {
     // Unreadable: Linux's default range.
     assert_eq!(test_port_range(""), (15_000, 32_768));
 }
+
+/// A port taken by someone else between the pick and bizpilot's bind: the start fails with a message that says
+/// so, not a bare exit.
+#[test]
+fn a_start_on_a_taken_port_says_so() {
+    let (grpc, admin) = (free_port(), common::free_addr());
+    // Someone else holds the OTLP port.
+    let _held = std::net::TcpListener::bind(("127.0.0.1", grpc)).expect("hold the port");
+    let config = format!(
+        "receivers:\n  otlp:\n    protocols:\n      grpc:\n        endpoint: 127.0.0.1:{grpc}\n\
+         exporters:\n  debug: {{}}\n\
+         service:\n  telemetry:\n    metrics:\n      address: {admin}\n  pipelines:\n    traces:\n      \
+         receivers: [otlp]\n      exporters: [debug]\n"
+    );
+    let Err(panic) = std::panic::catch_unwind(|| common::Bizpilot::start(&config, admin)) else {
+        panic!("bizpilot started on a port held by someone else");
+    };
+    let msg = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(
+        msg.contains("was taken by another process"),
+        "the failure names the taken port: {msg}"
+    );
+}

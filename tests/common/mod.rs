@@ -348,9 +348,19 @@ impl Bizpilot {
         for c in configs {
             cmd.arg("--config").arg(c);
         }
-        // The shipped pipelines' health_check extension listens on :13133 unless moved: tests run in
-        // parallel, so each process gets its own port (a test may still set its own).
-        cmd.env("BIZPILOT_HEALTH_ENDPOINT", format!("127.0.0.1:{}", free_port()));
+        // The shipped pipelines listen on fixed ports unless moved (health_check :13133, OTLP :4317/:4318,
+        // Prometheus :8889/:8890, admin :8888): tests run in parallel, so each process gets ports of its own, and
+        // the admin endpoint is `admin` (a test may still set any of them in `env`).
+        cmd.env("BIZPILOT_HEALTH_ENDPOINT", free_addr().to_string());
+        for var in [
+            "BIZPILOT_OTLP_GRPC_ENDPOINT",
+            "BIZPILOT_OTLP_HTTP_ENDPOINT",
+            "BIZPILOT_PROMETHEUS_ENDPOINT",
+            "BIZPILOT_FLEET_PROMETHEUS_ENDPOINT",
+        ] {
+            cmd.env(var, free_addr().to_string());
+        }
+        cmd.env("BIZPILOT_ADMIN_ENDPOINT", admin.to_string());
         // Likewise the shipped pipelines' durable state (`file_storage`): one directory per process unless set.
         cmd.env("BIZPILOT_STORAGE_DIR", dir.path().join("storage"));
         for (k, v) in env {
