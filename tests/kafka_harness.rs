@@ -315,6 +315,10 @@ pub fn read_topic(bootstrap: &str, topic: &str, min: usize, quiet: Duration, tim
             // tansu holds every fetch answer for half of this wait even when it has records (tansu-storage 0.6
             // `service/fetch.rs`): librdkafka's 500 ms made a 2,021-record read take 5.3 s alone, 10 ms 1.4 s.
             .set("fetch.wait.max.ms", "10")
+            // The end read to is the high watermark; a read_committed reader (librdkafka's default) stops at the
+            // last stable offset, which tansu 0.6 computes from transaction state it keeps (tansu-storage
+            // `offset_stage`). No bizpilot producer is transactional, so both read the same records.
+            .set("isolation.level", "read_uncommitted")
             .create()
             .expect("consumer");
         let mut tpl = TopicPartitionList::new();
@@ -376,8 +380,10 @@ pub fn read_topic(bootstrap: &str, topic: &str, min: usize, quiet: Duration, tim
                     }
                     if last_new.elapsed() >= STALL {
                         eprintln!(
-                            "test reader: {topic}: session {sessions} stalled with {} messages read",
-                            out.len()
+                            "test reader: {topic}: session {sessions} stalled with {} messages read; (low, high) \
+                             watermarks {:?}, positions {next:?}",
+                            out.len(),
+                            watermarks(&c, topic, n)
                         );
                         last_new = Instant::now();
                         continue 'session;
