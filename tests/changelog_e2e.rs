@@ -11,6 +11,7 @@
 //! in the rebalance callback and the readiness hold are tested end to end with two gateways in
 //! `tests/partition_e2e.rs`.
 
+mod common;
 mod kafka_harness;
 
 use bizpilot_business::changelog::{ChangelogSink, partition_of};

@@ -8,10 +8,11 @@ mod common;
 #[path = "kafka_harness.rs"]
 mod kafka_harness;
 
+use bizpilot_business::attrs::kv_str;
 use bizpilot_core::Money;
 use bizpilot_core::pdata::proto::collector::logs::v1::ExportLogsServiceRequest;
 use bizpilot_core::pdata::proto::collector::trace::v1::ExportTraceServiceRequest;
-use bizpilot_core::pdata::proto::common::v1::{AnyValue, KeyValue, any_value};
+use bizpilot_core::pdata::proto::common::v1::{AnyValue, any_value};
 use bizpilot_core::pdata::proto::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use bizpilot_core::pdata::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use bizpilot_shopgen::{BusinessEvent, EventType, LineItem};
@@ -25,16 +26,6 @@ use std::time::{Duration, Instant};
 
 fn admin_addr() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
 }
 
 /// One OTLP log request holding one record whose body is `id`.
@@ -461,12 +452,12 @@ service:
         trace_id: vec![(n % 250) as u8 + 1; 16],
         span_id: vec![1; 8],
         name: format!("checkout {o}"),
-        attributes: vec![kv("business.order.id", o)],
+        attributes: vec![kv_str("business.order.id", o)],
         ..Default::default()
     };
     let resource = |svc: &str, spans: Vec<Span>| ResourceSpans {
         resource: Some(bizpilot_core::pdata::proto::resource::v1::Resource {
-            attributes: vec![kv("service.name", svc)],
+            attributes: vec![kv_str("service.name", svc)],
             ..Default::default()
         }),
         scope_spans: vec![ScopeSpans {

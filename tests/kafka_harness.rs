@@ -9,6 +9,9 @@
 //! offset, so a consumer resuming in the middle of a multi-record batch would miss the rest of
 //! it (a broker limitation that would pass for message loss). The test producer therefore
 //! writes one record per batch (`batch.num.messages=1`); readers start at batch boundaries.
+//!
+//! tansu's port comes from `tests/common`'s allocator (`free_port`, see "Ports" there), so a test including this
+//! file includes `tests/common` as `mod common` too.
 #![allow(dead_code)]
 
 use rdkafka::ClientConfig;
@@ -18,18 +21,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-/// A loopback port that was free a moment ago.
-pub fn kafka_free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
 
 /// The `tansu` binary: `$TANSU`, else on `PATH`, else `~/.cargo/bin/tansu`.
 pub fn tansu_bin() -> PathBuf {
@@ -69,7 +66,7 @@ impl Tansu {
         let bin = tansu_bin();
         let dir = tempfile::tempdir().expect("tempdir");
         for _attempt in 0..5 {
-            let port = kafka_free_port();
+            let port = crate::common::free_port();
             let log = dir.path().join(format!("tansu-{port}.log"));
             let out = std::fs::File::create(&log).expect("tansu log file");
             let err = out.try_clone().expect("tansu log file");
@@ -288,13 +285,17 @@ pub fn partition_count(bootstrap: &str, topic: &str) -> i32 {
         .unwrap_or(0)
 }
 
-/// Reads `topic` from the beginning (every partition, no consumer group) until at least `min`
-/// messages were read and nothing new came for `quiet`, or `timeout` passed.
+/// Reads `topic` from the beginning (every partition, no consumer group) until at least `min` messages were read,
+/// every partition was read to its high watermark (its end, asked of the broker) and the high watermarks did not
+/// move for `quiet`; or until `timeout` passed.
 ///
-/// A reader session that gets nothing for `STALL` while fewer than `min` messages were read is replaced by a new one
-/// that resumes after the last message of each partition: tansu sometimes stops answering one consumer's fetches of a
-/// backlog (seen on a loaded machine, with other consumers busy on other topics of the same broker), while a new
-/// consumer reads on.
+/// The end is known, not guessed from a pause: a slow broker (tansu serving one record per batch to a loaded
+/// machine) can pause longer than any idle limit, but it cannot make the reader stop short of the end. `quiet`
+/// only waits out writers that are still producing (their messages move the high watermark).
+///
+/// A reader session that gets nothing for `STALL` while it is behind is replaced by a new one that resumes after
+/// the last message of each partition: tansu sometimes stops answering one consumer's fetches of a backlog (seen on
+/// a loaded machine, with other consumers busy on other topics of the same broker), while a new consumer reads on.
 pub fn read_topic(bootstrap: &str, topic: &str, min: usize, quiet: Duration, timeout: Duration) -> Vec<Record> {
     const STALL: Duration = Duration::from_secs(3);
     let n = partition_count(bootstrap, topic);
@@ -302,6 +303,8 @@ pub fn read_topic(bootstrap: &str, topic: &str, min: usize, quiet: Duration, tim
     let mut out = Vec::new();
     let deadline = Instant::now() + timeout;
     let mut last_new = Instant::now();
+    // The partitions' (low, high) watermarks and since when they have been as they are.
+    let mut ends: Option<(Vec<(i64, i64)>, Instant)> = None;
     let mut sessions = 0;
     'session: while Instant::now() < deadline {
         sessions += 1;
@@ -309,6 +312,13 @@ pub fn read_topic(bootstrap: &str, topic: &str, min: usize, quiet: Duration, tim
             .set("bootstrap.servers", bootstrap)
             .set("group.id", "bizpilot-test-reader")
             .set("enable.auto.commit", "false")
+            // tansu holds every fetch answer for half of this wait even when it has records (tansu-storage 0.6
+            // `service/fetch.rs`): librdkafka's 500 ms made a 2,021-record read take 5.3 s alone, 10 ms 1.4 s.
+            .set("fetch.wait.max.ms", "10")
+            // The end read to is the high watermark; a read_committed reader (librdkafka's default) stops at the
+            // last stable offset, which tansu 0.6 computes from transaction state it keeps (tansu-storage
+            // `offset_stage`). No bizpilot producer is transactional, so both read the same records.
+            .set("isolation.level", "read_uncommitted")
             .create()
             .expect("consumer");
         let mut tpl = TopicPartitionList::new();
@@ -341,10 +351,40 @@ pub fn read_topic(bootstrap: &str, topic: &str, min: usize, quiet: Duration, tim
                 }
                 Some(Err(e)) => eprintln!("test reader: {e}"),
                 None => {
-                    if out.len() >= min && last_new.elapsed() >= quiet {
-                        break 'session;
+                    // The consumer's position also moves past offsets that carry no message (transaction markers).
+                    if let Ok(pos) = c.position() {
+                        for (p, slot) in next.iter_mut().enumerate() {
+                            if let Some(Offset::Offset(o)) = pos.find_partition(topic, p as i32).map(|e| e.offset())
+                                && !matches!(*slot, Offset::Offset(s) if s >= o)
+                            {
+                                *slot = Offset::Offset(o);
+                            }
+                        }
                     }
-                    if out.len() < min && last_new.elapsed() >= STALL {
+                    if out.len() >= min && at_end(&next, ends.as_ref().map(|(w, _)| w.as_slice())) {
+                        // At the ends as last asked: ask again; done once they have stood still for `quiet`.
+                        let now = watermarks(&c, topic, n);
+                        match &ends {
+                            Some((w, since)) if *w == now => {
+                                if since.elapsed() >= quiet {
+                                    break 'session;
+                                }
+                            }
+                            _ => ends = Some((now, Instant::now())),
+                        }
+                        continue;
+                    }
+                    if ends.is_none() && out.len() >= min {
+                        ends = Some((watermarks(&c, topic, n), Instant::now()));
+                        continue;
+                    }
+                    if last_new.elapsed() >= STALL {
+                        eprintln!(
+                            "test reader: {topic}: session {sessions} stalled with {} messages read; (low, high) \
+                             watermarks {:?}, positions {next:?}",
+                            out.len(),
+                            watermarks(&c, topic, n)
+                        );
                         last_new = Instant::now();
                         continue 'session;
                     }
@@ -356,6 +396,30 @@ pub fn read_topic(bootstrap: &str, topic: &str, min: usize, quiet: Duration, tim
         eprintln!("test reader: {topic}: {} messages in {sessions} sessions", out.len());
     }
     out
+}
+
+/// The (low, high) watermarks of `topic`'s `n` partitions (`(-1, -1)` for one the broker did not answer).
+fn watermarks(c: &BaseConsumer, topic: &str, n: i32) -> Vec<(i64, i64)> {
+    (0..n)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap_or((-1, -1))
+        })
+        .collect()
+}
+
+/// Whether the positions `next` are at the high watermarks `ends` (a partition not read yet is there when it is
+/// empty); `false` without watermarks or for a partition whose watermarks are unknown.
+fn at_end(next: &[Offset], ends: Option<&[(i64, i64)]>) -> bool {
+    let Some(ends) = ends else { return false };
+    next.len() == ends.len()
+        && next.iter().zip(ends).all(|(o, &(low, high))| {
+            high >= 0
+                && match o {
+                    Offset::Offset(o) => *o >= high,
+                    _ => high <= low,
+                }
+        })
 }
 
 /// Waits until `group`'s committed offsets of `topic` add up to at least `total` (every record consumed and

@@ -25,9 +25,9 @@ mod kafka_gateways;
 #[path = "kafka_harness.rs"]
 mod kafka_harness;
 
+use bizpilot_business::attrs::kv_str;
 use bizpilot_business::changelog::partition_of;
 use bizpilot_core::pdata::proto::collector::trace::v1::ExportTraceServiceRequest;
-use bizpilot_core::pdata::proto::common::v1::{AnyValue, KeyValue, any_value};
 use bizpilot_core::pdata::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use common::{free_addr, http_get, span_attr};
 use kafka_gateways::{Gateway, start_gateway_env, wait_aligned};
@@ -59,6 +59,20 @@ receivers:
   kafka/events:
     commit_interval: 200ms
     changelog: {librdkafka: {batch.num.messages: 1}}
+"#;
+
+/// [`OVERLAY`] for the crash: every consumer of the group leaves it soon when it stops (tansu drops a member that does
+/// not rejoin within its rebalance timeout, `max.poll.interval.ms`, 300 s by default; `session.timeout.ms` alone does
+/// not expire it), as `tests/gateway_durable_e2e.rs` does.
+const OVERLAY_CRASH: &str = r#"
+receivers:
+  kafka/spans: {commit_interval: 200ms, librdkafka: {session.timeout.ms: 6000, max.poll.interval.ms: 15000}}
+  kafka/events:
+    commit_interval: 200ms
+    librdkafka: {session.timeout.ms: 6000, max.poll.interval.ms: 15000}
+    changelog: {librdkafka: {batch.num.messages: 1}}
+  kafka/logs: {librdkafka: {session.timeout.ms: 6000, max.poll.interval.ms: 15000}}
+  kafka/metrics: {librdkafka: {session.timeout.ms: 6000, max.poll.interval.ms: 15000}}
 "#;
 
 const OVERLAY_WITHOUT_CHANGELOG: &str = r#"
@@ -93,16 +107,6 @@ fn event_json(o: &Order) -> String {
     )
 }
 
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
-
 /// One span of order `i`, with nothing of the order but its id.
 fn span_message(i: usize, o: &Order) -> Msg {
     let mut trace_id = vec![0u8; 16];
@@ -113,13 +117,13 @@ fn span_message(i: usize, o: &Order) -> Msg {
         name: "checkout.confirm".into(),
         start_time_unix_nano: 1_767_225_601_000_000_000 + i as u64,
         end_time_unix_nano: 1_767_225_601_100_000_000 + i as u64,
-        attributes: vec![kv("business.order.id", &o.id)],
+        attributes: vec![kv_str("business.order.id", &o.id)],
         ..Default::default()
     };
     let req = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(bizpilot_core::pdata::proto::resource::v1::Resource {
-                attributes: vec![kv("service.name", "checkout")],
+                attributes: vec![kv_str("service.name", "checkout")],
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
@@ -138,6 +142,18 @@ fn no_changelog() -> bool {
 
 /// Starts a gateway with its `health_check` (`/readyz` of probes and load balancers) on `health`.
 fn start(rt: &tokio::runtime::Runtime, name: &'static str, group: &str, brokers: &str, health: SocketAddr) -> Gateway {
+    start_with(rt, name, group, brokers, health, OVERLAY)
+}
+
+/// [`start`] with `overlay` instead of [`OVERLAY`] (unless `PARTITION_E2E_NO_CHANGELOG` is set).
+fn start_with(
+    rt: &tokio::runtime::Runtime,
+    name: &'static str,
+    group: &str,
+    brokers: &str,
+    health: SocketAddr,
+    overlay: &str,
+) -> Gateway {
     let health = health.to_string();
     let env = [("BIZPILOT_HEALTH_ENDPOINT", health.as_str())];
     if no_changelog() {
@@ -149,7 +165,7 @@ fn start(rt: &tokio::runtime::Runtime, name: &'static str, group: &str, brokers:
             group,
             brokers,
             &["pipelines/overlays/gateway-kafka-changelog.yaml"],
-            OVERLAY,
+            overlay,
             &env,
         )
     }
@@ -365,11 +381,11 @@ fn a_partitions_new_owner_joins_the_spans_of_orders_another_gateway_consumed() {
 /// it does not rejoin, as an orchestrator's restart of the crashed pod gives). The new owners of A's partitions
 /// restore them, consume the rest of the events, and join every span as the ground truth says.
 ///
-/// Ignored in CI: in 1 of 6 runs tansu kept the dead member in the group for the whole wait, so the partitions
-/// never lined up and the test stopped before checking anything (a broker limit, not a bizpilot failure). Run it
-/// with `cargo test -p bizpilot --test partition_e2e -- --ignored --nocapture`.
+/// The gateways run with [`OVERLAY_CRASH`] (short session and poll timeouts), so tansu drops the SIGKILLed member
+/// within about 15 s. Without it tansu kept the dead member in the group for the whole wait in 1 of 6 runs (stop
+/// 23), and the test was ignored; with it, 6 of 6 runs passed in 23-30 s each at load 12-21
+/// (`cargo test -p bizpilot --test partition_e2e after_a_crash -- --nocapture`).
 #[test]
-#[ignore = "tansu sometimes keeps a SIGKILLed member in the group for minutes (1 of 6 runs); run with --ignored"]
 fn after_a_crash_the_replacement_and_the_survivor_join_every_order() {
     let (broker, rt) = setup();
     let brokers = broker.bootstrap.clone();
@@ -378,8 +394,8 @@ fn after_a_crash_the_replacement_and_the_survivor_join_every_order() {
     let slow = Duration::from_secs(120 + n as u64 / 100);
     let truth: Vec<Order> = (0..n).map(order).collect();
 
-    let mut a = start(&rt, "gw-a", group, &brokers, free_addr());
-    let b = start(&rt, "gw-b", group, &brokers, free_addr());
+    let mut a = start_with(&rt, "gw-a", group, &brokers, free_addr(), OVERLAY_CRASH);
+    let b = start_with(&rt, "gw-b", group, &brokers, free_addr(), OVERLAY_CRASH);
     let split = wait_aligned(&[&a, &b], PARTITIONS, Duration::from_secs(90));
     eprintln!("split: A {:?}, B {:?}", split[0], split[1]);
     let events: Vec<Msg> = truth.iter().map(|o| Msg::keyed(o.id.clone(), event_json(o))).collect();
@@ -404,7 +420,7 @@ fn after_a_crash_the_replacement_and_the_survivor_join_every_order() {
     a.bp.wait_exit(Duration::from_secs(10));
     let at_kill = committed_of(&a_parts);
     eprintln!("A SIGKILLed with {at_kill} events of its partitions committed");
-    let c = start(&rt, "gw-c", group, &brokers, free_addr());
+    let c = start_with(&rt, "gw-c", group, &brokers, free_addr(), OVERLAY_CRASH);
     let held = wait_aligned(&[&b, &c], PARTITIONS, Duration::from_secs(120));
     eprintln!("after the crash: B {:?}, C {:?}", held[0], held[1]);
     producer.join().expect("producer");

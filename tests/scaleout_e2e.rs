@@ -499,8 +499,8 @@ fn gateways_in_one_consumer_group_add_up_to_one_and_survive_a_handover() {
     // order is in one partition, and its spans are in that partition too.
     let n_events = w1.events().count();
     let mut partition_of: HashMap<String, i32> = HashMap::new();
-    // It returns once every event is read; the long limit is for a loaded machine, where tansu serves this reader
-    // (one record per batch) at a few dozen records a second.
+    // It reads every partition to its end (high watermark), however slowly tansu serves it; the long limit is for a
+    // loaded machine.
     let records = read_topic(
         &b,
         "shop.orders",

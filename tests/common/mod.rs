@@ -1,6 +1,25 @@
 //! Shared pieces of the end-to-end tests: free loopback ports, a real OTLP
 //! gRPC server standing in for the downstream backend, and the `bizpilot`
 //! binary run as a child process (started with a config file, stopped by PID).
+//!
+//! # Ports
+//!
+//! A test picks a port and a server (a `bizpilot` child, tansu, Prometheus, a mock OTLP server) binds it a moment
+//! later; nothing can hold the port in between. Two things could take it in that moment, and [`free_port`] closes
+//! both:
+//!
+//! - **Another test of the same binary** (tests run in parallel threads): the allocator hands out each port at
+//!   most once per process (a static set), so two tests never get the same port, whenever they bind it.
+//! - **The kernel**, which gives ports of its ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`, usually
+//!   32768–60999) to every outgoing connection and to every bind of port 0 (the mock servers that bind
+//!   `127.0.0.1:0`): the allocator picks only from outside that range (15000 up to its start), so no such
+//!   port can land on one we handed out. A candidate is also tried with a bind first and skipped while anything
+//!   holds it.
+//!
+//! What remains is another process that binds a fixed port of that range between our check and our bind (e.g.
+//! a second test run on the same machine): each process starts at its own place in the range (from its PID and the
+//! clock), so that needs a near coincidence. If it happens anyway, [`Bizpilot`]'s start fails with a message that
+//! says so instead of a bare "bizpilot exited".
 #![allow(dead_code)]
 
 pub mod demo;
@@ -24,10 +43,89 @@ use std::time::{Duration, Instant};
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-/// A loopback port that was free a moment ago.
+/// A loopback port for a server of the test to bind: free now, outside the kernel's ephemeral range and never
+/// handed out before in this process (see the module doc, "Ports").
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    let mut ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let a = ports.get_or_insert_with(PortAllocator::new);
+    a.take(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .unwrap_or_else(|| panic!("no free loopback port left in {:?}", a.range))
+}
+
+static PORTS: Mutex<Option<PortAllocator>> = Mutex::new(None);
+
+/// Hands out ports of `range` round-robin from a per-process starting point, each at most once.
+pub struct PortAllocator {
+    /// Half-open: `start..end`.
+    pub range: (u16, u16),
+    next: u16,
+    given: std::collections::HashSet<u16>,
+}
+
+impl PortAllocator {
+    /// Over [`test_port_range`], starting at a place of its own (PID and clock).
+    pub fn new() -> Self {
+        let range =
+            test_port_range(&std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let seed = u64::from(std::process::id()).wrapping_mul(7919) ^ u64::from(nanos);
+        Self::starting_at(range, seed)
+    }
+
+    /// Over `range`, starting at `seed` folded into it.
+    pub fn starting_at(range: (u16, u16), seed: u64) -> Self {
+        let len = u64::from(range.1.saturating_sub(range.0)).max(1);
+        // `seed % len < len <= u16::MAX`, so the sum stays in `range`.
+        let next = range.0 + u16::try_from(seed % len).unwrap_or(0);
+        PortAllocator {
+            range,
+            next,
+            given: Default::default(),
+        }
+    }
+
+    /// The next port not handed out before for which `free` holds; `None` once every port of the range is taken.
+    pub fn take(&mut self, free: impl Fn(u16) -> bool) -> Option<u16> {
+        let (start, end) = self.range;
+        for _ in start..end {
+            let p = self.next;
+            self.next = if p + 1 >= end { start } else { p + 1 };
+            if !self.given.contains(&p) && free(p) {
+                self.given.insert(p);
+                return Some(p);
+            }
+        }
+        None
+    }
+}
+
+impl Default for PortAllocator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Where test servers get their ports, given the kernel's ephemeral range (the text of
+/// `/proc/sys/net/ipv4/ip_local_port_range`, "low high"): from 15000 (above the defaults a shipped config may
+/// bind, such as 13133, 9090, 4317) up to the ephemeral range, else above it; if the ephemeral range leaves
+/// neither 1,000 ports, all of 15000–65535 (then only the bind check and the set protect a port).
+pub fn test_port_range(ip_local_port_range: &str) -> (u16, u16) {
+    const FLOOR: u16 = 15_000;
+    let mut it = ip_local_port_range.split_whitespace().map(|v| v.parse::<u16>());
+    let (low, high) = match (it.next(), it.next()) {
+        (Some(Ok(l)), Some(Ok(h))) if l <= h => (l, h),
+        _ => (32_768, 60_999),
+    };
+    if low >= FLOOR + 1_000 {
+        (FLOOR, low)
+    } else if high <= u16::MAX - 1_000 {
+        (high.max(FLOOR - 1) + 1, u16::MAX)
+    } else {
+        (FLOOR, u16::MAX)
+    }
 }
 
 /// Everything the downstream received, request by request.
@@ -251,9 +349,19 @@ impl Bizpilot {
         for c in configs {
             cmd.arg("--config").arg(c);
         }
-        // The shipped pipelines' health_check extension listens on :13133 unless moved: tests run in
-        // parallel, so each process gets its own port (a test may still set its own).
-        cmd.env("BIZPILOT_HEALTH_ENDPOINT", format!("127.0.0.1:{}", free_port()));
+        // The shipped pipelines listen on fixed ports unless moved (health_check :13133, OTLP :4317/:4318,
+        // Prometheus :8889/:8890, admin :8888): tests run in parallel, so each process gets ports of its own, and
+        // the admin endpoint is `admin` (a test may still set any of them in `env`).
+        cmd.env("BIZPILOT_HEALTH_ENDPOINT", free_addr().to_string());
+        for var in [
+            "BIZPILOT_OTLP_GRPC_ENDPOINT",
+            "BIZPILOT_OTLP_HTTP_ENDPOINT",
+            "BIZPILOT_PROMETHEUS_ENDPOINT",
+            "BIZPILOT_FLEET_PROMETHEUS_ENDPOINT",
+        ] {
+            cmd.env(var, free_addr().to_string());
+        }
+        cmd.env("BIZPILOT_ADMIN_ENDPOINT", admin.to_string());
         // Likewise the shipped pipelines' durable state (`file_storage`): one directory per process unless set.
         cmd.env("BIZPILOT_STORAGE_DIR", dir.path().join("storage"));
         for (k, v) in env {
@@ -291,7 +399,16 @@ impl Bizpilot {
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
-                panic!("bizpilot exited during start with {status}\n{}", self.logs());
+                let logs = self.logs();
+                if logs.contains("Address already in use") {
+                    panic!(
+                        "bizpilot exited during start with {status}: a port the test gave it was taken by another \
+                         process before bizpilot could bind it (\"Address already in use\"). free_port() never gives \
+                         a port twice in one test binary and picks outside the kernel's ephemeral range, so another \
+                         process bound it (a second test run on this machine?); rerun.\n{logs}"
+                    );
+                }
+                panic!("bizpilot exited during start with {status}\n{logs}");
             }
             if let Ok((200, _)) = http_get(self.admin, "/readyz") {
                 return;

@@ -463,8 +463,8 @@ fn main() {
 
 /// Streams `n` synthetic orders with a 10-minute deadline and reports the state held.
 fn stress(n: u64) {
+    use bizpilot_business::attrs::kv_str;
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
     use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
     let mut cfg = OrderKpiConfig::default();
     cfg.kpis[0].deadline = Duration::from_secs(600);
@@ -477,13 +477,7 @@ fn stress(n: u64) {
     let ev = |name: &str, id: u64, t: u64| LogRecord {
         time_unix_nano: t,
         event_name: name.into(),
-        attributes: vec![KeyValue {
-            key: "order.id".into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(format!("o-{id}"))),
-            }),
-            ..Default::default()
-        }],
+        attributes: vec![kv_str("order.id", format!("o-{id}"))],
         ..Default::default()
     };
     let start = 1_735_689_600 * SEC;
@@ -553,8 +547,8 @@ fn stress(n: u64) {
 
 /// The independent world (see `kpi_eval_world/world.rs`): generation, feeding, figures against its truth.
 fn independent(a: &Args) {
+    use bizpilot_business::attrs::kv_str;
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
     use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
@@ -581,13 +575,7 @@ fn independent(a: &Args) {
     // At-risk records (one per order when first flagged) and how many of them carry a recommended action.
     let mut actions = (0u64, 0u64);
     let service_resource = |svc: &str| Resource {
-        attributes: vec![KeyValue {
-            key: "service.name".into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(svc.into())),
-            }),
-            ..Default::default()
-        }],
+        attributes: vec![kv_str("service.name", svc)],
         ..Default::default()
     };
     while i < w.emissions.len() {

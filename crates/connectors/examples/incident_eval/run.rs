@@ -3,11 +3,11 @@
 
 use std::collections::BTreeSet;
 
+use bizpilot_business::attrs::kv_str;
 use bizpilot_connectors::impact::book::IncidentKind;
 use bizpilot_connectors::impact::{BusinessImpactConfig, Compiled, Engine};
 use bizpilot_core::component::parse_config;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status};
 
@@ -29,16 +29,6 @@ pub fn pipeline_config(yaml: &str) -> Result<BusinessImpactConfig, String> {
     parse_config(&node).map_err(|e| format!("{e:?}"))
 }
 
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
-
 /// The checkout span of the OpenTelemetry Demo (service `checkout`, `oteldemo.CheckoutService/PlaceOrder`),
 /// with the business attributes the enrich processor would have joined.
 fn span(c: &super::world::Checkout, n: u64) -> Span {
@@ -53,13 +43,13 @@ fn span(c: &super::world::Checkout, n: u64) -> Span {
         start_time_unix_nano: c.end - c.duration,
         end_time_unix_nano: c.end,
         attributes: vec![
-            kv("business.customer.id", &format!("c{}", c.customer)),
-            kv(
+            kv_str("business.customer.id", format!("c{}", c.customer)),
+            kv_str(
                 "business.order.value",
-                &format!("{}.{:02}", c.cents / 100, c.cents % 100),
+                format!("{}.{:02}", c.cents / 100, c.cents % 100),
             ),
-            kv("business.currency", "USD"),
-            kv("business.customer.tier", "gold"),
+            kv_str("business.currency", "USD"),
+            kv_str("business.customer.tier", "gold"),
         ],
         status: Some(Status {
             code: if c.failed {
@@ -81,7 +71,7 @@ fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
-                attributes: vec![kv("service.name", "checkout")],
+                attributes: vec![kv_str("service.name", "checkout")],
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {

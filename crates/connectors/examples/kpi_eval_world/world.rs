@@ -23,7 +23,7 @@
 //! time without any injection is computed alongside; a breach that would not have happened without an
 //! injection is that injection's (the one that delayed it most), else it is natural.
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use bizpilot_business::attrs::kv_str;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::{Span, Status, status::StatusCode};
 
@@ -323,21 +323,11 @@ pub struct World {
     pub emissions: Vec<(u64, Emission)>,
 }
 
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
-
 fn event(name: &str, id: &str, t: u64) -> LogRecord {
     LogRecord {
         time_unix_nano: t,
         event_name: name.into(),
-        attributes: vec![kv("order.id", id)],
+        attributes: vec![kv_str("order.id", id)],
         ..Default::default()
     }
 }
@@ -353,7 +343,7 @@ fn span(rng: &mut Rng, name: &str, id: &str, start: u64, dur: u64, error: bool) 
         kind: 2,
         start_time_unix_nano: start,
         end_time_unix_nano: start + dur,
-        attributes: vec![kv("app.order.id", id)],
+        attributes: vec![kv_str("app.order.id", id)],
         status: Some(Status {
             code: if error {
                 StatusCode::Error as i32

@@ -529,27 +529,18 @@ fn sample(out: &mut String, name: &str, labels: &Labels, extra: Option<(&str, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bizpilot_business::attrs::kv_str;
     use opentelemetry_proto::tonic::metrics::v1::{Gauge, Histogram, Metric, ResourceMetrics, ScopeMetrics, Sum};
     use opentelemetry_proto::tonic::resource::v1::Resource;
-
-    fn kv(k: &str, v: &str) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(v.into())),
-            }),
-            ..Default::default()
-        }
-    }
 
     fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
         ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 resource: Some(Resource {
                     attributes: vec![
-                        kv("service.name", "shop"),
-                        kv("service.instance.id", "i-1"),
-                        kv("region", "eu"),
+                        kv_str("service.name", "shop"),
+                        kv_str("service.instance.id", "i-1"),
+                        kv_str("region", "eu"),
                     ],
                     ..Default::default()
                 }),
@@ -569,7 +560,7 @@ mod tests {
             description: "Revenue of successful checkouts.".into(),
             data: Some(Data::Sum(Sum {
                 data_points: vec![NumberDataPoint {
-                    attributes: vec![kv("operation", "checkout"), kv("customer.tier", "gold")],
+                    attributes: vec![kv_str("operation", "checkout"), kv_str("customer.tier", "gold")],
                     value: Some(number_data_point::Value::AsDouble(v)),
                     time_unix_nano: 1_700_000_000_000_000_000,
                     ..Default::default()
