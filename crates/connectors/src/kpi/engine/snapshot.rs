@@ -9,10 +9,16 @@
 //!
 //! Encoding: CBOR (`ciborium`), because the state has maps with non-string keys (the pending queue is keyed by
 //! `(time, rank, seq, hash)`), which JSON cannot carry; versioned by [`FORMAT`].
+//!
+//! Taking a snapshot is two steps, so that the stage's thread is held only for the first: [`Engine::snapshot_copy`]
+//! copies the state cheaply (the per-order maps are copy-on-write, see [`super::cow`]: their copy shares every
+//! shard; the model, the services' health and the KPI figures — small and bounded — are captured as CBOR values),
+//! and [`SnapshotCopy::encode`] encodes it, on any thread, while the engine goes on.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
+use super::cow::CowMap;
 use super::{Engine, Health, Item, KpiFigures, Model, Order, Orphan, StageFlow, Stats};
 
 /// The snapshot format written and read by this build.
@@ -33,29 +39,45 @@ pub enum SnapshotError {
     Config,
 }
 
+/// A copy of an engine's state taken for a snapshot ([`Engine::snapshot_copy`]), encoded by
+/// [`SnapshotCopy::encode`] on any thread. Its fields are the snapshot's (`In` reads them back).
 #[derive(Serialize)]
-struct Out<'a> {
+pub struct SnapshotCopy {
     format: u32,
     fingerprint: u64,
-    health: &'a Health,
-    model: &'a Model,
-    flows: &'a [StageFlow],
-    orders: &'a HashMap<Box<str>, Order>,
-    orphans: &'a HashMap<Box<str>, Orphan>,
-    orphan_queue: &'a VecDeque<(u64, Box<str>)>,
-    closed: &'a HashMap<Box<str>, u64>,
-    closed_queue: &'a VecDeque<(u64, Box<str>)>,
-    pending: &'a BTreeMap<(u64, u16, u64, u64), Item>,
+    health: ciborium::Value,
+    model: ciborium::Value,
+    flows: Vec<StageFlow>,
+    orders: CowMap<Order>,
+    orphans: CowMap<Orphan>,
+    orphan_queue: VecDeque<(u64, Box<str>)>,
+    closed: CowMap<u64>,
+    closed_queue: VecDeque<(u64, Box<str>)>,
+    pending: BTreeMap<(u64, u16, u64, u64), Item>,
     seq: u64,
     max_time: u64,
     first_time: Option<u64>,
     last_tick: Option<u64>,
     first_tick: Option<u64>,
-    figures: &'a [KpiFigures],
-    series: &'a [Box<[Box<str>]>],
+    figures: ciborium::Value,
+    series: Vec<Box<[Box<str>]>>,
     series_overflowed: u64,
-    stats: &'a Stats,
+    stats: Stats,
     peak_open: usize,
+}
+
+/// `v` as a CBOR value: written as `v` itself would be.
+fn value<T: Serialize + ?Sized>(v: &T) -> Result<ciborium::Value, SnapshotError> {
+    ciborium::Value::serialized(v).map_err(|e| SnapshotError::Encode(e.to_string()))
+}
+
+impl SnapshotCopy {
+    /// The snapshot's bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
+        let mut buf = Vec::new();
+        ciborium::into_writer(self, &mut buf).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+        Ok(buf)
+    }
 }
 
 #[derive(Deserialize)]
@@ -69,10 +91,10 @@ struct In {
     health: Health,
     model: Model,
     flows: Vec<StageFlow>,
-    orders: HashMap<Box<str>, Order>,
-    orphans: HashMap<Box<str>, Orphan>,
+    orders: CowMap<Order>,
+    orphans: CowMap<Orphan>,
     orphan_queue: VecDeque<(u64, Box<str>)>,
-    closed: HashMap<Box<str>, u64>,
+    closed: CowMap<u64>,
     closed_queue: VecDeque<(u64, Box<str>)>,
     pending: BTreeMap<(u64, u16, u64, u64), Item>,
     seq: u64,
@@ -101,32 +123,35 @@ impl Engine {
 
     /// The engine's state, encoded. Take it between batches, after the outputs were taken.
     pub fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
-        let out = Out {
+        self.snapshot_copy()?.encode()
+    }
+
+    /// A copy of the engine's state to encode ([`SnapshotCopy::encode`]), cheap to take: the per-order maps are
+    /// shared copy-on-write, the rest is small. Take it between batches, after the outputs were taken.
+    pub fn snapshot_copy(&self) -> Result<SnapshotCopy, SnapshotError> {
+        Ok(SnapshotCopy {
             format: FORMAT,
             fingerprint: self.fingerprint(),
-            health: &self.health,
-            model: &self.model,
-            flows: &self.flows,
-            orders: &self.orders,
-            orphans: &self.orphans,
-            orphan_queue: &self.orphan_queue,
-            closed: &self.closed,
-            closed_queue: &self.closed_queue,
-            pending: &self.pending,
+            health: value(&self.health)?,
+            model: value(&self.model)?,
+            flows: self.flows.clone(),
+            orders: self.orders.clone(),
+            orphans: self.orphans.clone(),
+            orphan_queue: self.orphan_queue.clone(),
+            closed: self.closed.clone(),
+            closed_queue: self.closed_queue.clone(),
+            pending: self.pending.clone(),
             seq: self.seq,
             max_time: self.max_time,
             first_time: self.first_time,
             last_tick: self.last_tick,
             first_tick: self.first_tick,
-            figures: &self.figures,
-            series: &self.series.values,
+            figures: value(&self.figures[..])?,
+            series: self.series.values.clone(),
             series_overflowed: self.series.overflowed,
-            stats: &self.stats,
+            stats: self.stats.clone(),
             peak_open: self.peak_open,
-        };
-        let mut buf = Vec::new();
-        ciborium::into_writer(&out, &mut buf).map_err(|e| SnapshotError::Encode(e.to_string()))?;
-        Ok(buf)
+        })
     }
 
     /// Replaces the state with a snapshot's. On an error the engine is unchanged.
