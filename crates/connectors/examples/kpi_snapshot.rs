@@ -273,39 +273,57 @@ fn run(n: u64) {
     let open = e.open_orders();
     let (closed, orphans) = e.remembered();
     println!(
-        "N={n}: {open} open orders, {closed} closed ids, {orphans} orphans, {} pending items; built in {:.1} s",
+        "N={n}: {open} open orders, {closed} closed ids, {orphans} orphans, {} pending items, model {} KiB; built in {:.1} s",
         e.pending(),
+        e.model_bytes() / 1024,
         built.as_secs_f64()
     );
 
-    // Three checkpoints: the figures of the last (the first warms the allocator).
+    // Five checkpoints (the machine is shared: the least of each figure is the one least disturbed).
     let mut bytes = Vec::new();
-    for _ in 0..3 {
+    let mut v1_bytes = Vec::new();
+    for _ in 0..5 {
         let t = Instant::now();
         let copy = e.snapshot_copy().expect("copies");
         let stall = t.elapsed();
         let t = Instant::now();
         bytes = copy.encode().expect("encodes");
         let encode = t.elapsed();
+        // Before: format 1 (CBOR) encoded on the stage thread.
+        let t = Instant::now();
+        let v1 = e.snapshot_format_1().expect("encodes");
+        let before = t.elapsed();
         println!(
-            "  stall (copy on the stage thread) {:.3} ms; encode (another thread) {:.1} ms; {} bytes = {:.1} B per open order",
+            "  stall (copy on the stage thread) {:.3} ms; encode (another thread) {:.1} ms; {} bytes = {:.1} B per open order | before: format 1 encoded on the stage thread {:.1} ms, {} bytes = {:.1} B per open order",
             ms(stall),
             ms(encode),
             bytes.len(),
-            bytes.len() as f64 / open.max(1) as f64
+            bytes.len() as f64 / open.max(1) as f64,
+            ms(before),
+            v1.len(),
+            v1.len() as f64 / open.max(1) as f64
         );
+        v1_bytes = v1;
     }
     let t = Instant::now();
     let mut r = engine();
     r.restore(&bytes).expect("restores");
     let restore = t.elapsed();
     assert_eq!(r.open_orders(), open, "the restored engine holds the same open orders");
-    println!(
-        "  restore (decode + rebuild) {:.1} ms = {:.2} s per million open orders",
-        ms(restore),
-        restore.as_secs_f64() / open.max(1) as f64 * 1e6
-    );
     drop(r);
+    let t = Instant::now();
+    let mut r = engine();
+    r.restore(&v1_bytes).expect("restores");
+    let restore_v1 = t.elapsed();
+    assert_eq!(r.open_orders(), open, "the restored engine holds the same open orders");
+    drop(r);
+    println!(
+        "  restore (decode + rebuild) {:.1} ms = {:.2} s per million open orders | before (format 1) {:.1} ms = {:.2} s per million",
+        ms(restore),
+        restore.as_secs_f64() / open.max(1) as f64 * 1e6,
+        ms(restore_v1),
+        restore_v1.as_secs_f64() / open.max(1) as f64 * 1e6
+    );
 
     // Copy-on-write: requests while a copy is alive, then without.
     let copy = e.snapshot_copy().expect("copies");
