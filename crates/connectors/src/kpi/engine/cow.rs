@@ -90,8 +90,8 @@ impl<V: Clone> CowMap<V> {
         self.shards[shard_of(k)].contains_key(k)
     }
 
-    /// Copies the key's shard first if a snapshot shares it (only when the key is there).
-    pub fn get_mut<Q>(&mut self, k: &Q) -> Option<&mut V>
+    /// The shard holding `k`, copied first if a snapshot shares it; `None` (nothing copied) when `k` is absent.
+    fn owning_shard<Q>(&mut self, k: &Q) -> Option<&mut Shard<V>>
     where
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -100,7 +100,15 @@ impl<V: Clone> CowMap<V> {
         if !shard.contains_key(k) {
             return None;
         }
-        Arc::make_mut(shard).get_mut(k)
+        Some(Arc::make_mut(shard))
+    }
+
+    pub fn get_mut<Q>(&mut self, k: &Q) -> Option<&mut V>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.owning_shard(k)?.get_mut(k)
     }
 
     pub fn insert(&mut self, k: Box<str>, v: V) -> Option<V> {
@@ -116,11 +124,7 @@ impl<V: Clone> CowMap<V> {
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let shard = &mut self.shards[shard_of(k)];
-        if !shard.contains_key(k) {
-            return None;
-        }
-        let old = Arc::make_mut(shard).remove(k);
+        let old = self.owning_shard(k)?.remove(k);
         if old.is_some() {
             self.len -= 1;
         }
