@@ -23,8 +23,9 @@ use super::health::{Health, Issue};
 use super::model::{Condition, Model};
 use super::sketch::{LogHistogram, Scale, TimeChange};
 
+mod cow;
 mod snapshot;
-pub use snapshot::SnapshotError;
+pub use snapshot::{SnapshotCopy, SnapshotError};
 
 fn ns(d: bizpilot_core::config::Duration) -> u64 {
     u64::try_from(d.get().as_nanos()).unwrap_or(u64::MAX)
@@ -337,7 +338,7 @@ struct KpiState {
     bins: [u32; 2],
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Order {
     /// Event time each stage was reached (0: not seen).
     reached: Box<[u64]>,
@@ -371,14 +372,14 @@ impl Order {
     }
 }
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Orphan {
     created: u64,
     evidence: Vec<Evidence>,
     seen: Vec<u64>,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct SpanRec {
     order: Option<Box<str>>,
     service: u16,
@@ -389,7 +390,7 @@ struct SpanRec {
     span_id: [u8; 8],
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 enum Item {
     Event {
         order: Box<str>,
@@ -514,10 +515,10 @@ pub struct Engine {
     model: Model,
     pub(super) flows: Vec<StageFlow>,
     predictions: Option<Vec<Prediction>>,
-    orders: HashMap<Box<str>, Order>,
-    orphans: HashMap<Box<str>, Orphan>,
+    orders: cow::CowMap<Order>,
+    orphans: cow::CowMap<Orphan>,
     orphan_queue: VecDeque<(u64, Box<str>)>,
-    closed: HashMap<Box<str>, u64>,
+    closed: cow::CowMap<u64>,
     closed_queue: VecDeque<(u64, Box<str>)>,
     pending: BTreeMap<(u64, u16, u64, u64), Item>,
     seq: u64,
@@ -605,10 +606,10 @@ impl Engine {
             flows: vec![StageFlow::default(); c.stages.len()],
             predictions: None,
             model,
-            orders: HashMap::new(),
-            orphans: HashMap::new(),
+            orders: Default::default(),
+            orphans: Default::default(),
             orphan_queue: VecDeque::new(),
-            closed: HashMap::new(),
+            closed: Default::default(),
             closed_queue: VecDeque::new(),
             pending: BTreeMap::new(),
             seq: 0,

@@ -211,8 +211,11 @@
 //! releases them, or, if it fails, they are failed (the source sends them again). When 500 acknowledgements wait,
 //! the checkpoint starts at once instead of at the next interval (unless the last one failed): the Kafka receiver
 //! pauses a partition at `max_in_flight` (1,000) unacknowledged messages and resumes it at half that, so a fast
-//! partition is served by back-to-back snapshots rather than stalled for the interval (each is a full snapshot: its
-//! cost, growing with the open orders, bounds the throughput). Only the handles are held, not the batches' data.
+//! partition is served by back-to-back snapshots rather than stalled for the interval. Each is a full snapshot, but
+//! the connector's thread only copies the state (the per-order maps are copy-on-write shards: the copy shares them,
+//! and a shard written to while the snapshot is encoded is copied then); encoding and writing run on another thread,
+//! and their time, growing with the open orders, bounds how often snapshots follow each other (figures:
+//! `docs/durable-state.md`, "order_kpi's checkpoint cost"). Only the handles are held, not the batches' data.
 //! Without `storage`, a batch is acknowledged as soon as it is ingested.
 //!
 //! Self-telemetry: `bizpilot_connector_order_kpi_checkpoints_total{connector}`,
@@ -343,14 +346,23 @@ struct Checkpoint {
     bytes: metrics::Gauge,
     /// The checkpoint interval (created when the stage starts, inside the runtime).
     tick: Option<tokio::time::Interval>,
-    /// The write in flight and its size.
-    inflight: Option<(tokio::task::JoinHandle<Result<(), bizpilot_core::StorageError>>, usize)>,
+    /// The snapshot in flight: encoded and written off the stage's thread; its size once written.
+    inflight: Option<tokio::task::JoinHandle<Result<usize, CheckpointError>>>,
     /// The acknowledgements of the batches ingested, released once a snapshot that includes them is written.
     held: bizpilot_core::ack::Held,
     /// `bizpilot_connector_order_kpi_held_acks`.
     held_gauge: metrics::Gauge,
     /// Whether the latest checkpoint failed (then the next waits for the interval, even beyond [`MAX_HELD`]).
     failed: bool,
+}
+
+/// Why a snapshot taken could not be stored.
+#[derive(Debug, thiserror::Error)]
+enum CheckpointError {
+    #[error(transparent)]
+    Encode(#[from] engine::SnapshotError),
+    #[error(transparent)]
+    Store(#[from] bizpilot_core::StorageError),
 }
 
 /// Held acknowledgements beyond which a checkpoint starts at once instead of at the next interval: half the Kafka
@@ -399,10 +411,11 @@ impl Checkpoint {
         })
     }
 
-    /// Snapshots `engine` and starts writing it, off the async workers.
+    /// Copies `engine`'s state (cheap: the per-order maps are shared copy-on-write) and starts encoding and writing
+    /// it off the stage's thread and the async workers.
     fn start(&mut self, id: &str, engine: &Engine) {
-        let bytes = match engine.snapshot() {
-            Ok(b) => b,
+        let copy = match engine.snapshot_copy() {
+            Ok(c) => c,
             Err(e) => {
                 self.errors.increment(1);
                 self.failed = true;
@@ -412,23 +425,27 @@ impl Checkpoint {
         };
         // The snapshot includes every batch ingested so far: their acknowledgements wait for its write.
         self.held.seal();
-        let n = bytes.len();
         let client = self.client.clone();
-        let op = [bizpilot_core::StorageOp::Put(SNAPSHOT_KEY.to_vec(), bytes)];
-        self.inflight = Some((tokio::task::spawn_blocking(move || client.apply(&op)), n));
+        self.inflight = Some(tokio::task::spawn_blocking(move || {
+            let bytes = copy.encode()?;
+            drop(copy);
+            let n = bytes.len();
+            client.apply(&[bizpilot_core::StorageOp::Put(SNAPSHOT_KEY.to_vec(), bytes)])?;
+            Ok(n)
+        }));
     }
 
     /// Waits for the write in flight, if any, and counts its outcome. Cancel-safe: dropped while waiting, the
     /// write goes on and the next call waits for it again.
     async fn settle(&mut self, id: &str) {
-        let Some((handle, _)) = self.inflight.as_mut() else {
+        let Some(handle) = self.inflight.as_mut() else {
             return;
         };
         let result = handle.await;
-        let n = self.inflight.take().map_or(0, |(_, n)| n);
-        let ok = matches!(result, Ok(Ok(())));
+        self.inflight = None;
+        let ok = matches!(result, Ok(Ok(_)));
         match result {
-            Ok(Ok(())) => {
+            Ok(Ok(n)) => {
                 self.done.increment(1);
                 self.bytes.set(n as f64);
             }
@@ -656,7 +673,7 @@ impl Stage for Task {
         self.emit(out);
     }
 
-    /// The checkpoint interval: a snapshot between batches, written off the async workers; at once when
+    /// The checkpoint interval: a snapshot's copy between batches, encoded and written off the async workers; at once when
     /// [`MAX_HELD`] acknowledgements wait for one (unless the last one failed).
     fn wake(&mut self) -> Wake<'_> {
         let (id, engine) = (&self.id, &self.engine);
