@@ -4,6 +4,13 @@
 
 #[path = "../../../tests/kafka_harness.rs"]
 mod kafka_harness;
+#[allow(dead_code)]
+#[path = "../../../tests/common/ports.rs"]
+mod ports;
+/// The e2e tests' port allocator, which `kafka_harness` reaches as `crate::common` (std only).
+mod common {
+    pub use super::ports::free_port;
+}
 
 use bizpilot_core::{
     Batch, ComponentId, CreateContext, Extensions, Output, Payload, ReceiverContext, ReceiverFactory, ReceiverOutput,
