@@ -447,16 +447,21 @@ fn the_kafka_gateway_killed_mid_week_and_restarted_ends_with_the_ground_truth_kp
         std::thread::spawn(move || send(&events, sidecar_http, &admins, &rest, &hold))
     };
     let deadline = Instant::now() + Duration::from_secs(120);
-    while accepted_spans(&first) < first_half_spans + 200.0 || at_risk(&first).0 == 0 {
+    // The at-risk count is taken at the moment the kill is decided: read again later, an evaluation in between may
+    // have emptied the list (it did once, in CI).
+    let at_risk_before = loop {
+        let (n, _) = at_risk(&first);
+        if n > 0 && accepted_spans(&first) >= first_half_spans + 200.0 {
+            break n;
+        }
         assert!(
             Instant::now() < deadline,
             "gw got nothing of the second half, or nothing is at risk: {}",
             kpi(&first)
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     let kpi_before = kpi(&first);
-    let (at_risk_before, _) = at_risk(&first);
     let checkpoints = first
         .bp
         .metric_sum("bizpilot_connector_order_kpi_checkpoints_total", &[]);
