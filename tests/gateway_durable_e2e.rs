@@ -34,7 +34,9 @@ use kafka_gateways::Gateway;
 use kafka_harness::{Tansu, create_topics};
 use prost::Message;
 use serde_json::Value as Json;
-use shop_impact::{Figures, impact_figures, post, start_sidecar, truth_figures};
+use shop_impact::{
+    Figures, assert_impact_figures, impact_figures, post, start_sidecar, truth_figures, wait_impact_figures,
+};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -307,38 +309,14 @@ fn the_kafka_gateway_killed_mid_outage_and_restarted_ends_with_the_ground_truth(
     eprintln!("[{:?}] workload sent", started.elapsed());
 
     // 3. Final figures: gw's and the reference's equal the ground truth.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let now: Vec<(Figures, Figures)> = OPERATIONS
-            .iter()
-            .map(|op| {
-                (
-                    impact_figures(&gw.bp, "business_impact", op),
-                    impact_figures(&reference.bp, "business_impact", op),
-                )
-            })
-            .collect();
-        if now.iter().zip(&truth).all(|((g, r), t)| g == t && r == t) {
-            break;
-        }
-        if Instant::now() >= deadline {
-            for g in [&gw, &reference] {
-                eprintln!(
-                    "{}: dropped spans {}",
-                    g.name,
-                    g.bp.metrics()
-                        .lines()
-                        .filter(|l| l.starts_with("bizpilot_connector_business_impact_dropped_spans_total"))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                );
-            }
-            for ((op, (g, r)), t) in OPERATIONS.iter().zip(&now).zip(&truth) {
-                assert_eq!(r, t, "{op}: the uninterrupted reference against the ground truth");
-                assert_eq!(g, t, "{op}: gw, SIGKILLed and restarted, against the ground truth");
-            }
-        }
-        std::thread::sleep(Duration::from_millis(500));
+    if let Err(now) = wait_impact_figures(
+        (gw.name, &gw.bp),
+        (reference.name, &reference.bp),
+        &OPERATIONS,
+        &truth,
+        Duration::from_secs(180),
+    ) {
+        assert_impact_figures(&OPERATIONS, &now, &truth);
     }
     eprintln!("[{:?}] gw's figures equal the ground truth", started.elapsed());
     for (op, t) in OPERATIONS.iter().zip(&truth) {

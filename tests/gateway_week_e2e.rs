@@ -43,7 +43,7 @@ use kafka_gateways::{Gateway, accepted_spans};
 use kafka_harness::{Tansu, create_topics};
 use prost::Message;
 use serde_json::Value as Json;
-use shop_impact::{Figures, impact_figures, post, start_sidecar, truth_figures};
+use shop_impact::{Figures, assert_impact_figures, post, start_sidecar, truth_figures, wait_impact_figures};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -538,45 +538,22 @@ fn the_kafka_gateway_killed_mid_week_and_restarted_ends_with_the_ground_truth_kp
     eprintln!("[{:?}] both gateways read both topics to their end", started.elapsed());
 
     // 3. business_impact: gw's and the reference's figures equal the ground truth.
-    let deadline = Instant::now() + Duration::from_secs(if fresh() { 30 } else { 180 });
-    loop {
-        let now: Vec<(Figures, Figures)> = OPERATIONS
-            .iter()
-            .map(|op| {
-                (
-                    impact_figures(&gw.bp, "business_impact", op),
-                    impact_figures(&reference.bp, "business_impact", op),
-                )
-            })
-            .collect();
-        if now.iter().zip(&truth).all(|((g, r), t)| g == t && r == t) {
-            break;
-        }
-        if Instant::now() >= deadline && fresh() {
-            // Without its state gw cannot reach the truth: report these figures and go on to the KPI's.
+    let waited = wait_impact_figures(
+        (gw.name, &gw.bp),
+        (reference.name, &reference.bp),
+        &OPERATIONS,
+        &truth,
+        Duration::from_secs(if fresh() { 30 } else { 180 }),
+    );
+    match waited {
+        Ok(()) => {}
+        // Without its state gw cannot reach the truth: report these figures and go on to the KPI's.
+        Err(now) if fresh() => {
             for ((op, (g, r)), t) in OPERATIONS.iter().zip(&now).zip(&truth) {
                 eprintln!("FRESH {op}: gw {g:?}\n  reference {r:?}\n  truth {t:?}");
             }
-            break;
         }
-        if Instant::now() >= deadline {
-            for g in [&gw, &reference] {
-                eprintln!(
-                    "{}: {}",
-                    g.name,
-                    g.bp.metrics()
-                        .lines()
-                        .filter(|l| l.starts_with("bizpilot_connector_business_impact_dropped_spans_total"))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                );
-            }
-            for ((op, (g, r)), t) in OPERATIONS.iter().zip(&now).zip(&truth) {
-                assert_eq!(r, t, "{op}: the uninterrupted reference against the ground truth");
-                assert_eq!(g, t, "{op}: gw, SIGKILLed and restarted, against the ground truth");
-            }
-        }
-        std::thread::sleep(Duration::from_millis(500));
+        Err(now) => assert_impact_figures(&OPERATIONS, &now, &truth),
     }
     if !fresh() {
         eprintln!(

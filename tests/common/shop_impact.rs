@@ -100,6 +100,56 @@ pub fn impact_figures(b: &Bizpilot, connector: &str, operation: &str) -> Figures
     }
 }
 
+/// Polls the `business_impact` figures of every operation of `operations` at a gateway under test and at an
+/// uninterrupted reference (`(name, process)` each) until both equal `truth` (one per operation, in order), for at
+/// most `timeout`. On timeout it logs each one's dropped-span counters and returns the last figures read,
+/// `(gateway, reference)` per operation, for [`assert_impact_figures`].
+pub fn wait_impact_figures(
+    gateway: (&str, &Bizpilot),
+    reference: (&str, &Bizpilot),
+    operations: &[&str],
+    truth: &[Figures],
+    timeout: Duration,
+) -> Result<(), Vec<(Figures, Figures)>> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let now: Vec<(Figures, Figures)> = operations
+            .iter()
+            .map(|op| {
+                (
+                    impact_figures(gateway.1, "business_impact", op),
+                    impact_figures(reference.1, "business_impact", op),
+                )
+            })
+            .collect();
+        if now.iter().zip(truth).all(|((g, r), t)| g == t && r == t) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            for (name, b) in [gateway, reference] {
+                eprintln!(
+                    "{name}: dropped spans {}",
+                    b.metrics()
+                        .lines()
+                        .filter(|l| l.starts_with("bizpilot_connector_business_impact_dropped_spans_total"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+            }
+            return Err(now);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Asserts figures [`wait_impact_figures`] returned: the reference's, then the gateway's, against the truth.
+pub fn assert_impact_figures(operations: &[&str], now: &[(Figures, Figures)], truth: &[Figures]) {
+    for ((op, (g, r)), t) in operations.iter().zip(now).zip(truth) {
+        assert_eq!(r, t, "{op}: the uninterrupted reference against the ground truth");
+        assert_eq!(g, t, "{op}: gw, SIGKILLed and restarted, against the ground truth");
+    }
+}
+
 /// POSTs OTLP/HTTP, retrying refusals (429, 503, no connection).
 pub fn post(addr: SocketAddr, path: &str, body: &[u8]) {
     for attempt in 0..100 {
