@@ -90,14 +90,16 @@ impl<V: Clone> CowMap<V> {
         self.shards[shard_of(k)].contains_key(k)
     }
 
-    /// The shard holding `k`, copied first if a snapshot shares it; `None` (nothing copied) when `k` is absent.
+    /// The shard holding `k`, copied first if a snapshot shares it; `None` (nothing copied) when a shared shard lacks
+    /// `k`. An unshared shard is returned as it is, `k` or not: the caller's own lookup answers.
     fn owning_shard<Q>(&mut self, k: &Q) -> Option<&mut Shard<V>>
     where
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let shard = &mut self.shards[shard_of(k)];
-        if !shard.contains_key(k) {
+        // Unshared (no snapshot in flight, the usual case): no copy to avoid, so no second lookup either.
+        if Arc::get_mut(shard).is_none() && !shard.contains_key(k) {
             return None;
         }
         Some(Arc::make_mut(shard))
