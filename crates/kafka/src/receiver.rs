@@ -662,7 +662,6 @@ fn apply_pauses<C: ConsumerContext>(consumer: &impl Consumer<C>, receiver: &str,
 /// The order id of the first business event in `payload` that the changelog would write to another
 /// partition than `partition` (of `partitions`), if any.
 fn misrouted_order(payload: &Payload, partition: i32, partitions: i32) -> Option<String> {
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
     let Payload::Logs(logs) = payload else {
         return None;
     };
@@ -671,15 +670,7 @@ fn misrouted_order(payload: &Payload, partition: i32, partitions: i32) -> Option
         .iter()
         .flat_map(|r| &r.scope_logs)
         .flat_map(|s| &s.log_records)
-        .filter_map(|r| {
-            r.attributes
-                .iter()
-                .find(|kv| kv.key == crate::business::attr::ORDER_ID)
-                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                    Value::StringValue(s) => Some(s.as_str()),
-                    _ => None,
-                })
-        })
+        .filter_map(|r| bizpilot_business::attrs::get_str(&r.attributes, crate::business::attr::ORDER_ID))
         .find(|order| bizpilot_business::changelog::partition_of(order, partitions) != partition)
         .map(str::to_string)
 }
