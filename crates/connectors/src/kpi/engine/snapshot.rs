@@ -279,8 +279,8 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::kpi::{Compiled, OrderKpiConfig};
+    use bizpilot_business::attrs::kv_str;
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
     use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 
     fn engine() -> Engine {
@@ -295,17 +295,10 @@ mod tests {
         let ev = |name: &str, i: u64, t: u64| LogRecord {
             time_unix_nano: t,
             event_name: name.into(),
-            attributes: ["order.id", "order.amount"]
-                .into_iter()
-                .zip([format!("o-{i}"), format!("USD {}.{:02}", 10 + i, i % 100)])
-                .map(|(k, v)| KeyValue {
-                    key: k.into(),
-                    value: Some(AnyValue {
-                        value: Some(Value::StringValue(v)),
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
+            attributes: vec![
+                kv_str("order.id", format!("o-{i}")),
+                kv_str("order.amount", format!("USD {}.{:02}", 10 + i, i % 100)),
+            ],
             ..Default::default()
         };
         let mut recs = Vec::new();
