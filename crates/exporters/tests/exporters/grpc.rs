@@ -165,11 +165,8 @@ async fn partial_success_counts_rejected_items() {
 
 #[tokio::test]
 async fn server_down_then_up_is_delivered() {
-    // Find a free port, keep it closed for a while.
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A free port outside the ephemeral range, kept closed for a while.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], crate::ports::free_port()));
     let id = "otlp/down_then_up";
     let h = start(OtlpExporterFactory, id, &config(addr, "timeout: 1s"), 4);
     let (b, ack) = trace_batch(2, "d");

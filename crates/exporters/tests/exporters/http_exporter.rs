@@ -178,10 +178,8 @@ async fn json_partial_success_is_counted() {
 
 #[tokio::test]
 async fn connection_refused_is_retried_until_the_server_is_up() {
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A free port outside the ephemeral range, kept closed for a while.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], crate::ports::free_port()));
     let id = "otlphttp/refused";
     let h = start(OtlpHttpExporterFactory, id, &config(addr, ""), 4);
     let (b, ack) = trace_batch(1, "c");
