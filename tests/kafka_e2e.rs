@@ -760,3 +760,77 @@ service:
         .await;
     assert!(bp.logs().contains("delivery failed"), "{}", bp.logs());
 }
+
+/// The kafka exporter's producer is idempotent. When a message times out while its request is in flight, librdkafka
+/// bumps the producer's epoch itself (a Kafka broker accepts the higher epoch); tansu refuses it with
+/// `ProducerFenced`, and librdkafka keeps the refused epoch: every later delivery of that producer fails the same way.
+/// The exporter replaces a refused producer (a new producer id), so delivery resumes. The broker is paused
+/// (SIGSTOP) for longer than the exporter's timeout while a record is in flight, then resumed.
+#[test]
+fn a_producer_the_broker_refuses_is_replaced_and_delivery_resumes() {
+    let broker = Tansu::start();
+    let b = broker.bootstrap.clone();
+    create_topics(&b, &["fenced"], 1);
+    let (admin, http) = (admin_addr(), admin_addr());
+    let config = format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      http: {{endpoint: "{http}"}}
+exporters:
+  kafka:
+    brokers: [{b}]
+    logs_topic: fenced
+    timeout: 2s
+    retry_on_failure: {{initial_interval: 200ms, max_interval: 1s, max_elapsed_time: 0}}
+service:
+  telemetry:
+    metrics:
+      address: {admin}
+  pipelines:
+    logs:
+      receivers: [otlp]
+      exporters: [kafka]
+"#
+    );
+    let bp = Bizpilot::start(&config, admin);
+    let send = |id: &str| assert_eq!(common::otlp_post(http, "/v1/logs", &log_request(id)), 200);
+    send("before");
+    wait_for_ids(&b, "fenced", 1, Duration::from_secs(60), bodies, Some(&bp));
+
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &broker.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} tansu");
+    };
+    signal("-STOP");
+    send("while-paused");
+    // The record's request is in flight; its message times out (2 s less a tenth) and the epoch is bumped.
+    std::thread::sleep(Duration::from_secs(4));
+    signal("-CONT");
+    send("after");
+    let (_, got) = wait_for_ids(&b, "fenced", 3, Duration::from_secs(60), bodies, Some(&bp));
+    let distinct: BTreeSet<&String> = got.iter().collect();
+    assert_eq!(distinct.len(), 3, "{got:?}");
+    let m = bp.metrics();
+    let fenced = metric_sum(
+        &m,
+        "bizpilot_kafka_exporter_delivery_failures_total",
+        &["reason=\"ProducerFenced\""],
+    );
+    let replaced = metric_sum(
+        &m,
+        "bizpilot_kafka_exporter_producer_recreations_total",
+        &["reason=\"fenced\""],
+    );
+    eprintln!("deliveries refused with ProducerFenced: {fenced}; producers replaced: {replaced}");
+    assert!(
+        fenced >= 1.0,
+        "the pause led to a refused epoch (else the test shows nothing)\n{m}"
+    );
+    assert!(replaced >= 1.0, "{m}");
+}

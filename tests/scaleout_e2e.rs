@@ -62,9 +62,14 @@ connectors:
     allowed_lateness: 1h
     idle_timeout: 20s
     metrics_flush_interval: 200ms
+# A SIGKILLed member stays in tansu's group until a rebalance it does not rejoin within its rebalance timeout
+# (`max.poll.interval.ms`, 300 s by default; tansu does not expire it by `session.timeout.ms` alone): 15 s here, so
+# the replacement's rebalance hands the dead member's partitions over (as in `gateway_durable_e2e`).
 receivers:
-  kafka/spans: {commit_interval: 200ms}
-  kafka/events: {commit_interval: 200ms}
+  kafka/spans: {commit_interval: 200ms, librdkafka: {session.timeout.ms: 6000, max.poll.interval.ms: 15000}}
+  kafka/events: {commit_interval: 200ms, librdkafka: {session.timeout.ms: 6000, max.poll.interval.ms: 15000}}
+  kafka/logs: {librdkafka: {session.timeout.ms: 6000, max.poll.interval.ms: 15000}}
+  kafka/metrics: {librdkafka: {session.timeout.ms: 6000, max.poll.interval.ms: 15000}}
 service:
   pipelines:
     # For the test's bookkeeping, the business events a gateway consumed and its business metrics also go to its
@@ -464,7 +469,7 @@ fn gateways_in_one_consumer_group_add_up_to_one_and_survive_a_handover() {
         }
         assert!(
             Instant::now() < deadline,
-            "figures not final: {:?}\n{}",
+            "figures not final: {:?}\n{}\n{}",
             OPERATIONS
                 .iter()
                 .map(|op| (
@@ -483,7 +488,8 @@ fn gateways_in_one_consumer_group_add_up_to_one_and_survive_a_handover() {
                     .collect::<Vec<_>>()
                     .join("\n"))
                 .collect::<Vec<_>>()
-                .join("\n---\n")
+                .join("\n---\n"),
+            sidecar_export(&sidecar)
         );
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -523,7 +529,8 @@ fn gateways_in_one_consumer_group_add_up_to_one_and_survive_a_handover() {
         partition_of.len(),
         order_values(&w1).len(),
         "one key per order ({n_events} events; read back per partition (count, first, last offset): \
-         {read_per_partition:?})"
+         {read_per_partition:?})\n{}",
+        sidecar_export(&sidecar)
     );
     let span_messages = read_topic(&b, "shop.spans", 1, Duration::from_secs(1), Duration::from_secs(30));
     let keyed = span_messages.iter().filter(|r| r.key.is_some()).count();
@@ -918,6 +925,9 @@ const FLEET_PIPELINE: &str = "pipelines/overlays/gateway-kafka-fleet.yaml";
 fn start_fleet_gateway(rt: &tokio::runtime::Runtime, name: &'static str, group: &str, brokers: &str) -> Gateway {
     create_topics(brokers, &[fleet_topic(group).as_str()], 2);
     let mut overlay = GATEWAY_OVERLAY.replacen("connectors:\n", &format!("connectors:\n{FLEET_CONNECTOR}"), 1);
+    // The fleet publisher is an idempotent producer too: the sidecar's 60 s timeout, for the same reason
+    // (`shop_impact::SIDECAR_OVERLAY`).
+    let mut publish = "timeout: 60s".to_string();
     if unmerged() {
         let own = format!("{name}.own.fleet");
         create_topics(brokers, &[own.as_str()], 2);
@@ -926,8 +936,9 @@ fn start_fleet_gateway(rt: &tokio::runtime::Runtime, name: &'static str, group: 
             &format!("receivers:\n  kafka/fleet: {{topics: [{own}]}}\n"),
             1,
         );
-        overlay.push_str(&format!("exporters:\n  kafka/fleet_publish: {{traces_topic: {own}}}\n"));
+        publish.push_str(&format!(", traces_topic: {own}"));
     }
+    overlay.push_str(&format!("exporters:\n  kafka/fleet_publish: {{{publish}}}\n"));
     kafka_gateways::start_gateway_with(rt, name, group, brokers, &[FLEET_PIPELINE], &overlay)
 }
 
@@ -968,6 +979,48 @@ fn the_fleet_overlay_repeats_the_gateway_connector_settings() {
     );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("2 passed, 0 failed"), "{text}");
+}
+
+/// What a gateway consumed, lags behind and dropped, from its self-telemetry: the lines a figure that falls short
+/// of the ground truth is explained by.
+fn consumption(g: &Gateway) -> String {
+    const SHOWN: [&str; 8] = [
+        "bizpilot_receiver_accepted_spans_total",
+        "bizpilot_kafka_consumer_lag",
+        "bizpilot_kafka_receiver_messages_total",
+        "bizpilot_kafka_receiver_redeliveries_total",
+        "bizpilot_kafka_receiver_bad_messages_total",
+        "bizpilot_connector_business_impact_dropped_spans_total",
+        "bizpilot_connector_business_impact_missing_total",
+        "bizpilot_connector_business_impact_trace_context_total",
+    ];
+    let metrics = g.bp.metrics();
+    let lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && SHOWN.iter().any(|m| l.starts_with(m)))
+        .collect();
+    format!("{}:\n  {}", g.name, lines.join("\n  "))
+}
+
+/// What the sidecar exported, failed and retried, from its self-telemetry, and its warnings: what a topic that
+/// falls short of what was sent to it is explained by.
+fn sidecar_export(sidecar: &Bizpilot) -> String {
+    let metrics = sidecar.metrics();
+    let lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && (l.starts_with("bizpilot_exporter_") || l.starts_with("bizpilot_kafka_")))
+        .collect();
+    let logs = sidecar.logs();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+        .collect();
+    format!(
+        "sidecar:\n  {}\nsidecar warnings ({}, the last 20):\n  {}",
+        lines.join("\n  "),
+        warnings.len(),
+        warnings[warnings.len().saturating_sub(20)..].join("\n  ")
+    )
 }
 
 /// The incidents of `operation` at a gateway's `connector`, oldest first: (kind, start, failed operations,
@@ -1021,7 +1074,7 @@ fn a_fleet_of_gateways_with_one_killed_and_one_added_counts_like_one_process() {
         unmerged()
     );
 
-    let (_sidecar, sidecar_http) = start_sidecar(&b);
+    let (sidecar, sidecar_http) = start_sidecar(&b);
 
     // A third of the workload (the outage starts in it) on two gateways; a third gateway joins; the rest streams
     // in while one of the first two is SIGKILLed.
@@ -1085,6 +1138,18 @@ fn a_fleet_of_gateways_with_one_killed_and_one_added_counts_like_one_process() {
             break;
         }
         if Instant::now() >= deadline {
+            // Every party's figures and what it consumed and dropped, before the first assertion stops the test.
+            for (op, want) in OPERATIONS.iter().zip(&truth) {
+                eprintln!("{op}: truth {want:?}");
+                eprintln!("{op}: reference {:?}", api_figures(&reference.bp, op));
+                for g in [&gw_b, &gw_c, &gw_d] {
+                    eprintln!("{op}: fleet at {} {:?}", g.name, impact_figures(&g.bp, FLEET, op));
+                }
+            }
+            for g in [&reference, &gw_b, &gw_c, &gw_d] {
+                eprintln!("{}", consumption(g));
+            }
+            eprintln!("{}", sidecar_export(&sidecar));
             for (op, want) in OPERATIONS.iter().zip(&truth) {
                 assert_eq!(&api_figures(&reference.bp, op), want, "{op}: the single process");
                 for g in [&gw_b, &gw_c, &gw_d] {

@@ -20,7 +20,10 @@
 //! receiver's offset commits) stay truthful. Delivery failures are counted in
 //! `bizpilot_kafka_exporter_delivery_failures_total{exporter,topic,reason}`, successes in
 //! `bizpilot_kafka_exporter_messages_total{exporter,topic}`, client errors (broker down…) in
-//! `bizpilot_kafka_client_errors_total{component,error}`.
+//! `bizpilot_kafka_client_errors_total{component,error}`. A producer the broker no longer accepts
+//! (a fatal error, or a delivery refused with `ProducerFenced`/`InvalidProducerEpoch`) is replaced
+//! by a new one (a new producer id) before the next send, counted in
+//! `bizpilot_kafka_exporter_producer_recreations_total{exporter,reason}`.
 //!
 //! Keys: `partition_traces_by_id: true` (the Collector kafka exporter's setting, same meaning)
 //! puts all spans of a trace in one message keyed by its trace id (lower-case hex), so a trace
@@ -100,6 +103,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::business::BusinessMapping;
@@ -388,6 +392,7 @@ impl Exporter for KafkaExporter {
             producer: RwLock::new(producer),
             client_config,
             make: Box::new(make),
+            fenced: AtomicBool::new(false),
             plan: Plan {
                 encoding: cfg.encoding,
                 partition_by,
@@ -410,6 +415,9 @@ struct KafkaSender {
     producer: RwLock<FutureProducer<ProducerCallbacks>>,
     client_config: ClientConfig,
     make: Box<MakeProducer>,
+    /// A delivery failed because the broker no longer accepts the producer's id and epoch ([`is_fenced`]): the next
+    /// send recreates the producer.
+    fenced: AtomicBool,
     plan: Plan,
 }
 
@@ -818,6 +826,20 @@ impl Plan {
     }
 }
 
+/// Whether a delivery failed because the broker refused the producer's id or epoch. librdkafka raises a fatal error
+/// for this only while acquiring a producer id; a refused produce just fails its messages, and the producer keeps
+/// the refused id and epoch, so every later produce fails the same way. A producer with a new id does not.
+///
+/// A Kafka broker refuses a non-transactional idempotent producer so only after losing its state; tansu (the test
+/// broker) also refuses the epoch librdkafka bumps itself after a message timed out in flight
+/// (`rd_kafka_idemp_drain_epoch_bump`), which Kafka accepts.
+fn is_fenced(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    )
+}
+
 /// Whether a delivery error can never succeed by retrying.
 fn is_permanent(e: &KafkaError) -> bool {
     matches!(
@@ -840,8 +862,22 @@ impl KafkaSender {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        if let Some((code, reason)) = p.client().fatal_error() {
-            tracing::warn!(exporter = %self.exporter, ?code, %reason, "kafka producer hit a fatal error: recreating it");
+        let fatal = p.client().fatal_error();
+        let fenced = self.fenced.swap(false, Ordering::SeqCst);
+        if fatal.is_some() || fenced {
+            let why = match &fatal {
+                Some((code, reason)) => {
+                    tracing::warn!(exporter = %self.exporter, ?code, %reason, "kafka producer hit a fatal error: recreating it");
+                    "fatal_error"
+                }
+                None => {
+                    tracing::warn!(exporter = %self.exporter, "the broker refused the kafka producer's id or epoch: recreating it");
+                    "fenced"
+                }
+            };
+            counter!("bizpilot_kafka_exporter_producer_recreations_total", "exporter" => self.exporter.clone(),
+                "reason" => why)
+            .increment(1);
             match (self.make)(&self.client_config) {
                 Ok(fresh) => {
                     *self.producer.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh.clone();
@@ -932,6 +968,9 @@ impl BatchSender for KafkaSender {
             if let Some(m) = messages.get(*i) {
                 self.count_failure(&m.topic, e);
             }
+        }
+        if failed.iter().any(|(_, e)| is_fenced(e)) {
+            self.fenced.store(true, Ordering::SeqCst);
         }
         let retryable = failed.iter().any(|(_, e)| !is_permanent(e));
         let first = failed.first().map(|(_, e)| e.to_string()).unwrap_or_default();
