@@ -432,6 +432,43 @@ class RssSampler(threading.Thread):
             self.stop.wait(1.0)
 
 
+# What the collector holds, sampled from its self-telemetry during --memory runs (what bounds the RSS over a long
+# run): the connector's pending operations, remembered span ids and trace records, the business state's entries,
+# the journal's records not yet committed, the storage file and the last snapshot.
+HOLDINGS = (("pending", "bizpilot_connector_business_impact_pending_spans"),
+            ("span_ids", "bizpilot_connector_business_impact_span_ids"),
+            ("traces", "bizpilot_connector_business_impact_trace_context_traces"),
+            ("records", "bizpilot_connector_business_impact_records{"),
+            ("incidents", "bizpilot_connector_business_impact_incidents{"),
+            ("state", "bizpilot_business_state_entries"),
+            ("journal", "bizpilot_storage_journal_pending_records"),
+            ("file_mb", "bizpilot_storage_file_bytes"),
+            ("snapshot_mb", "bizpilot_connector_business_impact_snapshot_bytes{"))
+
+
+class HoldingSampler(threading.Thread):
+    """Every `every` seconds: RSS, anonymous RSS (MiB) and the HOLDINGS sums from the admin endpoint."""
+
+    def __init__(self, pid, port, every):
+        super().__init__(daemon=True)
+        self.pid, self.port, self.every = pid, port, every
+        self.samples, self.stop, self.t0 = [], threading.Event(), time.time()
+
+    def run(self):
+        while not self.stop.wait(self.every):
+            try:
+                row = {"t": round(time.time() - self.t0), "rss": round(status_kib(self.pid, "VmRSS") / 1024, 1),
+                       "anon": round(status_kib(self.pid, "RssAnon") / 1024, 1)}
+            except OSError:
+                return
+            series = scrape(self.port, "bizpilot_")
+            for name, prefix in HOLDINGS:
+                vals = [v for k, v in series.items() if k.startswith(prefix)]
+                if vals:
+                    row[name] = round(sum(vals) / 1e6, 2) if name.endswith("_mb") else int(sum(vals))
+            self.samples.append(row)
+
+
 def scrape(port, prefix):
     """Self-telemetry lines of the collector's admin endpoint starting with `prefix`: {series: value}."""
     try:
@@ -489,8 +526,10 @@ def memory_phase(rate, seconds, args, overload_after=None):
         pid = collector_pid(coll.pid, BIZPILOT)
         res["measured_pid_is_collector"] = pid != coll.pid or not args.heaptrack
         cpu, rss = Sampler(pid), RssSampler(pid)
+        held = HoldingSampler(pid, ports["admin"], args.memory_sample or max(5.0, seconds / 10))
         cpu.start()
         rss.start()
+        held.start()
         extra = ["--connections", "4", "--inflight", "4", "--max-retries", "5"]
         if rate and args.no_realtime:
             extra = ["--rate", str(rate)] + extra
@@ -514,7 +553,9 @@ def memory_phase(rate, seconds, args, overload_after=None):
             res["overload"]["limiter_refusals"] = scrape(ports["admin"], "bizpilot_processor_memory_limiter")
         rss.stop.set()
         cpu.stop.set()
+        held.stop.set()
         res["rss_mib"] = rss.samples
+        res["holdings"] = held.samples
         res["load_after"] = loadavg()
     finally:
         if args.heaptrack:
@@ -595,6 +636,15 @@ def memory_main(args):
                          fmt(ov["offered_spans_per_sec"]), fmt(ov["acknowledged_spans_per_sec"]),
                          ov["peak_rss_mib"], fmt(ov["refused"]), ov["refused_by_status"] or "", fmt(ov["unsent_spans"]),
                          fmt(ov["errors"]), fmt(ov["peak_inflight"])))
+    for r in report["phases"]:
+        rows = r.get("holdings") or []
+        if rows:
+            cols = ["t", "rss", "anon"] + [n for n, _ in HOLDINGS if any(n in x for x in rows)]
+            L += ["", "What it holds over the %s run (s; RSS and anonymous RSS in MiB; counts; MB):" % (
+                "fixed-rate" if r["rate"] else "maximum-rate"), "",
+                  "| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
+            cell = lambda x, c: str(x.get(c)) if c in ("rss", "anon") else fmt(x.get(c), "", 2 if c.endswith("_mb") else 0)
+            L += ["| " + " | ".join(cell(x, c) for c in cols) + " |" for x in rows]
     lo = [x for r in report["phases"] for x in (r.get("load_before"), r.get("load_after")) if x]
     L.append("")
     L.append("Load average (1 min) during the runs: %s." % ", ".join("%.2f" % x[0] for x in lo))
@@ -809,6 +859,8 @@ def main():
                     help="the embedded default pipeline's memory at fixed rates and at 5x overload (see above)")
     ap.add_argument("--memory-rates", default="50000,400000", help="spans/s, comma-separated (--memory)")
     ap.add_argument("--memory-duration", type=float, default=60, help="seconds per rate (--memory)")
+    ap.add_argument("--memory-sample", type=float, default=None,
+                    help="--memory: seconds between samples of what the collector holds (default: a tenth of the run)")
     ap.add_argument("--no-overload", action="store_true", help="--memory without the overload phase")
     ap.add_argument("--no-realtime", action="store_true",
                     help="--memory with the generator's ring replayed as is (event time advances by the ring's "

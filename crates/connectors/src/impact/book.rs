@@ -416,6 +416,11 @@ impl Book {
     }
 
     /// Every record, oldest first.
+    /// Impact records and incidents held (bounded by `impact.max_records` and the incidents' bound).
+    pub fn held(&self) -> (usize, usize) {
+        (self.records.len(), self.incidents.len())
+    }
+
     pub fn records(&self) -> impl Iterator<Item = &ImpactRecord> {
         self.records.values()
     }

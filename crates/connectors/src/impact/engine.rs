@@ -1068,6 +1068,11 @@ impl Engine {
         self.dedup.len()
     }
 
+    /// Trace records `trace_context` holds (0 without it).
+    pub fn trace_records(&self) -> usize {
+        self.trace.as_ref().map_or(0, TraceContext::len)
+    }
+
     /// Bytes held by the pending operations' records (their fixed parts and variable parts).
     pub fn pending_bytes(&self) -> usize {
         self.pending.iter().map(|p| p.0.bytes()).sum()

@@ -221,8 +221,10 @@
 //! `bizpilot_connector_business_impact_missing_total{field}` (`business_key`, `value`, `invalid_value`),
 //! `bizpilot_connector_business_impact_evictions_total{what}` (`business_key`, `span_id`),
 //! `bizpilot_connector_business_impact_overflowed_points_total`,
-//! `bizpilot_connector_business_impact_trace_context_total{event}` (`incomplete`, `evicted`, `late`), and the gauge
-//! `bizpilot_connector_business_impact_pending_spans`.
+//! `bizpilot_connector_business_impact_trace_context_total{event}` (`incomplete`, `evicted`, `late`), and the gauges
+//! `bizpilot_connector_business_impact_pending_spans`, `bizpilot_connector_business_impact_span_ids` (span ids
+//! remembered for de-duplication), `bizpilot_connector_business_impact_trace_context_traces` (trace records held),
+//! `bizpilot_connector_business_impact_records` and `bizpilot_connector_business_impact_incidents` (held for the API).
 
 pub mod api;
 pub mod book;
@@ -398,7 +400,9 @@ struct Task {
     incident_idle: Duration,
     step: Duration,
     start_ns: u64,
-    pending_gauge: Option<metrics::Gauge>,
+    /// Gauges of what the engine holds: pending operations, remembered span ids, trace records, impact records,
+    /// incidents.
+    pending_gauge: Option<[metrics::Gauge; 5]>,
     /// Set at start.
     ticker: Option<Ticker>,
 }
@@ -415,8 +419,13 @@ impl Task {
     }
 
     fn send_metrics(&mut self, out: &mut Out) {
-        if let Some(g) = &self.pending_gauge {
-            g.set(self.engine.pending() as f64);
+        if let Some([pending, ids, traces, records, incidents]) = &self.pending_gauge {
+            pending.set(self.engine.pending() as f64);
+            ids.set(self.engine.remembered_span_ids() as f64);
+            traces.set(self.engine.trace_records() as f64);
+            let (r, i) = self.engine.book().lock().map(|b| b.held()).unwrap_or_default();
+            records.set(r as f64);
+            incidents.set(i as f64);
         }
         if !self.metrics {
             return;
@@ -439,8 +448,14 @@ impl Stage for Task {
         self.metrics = info.outputs.contains(&Signal::Metrics);
         self.logs = info.outputs.contains(&Signal::Logs);
         self.start_ns = wall_ns();
-        self.pending_gauge =
-            Some(metrics::gauge!("bizpilot_connector_business_impact_pending_spans", "connector" => info.id.clone()));
+        let g = |name: &'static str| metrics::gauge!(name, "connector" => info.id.clone());
+        self.pending_gauge = Some([
+            g("bizpilot_connector_business_impact_pending_spans"),
+            g("bizpilot_connector_business_impact_span_ids"),
+            g("bizpilot_connector_business_impact_trace_context_traces"),
+            g("bizpilot_connector_business_impact_records"),
+            g("bizpilot_connector_business_impact_incidents"),
+        ]);
         self.ticker = Some(Ticker::new(self.step, self.flush_interval));
     }
 
