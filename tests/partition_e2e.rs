@@ -175,7 +175,7 @@ fn start_with(
 fn restores(g: &Gateway) -> Vec<(String, u64, f64)> {
     g.bp.logs()
         .lines()
-        .filter(|l| l.contains("business state restored from the changelog"))
+        .filter(|l| l.contains("state restored from the changelog"))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .map(|v| {
             let f = &v["fields"];

@@ -39,13 +39,14 @@
 //!
 //! # State that moves with its partition (`changelog`)
 //!
-//! With `changelog`, the `business_state` extension's checkpoints also go to the changelog topic
+//! With `changelog`, the checkpoints of the states it names (the `business_state` extension; `order_kpi`
+//! connectors, whose open orders then move too, `docs/partition-state.md`) also go to the changelog topic
 //! (record partition = the partition of the order's events, `murmur2(order id)`), and an event's
 //! offset is committed only once its change is acknowledged there. When the group assigns this
 //! receiver partitions it did not hold just before, the rebalance callback reads those changelog
 //! partitions to their end and applies them to the state *before it returns*, so no event of them
 //! is processed first; the service's readiness (`health_check`) is held down meanwhile. The time is
-//! logged ("business state restored from the changelog") and kept in
+//! logged ("state restored from the changelog", with what each state put back) and kept in
 //! `bizpilot_kafka_receiver_changelog_restore_seconds{receiver}`;
 //! `bizpilot_kafka_receiver_changelog_restored_records_total{receiver}` and
 //! `bizpilot_kafka_receiver_changelog_restore_errors_total{receiver}` count. The changelog writes an order's
@@ -56,7 +57,8 @@
 //! handover its order's state would be restored on the wrong replica. A partition whose restore
 //! fails (broker down beyond `changelog.timeout`) is consumed anyway, logged as an error: its orders
 //! are joined again as their events arrive. Revoked partitions are no longer written (the new owner
-//! writes them); their state is kept here until the state's bound or TTL drops it.
+//! writes them); after each assignment, `order_kpi` drops the open orders of the partitions it no longer
+//! owns, while the `business_state` keeps them until its bound or TTL drops them.
 //!
 //! # Self-telemetry
 //!

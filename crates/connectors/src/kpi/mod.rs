@@ -438,7 +438,14 @@ impl Checkpoint {
                 return;
             }
         };
-        // With a changelog: the orders changed since its last write, found and written after the snapshot's.
+        // With a changelog: the orders changed since its last write, found and written after the snapshot's (every
+        // order after a rebalance). No write is in flight here: the tracker is free.
+        if self.partitions.take_rewrite() {
+            self.changes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .reset();
+        }
         let changelog = self.partitions.sink().map(|sink| {
             (
                 sink.clone(),
@@ -710,6 +717,10 @@ impl Stage for Task {
     /// The checkpoint interval: a snapshot's copy between batches, encoded and written off the async workers; at once when
     /// [`MAX_HELD`] acknowledgements wait for one (unless the last one failed).
     fn wake(&mut self) -> Wake<'_> {
+        // Restored partitions show in the figures within a checkpoint interval even while no batch comes.
+        if let Some(c) = &self.checkpoint {
+            c.partitions.apply(&mut self.engine);
+        }
         let (id, engine) = (&self.id, &self.engine);
         match self.checkpoint.as_mut() {
             Some(c) if c.tick.is_some() => Box::pin(async move {

@@ -43,6 +43,8 @@ pub struct KpiPartitions {
     sink: OnceLock<Arc<dyn ChangelogSink>>,
     queue: Mutex<Vec<Change>>,
     queued: AtomicBool,
+    /// Set by a rebalance: the next checkpoint writes every order again (see [`KpiPartitions::take_rewrite`]).
+    rewrite: AtomicBool,
     restored: metrics::Counter,
     dropped: metrics::Counter,
 }
@@ -64,6 +66,7 @@ impl KpiPartitions {
             sink: OnceLock::new(),
             queue: Mutex::new(Vec::new()),
             queued: AtomicBool::new(false),
+            rewrite: AtomicBool::new(false),
             restored: metrics::counter!("bizpilot_connector_order_kpi_changelog_restored_orders_total",
                 "connector" => connector.to_string()),
             dropped: metrics::counter!("bizpilot_connector_order_kpi_changelog_dropped_orders_total",
@@ -79,6 +82,14 @@ impl KpiPartitions {
     /// The attached changelog, if any.
     pub fn sink(&self) -> Option<&Arc<dyn ChangelogSink>> {
         self.sink.get()
+    }
+
+    /// Whether a rebalance happened since the last call: then the next checkpoint writes every order of the owned
+    /// partitions, not only the changed ones. The changelog writes owned partitions only, and between a revocation
+    /// and the next assignment (an eager rebalance revokes everything first) a checkpoint's changes of a partition
+    /// kept may have been skipped.
+    pub fn take_rewrite(&self) -> bool {
+        self.rewrite.swap(false, Ordering::AcqRel)
     }
 
     fn push(&self, c: Change) {
@@ -171,5 +182,6 @@ impl PartitionedState for KpiPartitions {
 
     fn owned(&self, owned: &BTreeSet<i32>, partitions: i32) {
         self.push(Change::Own(owned.clone(), partitions));
+        self.rewrite.store(true, Ordering::Release);
     }
 }

@@ -192,6 +192,13 @@ impl ChangeTracker {
         Ok(out)
     }
 
+    /// Forgets what was written: the next [`ChangeTracker::records`] gives every order again (after a rebalance,
+    /// since the changelog skipped the partitions this replica did not own meanwhile).
+    pub fn reset(&mut self) {
+        self.written = None;
+        self.next = None;
+    }
+
     /// The records of the last [`ChangeTracker::records`] are durable: the next compare with that copy.
     pub fn written(&mut self) {
         if let Some(n) = self.next.take() {
@@ -320,18 +327,14 @@ impl Engine {
         applied
     }
 
-    /// Drops every order `keep` refuses (open, closed, orphaned, waiting), without counting it anywhere: its
-    /// partition moved to another replica, which restored it. Returns the open orders dropped.
+    /// Drops every order `keep` refuses (open or closed, and its events waiting for the watermark), without counting
+    /// it anywhere: its partition moved to another replica, which restored it. Span evidence of orders not seen
+    /// (orphans) and waiting spans are kept: spans are keyed by trace id by default, not by order, so they are not
+    /// the partition's (they still count towards service health here, and orphans expire after `closed_memory`).
+    /// Returns the open orders dropped.
     pub fn retain_orders(&mut self, keep: impl Fn(&str) -> bool) -> usize {
         let orders: Vec<Box<str>> = self
             .orders
-            .iter()
-            .map(|(k, _)| k)
-            .filter(|k| !keep(k))
-            .cloned()
-            .collect();
-        let orphans: Vec<Box<str>> = self
-            .orphans
             .iter()
             .map(|(k, _)| k)
             .filter(|k| !keep(k))
@@ -347,13 +350,13 @@ impl Engine {
         for k in &orders {
             self.orders.remove(k);
         }
-        for k in &orphans {
-            self.orphans.remove(k);
-        }
         for k in &closed {
             self.closed.remove(k);
         }
-        self.pending.retain(|_, item| order_of(item).is_none_or(&keep));
+        self.pending.retain(|_, item| match item {
+            Item::Event { order, .. } => keep(order),
+            Item::Span(_) => true,
+        });
         orders.len()
     }
 }
