@@ -27,7 +27,7 @@ mod kafka_gateways;
 mod kafka_harness;
 
 use common::{free_addr, http_get};
-use kafka_gateways::{Gateway, start_gateway_env, wait_aligned};
+use kafka_gateways::{Gateway, start_changelog_gateway, wait_aligned, wait_until};
 use kafka_harness::{Msg, Tansu, committed, create_topics, held_partitions, produce};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -68,21 +68,17 @@ fn no_changelog() -> bool {
 }
 
 fn start(rt: &tokio::runtime::Runtime, name: &'static str, group: &str, brokers: &str) -> Gateway {
-    let health = free_addr().to_string();
-    let env = [("BIZPILOT_HEALTH_ENDPOINT", health.as_str())];
-    if no_changelog() {
-        start_gateway_env(rt, name, group, brokers, &[], OVERLAY_WITHOUT_CHANGELOG, &env)
-    } else {
-        start_gateway_env(
-            rt,
-            name,
-            group,
-            brokers,
-            &["pipelines/overlays/gateway-kafka-changelog.yaml"],
-            OVERLAY,
-            &env,
-        )
-    }
+    let changelog = !no_changelog();
+    start_changelog_gateway(
+        rt,
+        name,
+        group,
+        brokers,
+        free_addr(),
+        changelog,
+        OVERLAY,
+        OVERLAY_WITHOUT_CHANGELOG,
+    )
 }
 
 /// RFC 3339 of 2026-01-01T00:00:00Z + `secs` (under 28 days).
@@ -156,15 +152,6 @@ fn figures(g: &Gateway) -> Option<(u64, u64, u64)> {
         v["resolved"]["breached"].as_u64()?,
         v["open"].as_u64()?,
     ))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !ok() {
-        assert!(started.elapsed() < timeout, "{what}: not after {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    started.elapsed()
 }
 
 /// The receiver's restores that put back `order_kpi` orders (its log line "state restored from the changelog"):
