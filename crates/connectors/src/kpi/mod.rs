@@ -223,6 +223,11 @@
 //! `bizpilot_connector_order_kpi_checkpoint_bytes{connector}`, `bizpilot_connector_order_kpi_restored_orders{connector}`
 //! and `bizpilot_connector_order_kpi_held_acks{connector}` (acknowledgements waiting for a checkpoint).
 //!
+//! **Open orders that move with their Kafka partition:** a `kafka` receiver's `changelog.state` may name the
+//! connector (with `storage`); its checkpoints then also write the orders changed since the last one to the changelog
+//! topic, a partition's new owner restores them, the former owner drops them ([`partition`],
+//! `docs/partition-state.md`; `bizpilot_connector_order_kpi_changelog_{restored,dropped}_orders_total{connector}`).
+//!
 //! ```yaml
 //! extensions:
 //!   lookup/customers: {file: /etc/bizpilot/customers.csv, key: customer_id}

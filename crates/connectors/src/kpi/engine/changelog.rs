@@ -248,12 +248,14 @@ impl Engine {
         for (id, r) in records {
             latest.insert(id, r);
         }
+        // What this engine holds of these orders is replaced: their waiting items go (one pass, not one per order).
+        self.pending
+            .retain(|_, item| order_of(item).is_none_or(|o| !latest.contains_key(o)));
         let mut applied = 0;
         for (id, r) in latest {
             let orphan_here = self.orphans.remove(&id);
             self.orders.remove(&id);
             self.closed.remove(&id);
-            self.pending.retain(|_, item| order_of(item) != Some(&*id));
             let Some(RestoredOrder(rec)) = r else {
                 if let Some(o) = orphan_here {
                     self.orphans.insert(id, o);
