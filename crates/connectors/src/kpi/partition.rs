@@ -185,3 +185,48 @@ impl PartitionedState for KpiPartitions {
         self.rewrite.store(true, Ordering::Release);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bizpilot_business::changelog::MemoryChangelog;
+
+    #[test]
+    fn a_changelog_needs_storage_and_only_one_is_attached() {
+        let memory = KpiPartitions::new("order_kpi", false);
+        let err = memory.attach_changelog(Arc::new(MemoryChangelog::new(4))).unwrap_err();
+        assert!(err.contains("needs `storage`"), "{err}");
+        let durable = KpiPartitions::new("order_kpi/b", true);
+        durable.attach_changelog(Arc::new(MemoryChangelog::new(4))).unwrap();
+        assert!(durable.attach_changelog(Arc::new(MemoryChangelog::new(4))).is_err());
+        assert_eq!(durable.sink().map(|s| s.partitions()), Some(4));
+    }
+
+    #[test]
+    fn keys_are_told_apart_from_the_join_state_and_other_connectors() {
+        let a = KpiPartitions::new("order_kpi", true);
+        let b = KpiPartitions::new("order_kpi/b", true);
+        assert!(a.owns_key(b"kpi[order_kpi]/o-1"));
+        assert!(!a.owns_key(b"kpi[order_kpi/b]/o-1") && b.owns_key(b"kpi[order_kpi/b]/o-1"));
+        assert!(!a.owns_key(b"o/o-1") && !a.owns_key(b"c/c-1"));
+        // A record of another state's or an unreadable value: counted, not applied.
+        let r = a.restore_partition(
+            0,
+            vec![
+                (b"o/o-1".to_vec(), None),
+                (b"kpi[order_kpi]/o-2".to_vec(), Some(vec![9, 9])),
+                (b"kpi[order_kpi]/o-3".to_vec(), None),
+            ],
+        );
+        assert_eq!((r.entries, r.unreadable), (0, 2));
+    }
+
+    #[test]
+    fn a_rebalance_asks_for_a_full_write() {
+        let a = KpiPartitions::new("order_kpi", true);
+        assert!(!a.take_rewrite());
+        a.owned(&BTreeSet::from([1]), 4);
+        assert!(a.take_rewrite());
+        assert!(!a.take_rewrite(), "once");
+    }
+}
