@@ -30,14 +30,14 @@ use bizpilot_business::changelog::partition_of;
 use bizpilot_core::pdata::proto::collector::trace::v1::ExportTraceServiceRequest;
 use bizpilot_core::pdata::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use common::{free_addr, http_get, span_attr};
-use kafka_gateways::{Gateway, start_gateway_env, wait_aligned};
+use kafka_gateways::{Gateway, start_changelog_gateway, wait_aligned, wait_until};
 use kafka_harness::{Msg, Tansu, committed, create_topics, held_partitions, produce};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PARTITIONS: i32 = 4;
 /// Orders in the run (`PARTITION_E2E_ORDERS` to measure restores of more).
@@ -154,28 +154,23 @@ fn start_with(
     health: SocketAddr,
     overlay: &str,
 ) -> Gateway {
-    let health = health.to_string();
-    let env = [("BIZPILOT_HEALTH_ENDPOINT", health.as_str())];
-    if no_changelog() {
-        start_gateway_env(rt, name, group, brokers, &[], OVERLAY_WITHOUT_CHANGELOG, &env)
-    } else {
-        start_gateway_env(
-            rt,
-            name,
-            group,
-            brokers,
-            &["pipelines/overlays/gateway-kafka-changelog.yaml"],
-            overlay,
-            &env,
-        )
-    }
+    start_changelog_gateway(
+        rt,
+        name,
+        group,
+        brokers,
+        health,
+        !no_changelog(),
+        overlay,
+        OVERLAY_WITHOUT_CHANGELOG,
+    )
 }
 
 /// The "restored from the changelog" log lines of a gateway: (partitions, records, seconds).
 fn restores(g: &Gateway) -> Vec<(String, u64, f64)> {
     g.bp.logs()
         .lines()
-        .filter(|l| l.contains("business state restored from the changelog"))
+        .filter(|l| l.contains("state restored from the changelog"))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .map(|v| {
             let f = &v["fields"];
@@ -231,15 +226,6 @@ fn verify(
         }
     }
     (joined, wrong, missing_first, missing_other)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !ok() {
-        assert!(started.elapsed() < timeout, "{what}: not after {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    started.elapsed()
 }
 
 /// A broker with the gateway's topics and the changelog, and a runtime for the backends.

@@ -154,3 +154,37 @@ pub fn start_gateway_storage(
 pub fn accepted_spans(g: &Gateway) -> f64 {
     g.bp.metric_sum("bizpilot_receiver_accepted_spans_total", &["receiver=\"kafka/spans\""])
 }
+
+/// A gateway of the shipped topology with its `health_check` on `health`: with `changelog`, the overlay
+/// `pipelines/overlays/gateway-kafka-changelog.yaml` and then `overlay`; without, only `without` (the tests'
+/// `…_NO_CHANGELOG=1` runs, which must fail).
+#[allow(clippy::too_many_arguments)]
+pub fn start_changelog_gateway(
+    rt: &tokio::runtime::Runtime,
+    name: &'static str,
+    group: &str,
+    brokers: &str,
+    health: SocketAddr,
+    changelog: bool,
+    overlay: &str,
+    without: &str,
+) -> Gateway {
+    let health = health.to_string();
+    let env = [("BIZPILOT_HEALTH_ENDPOINT", health.as_str())];
+    if changelog {
+        let configs = ["pipelines/overlays/gateway-kafka-changelog.yaml"];
+        start_gateway_env(rt, name, group, brokers, &configs, overlay, &env)
+    } else {
+        start_gateway_env(rt, name, group, brokers, &[], without, &env)
+    }
+}
+
+/// Waits until `ok`, at most `timeout` (then panics naming `what`); returns how long it took.
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !ok() {
+        assert!(started.elapsed() < timeout, "{what}: not after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    started.elapsed()
+}

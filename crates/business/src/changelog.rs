@@ -66,6 +66,68 @@ pub trait ChangelogSink: Send + Sync + std::fmt::Debug {
     fn send(&self, records: &[ChangelogRecord]) -> Result<(), ChangelogError>;
 }
 
+/// A record as read back from a changelog partition: key, and value or `None` for a tombstone.
+pub type RawRecord = (Vec<u8>, Option<Vec<u8>>);
+
+/// What one state made of a restored changelog partition ([`PartitionedState::restore_partition`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionRestored {
+    /// Entries put back (orders, customers, links…).
+    pub entries: usize,
+    /// Records that could not be read (logged and skipped).
+    pub unreadable: usize,
+    /// What was put back, for the log (`orders=501 customers=258`).
+    pub detail: String,
+}
+
+/// State partitioned like a source topic (the business events, keyed by order id) that moves with its
+/// partitions: its changes go to a changelog topic ([`ChangelogSink`]) and a partition's new owner restores
+/// them before it consumes the partition (`docs/partition-state.md`). The `kafka` receiver's `changelog`
+/// option names the states it carries: the `business_state` extension ([`BusinessState`]), `order_kpi`
+/// connectors (published under their id, `bizpilot_core::Extensions::publish`). Several states share one
+/// changelog topic; each owns the records whose keys it wrote ([`PartitionedState::owns_key`]).
+pub trait PartitionedState: Send + Sync {
+    /// Whether a changelog record with this key is this state's.
+    fn owns_key(&self, key: &[u8]) -> bool;
+    /// Makes the state's checkpoints write their changes to `sink` too, and count as durable only once
+    /// `sink` acknowledged them. An error says why not (already attached, no checkpoint to hold the acks).
+    fn attach_changelog(&self, sink: std::sync::Arc<dyn ChangelogSink>) -> Result<(), String>;
+    /// Applies the records of one changelog partition (this state's keys only, in write order; `None` is a
+    /// tombstone), before any record of the source partition is processed. Idempotent.
+    fn restore_partition(&self, partition: i32, records: Vec<RawRecord>) -> PartitionRestored;
+    /// The source partitions this replica owns now (after a rebalance), of `partitions`. A state whose
+    /// entries belong to one partition each drops the others (their new owner has restored them); one with
+    /// shared entries may keep them.
+    fn owned(&self, owned: &BTreeSet<i32>, partitions: i32);
+}
+
+impl PartitionedState for BusinessState {
+    fn owns_key(&self, key: &[u8]) -> bool {
+        matches!(key.get(..2), Some(b"o/" | b"c/" | b"t/"))
+    }
+
+    fn attach_changelog(&self, sink: std::sync::Arc<dyn ChangelogSink>) -> Result<(), String> {
+        if BusinessState::attach_changelog(self, sink) {
+            Ok(())
+        } else {
+            Err("already has a changelog (one receiver per business_state carries it)".into())
+        }
+    }
+
+    fn restore_partition(&self, _partition: i32, records: Vec<RawRecord>) -> PartitionRestored {
+        let r = self.apply_changelog(records);
+        PartitionRestored {
+            entries: r.orders + r.customers + r.traces,
+            unreadable: r.unreadable,
+            detail: format!("orders={} customers={} traces={}", r.orders, r.customers, r.traces),
+        }
+    }
+
+    /// Kept: customers are shared between partitions (dropping them is not safe without reference counting),
+    /// and no span of a moved order reaches this replica any more; the store's bound and TTL remove them.
+    fn owned(&self, _owned: &BTreeSet<i32>, _partitions: i32) {}
+}
+
 /// Kafka's murmur2 hash of `data`, as the Java client's default partitioner computes it.
 pub fn murmur2(data: &[u8]) -> u32 {
     const SEED: u32 = 0x9747_b28c;

@@ -466,6 +466,8 @@ pub struct Extensions {
     items: HashMap<ComponentId, Arc<dyn Any + Send + Sync>>,
     api: ApiRegistry,
     readiness: Readiness,
+    /// What components (not extensions) share with later ones, by the publisher's id ([`Extensions::publish`]).
+    published: Arc<std::sync::Mutex<HashMap<ComponentId, Arc<dyn Any + Send + Sync>>>>,
 }
 
 impl Extensions {
@@ -475,7 +477,29 @@ impl Extensions {
             items: HashMap::new(),
             api,
             readiness: Readiness::default(),
+            published: Default::default(),
         }
+    }
+
+    /// Shares `item` under the component `id` with the components created after it (every copy of these
+    /// extensions sees it): e.g. a connector's partitioned state, which a receiver created later restores and
+    /// writes to a changelog (`docs/partition-state.md`).
+    pub fn publish(&self, id: ComponentId, item: Arc<dyn Any + Send + Sync>) {
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, item);
+    }
+
+    /// What the component `id` published as type `T`, if anything.
+    pub fn published<T: Any + Send + Sync>(&self, id: &ComponentId) -> Option<Arc<T>> {
+        let any = self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)?
+            .clone();
+        any.downcast::<T>().ok()
     }
 
     /// These extensions with the service's readiness (components hold it down with it).

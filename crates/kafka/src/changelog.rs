@@ -1,4 +1,4 @@
-//! The `business_state` changelog on Kafka: a compacted topic partitioned like the business
+//! The changelog of partitioned state on Kafka (`business_state`, `order_kpi`): a compacted topic partitioned like the business
 //! events topic (`docs/partition-state.md`). [`KafkaChangelog`] is a
 //! [`ChangelogSink`]: a checkpoint's changes are produced to their partitions (explicitly, routed by
 //! [`bizpilot_business::changelog`]) and the call returns only once every record is acknowledged
@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bizpilot_business::BusinessState;
-use bizpilot_business::changelog::{ChangelogError, ChangelogRecord, ChangelogSink};
+use bizpilot_business::changelog::{
+    ChangelogError, ChangelogRecord, ChangelogSink, PartitionRestored, PartitionedState, RawRecord,
+};
 use bizpilot_business::checkpoint::Restored;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -39,7 +41,7 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// A `business_state` changelog topic.
+/// A changelog topic of partitioned state (`business_state`, `order_kpi`; several may share it).
 pub struct KafkaChangelog {
     topic: String,
     bootstrap: String,
@@ -176,6 +178,53 @@ impl KafkaChangelog {
     /// start of the read) and applies it to `state`. Blocking; `timeout` bounds it.
     pub fn restore(&self, partition: i32, state: &BusinessState) -> Result<PartitionRestore, ChangelogError> {
         let started = Instant::now();
+        let records = self.read(partition)?;
+        let n = records.len();
+        let restored = state.apply_changelog(records);
+        Ok(PartitionRestore {
+            records: n,
+            restored,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Reads changelog partition `partition` once and gives each of `states` its records (by
+    /// [`PartitionedState::owns_key`]; a record no state owns is counted as unreadable). Blocking; `timeout`
+    /// bounds the read. Returns the records read and what each state put back.
+    pub fn restore_states(
+        &self,
+        partition: i32,
+        states: &[Arc<dyn PartitionedState>],
+    ) -> Result<(usize, Vec<PartitionRestored>), ChangelogError> {
+        let records = self.read(partition)?;
+        let n = records.len();
+        let mut per: Vec<Vec<RawRecord>> = states.iter().map(|_| Vec::new()).collect();
+        let mut stray = 0;
+        for (k, v) in records {
+            match states.iter().position(|s| s.owns_key(&k)) {
+                Some(i) => per[i].push((k, v)),
+                None => stray += 1,
+            }
+        }
+        if stray > 0 {
+            tracing::warn!(topic = %self.topic, partition, records = stray,
+                "changelog records of no configured state, skipped");
+        }
+        let mut out: Vec<PartitionRestored> = states
+            .iter()
+            .zip(per)
+            .map(|(s, recs)| s.restore_partition(partition, recs))
+            .collect();
+        if let Some(first) = out.first_mut() {
+            first.unreadable += stray;
+        }
+        Ok((n, out))
+    }
+
+    /// The records (key, value or `None` for a tombstone) of changelog partition `partition`, from its
+    /// beginning to its high watermark as of the start of the read, in write order.
+    pub fn read(&self, partition: i32) -> Result<Vec<RawRecord>, ChangelogError> {
+        let started = Instant::now();
         let err = |reason: String| ChangelogError::Restore {
             topic: self.topic.clone(),
             partition,
@@ -222,13 +271,7 @@ impl KafkaChangelog {
                 }
             }
         }
-        let n = records.len();
-        let restored = state.apply_changelog(records);
-        Ok(PartitionRestore {
-            records: n,
-            restored,
-            seconds: started.elapsed().as_secs_f64(),
-        })
+        Ok(records)
     }
 }
 

@@ -39,13 +39,14 @@
 //!
 //! # State that moves with its partition (`changelog`)
 //!
-//! With `changelog`, the `business_state` extension's checkpoints also go to the changelog topic
+//! With `changelog`, the checkpoints of the states it names (the `business_state` extension; `order_kpi`
+//! connectors, whose open orders then move too, `docs/partition-state.md`) also go to the changelog topic
 //! (record partition = the partition of the order's events, `murmur2(order id)`), and an event's
 //! offset is committed only once its change is acknowledged there. When the group assigns this
 //! receiver partitions it did not hold just before, the rebalance callback reads those changelog
 //! partitions to their end and applies them to the state *before it returns*, so no event of them
 //! is processed first; the service's readiness (`health_check`) is held down meanwhile. The time is
-//! logged ("business state restored from the changelog") and kept in
+//! logged ("state restored from the changelog", with what each state put back) and kept in
 //! `bizpilot_kafka_receiver_changelog_restore_seconds{receiver}`;
 //! `bizpilot_kafka_receiver_changelog_restored_records_total{receiver}` and
 //! `bizpilot_kafka_receiver_changelog_restore_errors_total{receiver}` count. The changelog writes an order's
@@ -56,7 +57,8 @@
 //! handover its order's state would be restored on the wrong replica. A partition whose restore
 //! fails (broker down beyond `changelog.timeout`) is consumed anyway, logged as an error: its orders
 //! are joined again as their events arrive. Revoked partitions are no longer written (the new owner
-//! writes them); their state is kept here until the state's bound or TTL drops it.
+//! writes them); after each assignment, `order_kpi` drops the open orders of the partitions it no longer
+//! owns, while the `business_state` keeps them until its bound or TTL drops them.
 //!
 //! # Self-telemetry
 //!
@@ -98,7 +100,7 @@
 //! | `sasl.mechanism`, `sasl.username`, `sasl.password` | — | `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` |
 //! | `librdkafka` | `{}` | further librdkafka consumer properties, passed through (e.g. `session.timeout.ms: 10000`) |
 //! | `changelog.topic` | — | state that moves with its partition (`docs/partition-state.md`), on the receiver of the business events: the compacted changelog topic of the `business_state` (create it with `cleanup.policy=compact` and as many partitions as the one events topic); none: no changelog |
-//! | `changelog.state` | — | id of the `business_state` extension whose orders, customers and trace links the changelog carries |
+//! | `changelog.state` | — | id (or list of ids) of the states the changelog carries: the `business_state` extension (orders, customers, trace links) and `order_kpi` connectors with `storage` (open orders); they share the topic |
 //! | `changelog.timeout` | `60s` | longest wait for a checkpoint's produce acknowledgement, and for one partition's restore |
 //! | `changelog.librdkafka` | `{}` | further librdkafka properties of the changelog producer (brokers, TLS and SASL are the receiver's) |
 //!
@@ -131,7 +133,7 @@
 //! ```
 
 use bizpilot_business::BusinessState;
-use bizpilot_business::changelog::ChangelogSink;
+use bizpilot_business::changelog::{ChangelogSink, PartitionedState};
 use bizpilot_core::config::Duration;
 use bizpilot_core::telemetry::ReceiverTelemetry;
 use bizpilot_core::tls::TlsClientSettings;
@@ -244,8 +246,10 @@ pub struct KafkaReceiverConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ChangelogSettings {
     pub topic: String,
-    /// Id of the `business_state` extension.
-    pub state: String,
+    /// Ids of the states the changelog carries: the `business_state` extension, `order_kpi` connectors
+    /// (one id or a list).
+    #[serde(deserialize_with = "one_or_many")]
+    pub state: Vec<String>,
     /// Bounds a checkpoint's produce acknowledgement and one partition's restore.
     pub timeout: Duration,
     /// Further librdkafka properties of the changelog producer (e.g. `batch.num.messages`).
@@ -256,11 +260,25 @@ impl Default for ChangelogSettings {
     fn default() -> Self {
         ChangelogSettings {
             topic: String::new(),
-            state: String::new(),
+            state: Vec::new(),
             timeout: Duration::from_secs(60),
             librdkafka: BTreeMap::new(),
         }
     }
+}
+
+/// One id or a list of ids.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl Default for KafkaReceiverConfig {
@@ -436,13 +454,27 @@ impl KafkaReceiverConfig {
                 "must not be a topic this receiver consumes or dead-letters to",
             ));
         }
-        if c.state.trim().is_empty() {
+        if c.state.iter().all(|s| s.trim().is_empty()) {
             e.push(FieldError::new(
                 "changelog.state",
-                "required: id of the business_state extension whose state the changelog carries",
+                "required: id of the business_state extension (and of order_kpi connectors) whose state the changelog carries",
             ));
-        } else if c.state.trim().parse::<bizpilot_core::ComponentId>().is_err() {
-            e.push(FieldError::new("changelog.state", "not a component id"));
+        } else {
+            let many = c.state.len() > 1;
+            let path = |i: usize| {
+                if many {
+                    format!("changelog.state[{i}]")
+                } else {
+                    "changelog.state".to_string()
+                }
+            };
+            for (i, id) in c.state.iter().enumerate() {
+                if id.trim().parse::<bizpilot_core::ComponentId>().is_err() {
+                    e.push(FieldError::new(path(i), "not a component id"));
+                } else if c.state[..i].iter().any(|o| o.trim() == id.trim()) {
+                    e.push(FieldError::new(path(i), "named twice"));
+                }
+            }
         }
         if c.timeout.is_zero() {
             e.push(FieldError::new("changelog.timeout", "must be greater than 0"));
@@ -516,16 +548,23 @@ impl ReceiverFactory for KafkaReceiverFactory {
         let changelog = match &cfg.changelog {
             None => None,
             Some(c) => {
-                let id: bizpilot_core::ComponentId = c
-                    .state
-                    .trim()
-                    .parse()
-                    .map_err(|e| ComponentError::Config(format!("changelog.state: {e}")))?;
-                let state = ctx
-                    .extensions
-                    .get::<BusinessState>(&id)
-                    .map_err(|e| ComponentError::Config(format!("changelog.state: {e}")))?;
-                Some((state, ctx.extensions.readiness().clone()))
+                let mut states = Vec::new();
+                for (i, id) in c.state.iter().enumerate() {
+                    let path = if c.state.len() > 1 {
+                        format!("changelog.state[{i}]")
+                    } else {
+                        "changelog.state".to_string()
+                    };
+                    let id: bizpilot_core::ComponentId = id
+                        .trim()
+                        .parse()
+                        .map_err(|e| ComponentError::Config(format!("{path}: {e}")))?;
+                    states.push((
+                        id.to_string(),
+                        partitioned_state(ctx, &id).map_err(|e| ComponentError::Config(format!("{path}: {e}")))?,
+                    ));
+                }
+                Some((states, ctx.extensions.readiness().clone()))
             }
         };
         Ok(Box::new(KafkaReceiver {
@@ -537,14 +576,34 @@ impl ReceiverFactory for KafkaReceiverFactory {
     }
 }
 
+/// The partitioned state `id` names: the `business_state` extension, or a component (an `order_kpi` connector)
+/// that published one ([`bizpilot_core::Extensions::publish`]).
+fn partitioned_state(
+    ctx: &CreateContext<'_>,
+    id: &bizpilot_core::ComponentId,
+) -> Result<Arc<dyn PartitionedState>, String> {
+    if let Some(s) = ctx.extensions.published::<Arc<dyn PartitionedState>>(id) {
+        return Ok((*s).clone());
+    }
+    ctx.extensions
+        .get::<BusinessState>(id)
+        .map(|s| s as Arc<dyn PartitionedState>)
+        .map_err(|e| {
+            format!("{e} (a changelog carries a business_state extension or an order_kpi connector with `storage`)")
+        })
+}
+
 /// A created `kafka` receiver.
 pub struct KafkaReceiver {
     cfg: KafkaReceiverConfig,
     decoder: Decoder,
     signal: Signal,
-    /// With `changelog`: the state it carries and the service's readiness (held down during restores).
-    changelog: Option<(Arc<BusinessState>, Readiness)>,
+    /// With `changelog`: the states it carries (by id) and the service's readiness (held down during restores).
+    changelog: Option<(NamedStates, Readiness)>,
 }
+
+/// The states a changelog carries, with their ids.
+type NamedStates = Vec<(String, Arc<dyn PartitionedState>)>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -681,10 +740,13 @@ struct ConsumerCallbacks {
     changelog: Option<ChangelogBinding>,
 }
 
-/// The `business_state` changelog of a receiver with `changelog` (`docs/partition-state.md`).
+/// The changelog of a receiver with `changelog` (`docs/partition-state.md`): of the `business_state`, and of
+/// `order_kpi` connectors.
 struct ChangelogBinding {
     sink: Arc<KafkaChangelog>,
-    state: Arc<BusinessState>,
+    /// The states it carries (ids for the logs).
+    states: Vec<Arc<dyn PartitionedState>>,
+    ids: Vec<String>,
     readiness: Readiness,
     receiver: String,
     /// Partitions revoked (not lost) at the last rebalance: if they are assigned again right away
@@ -705,7 +767,7 @@ impl ChangelogBinding {
         cfg: &KafkaReceiverConfig,
         settings: &ChangelogSettings,
         receiver: &str,
-        state: Arc<BusinessState>,
+        states: NamedStates,
         readiness: Readiness,
     ) -> Result<ChangelogBinding, ComponentError> {
         let none = BTreeMap::new();
@@ -723,17 +785,18 @@ impl ChangelogBinding {
             .map_err(|e| ComponentError::Other(format!("changelog: {e}")))?;
         sink.restrict_to_owned();
         let sink = Arc::new(sink);
-        if !state.attach_changelog(sink.clone()) {
-            return Err(ComponentError::Config(format!(
-                "changelog.state: {} already has a changelog (one receiver per business_state carries it)",
-                settings.state.trim()
-            )));
+        for (id, state) in &states {
+            state
+                .attach_changelog(sink.clone())
+                .map_err(|e| ComponentError::Config(format!("changelog.state: {id}: {e}")))?;
         }
-        tracing::info!(receiver, topic = %sink.topic(), state = %settings.state.trim(), partitions = sink.partitions(),
-            "business state changelog attached");
+        let (ids, states): (Vec<String>, Vec<Arc<dyn PartitionedState>>) = states.into_iter().unzip();
+        tracing::info!(receiver, topic = %sink.topic(), state = %ids.join(","), partitions = sink.partitions(),
+            "changelog attached");
         Ok(ChangelogBinding {
             sink,
-            state,
+            states,
+            ids,
             readiness,
             receiver: receiver.to_string(),
             revoked: Mutex::new(BTreeSet::new()),
@@ -773,16 +836,21 @@ impl ChangelogBinding {
         if !new.is_empty() {
             let _not_ready = self.readiness.hold();
             let started = Instant::now();
-            let (mut records, mut orders, mut customers, mut traces, mut failed) = (0, 0, 0, 0, Vec::new());
+            let (mut records, mut failed) = (0, Vec::new());
+            let mut entries = vec![0usize; self.states.len()];
             for &p in &new {
-                match blocking(|| self.sink.restore(p, &self.state)) {
-                    Ok(r) => {
-                        records += r.records;
-                        orders += r.restored.orders;
-                        customers += r.restored.customers;
-                        traces += r.restored.traces;
-                        tracing::debug!(receiver = %self.receiver, partition = p, records = r.records,
-                            seconds = r.seconds, "changelog partition restored");
+                let one = Instant::now();
+                match blocking(|| self.sink.restore_states(p, &self.states)) {
+                    Ok((n, per)) => {
+                        records += n;
+                        for (i, r) in per.iter().enumerate() {
+                            entries[i] += r.entries;
+                            tracing::debug!(receiver = %self.receiver, partition = p, state = %self.ids[i],
+                                entries = r.entries, unreadable = r.unreadable, detail = %r.detail,
+                                "changelog partition restored");
+                        }
+                        tracing::debug!(receiver = %self.receiver, partition = p, records = n,
+                            seconds = one.elapsed().as_secs_f64(), "changelog partition read");
                     }
                     Err(e) => {
                         self.restore_errors.increment(1);
@@ -795,18 +863,32 @@ impl ChangelogBinding {
             let seconds = started.elapsed().as_secs_f64();
             self.restore_seconds.set(seconds);
             self.restored_records.increment(records as u64);
+            let restored = self
+                .ids
+                .iter()
+                .zip(&entries)
+                .map(|(id, n)| format!("{id}={n}"))
+                .collect::<Vec<_>>()
+                .join(" ");
             tracing::info!(receiver = %self.receiver, topic = %self.sink.topic(),
                 partitions = %new.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-                failed = failed.len(), records, orders, customers, traces, seconds,
-                "business state restored from the changelog");
+                failed = failed.len(), records, restored = %restored, seconds,
+                "state restored from the changelog");
         }
         for &p in partitions {
             self.sink.own(p);
         }
+        // States whose entries belong to one partition each drop the partitions that moved away (restored by
+        // their new owner), here rather than at the revocation: an eager rebalance revokes everything first.
+        let owned: BTreeSet<i32> = partitions.iter().copied().collect();
+        for s in &self.states {
+            s.owned(&owned, self.sink.partitions());
+        }
     }
 
-    /// Stops writing the revoked partitions (their new owner writes them). Their state is kept here:
-    /// the state's bound and TTL drop it, and if they come back a restore brings the newer changes.
+    /// Stops writing the revoked partitions (their new owner writes them). Their state is kept here until the
+    /// next assignment ([`PartitionedState::owned`]: `order_kpi` drops them then, `business_state` keeps them
+    /// for its bound and TTL); if they come back a restore brings the newer changes.
     fn revoked(&self, partitions: &[i32], lost: bool) {
         let mut revoked = lock(&self.revoked);
         for &p in partitions {
@@ -1579,8 +1661,18 @@ librdkafka: {session.timeout.ms: 6000, check.crcs: true}
         .unwrap();
         let c = ok.changelog.unwrap();
         assert_eq!(
-            (c.topic.as_str(), c.state.as_str()),
-            ("shop.orders.state", "business_state")
+            (c.topic.as_str(), c.state.as_slice()),
+            ("shop.orders.state", &["business_state".to_string()][..])
+        );
+        let two =
+            parse("{topics: [o], encoding: business_json, changelog: {topic: c, state: [business_state, order_kpi]}}")
+                .unwrap();
+        assert_eq!(two.changelog.unwrap().state, ["business_state", "order_kpi"]);
+        assert_eq!(
+            paths(
+                "{topics: [o], encoding: business_json, changelog: {topic: c, state: [business_state, '1x', business_state]}}"
+            ),
+            ["changelog.state[1]", "changelog.state[2]"]
         );
         assert_eq!(c.timeout.get(), std::time::Duration::from_secs(60));
         assert_eq!(

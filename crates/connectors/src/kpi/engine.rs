@@ -23,6 +23,7 @@ use super::health::{Health, Issue};
 use super::model::{Condition, Model};
 use super::sketch::{LogHistogram, Scale, TimeChange};
 
+pub mod changelog;
 mod cow;
 mod snapshot;
 pub use snapshot::{SnapshotCopy, SnapshotError};

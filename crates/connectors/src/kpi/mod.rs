@@ -223,6 +223,11 @@
 //! `bizpilot_connector_order_kpi_checkpoint_bytes{connector}`, `bizpilot_connector_order_kpi_restored_orders{connector}`
 //! and `bizpilot_connector_order_kpi_held_acks{connector}` (acknowledgements waiting for a checkpoint).
 //!
+//! **Open orders that move with their Kafka partition:** a `kafka` receiver's `changelog.state` may name the
+//! connector (with `storage`); its checkpoints then also write the orders changed since the last one to the changelog
+//! topic, a partition's new owner restores them, the former owner drops them ([`partition`],
+//! `docs/partition-state.md`; `bizpilot_connector_order_kpi_changelog_{restored,dropped}_orders_total{connector}`).
+//!
 //! ```yaml
 //! extensions:
 //!   lookup/customers: {file: /etc/bizpilot/customers.csv, key: customer_id}
@@ -265,6 +270,7 @@ pub mod flow;
 pub mod health;
 pub mod model;
 pub mod output;
+pub mod partition;
 pub mod recording;
 pub mod sketch;
 
@@ -320,6 +326,10 @@ impl ConnectorFactory for OrderKpiConnectorFactory {
         let compiled = Compiled::new(&config, |id| ctx.extensions.get::<Lookup>(id))?;
         let mut engine = Engine::new(compiled);
         let id = ctx.id.to_string();
+        // Its open orders move with their Kafka partition when a receiver's `changelog` names it.
+        let partitions = Arc::new(partition::KpiPartitions::new(&id, config.storage.is_some()));
+        let shared: Arc<dyn bizpilot_business::changelog::PartitionedState> = partitions.clone();
+        ctx.extensions.publish(ctx.id.clone(), Arc::new(shared));
         let checkpoint = match &config.storage {
             Some(storage) => Some(Checkpoint::open(
                 &id,
@@ -327,6 +337,7 @@ impl ConnectorFactory for OrderKpiConnectorFactory {
                 ctx,
                 &mut engine,
                 config.checkpoint_interval.get(),
+                partitions,
             )?),
             None => None,
         };
@@ -354,6 +365,10 @@ struct Checkpoint {
     held_gauge: metrics::Gauge,
     /// Whether the latest checkpoint failed (then the next waits for the interval, even beyond [`MAX_HELD`]).
     failed: bool,
+    /// The connector's partitioned state: with a changelog attached, each checkpoint also writes the orders changed
+    /// since the last one there ([`partition`]).
+    partitions: Arc<partition::KpiPartitions>,
+    changes: Arc<std::sync::Mutex<engine::changelog::ChangeTracker>>,
 }
 
 /// Why a snapshot taken could not be stored.
@@ -363,6 +378,8 @@ enum CheckpointError {
     Encode(#[from] engine::SnapshotError),
     #[error(transparent)]
     Store(#[from] bizpilot_core::StorageError),
+    #[error(transparent)]
+    Changelog(#[from] bizpilot_business::changelog::ChangelogError),
 }
 
 /// Held acknowledgements beyond which a checkpoint starts at once instead of at the next interval: half the Kafka
@@ -381,6 +398,7 @@ impl Checkpoint {
         ctx: &CreateContext<'_>,
         engine: &mut Engine,
         every: std::time::Duration,
+        partitions: Arc<partition::KpiPartitions>,
     ) -> Result<Checkpoint, ComponentError> {
         let sid = storage;
         let client = bizpilot_core::storage::client_for(ctx.extensions, storage, id)?;
@@ -408,6 +426,8 @@ impl Checkpoint {
             held: bizpilot_core::ack::Held::default(),
             held_gauge: metrics::gauge!("bizpilot_connector_order_kpi_held_acks", "connector" => id.to_string()),
             failed: false,
+            partitions,
+            changes: Default::default(),
         })
     }
 
@@ -423,6 +443,22 @@ impl Checkpoint {
                 return;
             }
         };
+        // With a changelog: the orders changed since its last write, found and written after the snapshot's (every
+        // order after a rebalance). No write is in flight here: the tracker is free.
+        if self.partitions.take_rewrite() {
+            self.changes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .reset();
+        }
+        let changelog = self.partitions.sink().map(|sink| {
+            (
+                sink.clone(),
+                engine.change_copy(),
+                self.changes.clone(),
+                self.partitions.prefix().to_string(),
+            )
+        });
         // The snapshot includes every batch ingested so far: their acknowledgements wait for its write.
         self.held.seal();
         let client = self.client.clone();
@@ -431,6 +467,12 @@ impl Checkpoint {
             drop(copy);
             let n = bytes.len();
             client.apply(&[bizpilot_core::StorageOp::Put(SNAPSHOT_KEY.to_vec(), bytes)])?;
+            if let Some((sink, now, changes, prefix)) = changelog {
+                let mut changes = changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let records = changes.records(now, &prefix, sink.partitions())?;
+                sink.send(&records)?;
+                changes.written();
+            }
             Ok(n)
         }));
     }
@@ -632,6 +674,10 @@ impl Stage for Task {
     }
 
     fn on_batch(&mut self, mut batch: Batch, out: &mut Out) {
+        // Partitions restored or moved away since the last batch (a rebalance): before any record of them.
+        if let Some(c) = &self.checkpoint {
+            c.partitions.apply(&mut self.engine);
+        }
         let failed = match &mut batch.payload {
             Payload::Logs(l) => match l.message() {
                 Ok(req) => {
@@ -676,6 +722,10 @@ impl Stage for Task {
     /// The checkpoint interval: a snapshot's copy between batches, encoded and written off the async workers; at once when
     /// [`MAX_HELD`] acknowledgements wait for one (unless the last one failed).
     fn wake(&mut self) -> Wake<'_> {
+        // Restored partitions show in the figures within a checkpoint interval even while no batch comes.
+        if let Some(c) = &self.checkpoint {
+            c.partitions.apply(&mut self.engine);
+        }
         let (id, engine) = (&self.id, &self.engine);
         match self.checkpoint.as_mut() {
             Some(c) if c.tick.is_some() => Box::pin(async move {
@@ -703,6 +753,9 @@ impl Stage for Task {
     }
 
     fn on_drain(&mut self, out: &mut Out) {
+        if let Some(c) = &self.checkpoint {
+            c.partitions.apply(&mut self.engine);
+        }
         self.engine.finish();
         self.emit(out);
     }

@@ -141,6 +141,17 @@ impl<V: Clone> CowMap<V> {
         self.shards.iter().flat_map(|s| s.values())
     }
 
+    /// The keys of the shards that differ from `earlier` (a copy of this map taken before), in either: every key
+    /// inserted, changed or removed since is among them. A shard this map still shares with `earlier` is unchanged
+    /// and skipped, so the cost follows what was written, not the map's length.
+    pub fn keys_changed_since<'a>(&'a self, earlier: &'a CowMap<V>) -> impl Iterator<Item = &'a Box<str>> + 'a {
+        self.shards
+            .iter()
+            .zip(earlier.shards.iter())
+            .filter(|(a, b)| !Arc::ptr_eq(a, b))
+            .flat_map(|(a, b)| a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))))
+    }
+
     /// Copies every shard a snapshot still shares.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Box<str>, &mut V)> {
         self.shards.iter_mut().flat_map(|s| Arc::make_mut(s).iter_mut())
