@@ -720,6 +720,10 @@ fn independent(a: &Args) {
             &format!("— certain {label} ahead given the incidents (short own work from then on)"),
             &set,
         );
+        for c in [TrueCause::WarehouseBacklog, TrueCause::CarrierDelay] {
+            let of: Vec<_> = set.iter().copied().filter(|o| o.cause == c).collect();
+            row(&format!("  — of them {c:?}"), &of);
+        }
     }
     let all: Vec<_> = eligible.iter().filter(|o| o.breached).collect();
     row("all", &all);
@@ -768,6 +772,14 @@ fn independent(a: &Args) {
                 r.flag_cause_stage,
                 r.flag_service
             );
+        }
+    }
+    if std::env::var_os("KPI_EVAL_CARRIER_FP").is_some() {
+        for o in eligible
+            .iter()
+            .filter(|o| !o.breached && o.touched_by == Some(TrueCause::CarrierDelay) && flag(o).is_some())
+        {
+            println!("CFP {}", timeline(o, &res[&o.id]));
         }
     }
     let flagged_all = eligible.iter().filter(|o| flag(o).is_some()).count() as u64;

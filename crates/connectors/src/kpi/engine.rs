@@ -1475,11 +1475,7 @@ impl Engine {
                 // the stall's end and its own exit, which may already have come while it was held. So its own
                 // duration is conditioned on its clock age (which stood still since the stall began), and the
                 // time it has been held (`held`) counts towards its own work: see [`TimeChange::held_for`].
-                let held = flows
-                    .get(o.stage)
-                    .filter(|f| f.stalled())
-                    .and_then(|f| f.slowed_since)
-                    .map_or(0, |s| b.saturating_sub(s.max(o.entered())));
+                let held = flows.get(o.stage).map_or(0, |f| f.held(o.entered(), b));
                 let age = o.clock;
                 let mixture = mixtures.get(o.stage).map_or(&[TimeChange::NORMAL][..], |v| &v[..]);
                 let waits = queues.get(o.stage).filter(|q| !q.is_empty()).and_then(|q| {

@@ -88,6 +88,22 @@ pub struct StageFlow {
     /// service stands (see [`StageFlow::overtaken`]).
     #[serde(default)]
     pub served_entry: Option<u64>,
+    /// Whether the current slowdown stalled the stage, and when the stall ended (see [`StageFlow::releasing`]).
+    #[serde(default)]
+    pub stall: StallState,
+}
+
+/// Whether the current slowdown of a stage stalled it, and when the stall ended (the stage lets its orders go
+/// again): see [`StageFlow::releasing`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StallState {
+    /// No stall in the current slowdown (or no slowdown).
+    #[default]
+    None,
+    /// The stage is stalled now.
+    Stalled,
+    /// The stall ended at this time (ns): the stage releases what it held.
+    Released(u64),
 }
 
 impl Default for StageFlow {
@@ -105,6 +121,7 @@ impl Default for StageFlow {
             exits_now: (0, 0),
             exit_history: VecDeque::new(),
             served_entry: None,
+            stall: StallState::None,
         }
     }
 }
@@ -168,6 +185,14 @@ impl StageFlow {
             RateVerdict::Low(r) => {
                 self.rate = r.max(0.0);
                 self.slowed_since.get_or_insert(now);
+                // A stall ends when its orders leave again at least at the normal pace (the latest interval's
+                // exits reach the expected ones), not when a slowdown that once fell below `STALL` creeps above it.
+                let (o_last, e_last) = self.history.back().copied().unwrap_or((0.0, 0.0));
+                if self.rate < STALL {
+                    self.stall = StallState::Stalled;
+                } else if self.stall == StallState::Stalled && e_last > 0.0 && o_last >= e_last {
+                    self.stall = StallState::Released(now);
+                }
             }
             RateVerdict::High(r) => {
                 self.rate = r.min(4.0);
@@ -182,6 +207,7 @@ impl StageFlow {
 
     /// The current slowdown, if any, ended at `now`: its length is remembered.
     fn end_slowdown(&mut self, now: u64) {
+        self.stall = StallState::None;
         if let Some(since) = self.slowed_since.take() {
             self.episodes.push_back(now.saturating_sub(since));
             while self.episodes.len() > MAX_EPISODES {
@@ -194,6 +220,30 @@ impl StageFlow {
     pub fn assume_normal(&mut self) {
         self.rate = 1.0;
         self.slowed_since = None;
+        self.stall = StallState::None;
+    }
+
+    /// Whether the stage is **releasing** what a stall held: its current slowdown stalled it, and its orders
+    /// leave again at least at the normal pace (the latest interval's exits reach the expected ones; the rate
+    /// test over the window still says "slowed" because the window holds the stall). The
+    /// stall is over, so its remaining length is `0`: its orders leave at their own normal exit, with the time
+    /// they were held counted towards their own work (the hold rule with `W = 0`, see
+    /// [`super::sketch::TimeChange::held_for`]). Neither the slowdown's "as long again" nor a first-come
+    /// first-served queue at the window's throughput (which mixes the stall with the release) describes it.
+    pub fn releasing(&self) -> bool {
+        self.slowed() && matches!(self.stall, StallState::Released(_))
+    }
+
+    /// How long (ns) the stage has held an order that entered it at `entered`, as of `now`: while stalled, since
+    /// the stall began; while releasing, until the stall ended; else `0`.
+    pub fn held(&self, entered: u64, now: u64) -> u64 {
+        let Some(since) = self.slowed_since else { return 0 };
+        let until = match self.stall {
+            StallState::Released(t) => t,
+            _ if self.stalled() => now,
+            _ => return 0,
+        };
+        until.saturating_sub(since.max(entered))
     }
 
     /// The clock changes assumed for predictions made at `now`, each equally likely: one (`NORMAL`) unless
@@ -201,7 +251,7 @@ impl StageFlow {
     /// [`QUADRATURE`] mid-quantiles of its survival `G` (see the module doc; `episodes`: the lengths of the
     /// slowdowns seen to end, of every stage).
     pub fn time_changes(&self, now: u64, episodes: &[u64]) -> Vec<TimeChange> {
-        if self.rate >= 1.0 || self.slowed_since.is_none() {
+        if self.rate >= 1.0 || self.slowed_since.is_none() || self.releasing() {
             return vec![self.time_change(now)];
         }
         let m = self.time_change(now).span;
@@ -218,7 +268,7 @@ impl StageFlow {
     /// Whether orders in the stage are predicted as a queue ([`StageFlow::queue_waits`]): slowed but still
     /// working (`0.1 ≤ r < 1`).
     pub fn queueing(&self) -> bool {
-        self.slowed() && self.rate >= STALL && self.rate < 1.0 && self.observed_per_hour > 0.0
+        self.slowed() && self.rate >= STALL && self.rate < 1.0 && self.observed_per_hour > 0.0 && !self.releasing()
     }
 
     /// Waits (ns) of an order with `ahead` orders before it in the stage, served first come first served:
@@ -261,6 +311,9 @@ impl StageFlow {
     pub fn time_change(&self, now: u64) -> TimeChange {
         if (self.rate - 1.0).abs() < 1e-9 {
             return TimeChange::NORMAL;
+        }
+        if self.releasing() {
+            return TimeChange::RELEASED;
         }
         let lasted = self.slowed_since.map_or(0, |s| now.saturating_sub(s));
         TimeChange {
@@ -325,35 +378,30 @@ mod tests {
 
     const M5: u64 = 300_000_000_000;
 
+    /// `n` intervals of 5 minutes in which 20 exits were expected and `observed` came.
+    fn intervals(f: &mut StageFlow, now: &mut u64, n: usize, observed: f64) {
+        for _ in 0..n {
+            *now += M5;
+            f.expected_next = 20.0;
+            f.observed = observed;
+            f.close_interval(*now, M5);
+        }
+    }
+
     #[test]
     fn a_stalled_stage_is_slowed_and_recovers() {
         let mut f = StageFlow::default();
         let mut now = 0;
-        for _ in 0..window_intervals(M5) {
-            now += M5;
-            f.expected_next = 20.0;
-            f.observed = 19.0;
-            f.close_interval(now, M5);
-        }
+        intervals(&mut f, &mut now, window_intervals(M5), 19.0);
         assert_eq!(f.rate, 1.0);
         assert!(!f.slowed());
-        for _ in 0..3 {
-            now += M5;
-            f.expected_next = 20.0;
-            f.observed = 0.0;
-            f.close_interval(now, M5);
-        }
+        intervals(&mut f, &mut now, 3, 0.0);
         assert!(f.slowed());
         assert!(f.rate < 0.6, "{}", f.rate);
         let tc = f.time_change(now);
         assert!(tc.span >= MIN_SPAN_NS as f64);
         assert!(f.extra_delay(now, 0.0) > 0.0);
-        for _ in 0..window_intervals(M5) {
-            now += M5;
-            f.expected_next = 20.0;
-            f.observed = 60.0;
-            f.close_interval(now, M5);
-        }
+        intervals(&mut f, &mut now, window_intervals(M5), 60.0);
         assert!(!f.slowed());
         assert!(f.rate > 1.3);
         assert_eq!(f.episodes.len(), 1, "the ended slowdown is remembered");
@@ -386,6 +434,58 @@ mod tests {
             f.close_interval(14 * h + i * M5, M5);
         }
         assert_eq!(f.served_entry, Some(20 * h));
+    }
+
+    #[test]
+    fn a_stall_that_lets_its_orders_go_again_is_releasing_not_a_queue() {
+        let h = 3_600_000_000_000u64;
+        let mut f = StageFlow::default();
+        let mut now = 0;
+        intervals(&mut f, &mut now, window_intervals(M5), 20.0);
+        // Nothing leaves for an hour: stalled (detected once the test is sure); an order that entered before the
+        // stall is held since then.
+        let quiet = now;
+        intervals(&mut f, &mut now, 12, 0.0);
+        assert!(f.stalled() && !f.releasing());
+        assert_eq!(f.stall, StallState::Stalled);
+        let since = f.slowed_since.expect("slowed");
+        assert!(since > quiet && since < quiet + 6 * M5, "{since}");
+        assert_eq!(f.held(0, now), now - since);
+        assert_eq!(f.held(now - 600_000_000_000, now), 600_000_000_000);
+        assert!(
+            f.time_changes(now, &[]).len() > 1,
+            "the stall's remaining length is uncertain"
+        );
+        // The release: orders leave again, but the window still holds the stall, so the stage is still slowed,
+        // at a rate that is neither a stall nor normal.
+        let end = now + M5;
+        now += M5;
+        f.expected_next = 20.0;
+        f.observed = 60.0;
+        f.close_interval(now, M5);
+        assert!(f.slowed() && !f.stalled(), "rate {}", f.rate);
+        assert!(f.releasing());
+        assert!(
+            !f.queueing(),
+            "a release is not a first-come-first-served queue at the window's throughput"
+        );
+        assert_eq!(f.time_changes(now, &[]), vec![TimeChange::RELEASED], "no stall left");
+        assert_eq!(StageFlow::extra_delay_of(&f.time_change(now), 0.0), 0.0);
+        // The time held stops at the stall's end.
+        assert_eq!(f.held(0, now + h), end - since);
+        // Once the stage is normal again, the stall is forgotten.
+        intervals(&mut f, &mut now, window_intervals(M5), 20.0);
+        assert!(!f.slowed() && !f.releasing());
+        assert_eq!(f.stall, StallState::None);
+        assert_eq!(f.held(0, now), 0);
+        // A slowdown that stalled and then creeps above the stall's speed, still below the normal pace, is still
+        // a slowdown (a queue), not a release.
+        intervals(&mut f, &mut now, 12, 0.0);
+        assert!(f.stalled());
+        intervals(&mut f, &mut now, window_intervals(M5), 10.0);
+        assert!(f.slowed() && !f.stalled(), "rate {}", f.rate);
+        assert!(!f.releasing());
+        assert_eq!(f.held(0, now), 0);
     }
 
     #[test]

@@ -313,6 +313,14 @@ impl TimeChange {
         hold: false,
     };
 
+    /// A stall that has ended (its orders leave again): the hold rule with no stall left, `max(0, τ)`; with
+    /// [`TimeChange::held_for`] the time an order was held counts towards its own work.
+    pub const RELEASED: TimeChange = TimeChange {
+        rate: 1.0,
+        span: 0.0,
+        hold: true,
+    };
+
     /// Real time needed for `tau` ns of clock time.
     pub fn real(&self, tau: f64) -> f64 {
         if self.hold {
