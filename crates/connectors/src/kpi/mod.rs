@@ -18,7 +18,7 @@
 //!   sent nothing for `idle_timeout` (wall time) stops holding it back until it sends again, and one that has
 //!   sent nothing since the state began holds nothing (when none is active: the newest event time seen minus
 //!   `allowed_lateness`). So an input that trails the other (events read again after a restart while the spans
-//!   are fresh) waits for nothing and is not late. Data waits until the watermark passes it. Every multiple
+//!   are fresh) is waited for, not counted late. Data waits until the watermark passes it. Every multiple
 //!   of `evaluation_interval` (aligned to the Unix epoch) the watermark passes is an *evaluation*: the waiting
 //!   items up to it are applied in event-time order (ties: stage order, then cancellations, then spans), then
 //!   deadlines are checked and open orders predicted as of that time. So the results are a function of the data
