@@ -757,7 +757,7 @@ impl Engine {
             .saturating_sub(self.c.lateness)
     }
 
-    /// Whether input `i` holds the watermark: it sent something, within `idle_timeout` of [`Engine::wall`].
+    /// Whether input `i` holds the watermark: it sent something, within `idle_timeout` of `wall`.
     fn active(&self, i: usize) -> bool {
         self.input_time[i] > 0
             && self.input_seen[i].is_some_and(|seen| {
