@@ -48,8 +48,8 @@ use shop_impact::{Figures, assert_impact_figures, post, start_sidecar, truth_fig
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const SEC: u64 = 1_000_000_000;

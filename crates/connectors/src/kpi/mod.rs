@@ -671,12 +671,10 @@ impl Stage for Task {
     }
 
     fn on_batch(&mut self, mut batch: Batch, out: &mut Out) {
-        // Wall time from the runtime's clock (idle inputs, `idle_timeout`).
-        let now = tokio::time::Instant::now().into_std();
         let failed = match &mut batch.payload {
             Payload::Logs(l) => match l.message() {
                 Ok(req) => {
-                    self.engine.ingest_logs_at(req, now);
+                    self.engine.ingest_logs_at(req, tokio::time::Instant::now().into_std());
                     None
                 }
                 Err(e) => {
@@ -686,7 +684,8 @@ impl Stage for Task {
             },
             Payload::Traces(t) => match t.message() {
                 Ok(req) => {
-                    self.engine.ingest_traces_at(req, now);
+                    self.engine
+                        .ingest_traces_at(req, tokio::time::Instant::now().into_std());
                     None
                 }
                 Err(e) => {
@@ -710,7 +709,8 @@ impl Stage for Task {
                 out.consume(batch)
             }
         }
-        self.engine.advance_at(now);
+        // Wall time from the runtime's clock (idle inputs, `idle_timeout`).
+        self.engine.advance_at(tokio::time::Instant::now().into_std());
         self.emit(out);
     }
 
