@@ -184,6 +184,9 @@ pub struct OrderKpiConfig {
     pub health: HealthConfig,
     pub prediction: PredictionConfig,
     pub allowed_lateness: Duration,
+    /// Wall time without data after which an input (business events or spans) stops holding the watermark back
+    /// until it sends again; `0`: an input never goes idle.
+    pub idle_timeout: Duration,
     pub evaluation_interval: Duration,
     pub metrics_interval: Duration,
     pub dimensions: Vec<DimensionConfig>,
@@ -229,6 +232,7 @@ impl Default for OrderKpiConfig {
             health: HealthConfig::default(),
             prediction: PredictionConfig::default(),
             allowed_lateness: Duration::from_secs(5 * 60),
+            idle_timeout: Duration::from_secs(5 * 60),
             evaluation_interval: Duration::from_secs(5 * 60),
             metrics_interval: Duration::from_secs(5 * 60),
             dimensions: Vec::new(),

@@ -82,6 +82,8 @@ pub struct Compiled {
     dims: Vec<Dim>,
     pub(super) threshold: f64,
     lateness: u64,
+    /// `idle_timeout`, `None` when 0 (an input never goes idle).
+    idle: Option<std::time::Duration>,
     pub(super) eval: u64,
     metrics_every: u64,
     max_order_age: u64,
@@ -180,6 +182,7 @@ impl Compiled {
             dims,
             threshold: cfg.prediction.threshold,
             lateness: ns(cfg.allowed_lateness),
+            idle: (!cfg.idle_timeout.is_zero()).then(|| cfg.idle_timeout.get()),
             eval: ns(cfg.evaluation_interval).max(1),
             metrics_every: ns(cfg.metrics_interval).max(1),
             max_order_age: ns(cfg.max_order_age),
@@ -406,6 +409,44 @@ enum Item {
 const RANK_CANCEL: u16 = 1000;
 const RANK_SPAN: u16 = 2000;
 
+/// An input of the engine, with a watermark of its own: business events (logs) or spans (traces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Input {
+    Events,
+    Spans,
+}
+
+impl Input {
+    pub const ALL: [Input; 2] = [Input::Events, Input::Spans];
+
+    /// The signal it arrives as: the `input` label of the connector's self-telemetry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Input::Events => "logs",
+            Input::Spans => "traces",
+        }
+    }
+
+    fn of(item: &Item) -> Input {
+        match item {
+            Item::Event { .. } => Input::Events,
+            Item::Span(_) => Input::Spans,
+        }
+    }
+}
+
+/// One input's progress ([`Engine::inputs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputState {
+    pub input: Input,
+    /// The newest event time taken from it, minus `allowed_lateness` (`None`: nothing since the state began).
+    pub watermark: Option<u64>,
+    /// Whether it holds the engine's watermark back: it sent within `idle_timeout` (wall time).
+    pub active: bool,
+    /// Its items that came behind the last evaluation (applied at once, out of order).
+    pub late: u64,
+}
+
 /// Counters of what the engine saw (self-telemetry).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
@@ -524,6 +565,11 @@ pub struct Engine {
     pending: BTreeMap<(u64, u16, u64, u64), Item>,
     seq: u64,
     max_time: u64,
+    /// Per [`Input`]: the newest event time taken from it (0: none since the state began), and when (wall time).
+    input_time: [u64; 2],
+    input_seen: [Option<std::time::Instant>; 2],
+    /// The wall time of the latest call that passed one (`*_at`); an input's idleness is judged against it.
+    wall: std::time::Instant,
     first_time: Option<u64>,
     pub(super) last_tick: Option<u64>,
     pub(super) first_tick: Option<u64>,
@@ -615,6 +661,9 @@ impl Engine {
             pending: BTreeMap::new(),
             seq: 0,
             max_time: 0,
+            input_time: [0; 2],
+            input_seen: [None; 2],
+            wall: std::time::Instant::now(),
             first_time: None,
             last_tick: None,
             first_tick: None,
@@ -697,9 +746,63 @@ impl Engine {
         self.model.memory_bytes()
     }
 
-    /// The newest event time seen, minus `allowed_lateness`.
+    /// The watermark: the oldest of the active inputs' newest event times, minus `allowed_lateness` (an input is
+    /// active while it sent within `idle_timeout` of wall time); when none is active, the newest event time seen,
+    /// minus `allowed_lateness`. An input that sent nothing since the state began holds nothing back.
     pub fn watermark(&self) -> u64 {
-        self.max_time.saturating_sub(self.c.lateness)
+        (0..Input::ALL.len())
+            .filter(|&i| self.active(i))
+            .map(|i| self.input_time[i])
+            .min()
+            .unwrap_or(self.max_time)
+            .saturating_sub(self.c.lateness)
+    }
+
+    /// Whether input `i` holds the watermark: it sent something, within `idle_timeout` of `wall`.
+    fn active(&self, i: usize) -> bool {
+        self.input_time[i] > 0
+            && self.input_seen[i].is_some_and(|seen| {
+                self.c
+                    .idle
+                    .is_none_or(|d| self.wall.saturating_duration_since(seen) < d)
+            })
+    }
+
+    /// Each input's watermark, whether it is active, and its late items.
+    pub fn inputs(&self) -> [InputState; 2] {
+        Input::ALL.map(|input| {
+            let i = input as usize;
+            InputState {
+                input,
+                watermark: (self.input_time[i] > 0).then(|| self.input_time[i].saturating_sub(self.c.lateness)),
+                active: self.active(i),
+                late: match input {
+                    Input::Events => self.stats.events_late,
+                    Input::Spans => self.stats.spans_late,
+                },
+            }
+        })
+    }
+
+    /// When (wall time) the next input that holds the watermark back goes idle, if one does: advance then
+    /// ([`Engine::advance_at`]) to let the other inputs move it on.
+    pub fn idle_deadline(&self) -> Option<std::time::Instant> {
+        let d = self.c.idle?;
+        (0..Input::ALL.len())
+            .filter(|&i| self.active(i) && self.input_time[i] < self.max_time)
+            .filter_map(|i| self.input_seen[i])
+            .map(|seen| seen + d)
+            .min()
+    }
+
+    /// After a restore: each input's newest event time from the snapshot (`None`, a snapshot of an earlier build:
+    /// the newest time of all for each input that had sent something, which holds the watermark where it was), and
+    /// every input that had sent counts as having sent now, so that it has `idle_timeout` to resume.
+    fn restore_inputs(&mut self, newest: Option<[u64; 2]>) {
+        let had = [self.stats.events > 0, self.stats.spans > 0];
+        self.input_time = newest.unwrap_or(had.map(|h| if h { self.max_time } else { 0 }));
+        self.wall = self.wall.max(std::time::Instant::now());
+        self.input_seen = self.input_time.map(|t| (t > 0).then_some(self.wall));
     }
 
     /// The last evaluation time.
@@ -710,8 +813,14 @@ impl Engine {
     // ---------------------------------------------------------------------------------------------------------
     // Input.
 
-    /// Reads the business events among `req`'s log records.
+    /// Reads the business events among `req`'s log records, received now.
     pub fn ingest_logs(&mut self, req: &ExportLogsServiceRequest) {
+        self.ingest_logs_at(req, std::time::Instant::now());
+    }
+
+    /// Reads the business events among `req`'s log records, received at `now` (wall time).
+    pub fn ingest_logs_at(&mut self, req: &ExportLogsServiceRequest, now: std::time::Instant) {
+        self.wall = self.wall.max(now);
         for rl in &req.resource_logs {
             let resource: &[KeyValue] = rl.resource.as_ref().map_or(&[], |r| &r.attributes);
             for sl in &rl.scope_logs {
@@ -795,8 +904,14 @@ impl Engine {
         );
     }
 
-    /// Reads the spans of `req` that carry an order key or serve a stage.
+    /// Reads the spans of `req` that carry an order key or serve a stage, received now.
     pub fn ingest_traces(&mut self, req: &ExportTraceServiceRequest) {
+        self.ingest_traces_at(req, std::time::Instant::now());
+    }
+
+    /// Reads the spans of `req` that carry an order key or serve a stage, received at `now` (wall time).
+    pub fn ingest_traces_at(&mut self, req: &ExportTraceServiceRequest, now: std::time::Instant) {
+        self.wall = self.wall.max(now);
         for rs in &req.resource_spans {
             let resource: &[KeyValue] = rs.resource.as_ref().map_or(&[], |r| &r.attributes);
             let service_name = attrs::get_str(resource, "service.name").unwrap_or("unknown");
@@ -853,6 +968,9 @@ impl Engine {
 
     fn push(&mut self, time: u64, rank: u16, item: Item) {
         self.max_time = self.max_time.max(time);
+        let input = Input::of(&item) as usize;
+        self.input_time[input] = self.input_time[input].max(time);
+        self.input_seen[input] = Some(self.wall);
         if self.last_tick.is_some_and(|t| time <= t) {
             // Behind the last evaluation: applied at once, out of event-time order.
             match &item {
@@ -886,8 +1004,15 @@ impl Engine {
         }
     }
 
-    /// Evaluates every interval boundary the watermark has passed.
+    /// Evaluates every interval boundary the watermark has passed, now.
     pub fn advance(&mut self) {
+        self.advance_at(std::time::Instant::now());
+    }
+
+    /// Evaluates every interval boundary the watermark has passed at `now` (wall time: inputs silent for
+    /// `idle_timeout` by then no longer hold it back).
+    pub fn advance_at(&mut self, now: std::time::Instant) {
+        self.wall = self.wall.max(now);
         self.advance_to(self.watermark());
     }
 

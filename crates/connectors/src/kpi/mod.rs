@@ -12,13 +12,20 @@
 //!   reached at the event's time. Spans matter when they carry an order key (`order_key_attributes`, first
 //!   present wins: `business.order.id`, `demo.order.id`, `app.order.id`) or belong to a service serving a stage
 //!   (`stage_services`); a span's time is its end time.
-//! - **Event time, watermark, lateness.** The connector has no clock but the data's: the *watermark* is the
-//!   newest event time seen minus `allowed_lateness`. Data waits until the watermark passes it. Every multiple
+//! - **Event time, watermark, lateness.** The connector has no clock but the data's: each input — business
+//!   events (logs) and spans (traces) — has a *watermark*, its newest event time seen minus `allowed_lateness`,
+//!   and the connector's watermark is the oldest of them, over the inputs that are *active*: an input that has
+//!   sent nothing for `idle_timeout` (wall time) stops holding it back until it sends again, and one that has
+//!   sent nothing since the state began holds nothing (when none is active: the newest event time seen minus
+//!   `allowed_lateness`). So an input that trails the other (events read again after a restart while the spans
+//!   are fresh) is waited for, not counted late. Data waits until the watermark passes it. Every multiple
 //!   of `evaluation_interval` (aligned to the Unix epoch) the watermark passes is an *evaluation*: the waiting
 //!   items up to it are applied in event-time order (ties: stage order, then cancellations, then spans), then
 //!   deadlines are checked and open orders predicted as of that time. So the results are a function of the data
-//!   alone — not of arrival order, batching or wall time — for all data at most `allowed_lateness` late: a
-//!   replay gives what the live run gave. Later data is applied at once, out of order, and counted (`late`).
+//!   alone — not of arrival order, batching or wall time — for all data at most `allowed_lateness` behind the
+//!   newest of its own input, while no input goes idle: a replay gives what the live run gave. Later data is
+//!   applied at once, out of order, and counted (`late`, per input), as is what an input sends when it resumes
+//!   after being idle with data behind the watermark the other input moved on.
 //!   At the end of input (shutdown, end of a replay) everything seen is final.
 //! - **Lifecycle.** An order's stage is the latest stage it reached (stages may be skipped). A repeated event
 //!   is a duplicate (the earliest time is kept); an earlier stage arriving after a later one is recorded without
@@ -183,7 +190,8 @@
 //! | `prediction.threshold` | `0.93` | at risk at or above this probability of missing the deadline |
 //! | `prediction.min_samples` | `30` | observations a learned distribution needs |
 //! | `prediction.half_life` | `168h` | observations lose half their weight after this; `0` never forgets |
-//! | `allowed_lateness` | `5m` | how late data may be and still be applied in event-time order |
+//! | `allowed_lateness` | `5m` | how late data may be (behind the newest of its own input) and still be applied in event-time order |
+//! | `idle_timeout` | `5m` | wall time without data after which an input (events or spans) stops holding the watermark back, until it sends again; `0`: never (a silent input holds it for good) |
 //! | `evaluation_interval` | `5m` | evaluation step (event time) |
 //! | `metrics_interval` | `5m` | metrics emission step (a multiple of `evaluation_interval`) |
 //! | `dimensions` | `[]` | `attribute` or `{name, attribute}` or `{name, lookup: {extension, key_attribute (customer.id), column (name)}, default (unknown)}` |
@@ -261,7 +269,12 @@
 //! Self-telemetry (label `connector`): `bizpilot_connector_order_kpi_events_total{result}` (`accepted`,
 //! `ignored`, `missing_order`, `late`, `duplicate`, `out_of_order`, `after_close`, `refused`),
 //! `bizpilot_connector_order_kpi_spans_total{result}` (`accepted`, `late`, `duplicate`, `orphaned`), the gauges
-//! `bizpilot_connector_order_kpi_open_orders` and `bizpilot_connector_order_kpi_pending_items`.
+//! `bizpilot_connector_order_kpi_open_orders` and `bizpilot_connector_order_kpi_pending_items`; per input
+//! (label `input`: `logs` for the business events, `traces` for the spans) the gauges
+//! `bizpilot_connector_order_kpi_input_watermark_seconds` (Unix seconds of event time) and
+//! `bizpilot_connector_order_kpi_input_active` (1 while it holds the watermark, 0 once idle) and the counter
+//! `bizpilot_connector_order_kpi_late_items_total`; and the connector's watermark,
+//! `bizpilot_connector_order_kpi_watermark_seconds`.
 
 pub mod api;
 pub mod config;
@@ -565,6 +578,9 @@ struct Telemetry {
     spans: Vec<(&'static str, metrics::Counter)>,
     open: metrics::Gauge,
     pending: metrics::Gauge,
+    /// Per input ([`engine::Input::ALL`]): watermark, active, late items.
+    inputs: Vec<(metrics::Gauge, metrics::Gauge, metrics::Counter)>,
+    watermark: metrics::Gauge,
 }
 
 impl Telemetry {
@@ -601,6 +617,18 @@ impl Telemetry {
                 .collect(),
             open: metrics::gauge!("bizpilot_connector_order_kpi_open_orders", "connector" => id.to_string()),
             pending: metrics::gauge!("bizpilot_connector_order_kpi_pending_items", "connector" => id.to_string()),
+            inputs: engine::Input::ALL
+                .iter()
+                .map(|i| {
+                    let l = [("connector", id.to_string()), ("input", i.as_str().to_string())];
+                    (
+                        metrics::gauge!("bizpilot_connector_order_kpi_input_watermark_seconds", &l),
+                        metrics::gauge!("bizpilot_connector_order_kpi_input_active", &l),
+                        metrics::counter!("bizpilot_connector_order_kpi_late_items_total", &l),
+                    )
+                })
+                .collect(),
+            watermark: metrics::gauge!("bizpilot_connector_order_kpi_watermark_seconds", "connector" => id.to_string()),
         }
     }
 
@@ -625,6 +653,17 @@ impl Telemetry {
         }
         self.open.set(e.open_orders() as f64);
         self.pending.set(e.pending() as f64);
+        for ((watermark, active, late), i) in self.inputs.iter().zip(e.inputs()) {
+            if let Some(w) = i.watermark {
+                watermark.set(w as f64 / 1e9);
+            }
+            active.set(if i.active { 1.0 } else { 0.0 });
+            late.absolute(i.late);
+        }
+        let w = e.watermark();
+        if w > 0 {
+            self.watermark.set(w as f64 / 1e9);
+        }
     }
 }
 
@@ -681,7 +720,7 @@ impl Stage for Task {
         let failed = match &mut batch.payload {
             Payload::Logs(l) => match l.message() {
                 Ok(req) => {
-                    self.engine.ingest_logs(req);
+                    self.engine.ingest_logs_at(req, tokio::time::Instant::now().into_std());
                     None
                 }
                 Err(e) => {
@@ -691,7 +730,8 @@ impl Stage for Task {
             },
             Payload::Traces(t) => match t.message() {
                 Ok(req) => {
-                    self.engine.ingest_traces(req);
+                    self.engine
+                        .ingest_traces_at(req, tokio::time::Instant::now().into_std());
                     None
                 }
                 Err(e) => {
@@ -715,7 +755,19 @@ impl Stage for Task {
                 out.consume(batch)
             }
         }
-        self.engine.advance();
+        // Wall time from the runtime's clock (idle inputs, `idle_timeout`).
+        self.engine.advance_at(tokio::time::Instant::now().into_std());
+        self.emit(out);
+    }
+
+    /// When an input that holds the watermark back goes idle (`idle_timeout`).
+    fn deadline(&mut self) -> Option<tokio::time::Instant> {
+        self.engine.idle_deadline().map(tokio::time::Instant::from_std)
+    }
+
+    /// An input went idle: the others move the watermark on.
+    fn on_timer(&mut self, out: &mut Out) {
+        self.engine.advance_at(tokio::time::Instant::now().into_std());
         self.emit(out);
     }
 

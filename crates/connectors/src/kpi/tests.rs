@@ -177,6 +177,8 @@ fn late_events_are_applied_at_once_and_counted() {
     assert_eq!((e.open_orders(), e.pending()), (0, 1));
 }
 
+mod watermark;
+
 #[test]
 fn duplicates_out_of_order_stages_skips_and_cancellations() {
     let mut e = engine(&cfg(Duration::from_secs(3600)));
@@ -404,7 +406,10 @@ fn the_api_lists_at_risk_orders_with_explanations() {
             90_000 + i as u64,
         ));
     }
-    feed(&mut e, vec![ev("order.placed", "tick", t + 10 * M)]);
+    // The events go on; the spans have been silent longer than `idle_timeout`: they hold the watermark no more.
+    let later = std::time::Instant::now() + c.idle_timeout.get();
+    e.ingest_logs_at(&logs(vec![ev("order.placed", "tick", t + 10 * M)]), later);
+    e.advance_at(later);
     let api = api::KpiApi::new("order_kpi".into(), e.book());
     let r = bizpilot_core::ApiHandler::handle(&api, "kpi/fulfilled/at-risk", &[]).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);

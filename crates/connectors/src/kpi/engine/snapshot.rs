@@ -74,11 +74,20 @@ struct State<H, M, F> {
 /// What format 2 stores after its head.
 type Stored = State<Vec<u8>, Vec<u8>, Vec<u8>>;
 
+/// What format 2 stores after the state since builds with a watermark per input (`Engine::inputs`): each input's
+/// newest event time. A snapshot of an earlier build ends before it; an earlier build reading this one ignores it
+/// (postcard reads a value and leaves what follows).
+#[derive(Serialize, Deserialize)]
+struct Inputs {
+    newest: [u64; 2],
+}
+
 /// A copy of an engine's state taken for a snapshot ([`Engine::snapshot_copy`]), encoded by
 /// [`SnapshotCopy::encode`] on any thread.
 pub struct SnapshotCopy {
     fingerprint: u64,
     state: Stored,
+    inputs: Inputs,
 }
 
 /// `v` in postcard.
@@ -96,6 +105,7 @@ impl SnapshotCopy {
         };
         ciborium::into_writer(&head, &mut buf).map_err(|e| SnapshotError::Encode(e.to_string()))?;
         postcard::to_io(&self.state, &mut buf).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+        postcard::to_io(&self.inputs, &mut buf).map_err(|e| SnapshotError::Encode(e.to_string()))?;
         Ok(buf)
     }
 }
@@ -115,7 +125,9 @@ impl Engine {
         cfg.storage = None;
         cfg.checkpoint_interval = Default::default();
         cfg.api = Default::default();
-        bizpilot_core::storage::fingerprint(&format!("{cfg:?}"))
+        // Nor `idle_timeout`, which came after format 2: left out of the text too, so that snapshots of earlier
+        // builds still match.
+        bizpilot_core::storage::fingerprint(&without_field(&format!("{cfg:?}"), "idle_timeout"))
     }
 
     /// The engine's state, encoded. Take it between batches, after the outputs were taken.
@@ -148,6 +160,9 @@ impl Engine {
                 series_overflowed: self.series.overflowed,
                 stats: self.stats.clone(),
                 peak_open: self.peak_open,
+            },
+            inputs: Inputs {
+                newest: self.input_time,
             },
         })
     }
@@ -205,10 +220,14 @@ impl Engine {
         if head.fingerprint != self.fingerprint() {
             return Err(SnapshotError::Config);
         }
+        let mut inputs = None;
         let s: State<Health, Model, Vec<KpiFigures>> = if head.format == FORMAT_1 {
             ciborium::from_reader(bytes).map_err(|e| decode(&e))?
         } else {
-            let s: Stored = postcard::from_bytes(rest).map_err(|e| decode(&e))?;
+            let (s, tail): (Stored, &[u8]) = postcard::take_from_bytes(rest).map_err(|e| decode(&e))?;
+            if !tail.is_empty() {
+                inputs = Some(postcard::from_bytes::<Inputs>(tail).map_err(|e| decode(&e))?.newest);
+            }
             State {
                 health: postcard::from_bytes(&s.health).map_err(|e| decode(&e))?,
                 model: postcard::from_bytes(&s.model).map_err(|e| decode(&e))?,
@@ -267,11 +286,26 @@ impl Engine {
         self.series.overflowed = s.series_overflowed;
         self.stats = s.stats;
         self.peak_open = s.peak_open;
+        self.restore_inputs(inputs);
         // The API shows the restored state at once, not only after the next evaluation.
         if let Some(b) = self.last_tick {
             self.refresh_book(b);
         }
         Ok(())
+    }
+}
+
+/// `debug` (a struct's `{:?}`) without its field `field` (a value without parentheses inside, as
+/// `Duration(5m)`).
+fn without_field(debug: &str, field: &str) -> String {
+    let key = format!(", {field}: ");
+    match debug.find(&key) {
+        Some(i) => {
+            let rest = &debug[i + key.len()..];
+            let end = rest.find(')').map_or(rest.len(), |j| j + 1);
+            format!("{}{}", &debug[..i], &rest[end..])
+        }
+        None => debug.to_string(),
     }
 }
 
@@ -381,5 +415,41 @@ mod tests {
         assert!(matches!(e.restore(&other), Err(SnapshotError::Format { found: 3 })));
         assert!(matches!(e.restore(&v2[..v2.len() / 2]), Err(SnapshotError::Decode(_))));
         assert_eq!(e.open_orders(), 0);
+    }
+
+    /// A format-2 snapshot of a build before the watermark per input (it ends after the state) still restores: each
+    /// input that had sent holds the watermark where the single one was. And `idle_timeout`, which shapes no state, is
+    /// left out of the configuration's fingerprint.
+    #[test]
+    fn a_format_2_snapshot_without_the_inputs_restores_and_idle_timeout_is_not_in_the_fingerprint() {
+        let a = fed();
+        let v2 = a.snapshot().unwrap();
+        let tail = postcard(&Inputs { newest: a.input_time }).unwrap();
+        assert!(v2.ends_with(&tail));
+        let earlier = &v2[..v2.len() - tail.len()];
+        let mut b = engine();
+        b.restore(earlier).unwrap();
+        assert_eq!(view(&b), view(&a));
+        assert_eq!(
+            b.input_time,
+            [a.input_time[0], 0],
+            "events only: the spans input holds nothing"
+        );
+        assert_eq!(b.at_risk(), a.at_risk());
+
+        let c = OrderKpiConfig {
+            idle_timeout: bizpilot_core::config::Duration::from_secs(17),
+            ..Default::default()
+        };
+        let mut d = Engine::new(Compiled::new(&c, |_| Err(String::new())).unwrap());
+        assert_eq!(d.fingerprint(), a.fingerprint());
+        d.restore(&v2).unwrap();
+        assert_eq!(view(&d), view(&a));
+        let text = format!("{c:?}");
+        assert!(text.contains("idle_timeout: Duration(17s)"), "{text}");
+        assert_eq!(
+            without_field(&text, "idle_timeout"),
+            text.replace(", idle_timeout: Duration(17s)", "")
+        );
     }
 }
