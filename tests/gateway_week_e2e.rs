@@ -4,16 +4,16 @@
 //! uninterrupted gateway — nothing lost, nothing counted twice (issue #17, "a week of orders replayed at speed").
 //!
 //! Real processes and a real Kafka-protocol broker (tansu, `kafka_harness.rs`), as `tests/gateway_durable_e2e.rs`: the
-//! KPI shop (`common::kpi_shop`: every duration ÷ 12 — a 2 h fulfilment deadline for 24 h; four hours of orders and
-//! three of tail for two days of orders and a day and a half of tail; a payment outage with retries at hour 1, a shipping slowdown
+//! KPI shop (`common::kpi_shop`: every duration ÷ 12 — a 2 h fulfilment deadline for 24 h; fourteen hours of orders and
+//! three of tail for a week of orders and a day and a half of tail (5,096 orders); a payment outage with retries at hour 1, a shipping slowdown
 //! from hour 2, duplicates and reordering). Its spans go through a sidecar (`pipelines/sidecar-kafka.yaml`, over
 //! OTLP/HTTP) to `shop.spans`, its business events straight to `shop.orders` (business JSON keyed by order id, as the
 //! sidecar writes them; see [`Events`] for why not through it), 4 partitions each. Two gateways read them, each alone
-//! in its consumer group: `gw`, SIGKILLed and restarted, and `reference`, uninterrupted. The seven hours of shop
-//! are sent in under a minute (see [`send`]); the gateways' events receivers trail the spans (tansu serves about 30
+//! in its consumer group: `gw`, SIGKILLed and restarted, and `reference`, uninterrupted. The seventeen hours of shop
+//! are sent in about two minutes (see [`send`]); the gateways' events receivers trail the spans (tansu serves about 30
 //! events/s), and `order_kpi`'s watermark per input waits for them.
 //!
-//! `gw` is SIGKILLed while the second half (from hour 3) streams in — with orders open and some at risk, after
+//! `gw` is SIGKILLed while the rest (from hour 10.5) streams in — with orders open and some at risk, after
 //! `order_kpi` and `business_impact` checkpointed — and a new process with the same name starts at once on the same
 //! `BIZPILOT_STORAGE_DIR`. Kafka delivers again what was consumed after the last committed offset (an offset is
 //! committed only once `order_kpi`'s snapshot and `business_impact`'s journal hold what it carried); both recognise
@@ -23,6 +23,9 @@
 //! - `order_kpi` (final figures, after a SIGTERM): orders resolved in time and breached equal the ground truth's;
 //!   excluded orders, prediction scores (true/false positives/negatives) and breaches by cause equal the reference's;
 //!   the orders flagged at risk (`kpi.at_risk` records of both `gw` processes) equal the reference's.
+//!
+//! `GATEWAY_WEEK_E2E_HOURS=4` sends four hours of orders instead of fourteen (two days instead of a week; `gw` is
+//! killed at three quarters of the orders' hours either way).
 //!
 //! `GATEWAY_WEEK_E2E_FRESH=1` restarts `gw` on an empty storage directory instead (a gateway without durable
 //! state): the test must then fail — the check that it can.
@@ -63,7 +66,7 @@ connectors:
   business_impact:
     # Above the skew between partitions at several hundred times real time (a second of wall time is minutes of
     # event time; 30m dropped 858 spans as late in the uninterrupted reference): every span counts, as in the truth.
-    # Below the time from the last checkout (about hour 6) to the end of the shop (hour 9): the watermark passes
+    # Below the time from the last checkout to the end of the shop (the three-hour tail): the watermark passes
     # every operation without an idle finalization.
     allowed_lateness: 90m
     # The revenue-at-risk episode window, the ground truth's impact_window (the workload's): above allowed_lateness,
@@ -101,13 +104,29 @@ receivers:
   kafka/metrics: {librdkafka: {session.timeout.ms: 6000, max.poll.interval.ms: 15000}}
 "#;
 
+/// Hours of orders: 14 (a week at ÷ 12), or `GATEWAY_WEEK_E2E_HOURS` (at least 4).
+fn hours() -> u64 {
+    std::env::var("GATEWAY_WEEK_E2E_HOURS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|h| *h >= 4)
+        .unwrap_or(14)
+}
+
+/// The test settings for [`hours`] of orders: the dedup window is the impact window, the whole run.
+fn gateway_overlay() -> String {
+    GATEWAY_OVERLAY.replace("dedup_window: 4h", &format!("dedup_window: {}h", hours()))
+}
+
 /// The KPI shop with a seed of its own.
 fn workload() -> Workload {
+    // KpiShop takes durations as &'static str; one per process.
+    let h: &'static str = format!("{}h", hours()).leak();
     Shop::generate(
         &KpiShop {
             seed: 23,
-            duration: "4h",
-            impact_window: Some("4h"),
+            duration: h,
+            impact_window: Some(h),
             ..KpiShop::default()
         }
         .config(),
@@ -190,7 +209,7 @@ fn start_gateway(
     brokers: &str,
     storage: &Path,
 ) -> Gateway {
-    let g = kafka_gateways::start_gateway_storage(rt, name, group, brokers, GATEWAY_OVERLAY, storage);
+    let g = kafka_gateways::start_gateway_storage(rt, name, group, brokers, &gateway_overlay(), storage);
     kafka_gateways::wait_aligned(&[&g], PARTITIONS, Duration::from_secs(120));
     g
 }
@@ -365,16 +384,17 @@ fn the_kafka_gateway_killed_mid_week_and_restarted_ends_with_the_ground_truth_kp
     let k = &w.truth.kpi.summary;
     assert!(k.breached > 100 && k.fulfilled_in_time > 100, "{k:?}");
     let truth: Vec<Figures> = OPERATIONS.iter().map(|op| truth_figures(&w.truth, op)).collect();
-    // The kill comes while the rest (from hour 3 of 7 on) streams in, once orders are at risk: in the shipping slowdown (from hour 2), with
+    // The kill comes while the rest (from three quarters of the orders' hours on) streams in, once orders are at risk: in the shipping slowdown (from hour 2), with
     // orders open and at risk.
     let start = w.truth.start_unix_nano;
     let half = w
         .emissions
         .iter()
-        .position(|e| e.event_unix_nano() >= start + 3 * 3600 * SEC)
-        .expect("nine hours of emissions");
+        .position(|e| e.event_unix_nano() >= start + hours() * 3 / 4 * 3600 * SEC)
+        .expect("the orders' emissions");
     eprintln!(
-        "workload: {} emissions ({} before hour 3); truth: {k:?}",
+        "workload: {} hours of orders, {} emissions ({} before the kill's hour); truth: {k:?}",
+        hours(),
         w.emissions.len(),
         half
     );
@@ -466,7 +486,7 @@ fn the_kafka_gateway_killed_mid_week_and_restarted_ends_with_the_ground_truth_kp
     } else {
         storage.clone()
     };
-    let gw = kafka_gateways::start_gateway_storage(&rt, "gw", "week", &b, GATEWAY_OVERLAY, &storage2);
+    let gw = kafka_gateways::start_gateway_storage(&rt, "gw", "week", &b, &gateway_overlay(), &storage2);
     let nudges = wait_all_partitions(&gw, &b, "week");
     hold.store(false, Ordering::SeqCst);
     let restored_orders = gw.bp.metric_sum("bizpilot_connector_order_kpi_restored_orders", &[]);

@@ -799,19 +799,11 @@ service:
     send("before");
     wait_for_ids(&b, "fenced", 1, Duration::from_secs(60), bodies, Some(&bp));
 
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &broker.pid().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig} tansu");
-    };
-    signal("-STOP");
+    broker.signal("STOP");
     send("while-paused");
     // The record's request is in flight; its message times out (2 s less a tenth) and the epoch is bumped.
     std::thread::sleep(Duration::from_secs(4));
-    signal("-CONT");
+    broker.signal("CONT");
     send("after");
     let (_, got) = wait_for_ids(&b, "fenced", 3, Duration::from_secs(60), bodies, Some(&bp));
     let distinct: BTreeSet<&String> = got.iter().collect();

@@ -116,6 +116,15 @@ impl Tansu {
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Sends the broker a signal by PID with kill(1) (`STOP`, `CONT`: pause and resume it).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -{sig} tansu failed");
+    }
 }
 
 impl Drop for Tansu {
