@@ -478,17 +478,7 @@ fn gateways_in_one_consumer_group_add_up_to_one_and_survive_a_handover() {
                     api_figures(&gw1.bp, op).operations
                 ))
                 .collect::<Vec<_>>(),
-            [&gw0, &gw1, &reference]
-                .iter()
-                .map(|g| g
-                    .bp
-                    .metrics()
-                    .lines()
-                    .filter(|l| l.contains("kafka_consumer_lag") || l.contains("business_impact"))
-                    .collect::<Vec<_>>()
-                    .join("\n"))
-                .collect::<Vec<_>>()
-                .join("\n---\n"),
+            [&gw0, &gw1, &reference].map(consumption).join("\n"),
             sidecar_export(&sidecar)
         );
         std::thread::sleep(Duration::from_millis(250));
